@@ -1,0 +1,1 @@
+"""dtq: a distributed task queue built as an actor framework."""
