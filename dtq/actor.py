@@ -1,0 +1,287 @@
+"""Actors, their context, and the cell that runs one actor for a runtime.
+
+The rule: actor code is pure. A handler gets a message and a `Context`; the context is its only
+door to the world. Handlers *record* effects (fenced store writes, sends, timers, acks, task
+executions) and the runtime applies them in a fixed order: persist, then send, then ack.
+
+`ActorCell` is shared by every runtime: it owns an actor's vector clock and epoch, chooses the
+handler by message class and collects the effects. The simulator and the process runtime only
+decide *when* things happen and *how* effects reach the world.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+
+import attrs
+import structlog
+
+from dtq.clock import VectorClock
+from dtq.envelope import Envelope, Message
+from dtq.store import Store, Write
+
+if TYPE_CHECKING:
+    from dtq.tasktypes import TaskActor, TaskInput
+
+M = TypeVar("M", bound=Message)
+Handler = Callable[[Any, Any, "Context"], None]
+Recorder = Callable[[str, str, VectorClock, Mapping[str, Any]], None]
+"""record(actor, kind, clock, data): append one event to the history."""
+
+
+class Rng(Protocol):
+    """The part of `random.Random` actors may use (seeded per actor by the runtime)."""
+
+    def random(self) -> float: ...
+    def randint(self, a: int, b: int) -> int: ...
+    def uniform(self, a: float, b: float) -> float: ...
+    def choice(self, seq: Sequence[Any]) -> Any: ...
+    def getrandbits(self, k: int) -> int: ...
+
+
+def receive(*types: type[Message]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Mark a method as the handler of the given message classes: `@receive(Submit)`."""
+
+    def mark(fn: Callable[..., None]) -> Callable[..., None]:
+        fn._dtq_receives = types  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+class Actor:
+    """Base class of every actor. Subclasses define handlers with `@receive(MessageClass)`.
+
+    Lifecycle hooks: `on_start(ctx)` runs when the actor (re)starts, with empty volatile state;
+    `on_stop(ctx)` runs on a graceful stop (never on a crash).
+    """
+
+    _handlers: ClassVar[dict[type[Message], str]] = {}
+    subscriptions: ClassVar[tuple[str, ...]] = ()
+    """Shared queues the actor consumes from the start (its own mailbox is always consumed)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        handlers: dict[type[Message], str] = {}
+        for klass in reversed(cls.__mro__):
+            for attr, fn in vars(klass).items():
+                for t in getattr(fn, "_dtq_receives", ()):
+                    handlers[t] = attr
+        cls._handlers = handlers
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def on_start(self, ctx: Context) -> None:
+        """Called when the actor starts or restarts."""
+
+    def on_stop(self, ctx: Context) -> None:
+        """Called on a graceful stop."""
+
+    def handler_for(self, message: Message) -> Callable[[Message, Context], None] | None:
+        for klass in type(message).__mro__:
+            attr = self._handlers.get(klass)
+            if attr is not None:
+                fn: Callable[[Message, Context], None] = getattr(self, attr)
+                return fn
+        return None
+
+
+@attrs.frozen
+class DeliveryRef:
+    """An unacknowledged delivery an actor holds on to (`ctx.hold()`), to ack later."""
+
+    token: int
+
+
+@attrs.frozen(kw_only=True)
+class Timer:
+    id: int
+    delay_ms: int
+    message: Message
+
+
+@attrs.frozen(kw_only=True)
+class Execution:
+    """Run a task type's code off the handler loop; an `Executed` message comes back."""
+
+    ref: str
+    task_actor: TaskActor
+    input: TaskInput
+
+
+@attrs.define
+class Effects:
+    """What one handler run asks the runtime to do, applied as persist, send, ack."""
+
+    writes: list[Write] = attrs.field(factory=list)
+    epoch: int = 0
+    sends: list[Envelope] = attrs.field(factory=list)
+    timers: list[Timer] = attrs.field(factory=list)
+    cancelled_timers: list[int] = attrs.field(factory=list)
+    hold: bool = False
+    acks: list[DeliveryRef] = attrs.field(factory=list)
+    executions: list[Execution] = attrs.field(factory=list)
+    subscribe: list[str] = attrs.field(factory=list)
+    unsubscribe: list[str] = attrs.field(factory=list)
+    exit: str | None = None
+
+
+class Context:
+    """A handler's only door to the world. Created by `ActorCell` for one handler run."""
+
+    __slots__ = ("_cell", "_ref", "effects", "envelope", "now_ms")
+
+    def __init__(
+        self, cell: ActorCell, now_ms: int, envelope: Envelope | None, ref: DeliveryRef | None,
+    ) -> None:
+        self._cell = cell
+        self._ref = ref
+        self.now_ms = now_ms
+        self.envelope = envelope
+        self.effects = Effects(epoch=cell.epoch)
+
+    # identity and environment -----------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self._cell.name
+
+    @property
+    def rng(self) -> Rng:
+        return self._cell.rng
+
+    @property
+    def store(self) -> Store:
+        return self._cell.store
+
+    @property
+    def clock(self) -> VectorClock:
+        return self._cell.clock
+
+    @property
+    def epoch(self) -> int:
+        return self._cell.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Adopt a fencing epoch: later writes are fenced by it and sends carry it."""
+        self._cell.epoch = epoch
+        self.effects.epoch = epoch
+        self._cell.log = self._cell.log.bind(epoch=epoch)
+
+    @property
+    def log(self) -> Any:
+        if self.envelope is None:
+            return self._cell.log
+        return self._cell.log.bind(msg=self.envelope.id, kind=self.envelope.kind)
+
+    def new_id(self) -> str:
+        return self._cell.new_id()
+
+    # effects ------------------------------------------------------------------------------
+    def send(self, target: str, message: Message, *, attempt: int = 0) -> Envelope:
+        """Send `message` to a mailbox or shared queue; it leaves after the writes persist."""
+        cell = self._cell
+        cell.clock = cell.clock.tick(cell.name)
+        env = Envelope(id=cell.new_id(), sender=cell.name, target=target, body=message,
+                       clock=cell.clock, epoch=cell.epoch, attempt=attempt)
+        self.effects.sends.append(env)
+        return env
+
+    def write(self, write: Write) -> None:
+        """Record a fenced store write, applied (with the others of this run) before any send."""
+        self.effects.writes.append(write)
+
+    def schedule(self, delay_ms: int, message: Message) -> int:
+        """Deliver `message` back to this actor after `delay_ms`; returns a timer id."""
+        tid = self._cell.next_timer()
+        self.effects.timers.append(Timer(id=tid, delay_ms=max(0, int(delay_ms)), message=message))
+        return tid
+
+    def cancel(self, timer_id: int) -> None:
+        self.effects.cancelled_timers.append(timer_id)
+
+    def hold(self) -> DeliveryRef:
+        """Keep the current delivery unacknowledged; ack it later with `ctx.ack(ref)`."""
+        if self._ref is None:
+            raise RuntimeError("only a delivered message can be held, not a timer or hook")
+        self.effects.hold = True
+        return self._ref
+
+    def ack(self, ref: DeliveryRef) -> None:
+        self.effects.acks.append(ref)
+
+    def execute(self, ref: str, task_actor: TaskActor, task_input: TaskInput) -> None:
+        """Run a task off the handler loop; an `Executed(ref=...)` message comes back."""
+        self.effects.executions.append(Execution(ref=ref, task_actor=task_actor, input=task_input))
+
+    def subscribe(self, queue: str) -> None:
+        self.effects.subscribe.append(queue)
+
+    def unsubscribe(self, queue: str) -> None:
+        self.effects.unsubscribe.append(queue)
+
+    def exit(self, reason: str) -> None:
+        """Crash-only exit: after this run, the runtime stops the actor (unacked work returns)."""
+        self.effects.exit = reason
+
+    def record(self, kind: str, **data: Any) -> None:
+        """Append an event to the history, stamped with this actor's current clock."""
+        cell = self._cell
+        cell.clock = cell.clock.tick(cell.name)
+        cell.record(cell.name, kind, cell.clock, data)
+
+
+class ActorCell:
+    """Runs one actor incarnation for a runtime: clocks, handler choice, effect collection."""
+
+    def __init__(
+        self, actor: Actor, *, store: Store, rng: Rng, record: Recorder,
+        new_id: Callable[[], str], clock: VectorClock | None = None, log: Any = None,
+    ) -> None:
+        self.actor = actor
+        self.name = actor.name
+        self.store = store
+        self.rng = rng
+        self.record = record
+        self.new_id = new_id
+        self.clock = clock or VectorClock()
+        self.epoch = 0
+        self.log: Any = log or structlog.get_logger("dtq").bind(actor=actor.name)
+        self._timer_seq = 0
+
+    def next_timer(self) -> int:
+        self._timer_seq += 1
+        return self._timer_seq
+
+    def start(self, now_ms: int) -> Effects:
+        ctx = Context(self, now_ms, None, None)
+        ctx.effects.subscribe.extend(self.actor.subscriptions)
+        self.actor.on_start(ctx)
+        return ctx.effects
+
+    def stop(self, now_ms: int) -> Effects:
+        ctx = Context(self, now_ms, None, None)
+        self.actor.on_stop(ctx)
+        return ctx.effects
+
+    def deliver(self, env: Envelope, ref: DeliveryRef | None, now_ms: int) -> Effects:
+        """Handle a delivered envelope: merge its clock, tick, run the handler."""
+        self.clock = self.clock.merge(env.clock).tick(self.name)
+        ctx = Context(self, now_ms, env, ref)
+        self._dispatch(env.body, ctx)
+        return ctx.effects
+
+    def fire(self, message: Message, now_ms: int) -> Effects:
+        """Handle a local event (a timer, an execution result): tick, run the handler."""
+        self.clock = self.clock.tick(self.name)
+        ctx = Context(self, now_ms, None, None)
+        self._dispatch(message, ctx)
+        return ctx.effects
+
+    def _dispatch(self, message: Message, ctx: Context) -> None:
+        handler = self.actor.handler_for(message)
+        if handler is None:
+            ctx.log.warning("unhandled message", kind=type(message).__name__)
+            return
+        handler(message, ctx)

@@ -1,0 +1,159 @@
+"""Invariants over a recorded history: pure functions, the same for both backends.
+
+Counts follow Jepsen's queue checker:
+
+* submitted: distinct tasks a client submitted;
+* lost: submitted tasks that never reached succeeded, failed or cancelled;
+* duplicated: tasks whose effect (stored result, or a `once` side effect) was applied twice;
+* unexpected: outcomes or effects for tasks nobody submitted;
+* recovered: tasks that finished although an earlier attempt was lost to a fault.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import attrs
+
+from dtq.history import Event
+
+TERMINAL = {"succeeded": "succeeded", "failed": "failed", "rejected": "failed",
+            "cancelled": "cancelled"}
+
+
+@attrs.frozen(kw_only=True)
+class Violation:
+    invariant: str
+    detail: str
+    task: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"invariant": self.invariant, "detail": self.detail}
+        if self.task is not None:
+            out["task"] = self.task
+        return out
+
+
+@attrs.define(kw_only=True)
+class Counts:
+    submitted: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    unexpected: int = 0
+    recovered: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return attrs.asdict(self)
+
+
+@attrs.frozen(kw_only=True)
+class CheckResult:
+    counts: Counts
+    violations: tuple[Violation, ...]
+    leaders: tuple[tuple[int, str], ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+def check(events: Sequence[Event], *, complete: bool = True) -> CheckResult:
+    """Check every invariant. With `complete`, unfinished tasks count as lost."""
+    violations: list[Violation] = []
+    counts = Counts()
+    submitted = {e.data["task"] for e in events if e.kind == "submit"}
+    counts.submitted = len(submitted)
+    outcomes = _outcomes(events, violations)
+    for outcome in outcomes.values():
+        setattr(counts, outcome, getattr(counts, outcome) + 1)
+    violations += _lost(submitted, outcomes, counts, complete)
+    violations += _duplicates(events, counts)
+    violations += _unexpected(events, submitted, counts)
+    counts.recovered = _recovered(events, outcomes)
+    leaders, leader_violations = _leaders(events)
+    violations += leader_violations
+    return CheckResult(counts=counts, violations=tuple(violations), leaders=leaders)
+
+
+def _outcomes(events: Iterable[Event], violations: list[Violation]) -> dict[str, str]:
+    outcomes: dict[str, str] = {}
+    for e in events:
+        outcome = TERMINAL.get(e.kind)
+        if outcome is None:
+            continue
+        task = e.data["task"]
+        first = outcomes.setdefault(task, outcome)
+        if first != outcome:
+            violations.append(Violation(
+                invariant="single_outcome", task=task,
+                detail=f"task {task} ended {first} and then {outcome}"))
+    return outcomes
+
+
+def _lost(
+    submitted: set[str], outcomes: dict[str, str], counts: Counts, complete: bool,
+) -> list[Violation]:
+    missing = sorted(t for t in submitted if t not in outcomes)
+    counts.lost = len(missing) if complete else 0
+    if not complete or not missing:
+        return []
+    shown = ", ".join(missing[:5]) + (" …" if len(missing) > 5 else "")
+    return [Violation(invariant="no_lost_task", task=missing[0],
+                      detail=f"{len(missing)} submitted task(s) never finished: {shown}")]
+
+
+def _duplicates(events: Iterable[Event], counts: Counts) -> list[Violation]:
+    effects = Counter(e.data["task"] for e in events if e.kind == "effect")
+    side = Counter(e.data["key"] for e in events if e.kind == "side_effect")
+    side_task = {e.data["key"]: e.data.get("task") for e in events if e.kind == "side_effect"}
+    out = [Violation(invariant="no_duplicate_effect", task=t,
+                     detail=f"the result of task {t} was applied {n} times")
+           for t, n in sorted(effects.items()) if n > 1]
+    out += [Violation(invariant="no_duplicate_effect", task=side_task[k],
+                      detail=f"side effect {k!r} ran {n} times")
+            for k, n in sorted(side.items()) if n > 1]
+    counts.duplicated = len({v.task for v in out})
+    return out
+
+
+def _unexpected(events: Iterable[Event], submitted: set[str], counts: Counts) -> list[Violation]:
+    strange = sorted({e.data["task"] for e in events
+                      if (e.kind in TERMINAL or e.kind == "effect")
+                      and e.data["task"] not in submitted})
+    counts.unexpected = len(strange)
+    return [Violation(invariant="no_unexpected_task", task=t,
+                      detail=f"task {t} has an outcome but was never submitted") for t in strange]
+
+
+def _recovered(events: Iterable[Event], outcomes: dict[str, str]) -> int:
+    attempts: dict[str, int] = defaultdict(int)
+    for e in events:
+        if e.kind == "dispatched":
+            attempts[e.data["task"]] = max(attempts[e.data["task"]], e.data["attempt"])
+    return sum(1 for t, o in outcomes.items() if o == "succeeded" and attempts[t] > 1)
+
+
+def _leaders(events: Iterable[Event]) -> tuple[tuple[tuple[int, str], ...], list[Violation]]:
+    leaders: list[tuple[int, str]] = []
+    violations: list[Violation] = []
+    by_epoch: dict[int, str] = {}
+    for e in events:
+        if e.kind != "leader":
+            continue
+        epoch = int(e.data["epoch"])
+        if epoch in by_epoch and by_epoch[epoch] != e.actor:
+            violations.append(Violation(
+                invariant="one_leader_per_epoch",
+                detail=f"epoch {epoch} led by {by_epoch[epoch]} and {e.actor}"))
+        if leaders and epoch <= leaders[-1][0]:
+            violations.append(Violation(
+                invariant="epochs_grow",
+                detail=f"{e.actor} led epoch {epoch} after epoch {leaders[-1][0]}"))
+        by_epoch.setdefault(epoch, e.actor)
+        leaders.append((epoch, e.actor))
+    return tuple(leaders), violations

@@ -1,0 +1,154 @@
+"""Envelopes, the messages actors exchange, and the JSON wire codec.
+
+The framework owns the envelope (id, sender, target, clock, epoch, attempt); actors own the
+body, an `@attrs.frozen` keyword-only `Message`. On the wire an envelope is one JSON object whose
+`kind` names the body's class.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+import cattrs
+
+from dtq.clock import VectorClock
+from dtq.errors import DecodeError
+from dtq.task import TaskSpec
+
+
+@attrs.frozen(kw_only=True)
+class Message:
+    """Base of every message body. Subclasses are `@attrs.frozen(kw_only=True)`."""
+
+
+@attrs.frozen(kw_only=True)
+class Envelope:
+    id: str
+    sender: str
+    target: str
+    body: Message
+    clock: VectorClock = VectorClock()
+    epoch: int = 0
+    attempt: int = 0
+    redelivered: bool = False
+
+    @property
+    def kind(self) -> str:
+        return type(self.body).__name__
+
+
+# --- the messages of the task flow ------------------------------------------------------------
+
+COORDINATOR_QUEUE = "coordinator"
+"""The leader's durable inbox: submissions, completions, heartbeats."""
+WORK_QUEUE = "work"
+"""The shared work queue: workers compete for dispatches (round robin)."""
+
+
+@attrs.frozen(kw_only=True)
+class Submit(Message):
+    """A client asks the leader to accept a task."""
+
+    spec: TaskSpec
+
+
+@attrs.frozen(kw_only=True)
+class Dispatch(Message):
+    """The leader hands an attempt of a ready task to the shared work queue."""
+
+    spec: TaskSpec
+    attempt: int
+
+
+@attrs.frozen(kw_only=True)
+class Started(Message):
+    task_id: str
+    attempt: int
+    worker: str
+
+
+@attrs.frozen(kw_only=True)
+class Completed(Message):
+    """A worker reports the stored outcome of a task (which may be another attempt's)."""
+
+    task_id: str
+    attempt: int
+    worker: str
+    ok: bool
+    error: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Cancel(Message):
+    task_id: str
+
+
+@attrs.frozen(kw_only=True)
+class Heartbeat(Message):
+    worker: str
+    seq: int
+    running: tuple[str, ...] = ()
+
+
+# --- codec -------------------------------------------------------------------------------------
+
+
+def _all_message_types(root: type[Message] = Message) -> Iterable[type[Message]]:
+    for sub in root.__subclasses__():
+        yield sub
+        yield from _all_message_types(sub)
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter()
+    conv.register_unstructure_hook(VectorClock, lambda c: dict(c.entries))
+    conv.register_structure_hook(VectorClock, lambda d, _: VectorClock.of(d))
+    conv.register_unstructure_hook(TaskSpec, lambda s: s.to_json())
+    conv.register_structure_hook(TaskSpec, lambda d, _: TaskSpec.from_json(d))
+    return conv
+
+
+class Codec:
+    """Encodes envelopes to JSON bytes and back. Knows every `Message` subclass defined so far,
+    plus any passed in explicitly."""
+
+    def __init__(self, extra: Iterable[type[Message]] = ()) -> None:
+        self._conv = _make_converter()
+        self._types: dict[str, type[Message]] = {}
+        for t in (*_all_message_types(), *extra):
+            self._types[t.__name__] = t
+
+    def _lookup(self, kind: str) -> type[Message]:
+        found = self._types.get(kind)
+        if found is None:
+            self._types.update((t.__name__, t) for t in _all_message_types())
+            found = self._types.get(kind)
+        if found is None:
+            raise DecodeError(f"unknown message kind {kind!r}")
+        return found
+
+    def encode(self, env: Envelope) -> bytes:
+        doc = {
+            "id": env.id, "sender": env.sender, "target": env.target, "kind": env.kind,
+            "clock": dict(env.clock.entries), "epoch": env.epoch, "attempt": env.attempt,
+            "body": self._conv.unstructure(env.body),
+        }
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    def decode(self, raw: bytes, *, redelivered: bool = False) -> Envelope:
+        try:
+            doc: dict[str, Any] = json.loads(raw)
+            body = self._conv.structure(doc["body"], self._lookup(doc["kind"]))
+            return Envelope(
+                id=str(doc["id"]), sender=str(doc["sender"]), target=str(doc["target"]),
+                body=body, clock=VectorClock.of(doc.get("clock") or {}),
+                epoch=int(doc.get("epoch", 0)), attempt=int(doc.get("attempt", 0)),
+                redelivered=redelivered,
+            )
+        except DecodeError:
+            raise
+        except Exception as exc:  # anything malformed is one kind of failure: undecodable
+            raise DecodeError(f"undecodable message: {exc!r}"[:500]) from exc

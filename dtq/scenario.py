@@ -1,0 +1,266 @@
+"""Scenario files: the model and the loader.
+
+A scenario is a TOML file (read with the standard library's tomllib) naming its cluster, its
+network, its workload, a timeline of faults and its expectations. The loader checks every key;
+a broken file gets a `ScenarioError` naming the file, the line where it can be found, and the key.
+See `scenarios/README.md` for the format.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from dtq.errors import ScenarioError
+
+FAULT_ACTIONS = {
+    "kill": "stop a node at once (SIGKILL); with `duration`, restart it afterwards",
+    "crash": "the same as kill",
+    "restart": "start a killed node again",
+    "pause": "freeze a node (SIGSTOP); with `duration`, resume it afterwards",
+    "resume": "unfreeze a paused node (SIGCONT)",
+    "partition": "cut the target from `from` (default: the broker); with `duration`, heal after",
+    "heal": "remove every partition",
+    "latency": "add `latency` ms (and `jitter` ms) to every message; with `duration`, undo after",
+    "duplicate": "duplicate messages with probability `probability`",
+    "drop": "drop messages with probability `probability` (publishers retransmit)",
+    "reorder": "reorder messages with probability `probability`",
+    "bandwidth": "limit the target's links to `rate` KB/s (real backend only)",
+    "slicer": "slice the target's TCP stream into small pieces (real backend only)",
+    "reset_peer": "reset the target's connections (real backend only)",
+}
+TARGET_ROLES = ("leader", "standby", "any-worker", "any-coordinator", "all-workers")
+
+
+@attrs.frozen(kw_only=True)
+class ClusterSpec:
+    coordinators: int = 1
+    workers: int = 3
+    worker_prefetch: int = 1
+    lease_ttl_ms: int = 3000
+    task_modules: tuple[str, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class TaskTemplate:
+    id: str | None = None
+    type: str = "echo"
+    payload: Any = None
+    deps: tuple[str, ...] = ()
+    max_attempts: int = 3
+    timeout_ms: int = 60_000
+    priority: int = 0
+    idempotency_key: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class WorkloadSpec:
+    count: int = 0
+    template: TaskTemplate = TaskTemplate()
+    interval_ms: int = 0
+    start_ms: int = 0
+    tasks: tuple[TaskTemplate, ...] = ()
+    dag: str | None = None
+    dag_size: int = 0
+    dag_seed: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class FaultSpec:
+    at_ms: int
+    action: str
+    target: str | None = None
+    duration_ms: int | None = None
+    params: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class ExpectSpec:
+    deadline_ms: int = 60_000
+    succeeded: int | None = None
+    failed: int | None = None
+    failover_ms_max: int | None = None
+    reassign_ms_max: int | None = None
+    settle_ms: int = 1000
+
+
+@attrs.frozen(kw_only=True)
+class Scenario:
+    name: str
+    path: Path
+    description: str = ""
+    seed: int = 1
+    cluster: ClusterSpec = ClusterSpec()
+    network: Mapping[str, Any] = attrs.field(factory=dict)
+    crash_points: Mapping[str, float] = attrs.field(factory=dict)
+    workload: WorkloadSpec = WorkloadSpec()
+    faults: tuple[FaultSpec, ...] = ()
+    expect: ExpectSpec = ExpectSpec()
+    transcript: bool = False
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+NETWORK_KEYS = {"delay_ms": int, "jitter_ms": int, "drop": float, "duplicate": float,
+                "reorder": float, "reorder_ms": int, "retransmit_ms": int,
+                "broker_heartbeat_ms": int}
+CLUSTER_KEYS = {"coordinators": int, "workers": int, "worker_prefetch": int,
+                "lease_ttl_ms": int, "tasks": list}
+TASK_KEYS = {"id": str, "type": str, "payload": object, "deps": list, "max_attempts": int,
+             "timeout_ms": int, "priority": int, "idempotency_key": str}
+WORKLOAD_KEYS = {"count": int, "interval_ms": int, "start_ms": int, "tasks": list,
+                 "dag": str, "dag_size": int, "dag_seed": int, **TASK_KEYS}
+EXPECT_KEYS = {"deadline_ms": int, "succeeded": int, "failed": int, "failover_ms_max": int,
+               "reassign_ms_max": int, "settle_ms": int}
+FAULT_KEYS = {"at": int, "action": str, "target": str, "duration": int, "from": list,
+              "latency": int, "jitter": int, "probability": float, "rate": int,
+              "timeout": int, "average_size": int, "size_variation": int, "delay": int}
+TOP_KEYS = {"name": str, "description": str, "seed": int, "cluster": dict, "network": dict,
+            "crash_points": dict, "workload": dict, "fault": list, "expect": dict,
+            "output": dict}
+
+
+class _Loader:
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        self.lines = text.splitlines()
+
+    def error(self, key: str, message: str) -> ScenarioError:
+        line = self._line_of(key)
+        where = f"{self.path}:{line}" if line else str(self.path)
+        return ScenarioError(f"{where}: {key}: {message}")
+
+    def _line_of(self, key: str) -> int | None:
+        parts = [p for p in re.split(r"[.\[\]]", key) if p and not p.isdigit()]
+        last = parts[-1] if parts else key
+        pattern = re.compile(rf"^\s*(\[+\s*)?{re.escape(last)}\s*(=|\]|\.)")
+        for i, line in enumerate(self.lines, 1):
+            if pattern.search(line):
+                return i
+        return None
+
+    def table(self, data: Mapping[str, Any], schema: Mapping[str, type], prefix: str) -> None:
+        for key, value in data.items():
+            full = f"{prefix}{key}"
+            if key not in schema:
+                raise self.error(full, f"unknown key (expected one of: {', '.join(sorted(schema))})")
+            self.typed(full, value, schema[key])
+
+    def typed(self, key: str, value: Any, kind: type) -> None:
+        if kind is object:
+            return
+        if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+            if not 0.0 <= float(value) <= 1.0 and key.split(".")[-1] in (
+                    "drop", "duplicate", "reorder", "probability", "after_persist",
+                    "after_send"):
+                raise self.error(key, f"must be a probability from 0 to 1, not {value}")
+            return
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise self.error(key, f"must be true or false, not {value!r}")
+            return
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise self.error(key, f"must be {kind.__name__}, not {type(value).__name__}")
+        if kind is int and value < 0:
+            raise self.error(key, f"must not be negative, not {value}")
+
+
+def load(path: str | Path) -> Scenario:
+    """Read and validate a scenario file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ScenarioError(f"{p}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{p}: not valid TOML: {exc}") from exc
+    return parse(data, p, text)
+
+
+def parse(data: Mapping[str, Any], path: Path, text: str = "") -> Scenario:
+    ld = _Loader(path, text)
+    ld.table(data, TOP_KEYS, "")
+    return Scenario(
+        name=data.get("name", path.stem), path=path, description=data.get("description", ""),
+        seed=data.get("seed", 1), cluster=_cluster(ld, data.get("cluster", {})),
+        network=_network(ld, data.get("network", {})),
+        crash_points=_crash_points(ld, data.get("crash_points", {})),
+        workload=_workload(ld, data.get("workload", {})),
+        faults=tuple(_fault(ld, i, f) for i, f in enumerate(data.get("fault", []))),
+        expect=_expect(ld, data.get("expect", {})),
+        transcript=_output(ld, data.get("output", {})),
+    )
+
+
+def _cluster(ld: _Loader, d: Mapping[str, Any]) -> ClusterSpec:
+    ld.table(d, CLUSTER_KEYS, "cluster.")
+    spec = ClusterSpec(**{k: v for k, v in d.items() if k != "tasks"},
+                       task_modules=tuple(d.get("tasks", ())))
+    if spec.coordinators < 1:
+        raise ld.error("cluster.coordinators", "needs at least 1 coordinator")
+    if spec.workers < 1:
+        raise ld.error("cluster.workers", "needs at least 1 worker")
+    return spec
+
+
+def _network(ld: _Loader, d: Mapping[str, Any]) -> dict[str, Any]:
+    ld.table(d, NETWORK_KEYS, "network.")
+    return dict(d)
+
+
+def _crash_points(ld: _Loader, d: Mapping[str, Any]) -> dict[str, float]:
+    ld.table(d, {"after_persist": float, "after_send": float}, "crash_points.")
+    return {k: float(v) for k, v in d.items()}
+
+
+def _task(ld: _Loader, d: Any, prefix: str) -> TaskTemplate:
+    if not isinstance(d, Mapping):
+        raise ld.error(prefix.rstrip("."), "must be a table")
+    ld.table(d, TASK_KEYS, prefix)
+    return TaskTemplate(**{**d, "deps": tuple(d.get("deps", ()))})
+
+
+def _workload(ld: _Loader, d: Mapping[str, Any]) -> WorkloadSpec:
+    ld.table(d, WORKLOAD_KEYS, "workload.")
+    template = _task(ld, {k: v for k, v in d.items() if k in TASK_KEYS}, "workload.")
+    tasks = tuple(_task(ld, t, f"workload.tasks[{i}].") for i, t in enumerate(d.get("tasks", [])))
+    dag = d.get("dag")
+    if dag is not None and dag not in ("diamond", "chain", "random", "fan"):
+        raise ld.error("workload.dag", "must be one of: diamond, chain, random, fan")
+    return WorkloadSpec(count=d.get("count", 0), template=template,
+                        interval_ms=d.get("interval_ms", 0), start_ms=d.get("start_ms", 0),
+                        tasks=tasks, dag=dag, dag_size=d.get("dag_size", 0),
+                        dag_seed=d.get("dag_seed"))
+
+
+def _fault(ld: _Loader, i: int, d: Any) -> FaultSpec:
+    prefix = f"fault[{i}]."
+    if not isinstance(d, Mapping):
+        raise ld.error(f"fault[{i}]", "must be a table ([[fault]])")
+    ld.table(d, FAULT_KEYS, prefix)
+    for required in ("at", "action"):
+        if required not in d:
+            raise ld.error(prefix + required, "is required")
+    if d["action"] not in FAULT_ACTIONS:
+        raise ld.error(prefix + "action", f"unknown action {d['action']!r} (expected one of: "
+                       f"{', '.join(sorted(FAULT_ACTIONS))})")
+    params = {k: v for k, v in d.items() if k not in ("at", "action", "target", "duration")}
+    return FaultSpec(at_ms=d["at"], action=d["action"], target=d.get("target"),
+                     duration_ms=d.get("duration"), params=params)
+
+
+def _expect(ld: _Loader, d: Mapping[str, Any]) -> ExpectSpec:
+    ld.table(d, EXPECT_KEYS, "expect.")
+    return ExpectSpec(**d)
+
+
+def _output(ld: _Loader, d: Mapping[str, Any]) -> bool:
+    ld.table(d, {"transcript": bool}, "output.")
+    return bool(d.get("transcript", False))

@@ -1,0 +1,109 @@
+"""The Store protocol: the atomic, fenced operations the actors need, and nothing more.
+
+Two kinds of operation:
+
+* immediate, atomic ones that answer (claim an idempotency key, first-writer-wins result,
+  leases, `once` markers, reads);
+* fenced writes (`Write` values) that a handler records with `ctx.write`; the runtime applies a
+  handler's writes in one batch with `Store.apply(writes, epoch=...)`, which refuses the whole
+  batch with `StaleEpoch` when the epoch is older than the store's.
+
+`transports/memory.py` implements it in memory for the simulator, `transports/redis.py` on Redis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Protocol, runtime_checkable
+
+import attrs
+
+from dtq.task import TaskRecord, TaskResult, TaskState
+
+LEADER_LEASE = "coordinator"
+
+
+@attrs.frozen(kw_only=True)
+class PutTask:
+    """Create or replace a task record."""
+
+    record: TaskRecord
+
+
+@attrs.frozen(kw_only=True)
+class AddDependents:
+    """Remember that `dependents` wait on `task_id` (edges of the DAG, for rebuilding)."""
+
+    task_id: str
+    dependents: tuple[str, ...]
+
+
+Write = PutTask | AddDependents
+
+
+@attrs.frozen(kw_only=True)
+class Lease:
+    name: str
+    holder: str
+    epoch: int
+    expires_ms: int
+
+
+@attrs.frozen(kw_only=True)
+class WorkerInfo:
+    name: str
+    last_heartbeat_ms: int
+    state: str = "alive"
+    running: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class Store(Protocol):
+    # records ------------------------------------------------------------------------------
+    def get_task(self, task_id: str) -> TaskRecord | None: ...
+
+    def scan_tasks(
+        self, *, states: Collection[TaskState] | None = None, task_type: str | None = None,
+        after: str | None = None, limit: int = 1000,
+    ) -> list[TaskRecord]:
+        """Records ordered by id, starting after id `after` (cursor pagination)."""
+        ...
+
+    def dependents(self, task_id: str) -> tuple[str, ...]: ...
+
+    def apply(self, writes: Sequence[Write], *, epoch: int, lease: str = LEADER_LEASE) -> None:
+        """Apply all writes atomically, or none with `StaleEpoch` if `epoch` is not current."""
+        ...
+
+    # idempotency and exactly-once ---------------------------------------------------------
+    def claim_key(self, key: str, task_id: str, fingerprint: str) -> tuple[str, str]:
+        """Bind key to (task_id, fingerprint) unless bound; return the binding that holds."""
+        ...
+
+    def put_result(self, result: TaskResult, *, ttl_ms: int | None = None) -> tuple[TaskResult, bool]:
+        """First writer wins: returns (the stored result, whether this call stored it)."""
+        ...
+
+    def get_result(self, task_id: str) -> TaskResult | None: ...
+
+    def once(self, key: str, owner: str) -> tuple[str, bool]:
+        """Mark `key` done by `owner` unless already marked; return (owner that holds, new)."""
+        ...
+
+    # leases and fencing -------------------------------------------------------------------
+    def acquire_lease(self, name: str, holder: str, ttl_ms: int) -> int | None:
+        """Take a free or expired lease and bump its epoch; the new epoch, or None if held."""
+        ...
+
+    def renew_lease(self, name: str, holder: str, epoch: int, ttl_ms: int) -> bool: ...
+
+    def release_lease(self, name: str, holder: str, epoch: int) -> None: ...
+
+    def lease(self, name: str) -> Lease | None: ...
+
+    def epoch(self, name: str = LEADER_LEASE) -> int: ...
+
+    # workers ------------------------------------------------------------------------------
+    def put_worker(self, info: WorkerInfo) -> None: ...
+
+    def workers(self) -> list[WorkerInfo]: ...

@@ -1,0 +1,205 @@
+"""Task types: the `TaskActor` base and the built-in compute, io, sleep and echo types.
+
+A task type is a `TaskActor` subclass with a `type_name` and a `run(task, ctx)` method. It reaches
+time, files and the network only through its `TaskContext`, which the simulator fakes (sleep
+and I/O advance virtual time) and the process runtime implements for real, in a thread off the
+worker's handler loop. Users add types by subclassing in their own module and naming it:
+`dtq worker --tasks mypkg.tasks`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar, Protocol
+
+import attrs
+
+from dtq.envelope import Message
+from dtq.errors import UnknownTaskType, ValidationError
+
+JSON = Any
+
+
+@attrs.frozen(kw_only=True)
+class TaskInput:
+    """What a task's code sees of its task."""
+
+    task_id: str
+    type: str
+    payload: JSON
+    attempt: int
+    timeout_ms: int
+    deps: Mapping[str, JSON] = attrs.field(factory=dict)
+    """Results of the task's dependencies, by task id."""
+
+
+@attrs.frozen(kw_only=True)
+class Executed(Message):
+    """Comes back to the worker when a task's code has finished (or failed)."""
+
+    ref: str
+    ok: bool
+    value: JSON = None
+    error: str | None = None
+    elapsed_ms: int = 0
+
+
+class TaskContext(Protocol):
+    """A task's door to the world. The simulator's advances virtual time instead of waiting."""
+
+    @property
+    def now_ms(self) -> int: ...
+
+    def sleep(self, ms: int) -> None: ...
+
+    def read_file(self, path: str) -> bytes: ...
+
+    def write_file(self, path: str, data: bytes) -> None: ...
+
+    def http_get(self, url: str) -> tuple[int, bytes]: ...
+
+    def once(self, key: str, fn: Callable[[], object]) -> bool:
+        """Run `fn` at most once per key across all attempts and workers (True if it ran now).
+
+        The marker is set before `fn` runs, so a crash inside `fn` skips it on retry: at most
+        once, never twice."""
+        ...
+
+    def charge(self, ms: int) -> None:
+        """Account for CPU time that virtual time should see (a no-op on real processes)."""
+        ...
+
+
+class TaskError(Exception):
+    """Raised by task code for an expected failure; the message becomes the task's reason."""
+
+
+class TaskActor:
+    """Base class of task types. Subclass it, set `type_name`, implement `run`.
+
+    `run` returns a JSON-serialisable value (the task's result) or raises; an exception
+    fails the attempt, and the coordinator retries up to the task's `max_attempts`.
+    """
+
+    type_name: ClassVar[str] = ""
+
+    def validate(self, payload: JSON) -> None:
+        """Reject a payload this type cannot run (raise `ValidationError`)."""
+
+    def run(self, task: TaskInput, ctx: TaskContext) -> JSON:
+        raise NotImplementedError
+
+
+def _field(payload: JSON, name: str, kind: type, default: Any = None) -> Any:
+    if not isinstance(payload, Mapping):
+        raise ValidationError("payload", "must be an object")
+    value = payload.get(name, default)
+    if value is None or isinstance(value, bool) or not isinstance(value, kind):
+        raise ValidationError(f"payload.{name}", f"must be a {kind.__name__}")
+    return value
+
+
+class Echo(TaskActor):
+    """Returns its payload: the prototype's "message" and the benchmarks' no-op."""
+
+    type_name = "echo"
+
+    def run(self, task: TaskInput, ctx: TaskContext) -> JSON:
+        return task.payload
+
+
+class Compute(TaskActor):
+    """Real CPU work: `size` rounds of SHA-256 over a seed; returns the final digest."""
+
+    type_name = "compute"
+    max_size = 50_000_000
+
+    def validate(self, payload: JSON) -> None:
+        size = _field(payload, "size", int)
+        if not 0 <= size <= self.max_size:
+            raise ValidationError("payload.size", f"must be from 0 to {self.max_size}")
+
+    def run(self, task: TaskInput, ctx: TaskContext) -> JSON:
+        self.validate(task.payload)
+        size = int(task.payload["size"])
+        digest = str(task.payload.get("seed", task.task_id)).encode()
+        for _ in range(size):
+            digest = hashlib.sha256(digest).digest()
+        ctx.charge(max(1, size // 1000))
+        return {"size": size, "digest": digest.hex()}
+
+
+class Sleep(TaskActor):
+    """Sleeps `ms` milliseconds (virtual time in the simulator)."""
+
+    type_name = "sleep"
+
+    def validate(self, payload: JSON) -> None:
+        ms = _field(payload, "ms", int)
+        if not 0 <= ms <= 24 * 3600 * 1000:
+            raise ValidationError("payload.ms", "must be from 0 to 86400000")
+
+    def run(self, task: TaskInput, ctx: TaskContext) -> JSON:
+        self.validate(task.payload)
+        ctx.sleep(int(task.payload["ms"]))
+        return {"slept_ms": int(task.payload["ms"])}
+
+
+class Io(TaskActor):
+    """File or HTTP work: `{"op": "read"|"write"|"http_get", "path"|"url": ..., "data": ...}`.
+
+    Writes go through `ctx.once`, so a retried attempt never writes a file twice.
+    """
+
+    type_name = "io"
+
+    def validate(self, payload: JSON) -> None:
+        op = _field(payload, "op", str)
+        if op not in ("read", "write", "http_get"):
+            raise ValidationError("payload.op", "must be 'read', 'write' or 'http_get'")
+        _field(payload, "url" if op == "http_get" else "path", str)
+        if op == "write":
+            _field(payload, "data", str)
+
+    def run(self, task: TaskInput, ctx: TaskContext) -> JSON:
+        self.validate(task.payload)
+        p = task.payload
+        if p["op"] == "read":
+            data = ctx.read_file(p["path"])
+            return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        if p["op"] == "write":
+            raw = p["data"].encode()
+            ctx.once(f"{task.task_id}:write:{p['path']}", lambda: ctx.write_file(p["path"], raw))
+            return {"bytes": len(raw)}
+        status, body = ctx.http_get(p["url"])
+        return {"status": status, "bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+
+
+BUILTIN_MODULE = "dtq.tasktypes"
+
+
+def task_types_in(module: Any) -> dict[str, TaskActor]:
+    """Instances of the `TaskActor` subclasses defined in `module`, by type name."""
+    found: dict[str, TaskActor] = {}
+    for value in vars(module).values():
+        if (isinstance(value, type) and issubclass(value, TaskActor) and value is not TaskActor
+                and value.__module__ == module.__name__ and value.type_name):
+            found[value.type_name] = value()
+    return found
+
+
+def load_task_types(modules: Iterable[str] = ()) -> dict[str, TaskActor]:
+    """The built-in types plus those of the named modules (later modules override)."""
+    types: dict[str, TaskActor] = {}
+    for name in (BUILTIN_MODULE, *modules):
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            raise UnknownTaskType(f"cannot import task module {name!r}: {exc}") from exc
+        found = task_types_in(module)
+        if name != BUILTIN_MODULE and not found:
+            raise UnknownTaskType(f"module {name!r} defines no TaskActor subclass with a type_name")
+        types.update(found)
+    return types

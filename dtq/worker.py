@@ -1,0 +1,150 @@
+"""The Worker actor: competes for dispatches on the shared work queue and runs them.
+
+A dispatch is held (not acked) while its task runs off the handler loop; the result is stored
+with a first-writer-wins write keyed by task id, then reported to the leader, then the dispatch
+is acked. A redelivered or duplicated dispatch whose result already exists is not run again:
+its stored outcome is reported instead. Dispatches from an epoch older than the newest seen are
+refused.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+import attrs
+
+from dtq.actor import Actor, Context, DeliveryRef, receive
+from dtq.envelope import COORDINATOR_QUEUE, WORK_QUEUE, Completed, Dispatch, Message, Started
+from dtq.task import TaskResult, TaskSpec
+from dtq.tasktypes import Executed, TaskActor, TaskInput
+
+MAX_RESULT_BYTES = 1024 * 1024
+
+
+@attrs.frozen(kw_only=True)
+class ExecutionTimeout(Message):
+    ref: str
+
+
+@attrs.frozen(kw_only=True)
+class _Running:
+    delivery: DeliveryRef
+    spec: TaskSpec
+    attempt: int
+    timer: int
+
+
+class Worker(Actor):
+    subscriptions = (WORK_QUEUE,)
+
+    def __init__(
+        self, name: str, task_types: Mapping[str, TaskActor], *,
+        coordinator: str = COORDINATOR_QUEUE, max_result_bytes: int = MAX_RESULT_BYTES,
+        result_ttl_ms: int | None = None,
+    ) -> None:
+        super().__init__(name)
+        self.task_types = dict(task_types)
+        self.coordinator = coordinator
+        self.max_result_bytes = max_result_bytes
+        self.result_ttl_ms = result_ttl_ms
+        self.highest_epoch = 0
+        self.running: dict[str, _Running] = {}
+
+    def on_start(self, ctx: Context) -> None:
+        self.highest_epoch = 0
+        self.running = {}
+        ctx.record("worker_started")
+
+    @receive(Dispatch)
+    def on_dispatch(self, msg: Dispatch, ctx: Context) -> None:
+        spec, attempt = msg.spec, msg.attempt
+        epoch = ctx.envelope.epoch if ctx.envelope else 0
+        if epoch < self.highest_epoch:
+            ctx.record("stale_dispatch_refused", task=spec.id, attempt=attempt, epoch=epoch)
+            return
+        self.highest_epoch = epoch
+        ref = f"{spec.id}#{attempt}"
+        if ref in self.running:
+            return  # a duplicate delivery of a dispatch this worker is already running
+        stored = ctx.store.get_result(spec.id)
+        if stored is not None:
+            ctx.record("already_done", task=spec.id, attempt=attempt)
+            self._report(stored, ctx)
+            return
+        task_actor = self.task_types.get(spec.type)
+        if task_actor is None:
+            self._fail(spec.id, attempt, f"unknown task type {spec.type!r} on {self.name}", ctx)
+            return
+        self._start(ref, spec, attempt, task_actor, ctx)
+
+    def _start(
+        self, ref: str, spec: TaskSpec, attempt: int, task_actor: TaskActor, ctx: Context,
+    ) -> None:
+        delivery = ctx.hold()
+        timer = ctx.schedule(spec.timeout_ms, ExecutionTimeout(ref=ref))
+        self.running[ref] = _Running(delivery=delivery, spec=spec, attempt=attempt, timer=timer)
+        ctx.record("started", task=spec.id, attempt=attempt, label=spec.label)
+        ctx.send(self.coordinator, Started(task_id=spec.id, attempt=attempt, worker=self.name))
+        task_input = TaskInput(task_id=spec.id, type=spec.type, payload=spec.payload,
+                               attempt=attempt, timeout_ms=spec.timeout_ms,
+                               deps=self._dep_results(spec, ctx))
+        ctx.execute(ref, task_actor, task_input)
+
+    def _dep_results(self, spec: TaskSpec, ctx: Context) -> dict[str, object]:
+        results = {}
+        for dep in spec.deps:
+            stored = ctx.store.get_result(dep)
+            results[dep] = stored.value if stored is not None else None
+        return results
+
+    @receive(Executed)
+    def on_executed(self, msg: Executed, ctx: Context) -> None:
+        run = self.running.pop(msg.ref, None)
+        if run is None:
+            ctx.record("late_result_ignored", ref=msg.ref)
+            return
+        ctx.cancel(run.timer)
+        task_id, attempt = run.spec.id, run.attempt
+        size = _size(msg.value)
+        if not msg.ok:
+            self._fail(task_id, attempt, msg.error or "task raised", ctx)
+        elif size < 0:
+            self._fail(task_id, attempt, "result is not JSON-serialisable", ctx)
+        elif size > self.max_result_bytes:
+            self._fail(task_id, attempt, f"result of {size} bytes is over the cap of "
+                       f"{self.max_result_bytes} bytes", ctx)
+        else:
+            result = TaskResult(task_id=task_id, attempt=attempt, worker=self.name, ok=True,
+                                value=msg.value, finished_ms=ctx.now_ms)
+            stored, created = ctx.store.put_result(result, ttl_ms=self.result_ttl_ms)
+            kind = "effect" if created else "duplicate_refused"
+            ctx.record(kind, task=task_id, attempt=attempt, winner=stored.attempt)
+            self._report(stored, ctx)
+        ctx.ack(run.delivery)
+
+    @receive(ExecutionTimeout)
+    def on_timeout(self, msg: ExecutionTimeout, ctx: Context) -> None:
+        run = self.running.pop(msg.ref, None)
+        if run is None:
+            return
+        timeout = run.spec.timeout_ms
+        self._fail(run.spec.id, run.attempt, f"timed out after {timeout} ms", ctx)
+        ctx.ack(run.delivery)
+
+    def _report(self, stored: TaskResult, ctx: Context) -> None:
+        ctx.send(self.coordinator, Completed(task_id=stored.task_id, attempt=stored.attempt,
+                                             worker=stored.worker, ok=stored.ok,
+                                             error=stored.error))
+
+    def _fail(self, task_id: str, attempt: int, error: str, ctx: Context) -> None:
+        ctx.record("attempt_failed", task=task_id, attempt=attempt, error=error)
+        ctx.send(self.coordinator, Completed(task_id=task_id, attempt=attempt, worker=self.name,
+                                             ok=False, error=error))
+
+
+def _size(value: object) -> int:
+    try:
+        return len(json.dumps(value, separators=(",", ":")).encode())
+    except (TypeError, ValueError):
+        return -1

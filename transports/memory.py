@@ -1,0 +1,477 @@
+"""The deterministic simulator: virtual clock, seeded scheduler, a faulty network, crashes.
+
+One thread, one event heap ordered by (virtual time, sequence). Mailboxes and the shared work
+queue behave like RabbitMQ queues: competing consumers served round robin, per-consumer
+prefetch, unacked deliveries returned to the queue when a consumer's connection dies, so
+delivery is at least once. The network between actors and queues delays, drops (the publisher
+retransmits), duplicates and reorders messages, and partitions cut named actors or groups from
+each other, from the broker or from the store until healed. The same seed and the same code give
+the same history, event for event.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any, cast
+
+import attrs
+import structlog
+
+from dtq.actor import Actor, ActorCell, DeliveryRef, Effects
+from dtq.clock import VectorClock
+from dtq.envelope import COORDINATOR_QUEUE, Envelope, Message, Submit
+from dtq.errors import StaleEpoch, StoreError, StoreUnavailable
+from dtq.history import History
+from dtq.store import Store
+from dtq.task import TaskSpec
+from transports.memory_store import SimStore, StoreView
+from transports.memory_tasks import SimIO, run_task
+
+BROKER = "broker"
+STORE = "store"
+CLIENT = "client"
+
+__all__ = ["BROKER", "CLIENT", "STORE", "NetworkConfig", "SimIO", "SimStore", "Simulation"]
+
+
+@attrs.define(kw_only=True)
+class NetworkConfig:
+    """How the simulated network treats each published message."""
+
+    delay_ms: int = 1
+    jitter_ms: int = 0
+    drop: float = 0.0
+    duplicate: float = 0.0
+    reorder: float = 0.0
+    reorder_ms: int = 20
+    retransmit_ms: int = 50
+    """A dropped publish is not confirmed; the publisher sends it again after this long."""
+    broker_heartbeat_ms: int = 2000
+    """A connection silent for this long (paused or cut off) is closed by the broker."""
+
+
+@attrs.define(kw_only=True)
+class CrashPoints:
+    """Probabilities of crashing a node between the effect steps of one handler run."""
+
+    after_persist: float = 0.0
+    after_send: float = 0.0
+
+
+@attrs.define(eq=False)
+class _Queue:
+    name: str
+    owner: str
+    ready: list[tuple[int, int, Envelope]] = attrs.field(factory=list)
+    consumers: list[str] = attrs.field(factory=list)
+    rr: int = 0
+
+
+@attrs.define(eq=False)
+class _Node:
+    name: str
+    factory: Callable[[], Actor]
+    groups: tuple[str, ...]
+    prefetch: int
+    cell: ActorCell | None = None
+    alive: bool = False
+    connected: bool = False
+    paused: bool = False
+    incarnation: int = 0
+    clock: VectorClock = VectorClock()
+    subscriptions: list[str] = attrs.field(factory=list)
+    unacked: dict[int, str] = attrs.field(factory=dict)
+    """delivery tag -> queue name"""
+    credit: dict[str, int] = attrs.field(factory=dict)
+    backlog: deque[Callable[[], None]] = attrs.field(factory=deque)
+    cancelled_timers: set[int] = attrs.field(factory=set)
+    store_cut: bool = False
+    auto_restart: bool = True
+
+
+class Simulation:
+    """A whole cluster in one thread. Spawn actors, submit tasks, inject faults, run."""
+
+    def __init__(
+        self, seed: int = 0, *, network: NetworkConfig | None = None,
+        store: SimStore | None = None, crash_points: CrashPoints | None = None,
+        restart_ms: int = 1000, io: SimIO | None = None, log: Any = None,
+    ) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.network = network or NetworkConfig()
+        self.crash_points = crash_points or CrashPoints()
+        self.restart_ms = restart_ms
+        self.now_ms = 0
+        self.store = store or SimStore()
+        self.store.now_ms = lambda: self.now_ms
+        self.history = History(lambda: self.now_ms)
+        self.io = io or SimIO()
+        self.log = log or structlog.get_logger("dtq.sim")
+        self.nodes: dict[str, _Node] = {}
+        self.queues: dict[str, _Queue] = {}
+        self.partitions: list[tuple[frozenset[str], frozenset[str]]] = []
+        self.blocked: list[Envelope] = []
+        self.delivered = 0
+        self._heap: list[tuple[int, int, Callable[..., None], tuple[Any, ...]]] = []
+        self._seq = 0
+        self._ids = 0
+        self._tags = 0
+        self._client_clock = VectorClock()
+        self._inflight: dict[int, Envelope] = {}
+
+    # --- scheduling -------------------------------------------------------------------------
+
+    def at(self, time_ms: int, fn: Callable[..., None], *args: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (max(time_ms, self.now_ms), self._seq, fn, args))
+
+    def after(self, delay_ms: int, fn: Callable[..., None], *args: Any) -> None:
+        self.at(self.now_ms + delay_ms, fn, *args)
+
+    def run(
+        self, *, until_ms: int | None = None, stop: Callable[[], bool] | None = None,
+        max_events: int = 50_000_000,
+    ) -> int:
+        """Process events in order until `stop()` holds, time passes `until_ms`, or none remain.
+        Returns the number of events processed."""
+        n = 0
+        heap = self._heap
+        while heap and n < max_events:
+            if until_ms is not None and heap[0][0] > until_ms:
+                self.now_ms = until_ms
+                break
+            time_ms, _, fn, args = heapq.heappop(heap)
+            self.now_ms = time_ms
+            fn(*args)
+            n += 1
+            if stop is not None and stop():
+                break
+        return n
+
+    def new_id(self) -> str:
+        self._ids += 1
+        return f"m{self._ids}"
+
+    # --- nodes ------------------------------------------------------------------------------
+
+    def spawn(
+        self, name: str, factory: Callable[[], Actor], *, groups: Iterable[str] = (),
+        prefetch: int = 0, auto_restart: bool = True,
+    ) -> None:
+        """Add an actor (started at the current time). `prefetch` 0 means unlimited."""
+        if name in self.nodes or name in (BROKER, STORE, CLIENT):
+            raise ValueError(f"actor name {name!r} is taken")
+        node = _Node(name=name, factory=factory, groups=tuple(groups), prefetch=prefetch,
+                     auto_restart=auto_restart)
+        self.nodes[name] = node
+        self._queue(name, owner=name)
+        self._start(node)
+
+    def _queue(self, name: str, owner: str = BROKER) -> _Queue:
+        q = self.queues.get(name)
+        if q is None:
+            q = self.queues[name] = _Queue(name=name, owner=owner)
+        return q
+
+    def _start(self, node: _Node) -> None:
+        node.incarnation += 1
+        node.alive, node.connected, node.paused = True, True, False
+        node.subscriptions, node.unacked, node.credit = [], {}, {}
+        node.backlog.clear()
+        node.cancelled_timers = set()
+        actor = node.factory()
+        view = cast(Store, StoreView(self.store, lambda: not self._store_cut(node.name)))
+        rng = random.Random(f"{self.seed}:{node.name}:{node.incarnation}")
+        counter = iter(range(1, 1 << 62))
+        node.cell = ActorCell(
+            actor, store=view, rng=rng, record=self.history.record, clock=node.clock,
+            new_id=lambda: f"{node.name}.{node.incarnation}.{next(counter)}",
+            log=self.log.bind(actor=node.name))
+        self._subscribe(node, node.name)
+        self._run_handler(node, None, lambda cell: cell.start(self.now_ms))
+
+    def crash(self, name: str, reason: str = "killed", *, restart: bool = False) -> None:
+        """Kill an actor: its volatile state is lost and its unacked deliveries return."""
+        node = self.nodes[name]
+        if not node.alive:
+            return
+        self.history.record(name, "crash", node.clock, {"reason": reason})
+        node.alive = False
+        self._disconnect(node)
+        if restart:
+            self.after(self.restart_ms, self.restart, name)
+
+    def restart(self, name: str) -> None:
+        node = self.nodes[name]
+        if node.alive:
+            return
+        self.history.record(name, "restart", node.clock, {})
+        self._start(node)
+
+    def pause(self, name: str) -> None:
+        """Stop an actor's process (like SIGSTOP): nothing runs; the broker notices later."""
+        node = self.nodes[name]
+        if not node.alive or node.paused:
+            return
+        node.paused = True
+        self.history.record(name, "pause", node.clock, {})
+        inc = node.incarnation
+        self.after(self.network.broker_heartbeat_ms, self._heartbeat_check, node, inc)
+
+    def _heartbeat_check(self, node: _Node, inc: int) -> None:
+        if node.incarnation == inc and node.alive and (node.paused or self._cut(node.name, BROKER)):
+            self.history.record(node.name, "connection_closed", node.clock, {})
+            self._disconnect(node)
+
+    def resume(self, name: str) -> None:
+        node = self.nodes[name]
+        if not node.alive or not node.paused:
+            return
+        node.paused = False
+        self.history.record(name, "resume", node.clock, {})
+        self._reconnect(node)
+        while node.backlog and not node.paused and node.alive:
+            node.backlog.popleft()()
+
+    def _disconnect(self, node: _Node) -> None:
+        """The broker drops the node's connection: unacked deliveries go back to their queues."""
+        if not node.connected:
+            return
+        node.connected = False
+        for tag, qname in list(node.unacked.items()):
+            self._requeue(qname, tag)
+        node.unacked.clear()
+        for q in self.queues.values():
+            if node.name in q.consumers:
+                q.consumers.remove(node.name)
+
+    def _reconnect(self, node: _Node) -> None:
+        if node.connected or not node.alive or self._cut(node.name, BROKER):
+            return
+        node.connected = True
+        for qname in node.subscriptions:
+            q = self._queue(qname)
+            if node.name not in q.consumers:
+                q.consumers.append(node.name)
+            self.after(0, self._pump, q)
+
+    # --- partitions -------------------------------------------------------------------------
+
+    def partition(self, side_a: Iterable[str], side_b: Iterable[str]) -> None:
+        """Cut every member of side_a from every member of side_b (names, groups, 'broker',
+        'store')."""
+        a, b = frozenset(side_a), frozenset(side_b)
+        self.partitions.append((a, b))
+        self.history.record("sim", "partition", VectorClock(),
+                            {"a": sorted(a), "b": sorted(b)})
+        for node in self.nodes.values():
+            if self._cut(node.name, BROKER):
+                inc = node.incarnation
+                self.after(self.network.broker_heartbeat_ms, self._heartbeat_check, node, inc)
+
+    def heal(self) -> None:
+        self.partitions.clear()
+        self.history.record("sim", "heal", VectorClock(), {})
+        for node in self.nodes.values():
+            if not node.paused:
+                self._reconnect(node)
+        blocked, self.blocked = self.blocked, []
+        for env in blocked:
+            self._publish(env)
+
+    def _members(self, name: str) -> set[str]:
+        node = self.nodes.get(name)
+        return {name, *(node.groups if node else ())}
+
+    def _cut(self, x: str, y: str) -> bool:
+        if not self.partitions or x == y:
+            return False
+        mx, my = self._members(x), self._members(y)
+        return any((mx & a and my & b) or (mx & b and my & a) for a, b in self.partitions)
+
+    def _store_cut(self, name: str) -> bool:
+        return self._cut(name, STORE)
+
+    # --- messaging --------------------------------------------------------------------------
+
+    def submit(self, spec: TaskSpec, *, sender: str = CLIENT) -> Envelope:
+        """A client publishes a submission to the coordinator queue."""
+        self._client_clock = self._client_clock.tick(sender)
+        env = Envelope(id=self.new_id(), sender=sender, target=COORDINATOR_QUEUE,
+                       body=Submit(spec=spec), clock=self._client_clock)
+        self.history.record(sender, "submit", self._client_clock,
+                            {"task": spec.id, "label": spec.label})
+        self._publish(env)
+        return env
+
+    def send(self, sender: str, target: str, body: Message) -> None:
+        """Inject a message as if `sender` had published it."""
+        self._publish(Envelope(id=self.new_id(), sender=sender, target=target, body=body))
+
+    def _publish(self, env: Envelope) -> None:
+        owner = self._queue(env.target).owner
+        if self._cut(env.sender, BROKER) or self._cut(env.sender, owner):
+            self.blocked.append(env)  # unconfirmed: the publisher holds it until it gets through
+            return
+        net, rng = self.network, self.rng
+        delay = net.delay_ms + (rng.randint(0, net.jitter_ms) if net.jitter_ms else 0)
+        if net.reorder and rng.random() < net.reorder:
+            delay += rng.randint(1, max(1, net.reorder_ms))
+        if net.drop and rng.random() < net.drop:
+            self.history.record("sim", "drop", VectorClock(), {"msg": env.id})
+            self.after(delay + net.retransmit_ms, self._publish, env)
+            return
+        self.after(delay, self._enqueue, env)
+        if net.duplicate and rng.random() < net.duplicate:
+            self.history.record("sim", "duplicate", VectorClock(), {"msg": env.id})
+            self.after(delay + rng.randint(0, max(1, net.reorder_ms)), self._enqueue, env)
+
+    def _enqueue(self, env: Envelope, redelivered: bool = False) -> None:
+        q = self._queue(env.target)
+        prio = env.body.spec.priority if hasattr(env.body, "spec") else 0
+        if redelivered:
+            env = attrs.evolve(env, redelivered=True)
+        self._seq += 1
+        heapq.heappush(q.ready, (-prio, self._seq, env))
+        self._pump(q)
+
+    def _requeue(self, qname: str, tag: int) -> None:
+        env = self._inflight.pop(tag, None)
+        if env is not None:
+            self.after(0, self._enqueue, env, True)
+
+    def _pump(self, q: _Queue) -> None:
+        while q.ready and q.consumers:
+            node = self._next_consumer(q)
+            if node is None:
+                return
+            _, _, env = heapq.heappop(q.ready)
+            self._tags += 1
+            tag = self._tags
+            node.unacked[tag] = q.name
+            node.credit[q.name] = node.credit.get(q.name, 0) + 1
+            self._inflight[tag] = env
+            self.after(0, self._deliver, node, node.incarnation, tag, env)
+
+    def _next_consumer(self, q: _Queue) -> _Node | None:
+        n = len(q.consumers)
+        for i in range(n):
+            node = self.nodes[q.consumers[(q.rr + i) % n]]
+            if node.prefetch == 0 or q.name == node.name or node.credit.get(q.name, 0) < node.prefetch:
+                q.rr = (q.rr + i + 1) % n
+                return node
+        return None
+
+    def _deliver(self, node: _Node, inc: int, tag: int, env: Envelope) -> None:
+        if node.incarnation != inc or not node.alive or tag not in node.unacked:
+            return
+        if node.paused:
+            node.backlog.append(lambda: self._deliver(node, inc, tag, env))
+            return
+        self.delivered += 1
+        self._run_handler(node, tag, lambda cell: cell.deliver(env, DeliveryRef(tag), self.now_ms))
+
+    def _ack(self, node: _Node, tag: int) -> None:
+        qname = node.unacked.pop(tag, None)
+        if qname is None:
+            return  # the delivery was already returned to its queue (connection closed)
+        self._inflight.pop(tag, None)
+        node.credit[qname] -= 1
+        self._pump(self.queues[qname])
+
+    def _subscribe(self, node: _Node, qname: str) -> None:
+        if qname not in node.subscriptions:
+            node.subscriptions.append(qname)
+        q = self._queue(qname)
+        if node.connected and node.name not in q.consumers:
+            q.consumers.append(node.name)
+            self.after(0, self._pump, q)
+
+    def _unsubscribe(self, node: _Node, qname: str) -> None:
+        if qname in node.subscriptions:
+            node.subscriptions.remove(qname)
+        q = self.queues.get(qname)
+        if q is not None and node.name in q.consumers:
+            q.consumers.remove(node.name)
+
+    # --- running handlers and applying their effects ----------------------------------------
+
+    def _run_handler(
+        self, node: _Node, tag: int | None, run: Callable[[ActorCell], Effects],
+    ) -> None:
+        cell = node.cell
+        assert cell is not None
+        try:
+            effects = run(cell)
+        except StoreError as exc:
+            node.clock = cell.clock
+            self._fail(node, f"store error: {exc}")
+            return
+        node.clock = cell.clock
+        self._apply(node, tag, effects)
+
+    def _fail(self, node: _Node, reason: str) -> None:
+        """Crash-only: an actor that cannot go on exits, and its supervisor restarts it."""
+        self.crash(node.name, reason, restart=node.auto_restart)
+
+    def _apply(self, node: _Node, tag: int | None, fx: Effects) -> None:
+        if fx.writes:
+            try:
+                if self._store_cut(node.name):
+                    raise StoreUnavailable("store unreachable (partitioned)")
+                self.store.apply(fx.writes, epoch=fx.epoch)
+            except StaleEpoch as exc:
+                self.history.record(node.name, "stale_write_refused", node.clock,
+                                    {"epoch": exc.attempted, "current": exc.current})
+                self._fail(node, str(exc))
+                return
+            except StoreError as exc:
+                self._fail(node, f"store error: {exc}")
+                return
+        if self._crash_point(node, self.crash_points.after_persist, "after_persist"):
+            return
+        for env in fx.sends:
+            self._publish(env)
+        if self._crash_point(node, self.crash_points.after_send, "after_send"):
+            return
+        if tag is not None and not fx.hold:
+            self._ack(node, tag)
+        for ref in fx.acks:
+            self._ack(node, ref.token)
+        self._apply_local(node, fx)
+
+    def _apply_local(self, node: _Node, fx: Effects) -> None:
+        inc = node.incarnation
+        node.cancelled_timers.update(fx.cancelled_timers)
+        for timer in fx.timers:
+            self.after(timer.delay_ms, self._fire, node, inc, timer.id, timer.message)
+        for ex in fx.executions:
+            done, elapsed_ms = run_task(self, node.name, ex)
+            self.after(elapsed_ms, self._fire, node, inc, 0, done)
+        for qname in fx.subscribe:
+            self._subscribe(node, qname)
+        for qname in fx.unsubscribe:
+            self._unsubscribe(node, qname)
+        if fx.exit is not None:
+            self._fail(node, fx.exit)
+
+    def _fire(self, node: _Node, inc: int, timer_id: int, message: Message) -> None:
+        if node.incarnation != inc or not node.alive:
+            return
+        if timer_id and timer_id in node.cancelled_timers:
+            node.cancelled_timers.discard(timer_id)
+            return
+        if node.paused:
+            node.backlog.append(lambda: self._fire(node, inc, timer_id, message))
+            return
+        self._run_handler(node, None, lambda cell: cell.fire(message, self.now_ms))
+
+    def _crash_point(self, node: _Node, p: float, where: str) -> bool:
+        if p and self.rng.random() < p:
+            self.crash(node.name, f"injected crash {where}", restart=node.auto_restart)
+            return True
+        return False

@@ -1,0 +1,154 @@
+"""SimStore: the Store protocol in memory, with the same semantics as the Redis store.
+
+Time comes from the simulator's virtual clock. `StoreView` is one node's door to the store: it
+raises `StoreUnavailable` while that node is partitioned from the store, and can serve stale
+reads when the simulator injects them.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Collection, Sequence
+
+import attrs
+
+from dtq.errors import StaleEpoch, StoreUnavailable
+from dtq.store import LEADER_LEASE, AddDependents, Lease, PutTask, WorkerInfo, Write
+from dtq.task import TaskRecord, TaskResult, TaskState
+
+
+class SimStore:
+    """An in-memory store. Every operation is atomic (the simulator is single-threaded)."""
+
+    def __init__(self, now_ms: Callable[[], int] = lambda: 0) -> None:
+        self.now_ms = now_ms
+        self.tasks: dict[str, TaskRecord] = {}
+        self._ids: list[str] = []
+        self.edges: dict[str, tuple[str, ...]] = {}
+        self.keys: dict[str, tuple[str, str]] = {}
+        self.results: dict[str, tuple[TaskResult, int | None]] = {}
+        self.once_marks: dict[str, str] = {}
+        self.leases: dict[str, Lease] = {}
+        self.epochs: dict[str, int] = {}
+        self.worker_info: dict[str, WorkerInfo] = {}
+        self.stale_writes_refused = 0
+
+    # records --------------------------------------------------------------------------------
+    def get_task(self, task_id: str) -> TaskRecord | None:
+        return self.tasks.get(task_id)
+
+    def scan_tasks(
+        self, *, states: Collection[TaskState] | None = None, task_type: str | None = None,
+        after: str | None = None, limit: int = 1000,
+    ) -> list[TaskRecord]:
+        start = bisect.bisect_right(self._ids, after) if after is not None else 0
+        out: list[TaskRecord] = []
+        for tid in self._ids[start:]:
+            rec = self.tasks[tid]
+            if (states is None or rec.state in states) and (
+                    task_type is None or rec.spec.type == task_type):
+                out.append(rec)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def dependents(self, task_id: str) -> tuple[str, ...]:
+        return self.edges.get(task_id, ())
+
+    def apply(self, writes: Sequence[Write], *, epoch: int, lease: str = LEADER_LEASE) -> None:
+        current = self.epochs.get(lease, 0)
+        if epoch != current:
+            self.stale_writes_refused += 1
+            raise StaleEpoch(epoch, current)
+        for w in writes:
+            if isinstance(w, PutTask):
+                if w.record.id not in self.tasks:
+                    bisect.insort(self._ids, w.record.id)
+                self.tasks[w.record.id] = w.record
+            elif isinstance(w, AddDependents):
+                old = self.edges.get(w.task_id, ())
+                self.edges[w.task_id] = old + tuple(d for d in w.dependents if d not in old)
+
+    # idempotency and exactly-once -----------------------------------------------------------
+    def claim_key(self, key: str, task_id: str, fingerprint: str) -> tuple[str, str]:
+        return self.keys.setdefault(key, (task_id, fingerprint))
+
+    def put_result(
+        self, result: TaskResult, *, ttl_ms: int | None = None,
+    ) -> tuple[TaskResult, bool]:
+        held = self.get_result(result.task_id)
+        if held is not None:
+            return held, False
+        expires = self.now_ms() + ttl_ms if ttl_ms else None
+        self.results[result.task_id] = (result, expires)
+        return result, True
+
+    def get_result(self, task_id: str) -> TaskResult | None:
+        entry = self.results.get(task_id)
+        if entry is None:
+            return None
+        result, expires = entry
+        if expires is not None and self.now_ms() >= expires:
+            del self.results[task_id]
+            return None
+        return result
+
+    def once(self, key: str, owner: str) -> tuple[str, bool]:
+        if key in self.once_marks:
+            return self.once_marks[key], False
+        self.once_marks[key] = owner
+        return owner, True
+
+    # leases and fencing ---------------------------------------------------------------------
+    def acquire_lease(self, name: str, holder: str, ttl_ms: int) -> int | None:
+        now = self.now_ms()
+        held = self.leases.get(name)
+        if held is not None and held.expires_ms > now:
+            return None
+        epoch = self.epochs.get(name, 0) + 1
+        self.epochs[name] = epoch
+        self.leases[name] = Lease(name=name, holder=holder, epoch=epoch, expires_ms=now + ttl_ms)
+        return epoch
+
+    def renew_lease(self, name: str, holder: str, epoch: int, ttl_ms: int) -> bool:
+        now = self.now_ms()
+        held = self.leases.get(name)
+        if held is None or held.holder != holder or held.epoch != epoch or held.expires_ms <= now:
+            return False
+        self.leases[name] = attrs.evolve(held, expires_ms=now + ttl_ms)
+        return True
+
+    def release_lease(self, name: str, holder: str, epoch: int) -> None:
+        held = self.leases.get(name)
+        if held is not None and held.holder == holder and held.epoch == epoch:
+            del self.leases[name]
+
+    def lease(self, name: str) -> Lease | None:
+        held = self.leases.get(name)
+        return held if held is not None and held.expires_ms > self.now_ms() else None
+
+    def epoch(self, name: str = LEADER_LEASE) -> int:
+        return self.epochs.get(name, 0)
+
+    # workers --------------------------------------------------------------------------------
+    def put_worker(self, info: WorkerInfo) -> None:
+        self.worker_info[info.name] = info
+
+    def workers(self) -> list[WorkerInfo]:
+        return [self.worker_info[k] for k in sorted(self.worker_info)]
+
+
+class StoreView:
+    """One node's view of the shared store: unavailable while that node is cut from it."""
+
+    def __init__(self, store: SimStore, reachable: Callable[[], bool]) -> None:
+        self._store = store
+        self._reachable = reachable
+
+    def __getattr__(self, name: str) -> object:
+        attr = getattr(self._store, name)
+        if not callable(attr):
+            return attr
+        if not self._reachable():
+            raise StoreUnavailable(f"store unreachable (partitioned) during {name}")
+        return attr
