@@ -111,21 +111,24 @@ class Execution:
     input: TaskInput
 
 
-@attrs.define
 class Effects:
     """What one handler run asks the runtime to do, applied as persist, send, ack."""
 
-    writes: list[Write] = attrs.field(factory=list)
-    epoch: int = 0
-    sends: list[Envelope] = attrs.field(factory=list)
-    timers: list[Timer] = attrs.field(factory=list)
-    cancelled_timers: list[int] = attrs.field(factory=list)
-    hold: bool = False
-    acks: list[DeliveryRef] = attrs.field(factory=list)
-    executions: list[Execution] = attrs.field(factory=list)
-    subscribe: list[str] = attrs.field(factory=list)
-    unsubscribe: list[str] = attrs.field(factory=list)
-    exit: str | None = None
+    __slots__ = ("acks", "cancelled_timers", "epoch", "executions", "exit", "hold", "sends",
+                 "subscribe", "timers", "unsubscribe", "writes")
+
+    def __init__(self, epoch: int = 0) -> None:
+        self.writes: list[Write] = []
+        self.epoch = epoch
+        self.sends: list[Envelope] = []
+        self.timers: list[Timer] = []
+        self.cancelled_timers: list[int] = []
+        self.hold = False
+        self.acks: list[DeliveryRef] = []
+        self.executions: list[Execution] = []
+        self.subscribe: list[str] = []
+        self.unsubscribe: list[str] = []
+        self.exit: str | None = None
 
 
 class Context:

@@ -80,12 +80,26 @@ def _scenario_explore(args: argparse.Namespace) -> int:
     return explore(args.files, runs=args.runs, seed_start=args.seed_start, as_json=args.json)
 
 
+def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("bench", help="benchmarks that print numbers",
+                       description="Benchmarks. They print measurements; they assert nothing.")
+    bsub = p.add_subparsers(dest="bench_cmd", required=True, metavar="WHAT")
+    sim = bsub.add_parser("sim", help="simulator messages/s, virtual-to-wall ratio, seeds/s")
+    sim.add_argument("--tasks", type=int, default=20_000, help="tasks to push through")
+    sim.add_argument("--explore", default="scenarios/round-robin-faulty.toml",
+                     help="scenario for the explore rate")
+    sim.add_argument("--runs", type=int, default=200, help="seeds for the explore rate")
+    sim.set_defaults(func=lambda a: __import__("dtq.benchsim", fromlist=["main"]).main(
+        a.tasks, a.explore, a.runs))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dtq", description="dtq: a distributed task queue built as an actor framework.",
         epilog="Run `dtq COMMAND --help` for the options of a command.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_scenario(sub)
+    _add_bench(sub)
     return parser
 
 

@@ -18,7 +18,14 @@ import attrs
 from dtq import dag
 from dtq.actor import Actor, Context, receive
 from dtq.envelope import (
-    COORDINATOR_QUEUE, WORK_QUEUE, Cancel, Completed, Dispatch, Message, Started, Submit,
+    COORDINATOR_QUEUE,
+    WORK_QUEUE,
+    Cancel,
+    Completed,
+    Dispatch,
+    Message,
+    Started,
+    Submit,
 )
 from dtq.store import LEADER_LEASE, AddDependents, PutTask
 from dtq.task import TaskRecord, TaskSpec, TaskState, fingerprint
@@ -163,7 +170,8 @@ class Coordinator(Actor):
         state = dag.readiness(spec.deps, self._state_of)
         reason = "dependency_failed" if state is S.FAILED else None
         rec = rec.moved_to(state, now_ms=ctx.now_ms, reason=reason)
-        self._put(rec, ctx)
+        if state is not S.READY:  # a ready task's record is written once, as dispatched
+            self._put(rec, ctx)
         for dep in spec.deps:
             self.dependents[dep].add(spec.id)
             ctx.write(AddDependents(task_id=dep, dependents=(spec.id,)))
@@ -183,7 +191,7 @@ class Coordinator(Actor):
 
     def _dispatch(self, rec: TaskRecord, ctx: Context) -> None:
         attempt = rec.attempt + 1
-        rec = rec.moved_to(S.DISPATCHED, now_ms=ctx.now_ms, attempt=attempt)
+        rec = rec.moved_to(S.DISPATCHED, now_ms=ctx.now_ms, attempt=attempt, epoch=ctx.epoch)
         self._put(rec, ctx)
         ctx.record("dispatched", task=rec.id, attempt=attempt, label=rec.spec.label)
         ctx.send(self.config.work_queue, Dispatch(spec=rec.spec, attempt=attempt),
@@ -212,7 +220,7 @@ class Coordinator(Actor):
         elif rec.state.terminal:
             return
         elif msg.ok:
-            rec = rec.moved_to(S.SUCCEEDED, now_ms=ctx.now_ms)
+            rec = rec.moved_to(S.SUCCEEDED, now_ms=ctx.now_ms, epoch=ctx.epoch)
             self._put(rec, ctx)
             ctx.record("succeeded", task=rec.id, attempt=msg.attempt, worker=msg.worker)
             self._release(rec, ctx, redrive=False)
@@ -231,7 +239,7 @@ class Coordinator(Actor):
 
     def _backoff_ms(self, attempt: int, ctx: Context) -> int:
         """Exponential backoff with jitter: half fixed, half random."""
-        cap = min(self.config.backoff_max_ms, self.config.backoff_base_ms * 2 ** (attempt - 1))
+        cap = min(self.config.backoff_max_ms, self.config.backoff_base_ms << min(attempt - 1, 30))
         return cap // 2 + int(ctx.rng.random() * (cap - cap // 2))
 
     @receive(Retry)
@@ -293,6 +301,7 @@ class Coordinator(Actor):
         return rec.state if rec is not None else None
 
     def _put(self, rec: TaskRecord, ctx: Context) -> None:
-        rec = attrs.evolve(rec, epoch=ctx.epoch)
+        if rec.epoch != ctx.epoch:
+            rec = attrs.evolve(rec, epoch=ctx.epoch)
         self.tasks[rec.id] = rec
         ctx.write(PutTask(record=rec))

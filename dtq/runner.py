@@ -7,6 +7,7 @@ duplicates) or at the deadline, then checks the history.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -61,9 +62,9 @@ def build_simulation(scenario: Scenario, seed: int) -> Simulation:
     types = load_task_types(scenario.cluster.task_modules)
     cfg = CoordinatorConfig(lease_ttl_ms=scenario.cluster.lease_ttl_ms)
     for name in coordinator_names(scenario):
-        sim.spawn(name, lambda n=name: Coordinator(n, cfg), groups=("coordinators",))
+        sim.spawn(name, functools.partial(Coordinator, name, cfg), groups=("coordinators",))
     for name in worker_names(scenario):
-        sim.spawn(name, lambda n=name: Worker(n, types), groups=("workers",),
+        sim.spawn(name, functools.partial(Worker, name, types), groups=("workers",),
                   prefetch=scenario.cluster.worker_prefetch)
     return sim
 

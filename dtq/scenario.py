@@ -148,7 +148,8 @@ class _Loader:
         for key, value in data.items():
             full = f"{prefix}{key}"
             if key not in schema:
-                raise self.error(full, f"unknown key (expected one of: {', '.join(sorted(schema))})")
+                expected = ", ".join(sorted(schema))
+                raise self.error(full, f"unknown key (expected one of: {expected})")
             self.typed(full, value, schema[key])
 
     def typed(self, key: str, value: Any, kind: type) -> None:
@@ -166,7 +167,7 @@ class _Loader:
             return
         if isinstance(value, bool) or not isinstance(value, kind):
             raise self.error(key, f"must be {kind.__name__}, not {type(value).__name__}")
-        if kind is int and value < 0:
+        if isinstance(value, int) and value < 0:
             raise self.error(key, f"must not be negative, not {value}")
 
 

@@ -80,7 +80,9 @@ class Store(Protocol):
         """Bind key to (task_id, fingerprint) unless bound; return the binding that holds."""
         ...
 
-    def put_result(self, result: TaskResult, *, ttl_ms: int | None = None) -> tuple[TaskResult, bool]:
+    def put_result(
+        self, result: TaskResult, *, ttl_ms: int | None = None,
+    ) -> tuple[TaskResult, bool]:
         """First writer wins: returns (the stored result, whether this call stored it)."""
         ...
 

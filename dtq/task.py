@@ -11,7 +11,7 @@ import enum
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -87,6 +87,10 @@ def id_for_key(idempotency_key: str) -> str:
     return "t-" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:24]
 
 
+def _str_tuple(items: Iterable[str]) -> tuple[str, ...]:
+    return tuple(items)
+
+
 @attrs.frozen(kw_only=True)
 class TaskSpec:
     """A submission: what to run, with which limits. Build it with `TaskSpec.parse` for input."""
@@ -94,7 +98,7 @@ class TaskSpec:
     id: str
     type: str
     payload: JSON = None
-    deps: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    deps: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     idempotency_key: str | None = None
     max_attempts: int = 3
     timeout_ms: int = 60_000
@@ -112,13 +116,13 @@ class TaskSpec:
             raise ValidationError("body", "must be a JSON object")
         known = {"id", "type", "payload", "deps", "idempotency_key", "max_attempts",
                  "timeout_ms", "priority", "metadata"}
-        for key in data:
-            if key not in known:
-                raise ValidationError(str(key), "unknown field")
-        key = data.get("idempotency_key")
+        for field in data:
+            if field not in known:
+                raise ValidationError(str(field), "unknown field")
+        key: Any = data.get("idempotency_key")
         if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 256):
             raise ValidationError("idempotency_key", "must be a string of 1 to 256 characters")
-        tid = data.get("id") or (id_for_key(key) if key else task_id)
+        tid: Any = data.get("id") or (id_for_key(key) if key else task_id)
         spec = cls(
             id=_check_id("id", tid),
             type=_check_type(data.get("type")),
@@ -217,9 +221,16 @@ class TaskRecord:
     def id(self) -> str:
         return self.spec.id
 
-    def moved_to(self, state: TaskState, *, now_ms: int, **changes: Any) -> TaskRecord:
+    def moved_to(
+        self, state: TaskState, *, now_ms: int, attempt: int | None = None,
+        reason: str | None = None, epoch: int | None = None,
+    ) -> TaskRecord:
         check_transition(self.id, self.state, state)
-        return attrs.evolve(self, state=state, updated_ms=now_ms, **changes)
+        return TaskRecord(
+            spec=self.spec, state=state, updated_ms=now_ms,
+            attempt=self.attempt if attempt is None else attempt,
+            reason=reason if reason is not None else self.reason,
+            epoch=self.epoch if epoch is None else epoch)
 
     def to_json(self) -> dict[str, JSON]:
         return {"spec": self.spec.to_json(), "state": self.state.value, "attempt": self.attempt,

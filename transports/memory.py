@@ -116,7 +116,7 @@ class Simulation:
         self.partitions: list[tuple[frozenset[str], frozenset[str]]] = []
         self.blocked: list[Envelope] = []
         self.delivered = 0
-        self._heap: list[tuple[int, int, Callable[..., None], tuple[Any, ...]]] = []
+        self._heap: list[tuple[int, int, Callable[..., object], tuple[Any, ...]]] = []
         self._seq = 0
         self._ids = 0
         self._tags = 0
@@ -125,11 +125,11 @@ class Simulation:
 
     # --- scheduling -------------------------------------------------------------------------
 
-    def at(self, time_ms: int, fn: Callable[..., None], *args: Any) -> None:
+    def at(self, time_ms: int, fn: Callable[..., object], *args: Any) -> None:
         self._seq += 1
         heapq.heappush(self._heap, (max(time_ms, self.now_ms), self._seq, fn, args))
 
-    def after(self, delay_ms: int, fn: Callable[..., None], *args: Any) -> None:
+    def after(self, delay_ms: int, fn: Callable[..., object], *args: Any) -> None:
         self.at(self.now_ms + delay_ms, fn, *args)
 
     def run(
@@ -282,6 +282,8 @@ class Simulation:
         blocked, self.blocked = self.blocked, []
         for env in blocked:
             self._publish(env)
+        for q in self.queues.values():
+            self.after(0, self._pump, q)
 
     def _members(self, name: str) -> set[str]:
         node = self.nodes.get(name)
@@ -345,23 +347,33 @@ class Simulation:
             self.after(0, self._enqueue, env, True)
 
     def _pump(self, q: _Queue) -> None:
+        """Hand ready messages to consumers with credit, round robin. A consumer partitioned
+        from a message's sender cannot get that message; it waits for another or for a heal."""
+        skipped: list[tuple[int, int, Envelope]] = []
         while q.ready and q.consumers:
-            node = self._next_consumer(q)
+            item = heapq.heappop(q.ready)
+            node = self._next_consumer(q, item[2].sender)
             if node is None:
-                return
-            _, _, env = heapq.heappop(q.ready)
+                skipped.append(item)
+                if not self.partitions:
+                    break
+                continue
             self._tags += 1
             tag = self._tags
             node.unacked[tag] = q.name
             node.credit[q.name] = node.credit.get(q.name, 0) + 1
-            self._inflight[tag] = env
-            self.after(0, self._deliver, node, node.incarnation, tag, env)
+            self._inflight[tag] = item[2]
+            self.after(0, self._deliver, node, node.incarnation, tag, item[2])
+        for item in skipped:
+            heapq.heappush(q.ready, item)
 
-    def _next_consumer(self, q: _Queue) -> _Node | None:
+    def _next_consumer(self, q: _Queue, sender: str) -> _Node | None:
         n = len(q.consumers)
         for i in range(n):
             node = self.nodes[q.consumers[(q.rr + i) % n]]
-            if node.prefetch == 0 or q.name == node.name or node.credit.get(q.name, 0) < node.prefetch:
+            has_credit = (node.prefetch == 0 or q.name == node.name
+                          or node.credit.get(q.name, 0) < node.prefetch)
+            if has_credit and not self._cut(sender, node.name) and not self._cut(node.name, BROKER):
                 q.rr = (q.rr + i + 1) % n
                 return node
         return None

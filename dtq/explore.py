@@ -1,0 +1,49 @@
+"""`dtq scenario explore`: run scenarios over many seeds on the simulator.
+
+Every failing seed is printed with the command that reproduces it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import TextIO
+
+from dtq.runner import run_memory
+from dtq.scenario import load
+
+
+def explore(
+    files: Sequence[str], *, runs: int, seed_start: int = 1, as_json: bool = False,
+    out: TextIO = sys.stdout,
+) -> int:
+    """Run every file for `runs` seeds; exit status 0 when no seed failed."""
+    scenarios = [(f, load(f)) for f in files]
+    failed: list[dict[str, object]] = []
+    started = time.perf_counter()
+    total = 0
+    for path, scenario in scenarios:
+        bad = 0
+        for seed in range(seed_start, seed_start + runs):
+            result = run_memory(scenario, seed)
+            total += 1
+            if as_json:
+                print(json.dumps(result.summary), file=out)
+            if not result.ok:
+                bad += 1
+                failed.append({"file": path, "seed": seed})
+                if not as_json:
+                    first = result.summary["violations"][0]
+                    print(f"FAIL {path} seed {seed}: {first['invariant']}: {first['detail']}\n"
+                          f"  reproduce: dtq scenario run {path} --seed {seed}", file=out)
+        if not as_json:
+            print(f"{scenario.name}: {runs - bad}/{runs} seeds ok", file=out)
+    wall = time.perf_counter() - started
+    if as_json:
+        print(json.dumps({"runs": total, "failed_seeds": failed, "ok": not failed}), file=out)
+    else:
+        print(f"{total} runs in {wall:.1f} s ({total / max(wall, 1e-9):.0f} seeds/s), "
+              f"{len(failed)} failed", file=out)
+    return 0 if not failed else 1
