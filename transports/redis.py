@@ -1,0 +1,514 @@
+"""RedisStore and RedisHistory: the Store protocol and the run history on Redis (redis-py).
+
+The rule: every Store operation is one round trip (a Lua script or a single command) and behaves
+exactly like `transports.memory_store.SimStore`; every key lives under `prefix:`. This module and
+the rabbitmq transport are the only ones that import their client library: redis-py errors are
+wrapped here, after bounded retries, into `StoreUnavailable` (connection, timeout) or
+`StoreError` (anything else).
+
+Key layout under `prefix:` (scripts build index keys from the prefix, so this targets a single
+Redis server, not Redis Cluster):
+
+    task                     hash  id -> TaskRecord JSON
+    task:state, task:type    hash  id -> state, id -> task type (to move a task between indexes)
+    idx:all                  zset  every task id, score 0 (ordered by id with ZRANGEBYLEX)
+    idx:state:S, idx:type:T  zset  ids per state, per task type
+    idx:ts:S:T               zset  ids per (state, type); S never contains ':', so unambiguous
+    deps:ID                  zset  dependents of ID, score = insertion index
+    key:K, result:ID, once:K string first-writer-wins values
+    lease:N, epoch:N         string lease {"holder", "epoch"} with PX; epoch counter
+    workers                  hash  name -> WorkerInfo JSON
+    stale_writes_refused     string counter of refused fenced batches
+    history                  list  RedisHistory events; seq is the position in the list
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import Any, TypeVar, cast
+
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from dtq.clock import VectorClock
+from dtq.errors import StaleEpoch, StoreError, StoreUnavailable
+from dtq.history import Event
+from dtq.store import LEADER_LEASE, AddDependents, Lease, PutTask, WorkerInfo, Write
+from dtq.task import TaskRecord, TaskResult, TaskState
+
+__all__ = ["RedisHistory", "RedisStore"]
+
+T = TypeVar("T")
+
+DEFAULT_PREFIX = "dtq"
+TRIES = 3
+BACKOFF_S = 0.05
+"""First pause between tries; doubled each time (3 tries sleep 0.15 s in all)."""
+_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError)
+_HMGET_CHUNK = 1000
+"""Lua's unpack() has a small stack: read records in chunks of this many."""
+_SCAN_COUNT = 1000
+
+# Fenced batch write. Refuses the whole batch (and counts it) unless ARGV[1] is the lease's
+# current epoch; otherwise applies every write, moving a replaced task between the indexes.
+# KEYS[1] epoch counter, KEYS[2] refusal counter. ARGV[2] the key prefix with its ':', then ops:
+#   'put', id, state, type, record_json      |      'deps', task_id, n, dependent_1 .. _n
+# Returns {1} when applied, {0, current_epoch} when refused.
+APPLY_LUA = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) ~= current then
+  redis.call('INCR', KEYS[2])
+  return {0, current}
+end
+local p = ARGV[2]
+local function unindex(id, state, ttype)
+  redis.call('ZREM', p .. 'idx:state:' .. state, id)
+  redis.call('ZREM', p .. 'idx:type:' .. ttype, id)
+  redis.call('ZREM', p .. 'idx:ts:' .. state .. ':' .. ttype, id)
+end
+local function put(id, state, ttype, record)
+  local old_state = redis.call('HGET', p .. 'task:state', id)
+  local old_type = redis.call('HGET', p .. 'task:type', id)
+  if old_state and (old_state ~= state or old_type ~= ttype) then
+    unindex(id, old_state, old_type)
+  end
+  redis.call('HSET', p .. 'task', id, record)
+  redis.call('HSET', p .. 'task:state', id, state)
+  redis.call('HSET', p .. 'task:type', id, ttype)
+  redis.call('ZADD', p .. 'idx:all', 0, id)
+  redis.call('ZADD', p .. 'idx:state:' .. state, 0, id)
+  redis.call('ZADD', p .. 'idx:type:' .. ttype, 0, id)
+  redis.call('ZADD', p .. 'idx:ts:' .. state .. ':' .. ttype, 0, id)
+end
+local function add_deps(id, first, n)
+  local key = p .. 'deps:' .. id
+  local score = redis.call('ZCARD', key)
+  for j = first, first + n - 1 do
+    if redis.call('ZADD', key, 'NX', score, ARGV[j]) == 1 then score = score + 1 end
+  end
+end
+local i = 3
+while i <= #ARGV do
+  if ARGV[i] == 'put' then
+    put(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4])
+    i = i + 5
+  else
+    local n = tonumber(ARGV[i + 2])
+    add_deps(ARGV[i + 1], i + 3, n)
+    i = i + 3 + n
+  end
+end
+return {1}
+"""
+
+# Records of the first ARGV[2] ids after the cursor ARGV[1] ('-' or '(' .. id) across the index
+# zsets KEYS[2..], merged in id order, read atomically from the record hash KEYS[1]. The merge
+# compares bytes itself: Lua's '<' on strings uses strcoll, which follows the server's locale.
+SCAN_LUA = """
+local limit = tonumber(ARGV[2])
+local function before(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+local lists, heads = {}, {}
+for k = 2, #KEYS do
+  lists[k] = redis.call('ZRANGEBYLEX', KEYS[k], ARGV[1], '+', 'LIMIT', 0, limit)
+  heads[k] = 1
+end
+local ids = {}
+while #ids < limit do
+  local best = nil
+  for k = 2, #KEYS do
+    local id = lists[k][heads[k]]
+    if id and (best == nil or before(id, lists[best][heads[best]])) then best = k end
+  end
+  if best == nil then break end
+  ids[#ids + 1] = lists[best][heads[best]]
+  heads[best] = heads[best] + 1
+end
+local out = {}
+for s = 1, #ids, tonumber(ARGV[3]) do
+  local chunk = {unpack(ids, s, math.min(s + tonumber(ARGV[3]) - 1, #ids))}
+  for _, rec in ipairs(redis.call('HMGET', KEYS[1], unpack(chunk))) do
+    if rec then out[#out + 1] = rec end
+  end
+end
+return out
+"""
+
+# First writer wins: KEYS[1] keeps the first value written. ARGV[1] the value, ARGV[2] a TTL in
+# ms (0: none; below 0: expired at once, so nothing is kept, as SimStore does).
+# Returns the value already held, or nil when this call won.
+FIRST_WRITER_LUA = """
+local held = redis.call('GET', KEYS[1])
+if held then return held end
+local ttl = tonumber(ARGV[2])
+if ttl > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+elseif ttl == 0 then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return false
+"""
+
+# Take the lease KEYS[1] unless held (SET NX PX semantics) and bump its epoch KEYS[2] in the same
+# step, so no two holders ever share an epoch. ARGV[1] holder, ARGV[2] ttl ms.
+# Returns the new epoch, or nil when held. A ttl <= 0 gives a lease that has already expired.
+ACQUIRE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local epoch = redis.call('INCR', KEYS[2])
+local ttl = tonumber(ARGV[2])
+if ttl > 0 then
+  redis.call('SET', KEYS[1], cjson.encode({holder = ARGV[1], epoch = epoch}), 'PX', ttl)
+end
+return epoch
+"""
+
+# Compare-and-extend: reset the TTL of lease KEYS[1] to ARGV[3] ms only if it is still held by
+# holder ARGV[1] at epoch ARGV[2] (PEXPIRE with a ttl <= 0 deletes it). Returns 1 or 0.
+RENEW_LUA = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local lease = cjson.decode(raw)
+if lease.holder ~= ARGV[1] or lease.epoch ~= tonumber(ARGV[2]) then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+# Compare-and-delete: drop lease KEYS[1] only if held by holder ARGV[1] at epoch ARGV[2].
+RELEASE_LUA = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local lease = cjson.decode(raw)
+if lease.holder ~= ARGV[1] or lease.epoch ~= tonumber(ARGV[2]) then return 0 end
+return redis.call('DEL', KEYS[1])
+"""
+
+# Read lease KEYS[1] with its expiry on the server's clock (TIME + PTTL, in ms), atomically.
+# Returns {lease_json, expires_ms} or nil when no live lease.
+LEASE_LUA = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return false end
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return {raw, now_ms + redis.call('PTTL', KEYS[1])}
+"""
+
+
+def _text(value: bytes | str) -> str:
+    """Replies are bytes unless the client was made with decode_responses=True."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _retrying(what: str, op: Callable[[int], T], tries: int = TRIES) -> T:
+    """Run op(attempt) with bounded retries on connection errors; wrap redis-py's errors.
+
+    Only idempotent operations come here: the fenced apply rewrites the same records and edges
+    (a retry after a lost reply that did apply changes nothing), first-writer-wins keeps the
+    first value (ops see `attempt` to recognise their own earlier write), and reads are reads.
+    """
+    attempt = 0
+    while True:
+        try:
+            return op(attempt)
+        except _UNAVAILABLE as exc:
+            attempt += 1
+            if attempt >= tries:
+                raise StoreUnavailable(f"redis {what}: {exc} (after {tries} tries)") from exc
+        except RedisError as exc:
+            raise StoreError(f"redis {what}: {exc}") from exc
+        time.sleep(BACKOFF_S * 2 ** (attempt - 1))
+
+
+def _client_from_url(url: str, **kwargs: Any) -> redis.Redis:
+    """A client that fails fast and leaves retrying to us (its own retries would be blind)."""
+    options: dict[str, Any] = {
+        "socket_connect_timeout": 0.25, "socket_timeout": 1.0,
+        "retry": Retry(NoBackoff(), 0), **kwargs,
+    }
+    return redis.Redis.from_url(url, **options)
+
+
+def _encode_writes(writes: Sequence[Write]) -> list[str]:
+    args: list[str] = []
+    for w in writes:
+        if isinstance(w, PutTask):
+            rec = w.record
+            args += ["put", rec.id, rec.state.value, rec.spec.type, _dumps(rec.to_json())]
+        elif isinstance(w, AddDependents):
+            args += ["deps", w.task_id, str(len(w.dependents)), *w.dependents]
+        else:
+            raise TypeError(f"not a store write: {w!r}")
+    return args
+
+
+def _worker_json(info: WorkerInfo) -> str:
+    return _dumps({"name": info.name, "last_heartbeat_ms": info.last_heartbeat_ms,
+                   "state": info.state, "running": list(info.running)})
+
+
+def _worker_from(raw: bytes | str) -> WorkerInfo:
+    d = json.loads(raw)
+    return WorkerInfo(name=d["name"], last_heartbeat_ms=d["last_heartbeat_ms"],
+                      state=d["state"], running=tuple(d["running"]))
+
+
+class RedisStore:
+    """The Store protocol on one Redis server, with SimStore's semantics.
+
+    Differences that cannot be helped: time is the Redis server's (`Lease.expires_ms` is on its
+    clock, in ms since the Unix epoch), and a key counts as expired one millisecond later than
+    SimStore would say (Redis expires when now > deadline). Give it a client that does not retry
+    on its own, as `from_url` builds: redis-py's own retries would re-send blindly and add delay.
+    """
+
+    def __init__(self, client: redis.Redis, *, prefix: str = DEFAULT_PREFIX) -> None:
+        self.client = client
+        self.prefix = prefix
+        self._p = prefix + ":"
+        self._apply = client.register_script(APPLY_LUA)
+        self._scan = client.register_script(SCAN_LUA)
+        self._first_writer = client.register_script(FIRST_WRITER_LUA)
+        self._acquire = client.register_script(ACQUIRE_LUA)
+        self._renew = client.register_script(RENEW_LUA)
+        self._release = client.register_script(RELEASE_LUA)
+        self._lease = client.register_script(LEASE_LUA)
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = DEFAULT_PREFIX, **kwargs: Any) -> RedisStore:
+        """Connect to `url` (redis://host:port/db); kwargs go to `redis.Redis.from_url`."""
+        return cls(_client_from_url(url, **kwargs), prefix=prefix)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def delete_all(self) -> int:
+        """Remove every key under the prefix (SCAN + UNLINK); the number of keys removed."""
+        return _delete_under(self.client, self._p)
+
+    def _k(self, *parts: str) -> str:
+        return self._p + ":".join(parts)
+
+    @property
+    def stale_writes_refused(self) -> int:
+        """Fenced batches refused for a stale epoch, by every process using this prefix."""
+        raw = _retrying("get", lambda _: self.client.get(self._k("stale_writes_refused")))
+        return int(raw) if raw is not None else 0
+
+    # records --------------------------------------------------------------------------------
+    def get_task(self, task_id: str) -> TaskRecord | None:
+        raw = _retrying("get_task", lambda _: self.client.hget(self._k("task"), task_id))
+        return TaskRecord.from_json(json.loads(raw)) if raw is not None else None
+
+    def scan_tasks(
+        self, *, states: Collection[TaskState] | None = None, task_type: str | None = None,
+        after: str | None = None, limit: int = 1000,
+    ) -> list[TaskRecord]:
+        indexes = self._indexes(states, task_type)
+        if not indexes:
+            return []
+        start = "-" if after is None else "(" + after
+        # SimStore returns at least one match even for limit < 1; keep that.
+        args: list[str | int] = [start, max(limit, 1), _HMGET_CHUNK]
+        rows = _retrying("scan_tasks", lambda _: self._scan([self._k("task"), *indexes], args))
+        return [TaskRecord.from_json(json.loads(r)) for r in cast(list[bytes | str], rows)]
+
+    def _indexes(self, states: Collection[TaskState] | None, task_type: str | None) -> list[str]:
+        if states is None:
+            return [self._k("idx", "all") if task_type is None else self._k("idx:type", task_type)]
+        names = sorted({TaskState(s).value for s in states})
+        if task_type is None:
+            return [self._k("idx:state", s) for s in names]
+        return [self._k("idx:ts", s, task_type) for s in names]
+
+    def dependents(self, task_id: str) -> tuple[str, ...]:
+        rows = _retrying("dependents",
+                         lambda _: self.client.zrange(self._k("deps", task_id), 0, -1))
+        return tuple(_text(r) for r in cast(list[bytes | str], rows))
+
+    def apply(self, writes: Sequence[Write], *, epoch: int, lease: str = LEADER_LEASE) -> None:
+        keys = [self._k("epoch", lease), self._k("stale_writes_refused")]
+        args = [str(epoch), self._p, *_encode_writes(writes)]
+        # A retry after a lost reply that did apply rewrites the same values: harmless. If the
+        # epoch moved in between, the retry reports StaleEpoch for writes made while current.
+        reply = _retrying("apply", lambda _: self._apply(keys, args))
+        applied, *current = cast(list[int], reply)
+        if not applied:
+            raise StaleEpoch(epoch, int(current[0]))
+
+    # idempotency and exactly-once -----------------------------------------------------------
+    def _write_first(self, key: str, value: str, ttl_ms: int = 0) -> tuple[str, bool]:
+        """(the value that holds, whether this call wrote it)."""
+
+        def op(attempt: int) -> tuple[str, bool]:
+            held = self._first_writer([key], [value, ttl_ms])
+            if held is None:
+                return value, True
+            # On a retry, finding our own value means the lost first try wrote it.
+            return _text(held), attempt > 0 and _text(held) == value
+
+        return _retrying("first-writer-wins", op)
+
+    def claim_key(self, key: str, task_id: str, fingerprint: str) -> tuple[str, str]:
+        held, _ = self._write_first(self._k("key", key), _dumps([task_id, fingerprint]))
+        bound_id, bound_fp = json.loads(held)
+        return str(bound_id), str(bound_fp)
+
+    def put_result(
+        self, result: TaskResult, *, ttl_ms: int | None = None,
+    ) -> tuple[TaskResult, bool]:
+        raw = _dumps(result.to_json())
+        held, created = self._write_first(self._k("result", result.task_id), raw, ttl_ms or 0)
+        return (result if created else TaskResult.from_json(json.loads(held))), created
+
+    def get_result(self, task_id: str) -> TaskResult | None:
+        raw = _retrying("get_result", lambda _: self.client.get(self._k("result", task_id)))
+        return TaskResult.from_json(json.loads(raw)) if raw is not None else None
+
+    def once(self, key: str, owner: str) -> tuple[str, bool]:
+        return self._write_first(self._k("once", key), owner)
+
+    # leases and fencing ---------------------------------------------------------------------
+    def acquire_lease(self, name: str, holder: str, ttl_ms: int) -> int | None:
+        # Not idempotent: a retry after a lost reply that did acquire finds the lease held and
+        # answers None, so the caller stays a standby until the orphaned lease expires. Safe.
+        keys = [self._k("lease", name), self._k("epoch", name)]
+        epoch = _retrying("acquire_lease", lambda _: self._acquire(keys, [holder, ttl_ms]))
+        return int(epoch) if epoch is not None else None
+
+    def renew_lease(self, name: str, holder: str, epoch: int, ttl_ms: int) -> bool:
+        keys, args = [self._k("lease", name)], [holder, str(epoch), str(ttl_ms)]
+        return bool(_retrying("renew_lease", lambda _: self._renew(keys, args)))
+
+    def release_lease(self, name: str, holder: str, epoch: int) -> None:
+        keys, args = [self._k("lease", name)], [holder, str(epoch)]
+        _retrying("release_lease", lambda _: self._release(keys, args))
+
+    def lease(self, name: str) -> Lease | None:
+        reply = _retrying("lease", lambda _: self._lease([self._k("lease", name)]))
+        if reply is None:
+            return None
+        raw, expires_ms = cast(list[Any], reply)
+        d = json.loads(raw)
+        return Lease(name=name, holder=d["holder"], epoch=int(d["epoch"]),
+                     expires_ms=int(expires_ms))
+
+    def epoch(self, name: str = LEADER_LEASE) -> int:
+        raw = _retrying("epoch", lambda _: self.client.get(self._k("epoch", name)))
+        return int(raw) if raw is not None else 0
+
+    # workers --------------------------------------------------------------------------------
+    def put_worker(self, info: WorkerInfo) -> None:
+        raw = _worker_json(info)
+        _retrying("put_worker", lambda _: self.client.hset(self._k("workers"), info.name, raw))
+
+    def workers(self) -> list[WorkerInfo]:
+        rows = _retrying("workers", lambda _: self.client.hgetall(self._k("workers")))
+        infos = [_worker_from(v) for v in cast(dict[Any, bytes | str], rows).values()]
+        return sorted(infos, key=lambda w: w.name)
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _delete_under(client: redis.Redis, prefix: str) -> int:
+    def op(_: int) -> int:
+        removed = 0
+        batch: list[Any] = []
+        for key in client.scan_iter(match=_glob_escape(prefix) + "*", count=_SCAN_COUNT):
+            batch.append(key)
+            if len(batch) >= _SCAN_COUNT:
+                removed += client.unlink(*batch)
+                batch = []
+        return removed + (client.unlink(*batch) if batch else 0)
+
+    return _retrying("delete_all", op)
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class RedisHistory:
+    """A history sink for multi-process runs: events appended to one Redis list.
+
+    `record` has the signature of `dtq.history.History.record`. An event's `seq` is its position
+    in the list, so Redis orders events from every process. With `buffer_size` > 1, events are
+    pushed in batches (one RPUSH per batch); call `flush()` before reading or exiting. Each event
+    carries a writer-unique id, so a push retried after a lost reply is dropped on read.
+    """
+
+    def __init__(
+        self, client: redis.Redis, *, prefix: str = DEFAULT_PREFIX,
+        now_ms: Callable[[], int] = _wall_ms, buffer_size: int = 1,
+    ) -> None:
+        self.client = client
+        self.key = prefix + ":history"
+        self._now_ms = now_ms
+        self._buffer_size = max(buffer_size, 1)
+        self._buffer: list[str] = []
+        self._writer = uuid.uuid4().hex
+        self._count = 0
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, prefix: str = DEFAULT_PREFIX, now_ms: Callable[[], int] = _wall_ms,
+        buffer_size: int = 1, **kwargs: Any,
+    ) -> RedisHistory:
+        """Connect to `url`; kwargs go to `redis.Redis.from_url`."""
+        return cls(_client_from_url(url, **kwargs), prefix=prefix, now_ms=now_ms,
+                   buffer_size=buffer_size)
+
+    def record(self, actor: str, kind: str, clock: VectorClock, data: Mapping[str, Any]) -> None:
+        self._count += 1
+        event = {"eid": f"{self._writer}:{self._count}", "time_ms": self._now_ms(),
+                 "actor": actor, "kind": kind, "clock": clock.as_dict(), "data": dict(data)}
+        self._buffer.append(json.dumps(event, separators=(",", ":"), default=str))
+        if len(self._buffer) >= self._buffer_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Push buffered events; on StoreUnavailable they stay buffered for the next flush."""
+        if not self._buffer:
+            return
+        batch = self._buffer
+        _retrying("history append", lambda _: self.client.rpush(self.key, *batch))
+        self._buffer = []
+
+    def read_events(self) -> list[Event]:
+        """Every event recorded under the prefix (flushed ones), ordered by seq."""
+        rows = _retrying("history read", lambda _: self.client.lrange(self.key, 0, -1))
+        return _events(rows)
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self.client.close()
+
+
+def _events(rows: Iterable[bytes | str]) -> list[Event]:
+    seen: set[str] = set()
+    events: list[Event] = []
+    for row in rows:
+        d = json.loads(row)
+        if d["eid"] in seen:
+            continue
+        seen.add(d["eid"])
+        events.append(Event.from_json({**d, "seq": len(events)}))
+    return events
