@@ -1,0 +1,387 @@
+"""Conformance suites a third-party store or transport can run (as trio ships check_one_way_stream).
+
+The rule: a suite states the contract in tests and nothing else; it knows no backend. A backend
+passes by subclassing the suite in a test module and providing fixtures.
+
+* `StoreConformance` — every method of `dtq.store.Store`, with the semantics of `SimStore`.
+  Provide two fixtures: `store`, a fresh and empty store (epoch 0 everywhere) that also exposes
+  `stale_writes_refused: int`; and `store_clock`, a `StoreClock` that lets the store's time pass:
+  `ManualClock` for a store on a virtual clock, `PollingClock` for a real server. Tests never
+  sleep to synchronise: they wait for a condition (a lease or result gone) with a deadline.
+
+      class TestMyStore(StoreConformance):
+          short_ttl_ms = 150
+
+          @pytest.fixture
+          def store_clock(self) -> StoreClock:
+              return PollingClock()
+
+          @pytest.fixture
+          def store(self) -> Iterator[Store]:
+              ...
+
+* Transport conformance (the delivery contract of `dtq.transport`) has its own section below.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Collection
+from typing import ClassVar, Protocol, cast
+
+import pytest
+
+from dtq.errors import StaleEpoch
+from dtq.store import LEADER_LEASE, AddDependents, PutTask, Store, WorkerInfo, Write
+from dtq.task import TaskRecord, TaskResult, TaskSpec, TaskState
+
+__all__ = ["ManualClock", "PollingClock", "StoreClock", "StoreConformance"]
+
+
+# -- clocks ---------------------------------------------------------------------------------------
+class StoreClock(Protocol):
+    """Lets the store's own time pass, however that store keeps time."""
+
+    def wait_until(self, condition: Callable[[], bool], *, within_ms: int, what: str) -> None:
+        """Return once condition() holds; fail the test after `within_ms` of store time."""
+        ...
+
+
+class ManualClock:
+    """A virtual clock: pass `clock.now` as the store's time source; waiting moves it forward."""
+
+    def __init__(self, start_ms: int = 0, step_ms: int = 1) -> None:
+        self.now_ms = start_ms
+        self.step_ms = step_ms
+
+    def now(self) -> int:
+        return self.now_ms
+
+    def advance(self, ms: int) -> None:
+        self.now_ms += ms
+
+    def wait_until(self, condition: Callable[[], bool], *, within_ms: int, what: str) -> None:
+        deadline = self.now_ms + within_ms
+        while not condition():
+            if self.now_ms >= deadline:
+                pytest.fail(f"{what}: still false after {within_ms} ms of virtual time")
+            self.advance(self.step_ms)
+
+
+class PollingClock:
+    """Real time: polls the condition every `poll_ms` until a deadline on the monotonic clock."""
+
+    def __init__(self, poll_ms: int = 5, slack_ms: int = 2000) -> None:
+        self.poll_ms = poll_ms
+        self.slack_ms = slack_ms
+        """Added to every deadline: a loaded test machine may be slow to look."""
+
+    def wait_until(self, condition: Callable[[], bool], *, within_ms: int, what: str) -> None:
+        deadline = time.monotonic() + (within_ms + self.slack_ms) / 1000
+        while not condition():
+            if time.monotonic() >= deadline:
+                pytest.fail(f"{what}: still false after {within_ms + self.slack_ms} ms")
+            time.sleep(self.poll_ms / 1000)
+
+
+# -- helpers --------------------------------------------------------------------------------------
+class _CountsStaleWrites(Protocol):
+    stale_writes_refused: int
+
+
+def _refused(store: Store) -> int:
+    return cast(_CountsStaleWrites, store).stale_writes_refused
+
+
+def _record(
+    task_id: str, state: TaskState = TaskState.READY, task_type: str = "compute",
+) -> TaskRecord:
+    return TaskRecord(spec=TaskSpec(id=task_id, type=task_type), state=state)
+
+
+def _result(task_id: str, attempt: int = 1, worker: str = "w1", value: object = 1) -> TaskResult:
+    return TaskResult(task_id=task_id, attempt=attempt, worker=worker, ok=True, value=value)
+
+
+def _puts(*records: TaskRecord) -> list[Write]:
+    return [PutTask(record=r) for r in records]
+
+
+def _ids(records: list[TaskRecord]) -> list[str]:
+    return [r.id for r in records]
+
+
+def _scan_all(
+    store: Store, limit: int, states: Collection[TaskState] | None = None,
+    task_type: str | None = None,
+) -> list[str]:
+    """Page through scan_tasks with the `after` cursor until a page comes back empty."""
+    ids: list[str] = []
+    while True:
+        page = _ids(store.scan_tasks(states=states, task_type=task_type,
+                                     after=ids[-1] if ids else None, limit=limit))
+        if not page:
+            return ids
+        assert len(page) <= limit
+        ids += page
+
+
+# -- store conformance ----------------------------------------------------------------------------
+class StoreConformance:
+    """The Store contract. Subclass it as `Test...` and provide `store` and `store_clock`."""
+
+    short_ttl_ms: ClassVar[int] = 100
+    """A TTL the tests wait out (leases, results)."""
+    long_ttl_ms: ClassVar[int] = 600_000
+    """A TTL that never runs out during a test."""
+    expiry_within_ms: ClassVar[int] = 5_000
+    """How long to wait for a short TTL to run out before failing."""
+
+    def _wait_gone(self, clock: StoreClock, condition: Callable[[], bool], what: str) -> None:
+        clock.wait_until(condition, within_ms=self.short_ttl_ms + self.expiry_within_ms,
+                         what=what)
+
+    def test_is_a_store(self, store: Store) -> None:
+        assert isinstance(store, Store)
+        assert store.epoch() == 0 and _refused(store) == 0
+
+    # records --------------------------------------------------------------------------------
+    def test_get_task_unknown_is_none(self, store: Store) -> None:
+        assert store.get_task("nope") is None
+
+    def test_put_task_round_trips(self, store: Store) -> None:
+        rec = TaskRecord(
+            spec=TaskSpec(id="t-1", type="io", payload={"url": "x", "n": [1, 2]}, deps=("t-0",),
+                          idempotency_key="k", max_attempts=5, timeout_ms=7, priority=2,
+                          metadata={"label": "é"}, created_ms=3),
+            state=TaskState.FAILED, attempt=2, updated_ms=9, reason="boom", epoch=0)
+        store.apply(_puts(rec), epoch=0)
+        assert store.get_task("t-1") == rec
+
+    def test_put_task_replaces_and_moves_between_indexes(self, store: Store) -> None:
+        store.apply(_puts(_record("t-1", TaskState.READY, "compute")), epoch=0)
+        moved = _record("t-1", TaskState.DISPATCHED, "io")
+        store.apply(_puts(moved), epoch=0)
+        assert store.get_task("t-1") == moved
+        assert store.scan_tasks(states=[TaskState.READY]) == []
+        assert store.scan_tasks(task_type="compute") == []
+        assert store.scan_tasks(states=[TaskState.DISPATCHED], task_type="io") == [moved]
+        assert store.scan_tasks() == [moved]
+
+    def test_scan_orders_by_id_bytewise(self, store: Store) -> None:
+        ids = ["b", "a_1", "a1", "A1", "a-1", "a.1", "a:1", "a", "ab", "a-"]
+        states = [TaskState.READY, TaskState.PENDING]
+        store.apply(_puts(*(_record(i, states[n % 2]) for n, i in enumerate(ids))), epoch=0)
+        assert _ids(store.scan_tasks()) == sorted(ids)
+        assert _ids(store.scan_tasks(states=states)) == sorted(ids)
+
+    def test_scan_paginates_after_cursor(self, store: Store) -> None:
+        ids = [f"t-{i:02d}" for i in range(10)]
+        store.apply(_puts(*(_record(i) for i in reversed(ids))), epoch=0)
+        assert _ids(store.scan_tasks(limit=3)) == ids[:3]
+        assert _ids(store.scan_tasks(after="t-03", limit=3)) == ids[4:7]
+        assert _ids(store.scan_tasks(after="t-035", limit=100)) == ids[4:]
+        assert store.scan_tasks(after="t-09") == []
+        assert _scan_all(store, limit=4) == ids
+
+    def test_scan_filters_by_states_and_type(self, store: Store) -> None:
+        recs = [_record("a", TaskState.READY, "io"), _record("b", TaskState.PENDING, "compute"),
+                _record("c", TaskState.READY, "compute"), _record("d", TaskState.FAILED, "io")]
+        store.apply(_puts(*recs), epoch=0)
+        ready_or_failed = {TaskState.READY, TaskState.FAILED}
+        assert _ids(store.scan_tasks(states=ready_or_failed)) == ["a", "c", "d"]
+        assert _ids(store.scan_tasks(task_type="io")) == ["a", "d"]
+        assert _ids(store.scan_tasks(states=ready_or_failed, task_type="compute")) == ["c"]
+        assert _ids(store.scan_tasks(states=ready_or_failed, after="a", limit=1)) == ["c"]
+        assert store.scan_tasks(states=[]) == []
+        assert store.scan_tasks(task_type="sleep") == []
+
+    def test_scan_matches_a_model(self, store: Store) -> None:
+        rng = random.Random(1)
+        states = [TaskState.READY, TaskState.PENDING, TaskState.RUNNING, TaskState.SUCCEEDED]
+        recs = {i: _record(i, rng.choice(states), rng.choice(["io", "compute"]))
+                for i in (f"t{rng.randrange(10_000)}" for _ in range(80))}
+        store.apply(_puts(*recs.values()), epoch=0)
+        for _ in range(20):
+            chosen = set(rng.sample(states, rng.randint(1, 3))) if rng.random() < 0.7 else None
+            ttype = rng.choice([None, "io", "compute"])
+            expected = sorted(i for i, r in recs.items() if (chosen is None or r.state in chosen)
+                              and (ttype is None or r.spec.type == ttype))
+            assert _scan_all(store, rng.randint(1, 9), states=chosen, task_type=ttype) == expected
+
+    def test_dependents_keep_order_without_duplicates(self, store: Store) -> None:
+        assert store.dependents("t-1") == ()
+        store.apply([AddDependents(task_id="t-1", dependents=("c", "a")),
+                     AddDependents(task_id="t-1", dependents=("a", "b"))], epoch=0)
+        store.apply([AddDependents(task_id="t-1", dependents=("c", "d"))], epoch=0)
+        store.apply([AddDependents(task_id="t-2", dependents=("a",))], epoch=0)
+        assert store.dependents("t-1") == ("c", "a", "b", "d")
+        assert store.dependents("t-2") == ("a",)
+
+    # fencing --------------------------------------------------------------------------------
+    def test_current_epoch_applies_the_whole_batch(self, store: Store) -> None:
+        epoch = store.acquire_lease(LEADER_LEASE, "c1", self.long_ttl_ms)
+        assert epoch == 1
+        last = _record("t-1", TaskState.PENDING)
+        writes = [*_puts(_record("t-1"), _record("t-2"), last),
+                  AddDependents(task_id="t-2", dependents=("t-1",))]
+        store.apply(writes, epoch=epoch)
+        assert store.get_task("t-1") == last and store.get_task("t-2") == _record("t-2")
+        assert store.dependents("t-2") == ("t-1",)
+        assert _refused(store) == 0
+
+    def test_stale_epoch_refused_nothing_applied_counted(self, store: Store) -> None:
+        old = store.acquire_lease(LEADER_LEASE, "c1", self.long_ttl_ms)
+        assert old == 1
+        store.apply(_puts(_record("t-1")), epoch=old)
+        store.release_lease(LEADER_LEASE, "c1", old)
+        assert store.acquire_lease(LEADER_LEASE, "c2", self.long_ttl_ms) == 2
+        writes = [*_puts(_record("t-1", TaskState.DISPATCHED), _record("t-2")),
+                  AddDependents(task_id="t-1", dependents=("t-2",))]
+        with pytest.raises(StaleEpoch) as err:
+            store.apply(writes, epoch=old)
+        assert (err.value.attempted, err.value.current) == (1, 2)
+        assert store.get_task("t-1") == _record("t-1") and store.get_task("t-2") is None
+        assert store.dependents("t-1") == () and _ids(store.scan_tasks()) == ["t-1"]
+        assert _refused(store) == 1
+
+    def test_any_epoch_but_the_current_is_refused(self, store: Store) -> None:
+        with pytest.raises(StaleEpoch) as err:
+            store.apply(_puts(_record("t-1")), epoch=1)
+        assert (err.value.attempted, err.value.current) == (1, 0)
+        with pytest.raises(StaleEpoch):
+            store.apply([], epoch=-1)
+        assert _refused(store) == 2 and store.get_task("t-1") is None
+        store.apply(_puts(_record("t-1")), epoch=0)
+        assert store.get_task("t-1") is not None
+
+    def test_fencing_follows_the_named_lease(self, store: Store) -> None:
+        assert store.acquire_lease("other", "x", self.long_ttl_ms) == 1
+        assert store.epoch("other") == 1 and store.epoch() == 0
+        store.apply(_puts(_record("t-1")), epoch=1, lease="other")
+        with pytest.raises(StaleEpoch):
+            store.apply(_puts(_record("t-2")), epoch=1)
+        assert _ids(store.scan_tasks()) == ["t-1"]
+
+    # leases ---------------------------------------------------------------------------------
+    def test_acquire_free_lease(self, store: Store) -> None:
+        assert store.lease(LEADER_LEASE) is None
+        assert store.acquire_lease(LEADER_LEASE, "c1", self.long_ttl_ms) == 1
+        held = store.lease(LEADER_LEASE)
+        assert held is not None
+        assert (held.name, held.holder, held.epoch) == (LEADER_LEASE, "c1", 1)
+        assert store.epoch(LEADER_LEASE) == 1
+
+    def test_held_lease_is_refused_to_everyone(self, store: Store) -> None:
+        store.acquire_lease(LEADER_LEASE, "c1", self.long_ttl_ms)
+        assert store.acquire_lease(LEADER_LEASE, "c2", self.long_ttl_ms) is None
+        assert store.acquire_lease(LEADER_LEASE, "c1", self.long_ttl_ms) is None
+        assert store.epoch() == 1
+
+    def test_renew_compares_holder_and_epoch(self, store: Store) -> None:
+        epoch = store.acquire_lease(LEADER_LEASE, "c1", self.long_ttl_ms)
+        assert epoch is not None
+        before = store.lease(LEADER_LEASE)
+        assert not store.renew_lease(LEADER_LEASE, "c2", epoch, 2 * self.long_ttl_ms)
+        assert not store.renew_lease(LEADER_LEASE, "c1", epoch + 1, 2 * self.long_ttl_ms)
+        assert not store.renew_lease("other", "c1", epoch, 2 * self.long_ttl_ms)
+        assert store.renew_lease(LEADER_LEASE, "c1", epoch, 2 * self.long_ttl_ms)
+        after = store.lease(LEADER_LEASE)
+        assert before is not None and after is not None
+        assert after.expires_ms - before.expires_ms >= self.long_ttl_ms * 9 // 10
+        assert (after.holder, after.epoch) == ("c1", epoch) and store.epoch() == epoch
+
+    def test_renew_resets_ttl_and_expired_lease_cannot_be_renewed(
+        self, store: Store, store_clock: StoreClock,
+    ) -> None:
+        epoch = store.acquire_lease(LEADER_LEASE, "c1", self.long_ttl_ms)
+        assert epoch is not None
+        assert store.renew_lease(LEADER_LEASE, "c1", epoch, self.short_ttl_ms)
+        self._wait_gone(store_clock, lambda: store.lease(LEADER_LEASE) is None, "lease expiry")
+        assert not store.renew_lease(LEADER_LEASE, "c1", epoch, self.long_ttl_ms)
+        assert store.lease(LEADER_LEASE) is None
+
+    def test_expired_lease_goes_to_the_next_holder_with_a_new_epoch(
+        self, store: Store, store_clock: StoreClock,
+    ) -> None:
+        first = store.acquire_lease(LEADER_LEASE, "c1", self.short_ttl_ms)
+        assert first == 1
+        self._wait_gone(store_clock, lambda: store.lease(LEADER_LEASE) is None, "lease expiry")
+        assert store.epoch() == 1
+        assert store.acquire_lease(LEADER_LEASE, "c2", self.long_ttl_ms) == 2
+        assert not store.renew_lease(LEADER_LEASE, "c1", first, self.long_ttl_ms)
+        held = store.lease(LEADER_LEASE)
+        assert held is not None and (held.holder, held.epoch) == ("c2", 2)
+
+    def test_release_compares_holder_and_epoch(self, store: Store) -> None:
+        epoch = store.acquire_lease(LEADER_LEASE, "c1", self.long_ttl_ms)
+        assert epoch == 1
+        store.release_lease(LEADER_LEASE, "c2", epoch)
+        store.release_lease(LEADER_LEASE, "c1", epoch + 1)
+        assert store.lease(LEADER_LEASE) is not None
+        store.release_lease(LEADER_LEASE, "c1", epoch)
+        assert store.lease(LEADER_LEASE) is None and store.epoch() == 1
+        assert not store.renew_lease(LEADER_LEASE, "c1", epoch, self.long_ttl_ms)
+        store.release_lease(LEADER_LEASE, "c1", epoch)
+
+    def test_epochs_only_grow_and_are_per_name(self, store: Store) -> None:
+        assert store.epoch("unknown") == 0
+        for expected in (1, 2, 3):
+            assert store.acquire_lease(LEADER_LEASE, f"c{expected}", self.long_ttl_ms) == expected
+            store.release_lease(LEADER_LEASE, f"c{expected}", expected)
+        assert store.acquire_lease("other", "x", self.long_ttl_ms) == 1
+        assert store.epoch() == 3 and store.epoch(LEADER_LEASE) == 3 and store.epoch("other") == 1
+
+    # idempotency and exactly-once -----------------------------------------------------------
+    def test_first_result_wins(self, store: Store) -> None:
+        first = _result("t-1", attempt=1, worker="w1", value={"x": [1, 2]})
+        assert store.get_result("t-1") is None
+        assert store.put_result(first) == (first, True)
+        assert store.put_result(_result("t-1", attempt=2, worker="w2")) == (first, False)
+        assert store.put_result(first) == (first, False)
+        assert store.get_result("t-1") == first
+        failed = TaskResult(task_id="t-2", attempt=3, worker="w", ok=False, error="boom",
+                            finished_ms=12)
+        store.put_result(failed)
+        assert store.get_result("t-2") == failed
+
+    def test_result_ttl(self, store: Store, store_clock: StoreClock) -> None:
+        store.put_result(_result("t-1"), ttl_ms=self.short_ttl_ms)
+        store.put_result(_result("t-2"))
+        store.put_result(_result("t-3"), ttl_ms=0)  # 0 means no expiry, like None
+        self._wait_gone(store_clock, lambda: store.get_result("t-1") is None, "result expiry")
+        assert store.get_result("t-2") == _result("t-2")
+        assert store.get_result("t-3") == _result("t-3")
+        late = _result("t-1", attempt=2)
+        assert store.put_result(late, ttl_ms=self.long_ttl_ms) == (late, True)
+        assert store.get_result("t-1") == late
+
+    def test_claim_key_binds_once(self, store: Store) -> None:
+        assert store.claim_key("k1", "t-1", "fp1") == ("t-1", "fp1")
+        assert store.claim_key("k1", "t-2", "fp2") == ("t-1", "fp1")
+        assert store.claim_key("k1", "t-1", "fp2") == ("t-1", "fp1")
+        assert store.claim_key("k2", "t-2", "fp2") == ("t-2", "fp2")
+
+    def test_once_marks_the_first_owner(self, store: Store) -> None:
+        assert store.once("k", "a") == ("a", True)
+        assert store.once("k", "b") == ("a", False)
+        assert store.once("k", "a") == ("a", False)
+        assert store.once("other", "b") == ("b", True)
+
+    # workers --------------------------------------------------------------------------------
+    def test_workers_sorted_by_name_and_replaced(self, store: Store) -> None:
+        assert store.workers() == []
+        w2 = WorkerInfo(name="w2", last_heartbeat_ms=5, state="suspect", running=("t-1", "t-2"))
+        w1 = WorkerInfo(name="w1", last_heartbeat_ms=3)
+        store.put_worker(w2)
+        store.put_worker(w1)
+        assert store.workers() == [w1, w2]
+        w1b = WorkerInfo(name="w1", last_heartbeat_ms=8, running=("t-3",))
+        store.put_worker(w1b)
+        assert store.workers() == [w1b, w2]
+
+
+# -- transport conformance ------------------------------------------------------------------------
+# The delivery contract of `dtq.transport` (at-least-once, confirms, redelivery of unacked
+# messages, dead-lettering of undecodable ones) gets its suite here, in the same style.
