@@ -1,0 +1,47 @@
+"""Shared fixtures. Real-service tests skip locally when the service is down, but fail under CI.
+
+`require_service(name, check)` is that rule in one place; `redis_url` uses it for Redis.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+STORE_URL = os.environ.get("DTQ_STORE_URL", "redis://127.0.0.1:6379/0")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require_service(name: str, check: Callable[[], object]) -> None:
+    """Run `check`; if it raises, skip the test locally, or fail it when CI is set."""
+    try:
+        check()
+    except Exception as exc:
+        message = f"{name} is unreachable: {type(exc).__name__}: {exc}"
+        if in_ci():
+            pytest.fail(f"{message} (CI is set, so this is a failure)", pytrace=False)
+        pytest.skip(message)
+
+
+def _ping_redis(url: str) -> None:
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1,
+                                  retry=Retry(NoBackoff(), 0))
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """DTQ_STORE_URL (default redis://127.0.0.1:6379/0), once Redis answers a PING."""
+    require_service(f"Redis at {STORE_URL}", lambda: _ping_redis(STORE_URL))
+    return STORE_URL

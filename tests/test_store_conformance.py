@@ -1,0 +1,139 @@
+"""The store conformance suite on SimStore and on RedisStore, plus Redis-only behaviour."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from uuid import uuid4
+
+import pytest
+
+from dtq.clock import VectorClock
+from dtq.errors import StoreUnavailable
+from dtq.store import PutTask
+from dtq.task import TaskRecord, TaskResult, TaskSpec
+from dtq.testing import ManualClock, PollingClock, StoreClock, StoreConformance
+from transports.memory_store import SimStore
+from transports.redis import RedisHistory, RedisStore
+
+
+class TestSimStore(StoreConformance):
+    @pytest.fixture
+    def store_clock(self) -> ManualClock:
+        return ManualClock()
+
+    @pytest.fixture
+    def store(self, store_clock: ManualClock) -> SimStore:
+        return SimStore(now_ms=store_clock.now)
+
+
+@pytest.fixture
+def redis_store(redis_url: str) -> Iterator[RedisStore]:
+    store = RedisStore.from_url(redis_url, prefix=f"test-{uuid4().hex}")
+    try:
+        yield store
+    finally:
+        store.delete_all()
+        store.close()
+
+
+class TestRedisStore(StoreConformance):
+    short_ttl_ms = 150
+
+    @pytest.fixture
+    def store_clock(self) -> StoreClock:
+        return PollingClock()
+
+    @pytest.fixture
+    def store(self, redis_store: RedisStore) -> RedisStore:
+        return redis_store
+
+
+class TestRedisOnly:
+    def test_every_key_lives_under_the_prefix(self, redis_store: RedisStore) -> None:
+        spec = TaskSpec(id="t-1", type="io")
+        redis_store.apply([PutTask(record=TaskRecord(spec=spec))], epoch=0)
+        redis_store.put_result(TaskResult(task_id="t-1", attempt=1, worker="w", ok=True))
+        keys = list(redis_store.client.scan_iter(match=f"{redis_store.prefix}:*"))
+        assert len(keys) >= 6
+        assert redis_store.delete_all() == len(keys)
+        assert list(redis_store.client.scan_iter(match=f"{redis_store.prefix}:*")) == []
+
+    def test_stale_count_is_shared_between_clients(
+        self, redis_store: RedisStore, redis_url: str,
+    ) -> None:
+        other = RedisStore.from_url(redis_url, prefix=redis_store.prefix)
+        try:
+            with pytest.raises(Exception, match="stale epoch"):
+                other.apply([], epoch=4)
+            assert redis_store.stale_writes_refused == 1
+        finally:
+            other.close()
+
+    def test_unreachable_server_raises_store_unavailable_quickly(self) -> None:
+        store = RedisStore.from_url("redis://127.0.0.1:1/0", prefix=f"test-{uuid4().hex}")
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable) as err:
+            store.epoch()
+        assert time.monotonic() - started < 1.0
+        assert err.value.__cause__ is not None
+
+    def test_retried_first_write_recognises_its_own_lost_write(
+        self, redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        import redis as redis_py
+
+        real = redis_store._first_writer
+        calls: list[int] = []
+
+        def lose_first_reply(*args: object, **kwargs: object) -> object:
+            reply = real(*args, **kwargs)  # type: ignore[arg-type]
+            calls.append(1)
+            if len(calls) == 1:
+                raise redis_py.ConnectionError("reply lost")
+            return reply
+
+        monkeypatch.setattr(redis_store, "_first_writer", lose_first_reply)
+        mine = TaskResult(task_id="t-1", attempt=1, worker="w", ok=True)
+        assert redis_store.put_result(mine) == (mine, True)
+        assert len(calls) == 2
+        assert redis_store.put_result(mine) == (mine, False)
+
+
+class TestRedisHistory:
+    @pytest.fixture
+    def history(self, redis_store: RedisStore) -> RedisHistory:
+        ticks = iter(range(100, 10_000))
+        return RedisHistory(redis_store.client, prefix=redis_store.prefix,
+                            now_ms=lambda: next(ticks), buffer_size=3)
+
+    def test_events_read_back_in_order(self, history: RedisHistory) -> None:
+        clock = VectorClock().tick("a")
+        history.record("a", "submit", clock, {"task": "t-1"})
+        history.record("b", "start", clock.tick("b"), {})
+        assert history.read_events() == []  # still buffered
+        history.flush()
+        events = history.read_events()
+        assert [(e.seq, e.time_ms, e.actor, e.kind) for e in events] == [
+            (0, 100, "a", "submit"), (1, 101, "b", "start")]
+        assert events[1].clock == clock.tick("b") and events[0].data == {"task": "t-1"}
+
+    def test_writers_share_one_sequence(self, history: RedisHistory, redis_url: str) -> None:
+        other = RedisHistory.from_url(redis_url, prefix=history.key.rsplit(":", 1)[0])
+        try:
+            history.record("a", "x", VectorClock(), {})
+            history.flush()
+            other.record("b", "y", VectorClock(), {})
+            history.record("a", "z", VectorClock(), {})
+            history.flush()
+            assert [(e.seq, e.kind) for e in history.read_events()] == [
+                (0, "x"), (1, "y"), (2, "z")]
+        finally:
+            other.close()
+
+    def test_a_retried_push_is_read_once(self, history: RedisHistory) -> None:
+        history.record("a", "x", VectorClock(), {})
+        batch = list(history._buffer)
+        history.flush()
+        history.client.rpush(history.key, *batch)  # as a retry after a lost reply would
+        assert [e.kind for e in history.read_events()] == ["x"]
