@@ -93,12 +93,101 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         a.tasks, a.explore, a.runs))
 
 
+def _service_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--broker-url", default=None,
+                   help="RabbitMQ URL (default: $DTQ_BROKER_URL or amqp://guest:guest@127.0.0.1"
+                   ":5672/%%2F)")
+    p.add_argument("--store-url", default=None,
+                   help="Redis URL (default: $DTQ_STORE_URL or redis://127.0.0.1:6379/0)")
+    p.add_argument("--namespace", default="dtq",
+                   help="prefix of every queue and key (default: dtq)")
+    p.add_argument("--log-level", default=None, help="debug, info (default), warning, error")
+
+
+def _add_services(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    co = sub.add_parser("coordinator", help="run one coordinator (leader or standby)",
+                        description="Run a coordinator process. It competes for the leader "
+                        "lease in Redis; the leader consumes submissions and dispatches work.")
+    co.add_argument("--name", default=None, help="actor name (default: coordinator-<pid>)")
+    co.add_argument("--lease-ttl-ms", type=int, default=3000, help="leader lease (default 3000)")
+    _service_args(co)
+    co.set_defaults(func=_run_service, role="coordinator")
+    wo = sub.add_parser("worker", help="run one worker",
+                        description="Run a worker process: it consumes the shared work queue "
+                        "and runs tasks in a thread pool.",
+                        epilog="example: dtq worker --tasks mypkg.tasks --concurrency 4")
+    wo.add_argument("--name", default=None, help="actor name (default: worker-<pid>)")
+    wo.add_argument("--tasks", action="append", default=[], metavar="MODULE",
+                    help="import task types (TaskActor subclasses) from MODULE; repeatable")
+    wo.add_argument("--concurrency", type=int, default=1, help="tasks run at once (default 1)")
+    wo.add_argument("--result-ttl-ms", type=int, default=None,
+                    help="keep results this long (default: forever)")
+    _service_args(wo)
+    wo.set_defaults(func=_run_service, role="worker")
+    cl = sub.add_parser("cluster", help="run coordinators and workers under a supervisor",
+                        description="Start coordinators and workers as separate processes and "
+                        "restart any that exits on its own. Ctrl-C stops them all cleanly.",
+                        epilog="example: dtq cluster --coordinators 2 --workers 3")
+    cl.add_argument("--coordinators", type=int, default=2, help="how many (default 2)")
+    cl.add_argument("--workers", type=int, default=3, help="how many (default 3)")
+    cl.add_argument("--tasks", action="append", default=[], metavar="MODULE",
+                    help="task modules for the workers; repeatable")
+    cl.add_argument("--concurrency", type=int, default=1, help="tasks per worker (default 1)")
+    _service_args(cl)
+    cl.set_defaults(func=_run_cluster)
+
+
+def _node_config(args: argparse.Namespace, role: str, name: str) -> object:
+    from dtq.process import NodeConfig, broker_url, store_url
+
+    return NodeConfig(
+        role=role, name=name, broker_url=broker_url(args.broker_url),
+        store_url=store_url(args.store_url), namespace=args.namespace,
+        concurrency=getattr(args, "concurrency", 1),
+        task_modules=tuple(getattr(args, "tasks", ())),
+        lease_ttl_ms=getattr(args, "lease_ttl_ms", 3000), log_level=args.log_level,
+        result_ttl_ms=getattr(args, "result_ttl_ms", None))
+
+
+def _run_service(args: argparse.Namespace) -> int:
+    import os
+
+    from dtq.process import run_node
+
+    name = args.name or f"{args.role}-{os.getpid()}"
+    return run_node(_node_config(args, args.role, name))  # type: ignore[arg-type]
+
+
+def _run_cluster(args: argparse.Namespace) -> int:
+    import time
+
+    from dtq.process import Supervisor
+
+    configs = [_node_config(args, "coordinator", f"coordinator-{i}")
+               for i in range(1, args.coordinators + 1)]
+    configs += [_node_config(args, "worker", f"worker-{i}") for i in range(1, args.workers + 1)]
+    sup = Supervisor(configs)  # type: ignore[arg-type]
+    sup.start()
+    print(f"dtq cluster: {args.coordinators} coordinator(s), {args.workers} worker(s) running; "
+          "Ctrl-C stops them", file=sys.stderr)
+    try:
+        while True:
+            sup.poll()
+            time.sleep(0.2)  # supervision period
+    except KeyboardInterrupt:
+        print("dtq cluster: stopping", file=sys.stderr)
+    finally:
+        sup.stop_all()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dtq", description="dtq: a distributed task queue built as an actor framework.",
         epilog="Run `dtq COMMAND --help` for the options of a command.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_scenario(sub)
+    _add_services(sub)
     _add_bench(sub)
     return parser
 

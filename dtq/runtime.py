@@ -1,0 +1,305 @@
+"""Drives one actor in one OS process against RabbitMQ and a store.
+
+The actor's handlers run on this process's main thread, one batch of deliveries at a time. The
+effects of a batch are applied in the fixed order: persist (all fenced writes of the batch in one
+store call), send (published with asynchronous confirms), ack (only when every send of the batch
+is confirmed). Task code runs in a thread pool, off the handler loop, so timers and heartbeats
+keep running during a long task. Timers are a heap on the main thread.
+
+Crash-only: a refused fenced write, an unreachable store or an actor's `ctx.exit` ends the
+process with a non-zero status; its unacked deliveries go back to their queues and the
+supervisor starts it again. SIGTERM and SIGINT stop consuming, let running tasks finish (up to
+a grace period), and exit cleanly.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import queue
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import attrs
+import structlog
+
+from dtq.actor import Actor, ActorCell, DeliveryRef, Effects, Execution
+from dtq.clock import VectorClock
+from dtq.envelope import WORK_QUEUE, Codec, Message
+from dtq.errors import DecodeError, StaleEpoch, StoreError
+from dtq.realtasks import run_task
+from dtq.store import Store
+from transports.rabbitmq import FAILURES_HEADER, Delivery, Outgoing, RabbitTransport, queue_name
+
+EXIT_OK, EXIT_FENCED, EXIT_STORE, EXIT_ACTOR = 0, 3, 4, 5
+Recorder = Callable[[str, str, VectorClock, Mapping[str, Any]], None]
+
+
+@attrs.define(kw_only=True)
+class RuntimeOptions:
+    prefetch: Mapping[str, int] = attrs.field(factory=dict)
+    """Prefetch per address (default: 1 on the work queue, 256 elsewhere)."""
+    concurrency: int = 1
+    batch_max: int = 64
+    poison_limit: int = 3
+    grace_s: float = 10.0
+    io_root: str = "."
+
+
+class ProcessRuntime:
+    """One actor, one process: the handler loop, effect application, timers, task threads."""
+
+    def __init__(
+        self, actor: Actor, *, transport: RabbitTransport, store: Store,
+        record: Recorder | None = None, options: RuntimeOptions | None = None,
+    ) -> None:
+        self.actor = actor
+        self.name = actor.name
+        self.transport = transport
+        self.store = store
+        self.options = options or RuntimeOptions()
+        self.codec = Codec()
+        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        transport.on_delivery = self.inbox.put
+        self.log = structlog.get_logger("dtq.runtime").bind(actor=self.name)
+        self.record: Recorder = record or (lambda *_: None)
+        boot = f"{random.getrandbits(32):08x}"
+        ids = itertools.count(1)
+        self.cell = ActorCell(
+            actor, store=store, rng=random.Random(), record=self.record,
+            new_id=lambda: f"{self.name}.{boot}.{next(ids)}", log=self.log,
+            # A restarted process's own entry starts above anything its last life reached.
+            clock=VectorClock.of({self.name: time.time_ns() // 1000}))
+        self._timers: list[tuple[float, int, int, Message]] = []
+        self._cancelled: set[int] = set()
+        self._deliveries: dict[int, Delivery] = {}
+        self._tokens = itertools.count(1)
+        self._pool = ThreadPoolExecutor(max_workers=max(1, self.options.concurrency),
+                                        thread_name_prefix=f"task-{self.name}")
+        self._running = 0
+        self._draining = False
+        self._exit: int | None = None
+        self.subscriptions: list[str] = []
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until stopped; return the process exit status."""
+        self._install_signals()
+        self.transport.start()
+        self._subscribe(self.name)
+        self._apply([(self._guard(lambda: self.cell.start(self._now())), None)])
+        drain_deadline = None
+        while self._exit is None:
+            if self._draining:
+                drain_deadline = drain_deadline or time.monotonic() + self.options.grace_s
+                if self._running == 0 or time.monotonic() > drain_deadline:
+                    break
+            batch = self._take(self._timeout())
+            self._apply([self._handle(item) for item in batch])
+            self._fire_due()
+        return self._shutdown()
+
+    def _now(self) -> int:
+        return int(time.monotonic() * 1000)
+
+    def _timeout(self) -> float:
+        if not self._timers:
+            return 0.5
+        return max(0.0, min(0.5, self._timers[0][0] - time.monotonic()))
+
+    def _take(self, timeout: float) -> list[Any]:
+        try:
+            batch = [self.inbox.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while len(batch) < self.options.batch_max:
+            try:
+                batch.append(self.inbox.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _handle(self, item: Any) -> tuple[Effects | None, Delivery | None]:
+        if isinstance(item, Delivery):
+            return self._handle_delivery(item), item
+        if isinstance(item, _Local):
+            if item.execution:
+                self._running -= 1
+            return self._guard(lambda: self.cell.fire(item.message, self._now())), None
+        return None, None
+
+    def _handle_delivery(self, d: Delivery) -> Effects | None:
+        try:
+            env = self.codec.decode(d.body, redelivered=d.redelivered)
+        except DecodeError as exc:
+            self.log.error("dead-lettering an undecodable message", queue=d.queue,
+                           error=str(exc), size=len(d.body))
+            self.record(self.name, "dead_lettered", self.cell.clock, {"reason": str(exc)[:200]})
+            self.transport.reject(d, requeue=False)
+            return None
+        token = next(self._tokens)
+        self._deliveries[token] = d
+        try:
+            fx = self.cell.deliver(env, DeliveryRef(token), self._now())
+        except StoreError as exc:
+            self.log.error("store failed; exiting", error=str(exc))
+            self._exit = EXIT_STORE
+            return None
+        except Exception as exc:
+            self._deliveries.pop(token, None)
+            self._poison(d, exc)
+            return None
+        if not fx.hold:
+            del self._deliveries[token]
+        return fx
+
+    def _guard(self, fn: Callable[[], Effects]) -> Effects | None:
+        try:
+            return fn()
+        except StoreError as exc:
+            self.log.error("store failed; exiting", error=str(exc))
+            self._exit = EXIT_STORE
+        except Exception:
+            self.log.exception("actor hook or timer failed; exiting")
+            self._exit = EXIT_ACTOR
+        return None
+
+    def _poison(self, d: Delivery, exc: Exception) -> None:
+        """A handler raised: retry the message a few times, then dead-letter it."""
+        failures = int(d.headers.get(FAILURES_HEADER, 0)) + 1
+        self.log.error("handler failed", queue=d.queue, failures=failures, error=repr(exc),
+                       exc_info=exc)
+        if failures >= self.options.poison_limit:
+            self.transport.reject(d, requeue=False)
+            return
+        copy = Outgoing(queue=d.queue, body=d.body, priority=d.priority,
+                        headers={**d.headers, FAILURES_HEADER: failures})
+        self.transport.publish([copy], then=lambda: self.transport.ack(d))
+
+    # --- applying effects -------------------------------------------------------------------
+
+    def _apply(self, results: list[tuple[Effects | None, Delivery | None]]) -> None:
+        done = [(fx, d) for fx, d in results if fx is not None]
+        if not done or self._exit is not None:
+            return
+        if not self._persist([fx for fx, _ in done]):
+            return
+        outgoing = [self._outgoing(env) for fx, _ in done for env in fx.sends]
+        acks = [d for fx, d in done if d is not None and not fx.hold]
+        acks += [held for fx, _ in done for ref in fx.acks
+                 if (held := self._deliveries.pop(ref.token, None)) is not None]
+        self.transport.publish(outgoing, then=lambda: self._ack_all(acks))
+        for fx, _ in done:
+            self._apply_local(fx)
+
+    def _persist(self, effects: list[Effects]) -> bool:
+        writes = [(fx.epoch, w) for fx in effects for w in fx.writes]
+        if not writes:
+            return True
+        try:
+            for epoch, group in itertools.groupby(writes, key=lambda x: x[0]):
+                self.store.apply([w for _, w in group], epoch=epoch)
+            return True
+        except StaleEpoch as exc:
+            self.record(self.name, "stale_write_refused", self.cell.clock,
+                        {"epoch": exc.attempted, "current": exc.current})
+            self.log.error("fenced out: a newer leader exists; exiting", error=str(exc))
+            self._exit = EXIT_FENCED
+        except StoreError as exc:
+            self.log.error("store failed; exiting", error=str(exc))
+            self._exit = EXIT_STORE
+        return False
+
+    def _outgoing(self, env: Any) -> Outgoing:
+        prio = env.body.spec.priority if hasattr(env.body, "spec") else 0
+        return Outgoing(queue=queue_name(self.transport.namespace, env.target),
+                        body=self.codec.encode(env), priority=prio, message_id=env.id)
+
+    def _ack_all(self, deliveries: list[Delivery]) -> None:
+        for d in deliveries:
+            self.transport.ack(d)
+
+    def _apply_local(self, fx: Effects) -> None:
+        now = time.monotonic()
+        self._cancelled.update(fx.cancelled_timers)
+        for t in fx.timers:
+            heapq.heappush(self._timers, (now + t.delay_ms / 1000, t.id, t.id, t.message))
+        for ex in fx.executions:
+            self._execute(ex)
+        for address in fx.subscribe:
+            self._subscribe(address)
+        for address in fx.unsubscribe:
+            self.transport.cancel(address)
+        if fx.exit is not None:
+            self.log.warning("actor asked to exit", reason=fx.exit)
+            self._exit = EXIT_ACTOR
+
+    def _subscribe(self, address: str) -> None:
+        if address not in self.subscriptions:
+            self.subscriptions.append(address)
+        default = self.options.concurrency if address == WORK_QUEUE else 256
+        self.transport.consume(address, self.options.prefetch.get(address, default))
+
+    def _execute(self, ex: Execution) -> None:
+        self._running += 1
+
+        def work() -> None:
+            done = run_task(ex, store=self.store, record=self._record_threadsafe,
+                            actor=self.name, io_root=self.options.io_root)
+            self.inbox.put(_Local(message=done, execution=True))
+
+        self._pool.submit(work)
+
+    def _record_threadsafe(self, kind: str, data: Mapping[str, Any]) -> None:
+        self.record(self.name, kind, VectorClock(), data)
+
+    def _fire_due(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now and self._exit is None:
+            _, _, tid, message = heapq.heappop(self._timers)
+            if tid in self._cancelled:
+                self._cancelled.discard(tid)
+                continue
+            self._apply([(self._guard(lambda m=message: self.cell.fire(m, self._now())),
+                          None)])
+
+    # --- stopping ---------------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self._draining:
+            self._exit = EXIT_OK
+            return
+        self.log.info("stopping: finishing running tasks", signal=signal.Signals(signum).name,
+                      running=self._running)
+        self._draining = True
+        for address in self.subscriptions:
+            self.transport.cancel(address)
+
+    def _shutdown(self) -> int:
+        code = self._exit if self._exit is not None else EXIT_OK
+        if code == EXIT_OK:
+            self._apply([(self._guard(lambda: self.cell.stop(self._now())), None)])
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.transport.close()
+        self.log.info("stopped", status=code)
+        return code
+
+
+@attrs.frozen(kw_only=True)
+class _Local:
+    """A local event for the main thread: a finished task's `Executed` message."""
+
+    message: Message
+    execution: bool = False

@@ -1,0 +1,70 @@
+"""Publishing submissions straight to the leader's queue, with publisher confirms.
+
+Used by the scenario runner, the benchmarks and the REST API. `submit` returns once RabbitMQ has
+confirmed every message (persisted to the durable coordinator queue).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from dtq.clock import VectorClock
+from dtq.envelope import COORDINATOR_QUEUE, Cancel, Codec, Envelope, Message, Submit
+from dtq.errors import ConnectionLost
+from dtq.task import TaskSpec
+from transports.rabbitmq import Outgoing, RabbitTransport, queue_name
+
+Recorder = Callable[[str, str, VectorClock, Mapping[str, Any]], None]
+
+
+class Submitter:
+    def __init__(
+        self, broker_url: str, *, namespace: str = "dtq", name: str = "client",
+        record: Recorder | None = None, start_timeout_s: float = 10.0,
+    ) -> None:
+        self.name = name
+        self.namespace = namespace
+        self.transport = RabbitTransport(broker_url, namespace=namespace, name=name)
+        self.transport.start(start_timeout_s)
+        self.codec = Codec()
+        self.clock = VectorClock()
+        self.record: Recorder = record or (lambda *_: None)
+        self._ids = itertools.count(1)
+        self._boot = uuid.uuid4().hex[:8]
+        self._lock = threading.Lock()
+
+    def _envelope(self, body: Message) -> Envelope:
+        with self._lock:
+            self.clock = self.clock.tick(self.name)
+            return Envelope(id=f"{self.name}.{self._boot}.{next(self._ids)}", sender=self.name,
+                            target=COORDINATOR_QUEUE, body=body, clock=self.clock)
+
+    def submit(self, specs: Sequence[TaskSpec], *, timeout_s: float = 30.0) -> None:
+        """Publish submissions; return when the broker has confirmed all of them."""
+        out = []
+        for spec in specs:
+            env = self._envelope(Submit(spec=spec))
+            self.record(self.name, "submit", env.clock, {"task": spec.id, "label": spec.label})
+            out.append(Outgoing(queue=queue_name(self.namespace, COORDINATOR_QUEUE),
+                                body=self.codec.encode(env), priority=spec.priority,
+                                message_id=env.id))
+        self._publish(out, timeout_s)
+
+    def cancel(self, task_id: str, *, timeout_s: float = 30.0) -> None:
+        env = self._envelope(Cancel(task_id=task_id))
+        self._publish([Outgoing(queue=queue_name(self.namespace, COORDINATOR_QUEUE),
+                                body=self.codec.encode(env), message_id=env.id)], timeout_s)
+
+    def _publish(self, out: list[Outgoing], timeout_s: float) -> None:
+        confirmed = threading.Event()
+        self.transport.publish(out, then=confirmed.set)
+        if not confirmed.wait(timeout_s):
+            raise ConnectionLost(f"RabbitMQ did not confirm {len(out)} message(s) within "
+                                 f"{timeout_s:.0f} s")
+
+    def close(self) -> None:
+        self.transport.close()

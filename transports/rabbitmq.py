@@ -1,0 +1,399 @@
+"""The RabbitMQ transport (pika): durable queues, asynchronous confirms, manual acks.
+
+pika is not thread-safe, so one I/O thread owns the connection and runs pika's `SelectConnection`
+event loop (which also keeps AMQP heartbeats going while the actor works). Every call from
+other threads is marshalled onto that loop with `add_callback_threadsafe`. Deliveries go to a
+callback the runtime gives (it puts them on its inbox).
+
+Delivery contract (the same as the simulator's): at least once. A publish batch counts as sent
+when the broker has confirmed every message in it (confirms are asynchronous; the `then`
+callback of `publish` runs on confirmation, which is when the runtime acks the input that caused
+the batch). When the connection drops, unconfirmed publishes are sent again after reconnecting,
+unacked deliveries return to their queues (their late acks are dropped: they belong to a dead
+channel), and consumers are re-established, with exponential backoff between attempts.
+
+Topology, under a namespace (so tests never collide): `{ns}.coordinator` (leader inbox),
+`{ns}.work` (shared work queue, priorities 0-9 on classic queues), `{ns}.mailbox.{actor}`, and a
+dead-letter exchange `{ns}.dlx` routing to `{ns}.dead`. Quorum queues are an option for
+clustered RabbitMQ (`quorum=True`; they also enforce `x-delivery-limit`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+import pika
+import pika.channel
+import pika.exceptions
+import pika.frame
+import pika.spec
+import structlog
+
+from dtq.envelope import COORDINATOR_QUEUE, WORK_QUEUE
+from dtq.errors import ConnectionLost
+
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+HEARTBEAT_S = 10
+FAILURES_HEADER = "x-dtq-failures"
+
+
+@attrs.frozen(kw_only=True)
+class Delivery:
+    """One message handed to the actor, identified by its channel generation and tag."""
+
+    generation: int
+    tag: int
+    queue: str
+    body: bytes
+    redelivered: bool
+    headers: dict[str, Any] = attrs.field(factory=dict)
+    priority: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class Outgoing:
+    queue: str
+    body: bytes
+    priority: int = 0
+    headers: dict[str, Any] | None = None
+    message_id: str | None = None
+
+
+@attrs.define(eq=False)
+class _Batch:
+    remaining: int
+    then: Callable[[], None] | None
+
+
+def queue_name(namespace: str, address: str) -> str:
+    """The RabbitMQ queue behind an actor address."""
+    if address in (COORDINATOR_QUEUE, WORK_QUEUE, "dead"):
+        return f"{namespace}.{address}"
+    return f"{namespace}.mailbox.{address}"
+
+
+def redact(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    return f"{parts.scheme}://{host}:{parts.port or 5672}{parts.path}"
+
+
+class RabbitTransport:
+    """A connection to RabbitMQ owned by one I/O thread; every public method is thread-safe."""
+
+    def __init__(
+        self, url: str = DEFAULT_URL, *, namespace: str = "dtq", quorum: bool = False,
+        delivery_limit: int = 5, heartbeat_s: int = HEARTBEAT_S, name: str = "dtq",
+        on_delivery: Callable[[Delivery], None] | None = None, log: Any = None,
+    ) -> None:
+        self.url = url
+        self.namespace = namespace
+        self.quorum = quorum
+        self.delivery_limit = delivery_limit
+        self.heartbeat_s = min(heartbeat_s, HEARTBEAT_S)
+        self.name = name
+        self.on_delivery = on_delivery or (lambda d: None)
+        self.log = log or structlog.get_logger("dtq.rabbitmq").bind(actor=name)
+        self.generation = 0
+        self.ready = threading.Event()
+        self.connects = 0
+        self._lock = threading.Lock()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._conn: pika.SelectConnection | None = None
+        self._channel: pika.channel.Channel | None = None
+        self._consumers: dict[str, int] = {}  # queue -> prefetch wanted
+        self._consumer_tags: dict[str, str] = {}  # consumer tag -> queue
+        self._declared: set[str] = set()
+        self._outbox: deque[tuple[Outgoing, _Batch]] = deque()
+        self._unconfirmed: dict[int, tuple[Outgoing, _Batch]] = {}
+        self._seq = 0
+        self._last_error: BaseException | None = None
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        """Connect in the I/O thread; raise `ConnectionLost` if RabbitMQ cannot be reached."""
+        self._thread = threading.Thread(target=self._run, name=f"amqp-{self.name}", daemon=True)
+        self._thread.start()
+        if not self.ready.wait(timeout_s):
+            self.close()
+            raise ConnectionLost(
+                f"cannot reach RabbitMQ at {redact(self.url)} within {timeout_s:.0f} s "
+                f"(is it running? set DTQ_BROKER_URL): {self._last_error!r}")
+
+    def close(self) -> None:
+        self._closing = True
+        self._call(self._close_now)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def _close_now(self) -> None:
+        if self._conn is not None and self._conn.is_open:
+            self._conn.close()
+        elif self._conn is not None:
+            self._conn.ioloop.stop()
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while not self._closing:
+            self._connect_once()
+            if self._closing:
+                break
+            self.log.warning("broker connection lost; reconnecting", backoff_s=backoff,
+                             error=repr(self._last_error))
+            time.sleep(backoff)  # a reconnect backoff in the I/O thread, not synchronisation
+            backoff = min(backoff * 2, 5.0)
+            if self.connects:
+                backoff = min(backoff, 1.0)
+
+    def _connect_once(self) -> None:
+        params = pika.URLParameters(self.url)
+        params.heartbeat = self.heartbeat_s
+        params.blocked_connection_timeout = 30
+        params.client_properties = {"connection_name": f"dtq:{self.name}"}
+        try:
+            conn = pika.SelectConnection(
+                params, on_open_callback=self._on_open, on_open_error_callback=self._on_error,
+                on_close_callback=self._on_closed)
+        except Exception as exc:  # DNS and similar errors surface here
+            self._last_error = exc
+            return
+        self._conn = conn
+        conn.ioloop.start()
+        self.ready.clear()
+
+    def _on_error(self, conn: pika.SelectConnection, exc: BaseException) -> None:
+        self._last_error = exc
+        conn.ioloop.stop()
+
+    def _on_closed(self, conn: pika.SelectConnection, exc: BaseException) -> None:
+        self._last_error = exc
+        self._channel = None
+        self._requeue_unconfirmed()
+        conn.ioloop.stop()
+
+    def _on_open(self, conn: pika.SelectConnection) -> None:
+        conn.channel(on_open_callback=self._on_channel)
+
+    def _on_channel(self, ch: pika.channel.Channel) -> None:
+        with self._lock:
+            self.generation += 1
+        self._channel = ch
+        self._declared = set()
+        self._consumer_tags = {}
+        self._seq = 0
+        ch.add_on_close_callback(self._on_channel_closed)
+        ch.confirm_delivery(ack_nack_callback=self._on_confirm, callback=self._on_confirm_mode)
+
+    def _on_confirm_mode(self, _frame: pika.frame.Method) -> None:
+        ch = self._channel
+        assert ch is not None
+        ch.exchange_declare(f"{self.namespace}.dlx", exchange_type="fanout", durable=True)
+        ch.queue_declare(f"{self.namespace}.dead", durable=True)
+        ch.queue_bind(f"{self.namespace}.dead", f"{self.namespace}.dlx")
+        for queue, prefetch in list(self._consumers.items()):
+            self._start_consumer(queue, prefetch)
+        self.connects += 1
+        self.ready.set()
+        self._flush()
+
+    def _on_channel_closed(self, ch: pika.channel.Channel, exc: BaseException) -> None:
+        self._last_error = exc
+        if self._closing:
+            return
+        self.log.warning("channel closed", error=repr(exc))
+        if self._conn is not None and self._conn.is_open and not self._closing:
+            self._conn.close()
+
+    # --- marshalling onto the I/O thread ------------------------------------------------------
+
+    def _call(self, fn: Callable[[], None]) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            conn.ioloop.add_callback_threadsafe(fn)
+        except Exception:  # the loop is gone; the next connection replays what matters
+            pass
+
+    # --- topology -------------------------------------------------------------------------------
+
+    def _arguments(self, queue: str) -> dict[str, Any]:
+        args: dict[str, Any] = {"x-dead-letter-exchange": f"{self.namespace}.dlx"}
+        if self.quorum:
+            args["x-queue-type"] = "quorum"
+            args["x-delivery-limit"] = self.delivery_limit
+        elif queue.endswith(f".{WORK_QUEUE}"):
+            args["x-max-priority"] = 9
+        return args
+
+    def _declare(self, queue: str) -> None:
+        if queue in self._declared or self._channel is None:
+            return
+        self._declared.add(queue)
+        self._channel.queue_declare(queue, durable=True, arguments=self._arguments(queue))
+
+    # --- consuming ------------------------------------------------------------------------------
+
+    def consume(self, address: str, prefetch: int = 0) -> None:
+        """Consume a queue (kept across reconnects). `prefetch` 0 means 1000."""
+        queue = queue_name(self.namespace, address)
+        self._consumers[queue] = prefetch or 1000
+        self._call(lambda: self._start_consumer(queue, prefetch or 1000))
+
+    def cancel(self, address: str) -> None:
+        queue = queue_name(self.namespace, address)
+        self._consumers.pop(queue, None)
+
+        def stop() -> None:
+            for tag, q in list(self._consumer_tags.items()):
+                if q == queue and self._channel is not None:
+                    self._channel.basic_cancel(tag)
+                    del self._consumer_tags[tag]
+
+        self._call(stop)
+
+    def _start_consumer(self, queue: str, prefetch: int) -> None:
+        ch = self._channel
+        if ch is None or queue in self._consumer_tags.values() or queue not in self._consumers:
+            return
+        self._declare(queue)
+        ch.basic_qos(prefetch_count=prefetch)
+        tag = ch.basic_consume(queue, self._on_message)
+        self._consumer_tags[tag] = queue
+
+    def _on_message(
+        self, ch: pika.channel.Channel, method: pika.spec.Basic.Deliver,
+        props: pika.spec.BasicProperties, body: bytes,
+    ) -> None:
+        queue = self._consumer_tags.get(method.consumer_tag or "", "")
+        self.on_delivery(Delivery(
+            generation=self.generation, tag=method.delivery_tag or 0, queue=queue, body=body,
+            redelivered=bool(method.redelivered), headers=dict(props.headers or {}),
+            priority=props.priority or 0))
+
+    def ack(self, delivery: Delivery, *, multiple: bool = False) -> None:
+        self._call(lambda: self._ack_now(delivery.generation, delivery.tag, multiple))
+
+    def _ack_now(self, generation: int, tag: int, multiple: bool) -> None:
+        if generation == self.generation and self._channel is not None:
+            self._channel.basic_ack(tag, multiple=multiple)
+
+    def reject(self, delivery: Delivery, *, requeue: bool) -> None:
+        """Requeue, or (requeue=False) dead-letter a delivery."""
+
+        def reject() -> None:
+            if delivery.generation == self.generation and self._channel is not None:
+                self._channel.basic_reject(delivery.tag, requeue=requeue)
+
+        self._call(reject)
+
+    # --- publishing -----------------------------------------------------------------------------
+
+    def publish(
+        self, messages: Sequence[Outgoing], then: Callable[[], None] | None = None,
+    ) -> None:
+        """Publish persistent messages; `then` runs (on the I/O thread) once all are confirmed."""
+        if not messages:
+            if then is not None:
+                self._call(then)
+            return
+        batch = _Batch(remaining=len(messages), then=then)
+        with self._lock:
+            self._outbox.extend((m, batch) for m in messages)
+        self._call(self._flush)
+
+    def send(self, address: str, body: bytes, **kw: Any) -> None:
+        """Publish one message to an actor address (no confirmation callback)."""
+        self.publish([Outgoing(queue=queue_name(self.namespace, address), body=body, **kw)])
+
+    def _flush(self) -> None:
+        ch = self._channel
+        if ch is None or not self.ready.is_set():
+            return
+        while True:
+            with self._lock:
+                if not self._outbox:
+                    return
+                msg, batch = self._outbox.popleft()
+            self._declare(msg.queue)
+            self._seq += 1
+            self._unconfirmed[self._seq] = (msg, batch)
+            props = pika.BasicProperties(
+                delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json",
+                priority=msg.priority or None, headers=msg.headers, message_id=msg.message_id)
+            ch.basic_publish("", msg.queue, msg.body, properties=props)
+
+    def _on_confirm(self, frame: pika.frame.Method) -> None:
+        method = frame.method
+        tag = int(getattr(method, "delivery_tag", 0))
+        multiple = bool(getattr(method, "multiple", False))
+        tags = [t for t in self._unconfirmed if t <= tag] if multiple else [tag]
+        nacked = isinstance(method, pika.spec.Basic.Nack)
+        for t in sorted(tags):
+            entry = self._unconfirmed.pop(t, None)
+            if entry is None:
+                continue
+            msg, batch = entry
+            if nacked:  # the broker could not take it: send it again
+                with self._lock:
+                    self._outbox.append((msg, batch))
+                continue
+            batch.remaining -= 1
+            if batch.remaining == 0 and batch.then is not None:
+                batch.then()
+        if nacked:
+            self._flush()
+
+    def _requeue_unconfirmed(self) -> None:
+        with self._lock:
+            pending = [self._unconfirmed[t] for t in sorted(self._unconfirmed)]
+            self._unconfirmed.clear()
+            self._outbox.extendleft(reversed(pending))
+
+    # --- administration (tests, the scenario runner, the API) -----------------------------------
+
+    def queue_depths(self, addresses: Sequence[str]) -> dict[str, int]:
+        """Messages ready in each queue (a short-lived blocking connection)."""
+        out: dict[str, int] = {}
+        with blocking(self.url) as ch:
+            for address in addresses:
+                try:
+                    ok = ch.queue_declare(queue_name(self.namespace, address), passive=True)
+                    out[address] = int(ok.method.message_count or 0)
+                except pika.exceptions.ChannelClosedByBroker:
+                    out[address] = 0
+                    ch = ch.connection.channel()
+        return out
+
+
+@contextlib.contextmanager
+def blocking(url: str) -> Any:
+    """A short-lived blocking channel, for administration and tests."""
+    try:
+        conn = pika.BlockingConnection(pika.URLParameters(url))
+    except pika.exceptions.AMQPError as exc:
+        raise ConnectionLost(f"cannot reach RabbitMQ at {redact(url)}: {exc!r}") from exc
+    try:
+        yield conn.channel()
+    finally:
+        with contextlib.suppress(Exception):
+            conn.close()
+
+
+def delete_namespace(url: str, namespace: str, addresses: Sequence[str]) -> None:
+    """Delete the queues of a namespace (test and scenario clean-up)."""
+    with blocking(url) as ch:
+        for address in (*addresses, COORDINATOR_QUEUE, WORK_QUEUE, "dead"):
+            with contextlib.suppress(Exception):
+                ch.queue_delete(queue_name(namespace, address))
+        with contextlib.suppress(Exception):
+            ch.exchange_delete(f"{namespace}.dlx")
