@@ -156,6 +156,10 @@ def to_float32(value: float) -> Float32 | None:
         return None
 
 
+_F32_SMALL = struct.unpack("<f", struct.pack("<f", 1e-6))[0]
+_F32_LARGE = struct.unpack("<f", struct.pack("<f", 1e21))[0]
+
+
 def format_float32(value: float) -> str:
     """Go's ``encoding/json`` text for a float32: shortest digits that round-trip."""
     if value == 0:
@@ -168,7 +172,7 @@ def format_float32(value: float) -> str:
     negative = mantissa.startswith("-")
     digits = mantissa.lstrip("-").replace(".", "").rstrip("0") or "0"
     exponent = int(exponent_text)
-    plain = 1e-6 <= abs(value) < 1e21
+    plain = _F32_SMALL <= abs(value) < _F32_LARGE  # Go compares in float32
     body = _plain(digits, exponent) if plain else _scientific(digits, exponent)
     return f"-{body}" if negative else body
 
