@@ -32,7 +32,7 @@ _LEVELS = {
 DESCRIPTION = """\
 Run a Toxiproxy-compatible TCP fault proxy with its HTTP API.
 
-Clients (toxiproxy-python, the Ruby, Go and Node clients, toxiproxy-cli) drive it unchanged:
+Toxiproxy clients (toxiproxy-python, the Ruby, Go and Node clients, toxiproxy-cli) can drive it:
 create proxies, then add toxics such as latency, bandwidth, slow_close, timeout,
 reset_peer, slicer and limit_data to either direction of the traffic."""
 
@@ -47,6 +47,8 @@ example:
 The config file is a JSON array of proxies, as for POST /populate:
   [{"name": "redis", "listen": "127.0.0.1:26379", "upstream": "127.0.0.1:6379"}]
 
+Toxiproxy's single-dash spellings (-host, -port, -config, ...) are accepted too.
+
 environment:
   LOG_LEVEL  default log level (trace, debug, info, warn, error, fatal, panic)"""
 
@@ -57,31 +59,49 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(
-        "--host", default="127.0.0.1", help="address the HTTP API listens on (default: %(default)s)"
+        "--host",
+        "-host",
+        default="127.0.0.1",
+        help="address the HTTP API listens on (default: %(default)s)",
     )
     parser.add_argument(
-        "--port", type=int, default=8474, help="port the HTTP API listens on (default: %(default)s)"
+        "--port",
+        "-port",
+        type=int,
+        default=8474,
+        help="port the HTTP API listens on (default: %(default)s)",
     )
     parser.add_argument(
-        "--config", metavar="FILE", help="JSON file of proxies to create before the API starts"
+        "--config",
+        "-config",
+        metavar="FILE",
+        help="JSON file of proxies to create before the API starts",
     )
     parser.add_argument(
         "--seed",
+        "-seed",
         type=int,
         metavar="N",
         help="seed for toxicity rolls, jitter and slicing (default: random)",
     )
     parser.add_argument(
-        "--proxy-metrics", action="store_true", help="serve per-proxy byte counters on GET /metrics"
+        "--proxy-metrics",
+        "-proxy-metrics",
+        action="store_true",
+        help="serve per-proxy byte counters on GET /metrics",
     )
     parser.add_argument(
-        "--runtime-metrics", action="store_true", help="serve process metrics on GET /metrics"
+        "--runtime-metrics",
+        "-runtime-metrics",
+        action="store_true",
+        help="serve process metrics on GET /metrics",
     )
     parser.add_argument(
         "--log-level",
         choices=sorted(_LEVELS),
+        metavar="LEVEL",
         default=os.environ.get("LOG_LEVEL", "info").lower(),
-        help="log verbosity (default: $LOG_LEVEL or info)",
+        help="trace, debug, info, warn, error, fatal or panic (default: $LOG_LEVEL or info)",
     )
     parser.add_argument(
         "--log-format",
@@ -90,7 +110,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="log lines as text or as JSON objects (default: %(default)s)",
     )
     parser.add_argument(
-        "--version", action="version", version=f"toxiproxy-server version {VERSION} (dtq)"
+        "--version",
+        "-version",
+        action="version",
+        version=f"toxiproxy-server version {VERSION} (dtq)",
     )
 
 

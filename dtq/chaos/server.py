@@ -130,6 +130,8 @@ class ToxiproxyServer:
     def start(self, timeout: float = 10.0) -> str:
         if self._thread is not None:
             return self.url
+        self._ready.clear()
+        self._error = None
         self._thread = threading.Thread(target=self._main, name="toxiproxy", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout):

@@ -36,7 +36,12 @@ class ServerSide:
     received: bytearray = field(default_factory=bytearray)
     replied: threading.Event = field(default_factory=threading.Event)
     closed: threading.Event = field(default_factory=threading.Event)
+    closed_at: float = 0.0  # time.monotonic() when ``closed`` was set
     reset: bool = False
+
+    def mark_closed(self) -> None:
+        self.closed_at = time.monotonic()
+        self.closed.set()
 
     def read_until_closed(self) -> None:
         """Record everything the peer sends until EOF or reset."""
@@ -47,7 +52,7 @@ class ServerSide:
             self.reset = True
         except OSError:
             pass
-        self.closed.set()
+        self.mark_closed()
 
 
 Handler = Callable[[ServerSide], None]
@@ -64,7 +69,7 @@ def echo(side: ServerSide) -> None:
         side.reset = True
     except OSError:
         pass
-    side.closed.set()
+    side.mark_closed()
 
 
 def reply_and_close(payload: bytes) -> Handler:
@@ -74,7 +79,7 @@ def reply_and_close(payload: bytes) -> Handler:
         side.sock.sendall(payload)
         side.replied.set()
         side.sock.close()
-        side.closed.set()
+        side.mark_closed()
 
     return handler
 
@@ -215,3 +220,36 @@ class ApiClient:
 
     def close(self) -> None:
         self._connection.close()
+
+
+def assert_api_error(result: HttpResult, status: int, message: str) -> None:
+    """An API error exactly as Toxiproxy sends it: JSON text, newline, text/plain."""
+    assert result.status == status, result.body
+    assert result.json() == {"error": message, "status": status}
+    assert result.body.endswith(b"\n")
+    assert result.headers["content-type"] == "text/plain; charset=utf-8"
+
+
+def assert_bad_body(result: HttpResult) -> None:
+    """A 400 whose error starts ``bad request body`` (the decoder's detail varies)."""
+    assert result.status == 400, result.body
+    body = result.json()
+    assert isinstance(body, dict)
+    assert str(body["error"]).startswith("bad request body")
+    assert body["status"] == 400
+
+
+def refused(address: str) -> bool:
+    """Whether a TCP connect to ``address`` is refused."""
+    try:
+        connect(address, timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def echo_works(address: str) -> bool:
+    """Whether a line sent to ``address`` comes back (through an echoing upstream)."""
+    with connect(address) as sock:
+        sock.sendall(b"ping\n")
+        return sock.recv(16) == b"ping\n"

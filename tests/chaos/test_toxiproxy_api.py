@@ -1,4 +1,4 @@
-"""HTTP API conformance (spec §12, rows 1-46) over plain HTTP, against a fresh server each."""
+"""HTTP API conformance over plain HTTP (spec §12 rows 1-18 and 43-46): proxies and routing."""
 
 from __future__ import annotations
 
@@ -11,17 +11,15 @@ import pytest
 from dtq.chaos import ToxiproxyServer
 from dtq.chaos.testkit import (
     ApiClient,
-    HttpResult,
     TcpServer,
+    assert_api_error,
+    assert_bad_body,
     closed_by_peer,
     connect,
+    echo_works,
     free_port,
+    refused,
     wait_until,
-)
-
-LATENCY_BODY = (
-    b'{"attributes":{"latency":100,"jitter":0},"name":"latency_downstream",'
-    b'"type":"latency","stream":"downstream","toxicity":1}'
 )
 
 
@@ -53,35 +51,6 @@ def proxy(api: ApiClient, upstream: TcpServer) -> dict[str, object]:
     body = result.json()
     assert isinstance(body, dict)
     return body
-
-
-def assert_error(result: HttpResult, status: int, message: str) -> None:
-    assert result.status == status, result.body
-    assert result.json() == {"error": message, "status": status}
-    assert result.body.endswith(b"\n")
-    assert result.headers["content-type"] == "text/plain; charset=utf-8"
-
-
-def assert_bad_body(result: HttpResult) -> None:
-    assert result.status == 400, result.body
-    body = result.json()
-    assert isinstance(body, dict)
-    assert str(body["error"]).startswith("bad request body")
-    assert body["status"] == 400
-
-
-def refused(address: str) -> bool:
-    try:
-        connect(address, timeout=2).close()
-    except ConnectionRefusedError:
-        return True
-    return False
-
-
-def echo_works(address: str) -> bool:
-    with connect(address) as sock:
-        sock.sendall(b"ping\n")
-        return sock.recv(16) == b"ping\n"
 
 
 # -- rows 1-2: version and the empty list --------------------------------------------------
@@ -131,9 +100,9 @@ def test_create_duplicate_name_is_409(
     api: ApiClient, upstream: TcpServer, proxy: dict[str, object]
 ) -> None:
     again = {"name": "p", "listen": "127.0.0.1:0", "upstream": upstream.address}
-    assert_error(api.request("POST", "/proxies", again), 409, "proxy already exists")
+    assert_api_error(api.request("POST", "/proxies", again), 409, "proxy already exists")
     busy = {"name": "p", "listen": proxy["listen"], "upstream": upstream.address}
-    assert_error(api.request("POST", "/proxies", busy), 409, "proxy already exists")
+    assert_api_error(api.request("POST", "/proxies", busy), 409, "proxy already exists")
 
 
 @pytest.mark.parametrize(
@@ -146,7 +115,7 @@ def test_create_duplicate_name_is_409(
     ],
 )
 def test_create_missing_fields(api: ApiClient, body: dict[str, str], message: str) -> None:
-    assert_error(api.request("POST", "/proxies", body), 400, message)
+    assert_api_error(api.request("POST", "/proxies", body), 400, message)
 
 
 @pytest.mark.parametrize(
@@ -167,7 +136,7 @@ def test_create_bad_body(api: ApiClient, body: bytes) -> None:
 
 def test_create_empty_body_says_eof(api: ApiClient) -> None:
     result = api.request("POST", "/proxies", b"")
-    assert_error(result, 400, "bad request body: EOF")
+    assert_api_error(result, 400, "bad request body: EOF")
 
 
 def test_create_on_a_busy_port_is_500_and_creates_nothing(
@@ -185,7 +154,7 @@ def test_create_on_a_busy_port_is_500_and_creates_nothing(
 
 def test_create_with_unparsable_listen_is_500(api: ApiClient) -> None:
     result = api.request("POST", "/proxies", {"name": "q", "listen": "local373", "upstream": "x:1"})
-    assert_error(result, 500, "address local373: missing port in address")
+    assert_api_error(result, 500, "address local373: missing port in address")
 
 
 def test_create_disabled_keeps_listen_text_and_refuses(api: ApiClient) -> None:
@@ -252,7 +221,7 @@ def test_get_proxy(api: ApiClient, proxy: dict[str, object]) -> None:
     result = api.request("GET", "/proxies/p")
     assert result.status == 200
     assert result.json() == proxy
-    assert_error(api.request("GET", "/proxies/nope"), 404, "proxy not found")
+    assert_api_error(api.request("GET", "/proxies/nope"), 404, "proxy not found")
 
 
 def test_list_proxies_is_keyed_by_name_and_sorted(api: ApiClient, proxy: dict[str, object]) -> None:
@@ -315,7 +284,9 @@ def test_update_ignores_name(api: ApiClient, proxy: dict[str, object]) -> None:
 
 
 def test_update_missing_proxy_is_404(api: ApiClient) -> None:
-    assert_error(api.request("POST", "/proxies/nope", {"enabled": True}), 404, "proxy not found")
+    assert_api_error(
+        api.request("POST", "/proxies/nope", {"enabled": True}), 404, "proxy not found"
+    )
 
 
 def test_update_with_empty_body_is_400(api: ApiClient, proxy: dict[str, object]) -> None:
@@ -337,340 +308,6 @@ def test_update_to_a_busy_port_is_500_and_leaves_proxy_disabled(
     current = api.request("GET", "/proxies/p").json()
     assert isinstance(current, dict)
     assert (current["enabled"], current["listen"]) == (False, busy)
-
-
-# -- rows 19-34: toxics -------------------------------------------------------------------
-
-
-def add_latency(api: ApiClient) -> HttpResult:
-    return api.request(
-        "POST", "/proxies/p/toxics", {"type": "latency", "attributes": {"latency": 100}}
-    )
-
-
-def test_add_toxic_returns_200_with_defaults(api: ApiClient, proxy: dict[str, object]) -> None:
-    result = add_latency(api)
-    assert result.status == 200
-    assert result.body == LATENCY_BODY
-    assert result.headers["content-type"] == "application/json"
-
-
-def test_add_toxic_name_conflicts(api: ApiClient, proxy: dict[str, object]) -> None:
-    add_latency(api)
-    assert_error(add_latency(api), 409, "toxic already exists")
-    other_stream = {"name": "latency_downstream", "type": "timeout", "stream": "upstream"}
-    assert_error(
-        api.request("POST", "/proxies/p/toxics", other_stream), 409, "toxic already exists"
-    )
-
-
-@pytest.mark.parametrize("stream", ["sideways", ""])
-def test_add_toxic_invalid_stream(api: ApiClient, proxy: dict[str, object], stream: str) -> None:
-    result = api.request("POST", "/proxies/p/toxics", {"type": "latency", "stream": stream})
-    assert_error(result, 400, "stream was invalid, can be either upstream or downstream")
-
-
-@pytest.mark.parametrize("kind", ["down", "Latency", ""])
-def test_add_toxic_invalid_type(api: ApiClient, proxy: dict[str, object], kind: str) -> None:
-    result = api.request("POST", "/proxies/p/toxics", {"type": kind})
-    assert_error(result, 400, "invalid toxic type")
-
-
-def test_add_noop_toxic(api: ApiClient, proxy: dict[str, object]) -> None:
-    result = api.request("POST", "/proxies/p/toxics", {"type": "noop", "name": "n"})
-    assert result.status == 200
-    toxic = result.json()
-    assert isinstance(toxic, dict)
-    assert toxic["attributes"] == {}
-
-
-@pytest.mark.parametrize(
-    "attributes",
-    [{"rate": "fast"}, {"rate": 1.5}, {"rate": 100.0}, {"rate": True}, 5, [1]],
-)
-def test_add_toxic_with_bad_attributes(
-    api: ApiClient, proxy: dict[str, object], attributes: object
-) -> None:
-    body = {"type": "bandwidth", "attributes": attributes}
-    assert_bad_body(api.request("POST", "/proxies/p/toxics", body))
-    assert api.request("GET", "/proxies/p/toxics").json() == []
-
-
-def test_add_toxic_case_insensitive_attributes_and_stream_echo(
-    api: ApiClient, proxy: dict[str, object]
-) -> None:
-    body = {"Type": "bandwidth", "Stream": "UpStream", "Attributes": {"Rate": 100}, "typo": 1}
-    result = api.request("POST", "/proxies/p/toxics", body)
-    assert result.status == 200
-    assert result.json() == {
-        "attributes": {"rate": 100},
-        "name": "bandwidth_UpStream",
-        "type": "bandwidth",
-        "stream": "UpStream",
-        "toxicity": 1,
-    }
-
-
-def test_toxicity_is_a_float32_without_range_check(
-    api: ApiClient, proxy: dict[str, object]
-) -> None:
-    for name, toxicity, text in [
-        ("a", 0.2, b'"toxicity":0.2'),
-        ("b", 2.5, b'"toxicity":2.5'),
-        ("c", -1, b'"toxicity":-1'),
-        ("d", 0.1, b'"toxicity":0.1'),
-    ]:
-        body = {"type": "noop", "name": name, "toxicity": toxicity}
-        result = api.request("POST", "/proxies/p/toxics", body)
-        assert result.status == 200
-        assert text in result.body
-
-
-def test_add_timeout_upstream_defaults(api: ApiClient, proxy: dict[str, object]) -> None:
-    result = api.request("POST", "/proxies/p/toxics", {"type": "timeout", "stream": "upstream"})
-    assert result.status == 200
-    toxic = result.json()
-    assert isinstance(toxic, dict)
-    assert (toxic["name"], toxic["attributes"]) == ("timeout_upstream", {"timeout": 0})
-
-
-def test_list_toxics_upstream_first(api: ApiClient, proxy: dict[str, object]) -> None:
-    assert api.request("GET", "/proxies/p/toxics").json() == []
-    add_latency(api)
-    api.request("POST", "/proxies/p/toxics", {"type": "timeout", "stream": "upstream"})
-    api.request("POST", "/proxies/p/toxics", {"type": "noop", "name": "z"})
-    listed = api.request("GET", "/proxies/p/toxics").json()
-    assert isinstance(listed, list)
-    assert [toxic["name"] for toxic in listed] == ["timeout_upstream", "latency_downstream", "z"]
-    proxy_view = api.request("GET", "/proxies/p").json()
-    assert isinstance(proxy_view, dict)
-    assert proxy_view["toxics"] == listed
-
-
-def test_get_toxic(api: ApiClient, proxy: dict[str, object]) -> None:
-    add_latency(api)
-    result = api.request("GET", "/proxies/p/toxics/latency_downstream")
-    assert (result.status, result.body) == (200, LATENCY_BODY)
-    assert_error(api.request("GET", "/proxies/p/toxics/nope"), 404, "toxic not found")
-    assert_error(api.request("GET", "/proxies/nope/toxics/x"), 404, "proxy not found")
-
-
-def test_update_toxic_merges_attributes(api: ApiClient, proxy: dict[str, object]) -> None:
-    add_latency(api)
-    path = "/proxies/p/toxics/latency_downstream"
-    result = api.request("PATCH", path, {"attributes": {"jitter": 5}})
-    assert result.status == 200
-    assert result.json() == {
-        "attributes": {"latency": 100, "jitter": 5},
-        "name": "latency_downstream",
-        "type": "latency",
-        "stream": "downstream",
-        "toxicity": 1,
-    }
-    result = api.request("POST", path, {"toxicity": 0.5})
-    toxic = result.json()
-    assert isinstance(toxic, dict)
-    assert (toxic["toxicity"], toxic["attributes"]) == (0.5, {"latency": 100, "jitter": 5})
-    result = api.request("POST", path, {"type": "timeout", "stream": "upstream", "name": "x"})
-    toxic = result.json()
-    assert isinstance(toxic, dict)
-    assert (toxic["type"], toxic["stream"], toxic["name"]) == (
-        "latency",
-        "downstream",
-        "latency_downstream",
-    )
-
-
-def test_update_toxic_errors(api: ApiClient, proxy: dict[str, object]) -> None:
-    add_latency(api)
-    path = "/proxies/p/toxics/latency_downstream"
-    assert_bad_body(api.request("POST", path, b""))
-    assert_bad_body(api.request("POST", path, {"attributes": {"latency": "slow"}}))
-    toxic = api.request("GET", path).json()
-    assert isinstance(toxic, dict)
-    assert toxic["attributes"] == {"latency": 100, "jitter": 0}
-    assert_error(api.request("POST", "/proxies/p/toxics/nope", {}), 404, "toxic not found")
-    assert_error(api.request("PATCH", "/proxies/nope/toxics/x", {}), 404, "proxy not found")
-
-
-def test_delete_toxic_twice(api: ApiClient, proxy: dict[str, object]) -> None:
-    add_latency(api)
-    result = api.request("DELETE", "/proxies/p/toxics/latency_downstream")
-    assert (result.status, result.body) == (204, b"")
-    second = api.request("DELETE", "/proxies/p/toxics/latency_downstream")
-    assert_error(second, 404, "toxic not found")
-
-
-def test_add_toxic_to_missing_proxy(api: ApiClient) -> None:
-    result = api.request("POST", "/proxies/nope/toxics", {"type": "latency"})
-    assert_error(result, 404, "proxy not found")
-    assert_error(api.request("GET", "/proxies/nope/toxics"), 404, "proxy not found")
-
-
-@pytest.mark.parametrize(
-    ("kind", "attributes"),
-    [
-        ("latency", {"latency": 0, "jitter": 0}),
-        ("bandwidth", {"rate": 0}),
-        ("slow_close", {"delay": 0}),
-        ("timeout", {"timeout": 0}),
-        ("reset_peer", {"timeout": 0}),
-        ("slicer", {"average_size": 0, "size_variation": 0, "delay": 0}),
-        ("limit_data", {"bytes": 0}),
-        ("noop", {}),
-    ],
-)
-def test_every_type_reports_all_attributes(
-    api: ApiClient, proxy: dict[str, object], kind: str, attributes: dict[str, int]
-) -> None:
-    result = api.request("POST", "/proxies/p/toxics", {"type": kind, "attributes": None})
-    assert result.status == 200
-    toxic = result.json()
-    assert isinstance(toxic, dict)
-    assert toxic["attributes"] == attributes
-    assert list(toxic["attributes"]) == list(attributes)
-
-
-def test_toxics_can_be_added_to_a_disabled_proxy(api: ApiClient, proxy: dict[str, object]) -> None:
-    api.request("POST", "/proxies/p", {"enabled": False})
-    assert add_latency(api).status == 200
-
-
-# -- rows 35-36: reset and delete ----------------------------------------------------------
-
-
-def test_reset_enables_and_clears(api: ApiClient, proxy: dict[str, object]) -> None:
-    listen = str(proxy["listen"])
-    api.request("POST", "/proxies", {"name": "other", "listen": "127.0.0.1:0", "upstream": "x:1"})
-    api.request("POST", "/proxies/other/toxics", {"type": "timeout"})
-    api.request("POST", "/proxies/p", {"enabled": False})
-    add_latency(api)
-    result = api.request("POST", "/reset")
-    assert (result.status, result.body) == (204, b"")
-    listed = api.request("GET", "/proxies").json()
-    assert isinstance(listed, dict)
-    assert all(value["toxics"] == [] and value["enabled"] for value in listed.values())
-    assert listed["p"]["listen"] == listen
-    assert echo_works(listen)
-
-
-def test_reset_reports_a_failed_rebind(api: ApiClient, proxy: dict[str, object]) -> None:
-    listen = str(proxy["listen"])
-    api.request("POST", "/proxies/p", {"enabled": False})
-    host, _, port = listen.rpartition(":")
-    with socket.socket() as blocker:
-        blocker.bind((host, int(port)))
-        blocker.listen()
-        result = api.request("POST", "/reset")
-    assert result.status == 500
-    assert b"address already in use" in result.body
-
-
-def test_delete_proxy_twice_and_port_refuses(api: ApiClient, proxy: dict[str, object]) -> None:
-    listen = str(proxy["listen"])
-    result = api.request("DELETE", "/proxies/p")
-    assert (result.status, result.body) == (204, b"")
-    assert_error(api.request("DELETE", "/proxies/p"), 404, "proxy not found")
-    assert refused(listen)
-
-
-# -- rows 37-42: populate ------------------------------------------------------------------
-
-
-def populate(api: ApiClient, body: object) -> HttpResult:
-    return api.request("POST", "/populate", body)
-
-
-def test_populate_creates(api: ApiClient, upstream: TcpServer) -> None:
-    result = populate(api, [{"name": "a", "listen": "127.0.0.1:0", "upstream": upstream.address}])
-    assert result.status == 201
-    assert result.headers["content-type"] == "application/json"
-    body = result.json()
-    assert isinstance(body, dict)
-    [created] = body["proxies"]
-    assert created["name"] == "a"
-    assert re.fullmatch(r"127\.0\.0\.1:[1-9]\d*", created["listen"])
-    assert echo_works(created["listen"])
-
-
-def test_populate_leaves_matching_proxies_alone(api: ApiClient, upstream: TcpServer) -> None:
-    first = populate(api, [{"name": "a", "listen": "127.0.0.1:0", "upstream": upstream.address}])
-    listen = first.json()["proxies"][0]["listen"]  # type: ignore[index]
-    api.request("POST", "/proxies/a/toxics", {"type": "latency"})
-    with connect(listen) as open_connection:
-        wait_until(lambda: upstream.sides, what="connection through a")
-        again = [{"name": "a", "listen": listen, "upstream": upstream.address, "enabled": False}]
-        result = populate(api, again)
-        assert result.status == 201
-        [kept] = result.json()["proxies"]  # type: ignore[index]
-        assert kept["enabled"] is True
-        assert [toxic["name"] for toxic in kept["toxics"]] == ["latency_downstream"]
-        open_connection.sendall(b"still here\n")
-        assert open_connection.recv(32) == b"still here\n"
-
-
-def test_populate_matches_hostnames_after_resolution(api: ApiClient, upstream: TcpServer) -> None:
-    first = populate(api, [{"name": "a", "listen": "localhost:0", "upstream": upstream.address}])
-    port = first.json()["proxies"][0]["listen"].rpartition(":")[2]  # type: ignore[index]
-    api.request("POST", "/proxies/a/toxics", {"type": "noop"})
-    again = [{"name": "a", "listen": f"localhost:{port}", "upstream": upstream.address}]
-    [kept] = populate(api, again).json()["proxies"]  # type: ignore[index]
-    assert len(kept["toxics"]) == 1
-
-
-def test_populate_replaces_changed_proxies(api: ApiClient, upstream: TcpServer) -> None:
-    first = populate(api, [{"name": "a", "listen": "127.0.0.1:0", "upstream": upstream.address}])
-    listen = first.json()["proxies"][0]["listen"]  # type: ignore[index]
-    api.request("POST", "/proxies/a/toxics", {"type": "latency"})
-    with TcpServer() as second:
-        result = populate(api, [{"name": "a", "listen": listen, "upstream": second.address}])
-        assert result.status == 201
-        [replaced] = result.json()["proxies"]  # type: ignore[index]
-        assert (replaced["upstream"], replaced["toxics"]) == (second.address, [])
-        assert echo_works(listen)
-
-
-def test_populate_validates_everything_first(api: ApiClient) -> None:
-    body = [{"name": "ok", "upstream": "x:1"}, {"name": "", "upstream": "x:1"}]
-    result = populate(api, body)
-    assert result.status == 400
-    assert result.json() == {
-        "error": "missing required field: name at proxy 2",
-        "status": 400,
-        "proxies": None,
-    }
-    assert api.request("GET", "/proxies/ok").status == 404
-    result = populate(api, [{"name": "x", "upstream": ""}])
-    assert b"missing required field: upstream at proxy 1" in result.body
-
-
-def test_populate_needs_an_array(api: ApiClient) -> None:
-    result = populate(api, {"name": "a"})
-    assert_bad_body(result)
-    assert result.json()["proxies"] is None  # type: ignore[index]
-
-
-def test_populate_empty(api: ApiClient) -> None:
-    result = populate(api, [])
-    assert (result.status, result.body) == (201, b'{"proxies":null}')
-
-
-def test_populate_stops_at_a_failure_and_reports_what_was_created(
-    api: ApiClient, proxy: dict[str, object]
-) -> None:
-    body = [
-        {"name": "a", "listen": "127.0.0.1:0", "upstream": "x:1"},
-        {"name": "b", "listen": proxy["listen"], "upstream": "x:1"},
-        {"name": "c", "listen": "127.0.0.1:0", "upstream": "x:1"},
-    ]
-    result = populate(api, body)
-    assert result.status == 500
-    reply = result.json()
-    assert isinstance(reply, dict)
-    assert list(reply) == ["error", "status", "proxies"]
-    assert "address already in use" in reply["error"]
-    assert [created["name"] for created in reply["proxies"]] == ["a"]
-    assert api.request("GET", "/proxies/c").status == 404
 
 
 # -- rows 43-46: routing -------------------------------------------------------------------

@@ -13,7 +13,7 @@ from toxiproxy.exceptions import InvalidToxic, NotFound, ProxyExists
 from dtq.chaos import ToxiproxyServer
 from dtq.chaos.testkit import TcpServer, connect, recv_exactly
 
-SLACK = 0.3
+SLACK = 0.5
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from dtq.chaos.testkit import (
 )
 from dtq.chaos.toxics import slice_sizes
 
-SLACK = 0.3  # seconds allowed above a toxic's delay on a busy machine
+SLACK = 0.5  # seconds allowed above a toxic's delay on a busy machine
 SILENCE = 0.3  # how long "nothing arrives" is observed
 
 
@@ -301,10 +301,12 @@ def test_d11_slow_close_delays_only_the_close(rig: Rig) -> None:
     with rig.connect() as sock:
         start = time.monotonic()
         assert recv_exactly(sock, 4) == b"bye\n"
-        replied = time.monotonic()
-        assert replied - start < SLACK
+        assert time.monotonic() - start < SLACK
         assert sock.recv(16) == b""
-        assert time.monotonic() - replied >= 0.27
+        eof_at = time.monotonic()
+    side = rig.upstream.wait_for_connection()
+    assert side.closed.is_set()
+    assert eof_at - side.closed_at >= 0.298
 
 
 # -- D12-D13: bandwidth -----------------------------------------------------------------------
