@@ -69,25 +69,38 @@ class HttpServer:
 
     def __init__(self, handler: Handler) -> None:
         self._handler = handler
-        self._connections: set[asyncio.Task[None]] = set()
+        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+
+    def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve a newly accepted client in its own task."""
+        task = asyncio.get_running_loop().create_task(self.serve_connection(reader, writer))
+        self._connections[task] = writer
 
     async def serve_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._connections.add(task)
+        self._connections[task] = writer
         try:
             await self._serve(reader, writer)
         except (OSError, EOFError, TimeoutError):
             pass
         finally:
-            self._connections.discard(task)
+            self._connections.pop(task, None)
             writer.close()
 
-    def close_all(self) -> None:
-        for task in list(self._connections):
-            task.cancel()
+    async def close_all(self, timeout: float = 5.0) -> None:
+        """Drop every client connection and wait for their handlers to finish.
+
+        Connections are aborted rather than their tasks cancelled, so a request being
+        answered finishes its handler instead of stopping halfway.
+        """
+        tasks = list(self._connections)
+        for writer in self._connections.values():
+            writer.transport.abort()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:

@@ -17,6 +17,7 @@ import struct
 
 from .addr import AddressError, bind_listener, resolve, sockname_text, upstream_target
 from .link import Link
+from .listener import Listener
 from .logs import event
 from .metrics import Metrics
 from .toxics import Direction, ToxicSpec
@@ -38,7 +39,7 @@ class Proxy:
         self.rng = rng
         self.metrics = metrics
         self.toxics: dict[Direction, list[ToxicSpec]] = {"upstream": [], "downstream": []}
-        self._server: asyncio.Server | None = None
+        self._listener: Listener | None = None
         self._connections: set[Connection] = set()
 
     def to_json(self) -> dict[str, object]:
@@ -58,11 +59,7 @@ class Proxy:
         if self.enabled:
             return
         sock = bind_listener(await resolve(self.listen))
-        try:
-            self._server = await asyncio.start_server(self._accept, sock=sock)
-        except OSError as exc:
-            sock.close()
-            raise AddressError(f"listen tcp {self.listen}: {exc}") from None
+        self._listener = Listener(sock, self._accept)
         self.listen = sockname_text(sock)
         self.enabled = True
         event(
@@ -71,9 +68,9 @@ class Proxy:
 
     def stop(self) -> None:
         """Close the listener and every connection."""
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         for connection in list(self._connections):
             connection.close()
         self._connections.clear()

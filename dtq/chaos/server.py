@@ -22,6 +22,7 @@ from .api import VERSION, Api, populate_input
 from .collection import ProxyCollection
 from .errors import ApiError
 from .httpd import HttpServer
+from .listener import Listener
 from .logs import event
 from .metrics import Metrics
 
@@ -42,7 +43,7 @@ class ToxiproxyApp:
         self.collection = ProxyCollection(random.Random(seed), self.metrics)
         self.api = Api(self.collection, self.metrics)
         self._http = HttpServer(self.api.handle)
-        self._server: asyncio.Server | None = None
+        self._listener: Listener | None = None
         self.address = ""
 
     async def populate_from_file(self, path: str | Path) -> bool:
@@ -72,17 +73,17 @@ class ToxiproxyApp:
     async def start(self, host: str = "127.0.0.1", port: int = 8474) -> str:
         """Listen for API requests; returns the bound ``host:port``. Raises AddressError."""
         sock = bind_listener(await resolve(join_host_port(host, port)))
-        self._server = await asyncio.start_server(self._http.serve_connection, sock=sock)
+        self._listener = Listener(sock, self._http.accept)
         self.address = sockname_text(sock)
         event(logging.INFO, "Starting Toxiproxy HTTP server", address=self.address, version=VERSION)
         return self.address
 
     async def close(self) -> None:
         """Stop the API and every proxy, dropping their connections."""
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        self._http.close_all()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        await self._http.close_all()
         self.collection.stop_all()
         event(logging.INFO, "Stopped Toxiproxy HTTP server", address=self.address)
 
