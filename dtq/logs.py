@@ -13,6 +13,23 @@ import sys
 import structlog
 
 
+class _StderrLogger:
+    """Writes each line to whatever `sys.stderr` is now; a closed or broken stream never
+    raises into the caller (a log line must not take down a connection's I/O thread)."""
+
+    def msg(self, message: str) -> None:
+        try:
+            print(message, file=sys.stderr, flush=True)
+        except (ValueError, OSError):
+            pass
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+
+
+def _stderr_logger(*_args: object) -> _StderrLogger:
+    return _StderrLogger()
+
+
 def configure_logging(level: str | None = None, *, default: str = "warning") -> None:
     name = (level or os.environ.get("DTQ_LOG_LEVEL") or default).upper()
     numeric = logging.getLevelNamesMapping().get(name, logging.WARNING)
@@ -29,6 +46,6 @@ def configure_logging(level: str | None = None, *, default: str = "warning") -> 
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )

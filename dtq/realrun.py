@@ -26,7 +26,7 @@ from dtq.store import LEADER_LEASE
 from dtq.submitter import Submitter
 from dtq.task import TERMINAL
 from dtq.workload import plan
-from transports.rabbitmq import delete_namespace
+from transports.rabbitmq import close_connections, delete_namespace
 from transports.redis import RedisHistory, RedisStore
 
 NEEDS_PROXY = {"partition", "heal", "latency", "bandwidth", "slicer", "reset_peer", "drop",
@@ -208,6 +208,10 @@ class RealRun:
             undo = []
             for t in targets:
                 sup.resume(t)
+        elif f.action == "drop_connection":
+            undo = []
+            closed = close_connections(self.namespace, targets or None)
+            self.history.record("runner", "connections_closed", VectorClock(), {"count": closed})
         elif f.action == "restart":
             undo = []
             for t in targets:

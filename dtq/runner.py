@@ -185,6 +185,10 @@ def _heal(sim: Simulation, targets: list[str], f: FaultSpec) -> None:
     sim.heal()
 
 
+def _drop_connection(sim: Simulation, targets: list[str], f: FaultSpec) -> None:
+    _each(sim.drop_connection, targets or sorted(sim.nodes))()
+
+
 def _network_knob(field: str, param: str) -> Callable[..., Callable[[], None]]:
     def apply(sim: Simulation, targets: list[str], f: FaultSpec) -> Callable[[], None]:
         net = sim.network
@@ -204,7 +208,7 @@ def _network_knob(field: str, param: str) -> Callable[..., Callable[[], None]]:
 
 _ACTIONS: dict[str, Callable[..., Callable[[], None] | None]] = {
     "kill": _kill, "crash": _kill, "restart": _restart, "pause": _pause, "resume": _resume,
-    "partition": _partition, "heal": _heal,
+    "partition": _partition, "heal": _heal, "drop_connection": _drop_connection,
     "latency": _network_knob("delay_ms", "latency"),
     "duplicate": _network_knob("duplicate", "probability"),
     "drop": _network_knob("drop", "probability"),

@@ -26,6 +26,7 @@ FAULT_ACTIONS = {
     "resume": "unfreeze a paused node (SIGCONT)",
     "partition": "cut the target from `from` (default: the broker); with `duration`, heal after",
     "heal": "remove every partition",
+    "drop_connection": "the broker closes the target's connection (it reconnects)",
     "latency": "add `latency` ms (and `jitter` ms) to every message; with `duration`, undo after",
     "duplicate": "duplicate messages with probability `probability`",
     "drop": "drop messages with probability `probability` (publishers retransmit)",

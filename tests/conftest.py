@@ -45,3 +45,23 @@ def redis_url() -> str:
     """DTQ_STORE_URL (default redis://127.0.0.1:6379/0), once Redis answers a PING."""
     require_service(f"Redis at {STORE_URL}", lambda: _ping_redis(STORE_URL))
     return STORE_URL
+
+
+BROKER_URL = os.environ.get("DTQ_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+
+def _ping_rabbitmq(url: str) -> None:
+    import pika
+
+    params = pika.URLParameters(url)
+    params.socket_timeout = 2
+    params.connection_attempts = 1
+    pika.BlockingConnection(params).close()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url(redis_url: str) -> str:
+    """DTQ_BROKER_URL once RabbitMQ accepts a connection (and Redis answers: the real backend
+    needs both)."""
+    require_service(f"RabbitMQ at {BROKER_URL}", lambda: _ping_rabbitmq(BROKER_URL))
+    return BROKER_URL

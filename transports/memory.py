@@ -237,6 +237,14 @@ class Simulation:
         while node.backlog and not node.paused and node.alive:
             node.backlog.popleft()()
 
+    def drop_connection(self, name: str, reconnect_ms: int = 50) -> None:
+        """The broker closes an actor's connection: its unacked deliveries return to their
+        queues; the actor reconnects a little later and consumes again."""
+        node = self.nodes[name]
+        self.history.record(name, "connection_closed", node.clock, {})
+        self._disconnect(node)
+        self.after(reconnect_ms, self._reconnect, node)
+
     def _disconnect(self, node: _Node) -> None:
         """The broker drops the node's connection: unacked deliveries go back to their queues."""
         if not node.connected:
@@ -245,6 +253,7 @@ class Simulation:
         for tag, qname in list(node.unacked.items()):
             self._requeue(qname, tag)
         node.unacked.clear()
+        node.credit.clear()
         for q in self.queues.values():
             if node.name in q.consumers:
                 q.consumers.remove(node.name)

@@ -21,6 +21,7 @@ clustered RabbitMQ (`quorum=True`; they also enforce `x-delivery-limit`).
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import time
 from collections import deque
@@ -77,6 +78,33 @@ def queue_name(namespace: str, address: str) -> str:
     if address in (COORDINATOR_QUEUE, WORK_QUEUE, "dead"):
         return f"{namespace}.{address}"
     return f"{namespace}.mailbox.{address}"
+
+
+def connection_name(namespace: str, actor: str) -> str:
+    """How a node's connection is named on the broker (`rabbitmqctl list_connections name`)."""
+    return f"dtq:{namespace}:{actor}"
+
+
+def close_connections(namespace: str, actors: Sequence[str] | None = None) -> int:
+    """Have the broker close the connections of a namespace's nodes (all, or the named ones),
+    as `rabbitmqctl close_connection` does. Returns how many were closed."""
+    import subprocess
+
+    listing = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
+        capture_output=True, text=True, timeout=30, check=True).stdout
+    wanted = {connection_name(namespace, a) for a in actors} if actors else None
+    closed = 0
+    for line in listing.splitlines()[1:]:
+        pid, _, props = line.partition("\t")
+        found = re.search(r'\{"connection_name","([^"]*)"\}', props)
+        name = found.group(1) if found else ""
+        ours = name.startswith(f"dtq:{namespace}:") if wanted is None else name in wanted
+        if ours:
+            subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "dtq scenario fault"],
+                           capture_output=True, timeout=30, check=False)
+            closed += 1
+    return closed
 
 
 def redact(url: str) -> str:
@@ -158,7 +186,7 @@ class RabbitTransport:
         params = pika.URLParameters(self.url)
         params.heartbeat = self.heartbeat_s
         params.blocked_connection_timeout = 30
-        params.client_properties = {"connection_name": f"dtq:{self.name}"}
+        params.client_properties = {"connection_name": connection_name(self.namespace, self.name)}
         try:
             conn = pika.SelectConnection(
                 params, on_open_callback=self._on_open, on_open_error_callback=self._on_error,
@@ -210,8 +238,13 @@ class RabbitTransport:
         if self._closing:
             return
         self.log.warning("channel closed", error=repr(exc))
-        if self._conn is not None and self._conn.is_open and not self._closing:
-            self._conn.close()
+        # A channel closed by the broker on its own (a protocol error) takes the connection
+        # down too, so that the reconnect path rebuilds everything. When the connection itself
+        # is going, pika is already tearing down and must not be re-entered.
+        if isinstance(exc, pika.exceptions.ChannelClosedByBroker) and self._conn is not None:
+            with contextlib.suppress(Exception):
+                if self._conn.is_open:
+                    self._conn.close()
 
     # --- marshalling onto the I/O thread ------------------------------------------------------
 

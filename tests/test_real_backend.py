@@ -1,0 +1,131 @@
+"""The production backend: real processes over RabbitMQ and Redis.
+
+Skipped when RabbitMQ or Redis is down locally; failing under CI.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pika
+import pytest
+
+from dtq.cli import main
+from dtq.process import NodeConfig, Supervisor
+from dtq.realrun import run_real, wait_for
+from dtq.scenario import load
+from dtq.submitter import Submitter
+from dtq.task import TERMINAL, TaskSpec
+from transports.rabbitmq import delete_namespace, queue_name
+from transports.redis import RedisHistory, RedisStore
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.rabbitmq
+
+
+def test_round_robin_on_real_processes(
+    rabbitmq_url: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(["scenario", "run", str(ROOT / "scenarios/round-robin.toml"),
+                 "--transport", "rabbitmq", "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0, summary["violations"]
+    assert summary["ok"] is True and summary["transport"] == "rabbitmq"
+    assert summary["tasks"]["succeeded"] == 10 and summary["tasks"]["lost"] == 0
+
+
+def test_round_robin_prints_the_same_lines(
+    rabbitmq_url: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["scenario", "run", str(ROOT / "scenarios/round-robin.toml"),
+                 "--transport", "rabbitmq"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    sent = sorted(ln for ln in lines if ln.startswith("[coordinator] Sent: 'Message "))
+    received = [ln for ln in lines if ": Received: Message " in ln]
+    assert sent == sorted(f"[coordinator] Sent: 'Message {n}'" for n in range(1, 11))
+    assert len(received) == 10
+    assert {ln.split(":")[0] for ln in received} == {"worker-1", "worker-2", "worker-3"}
+
+
+def test_a_sigkilled_worker_tasks_complete_on_another(rabbitmq_url: str) -> None:
+    result = run_real(load(ROOT / "scenarios/worker-crash.toml"), live=False)
+    s = result.summary
+    assert s["ok"], s["violations"]
+    assert s["tasks"]["succeeded"] == 12 and s["tasks"]["duplicated"] == 0
+    killed = [e for e in result.events if e.kind == "crash" and e.actor == "worker-1"]
+    assert killed
+    held = {e.data["task"] for e in result.events
+            if e.kind == "started" and e.actor == "worker-1" and e.seq < killed[0].seq}
+    finished_elsewhere = {e.data["task"] for e in result.events
+                          if e.kind == "effect" and e.actor != "worker-1"}
+    unfinished = {t for t in held if not any(
+        e.kind == "effect" and e.actor == "worker-1" and e.data["task"] == t
+        for e in result.events)}
+    assert unfinished, "the worker held no task when it was killed"
+    assert unfinished <= finished_elsewhere
+    assert s["reassign_ms"]
+
+
+def test_dropped_broker_connections_lose_and_duplicate_nothing(rabbitmq_url: str) -> None:
+    result = run_real(load(ROOT / "scenarios/broker-link-reset.toml"), live=False)
+    s = result.summary
+    assert s["ok"], s["violations"]
+    assert s["tasks"]["succeeded"] == 40
+    assert s["tasks"]["lost"] == 0 and s["tasks"]["duplicated"] == 0
+    [closed] = [e for e in result.events if e.kind == "connections_closed"]
+    assert closed.data["count"] >= 3
+
+
+@pytest.fixture
+def cluster(rabbitmq_url: str, redis_url: str) -> Iterator[tuple[str, Supervisor, RedisStore]]:
+    ns = f"test-{uuid.uuid4().hex[:8]}"
+    common = {"broker_url": rabbitmq_url, "store_url": redis_url, "namespace": ns,
+              "history": True, "log_level": "warning"}
+    sup = Supervisor([NodeConfig(role="coordinator", name="coordinator-1", **common),
+                      NodeConfig(role="worker", name="worker-1", **common)])
+    store = RedisStore.from_url(redis_url, prefix=ns)
+    sup.start()
+    try:
+        yield ns, sup, store
+    finally:
+        sup.stop_all()
+        store.delete_all()
+        store.close()
+        delete_namespace(rabbitmq_url, ns, ["coordinator-1", "worker-1", "client"])
+
+
+def _finished(store: RedisStore) -> int:
+    return len(store.scan_tasks(states=TERMINAL))
+
+
+def test_a_malformed_message_is_dead_lettered_and_the_worker_keeps_serving(
+    cluster: tuple[str, Supervisor, RedisStore], rabbitmq_url: str, redis_url: str,
+) -> None:
+    ns, sup, store = cluster
+    wait_for(lambda: store.lease("coordinator") is not None, 30, "a leader", sup.poll)
+    conn = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    ch = conn.channel()
+    ch.queue_declare(queue_name(ns, "dead"), durable=True)
+    submitter = Submitter(rabbitmq_url, namespace=ns)
+    try:
+        submitter.submit([TaskSpec(id="before", type="echo", payload=1)])
+        wait_for(lambda: _finished(store) == 1, 30, "the first task", sup.poll)
+        ch.basic_publish("", queue_name(ns, "work"), b"{this is not json",
+                         properties=pika.BasicProperties(delivery_mode=2))
+        ch.basic_publish("", queue_name(ns, "work"), json.dumps({"kind": "Nope"}).encode())
+        submitter.submit([TaskSpec(id="after", type="echo", payload=2)])
+        wait_for(lambda: _finished(store) == 2, 30, "the task after the poison", sup.poll)
+        dead = []
+        wait_for(lambda: dead.append(ch.basic_get(queue_name(ns, "dead"), auto_ack=True)[2])
+                 or sum(d is not None for d in dead) >= 2, 30, "two dead letters")
+        assert b"{this is not json" in [d for d in dead if d is not None]
+        assert store.get_result("after").value == 2
+        assert sup.alive("worker-1")
+        events = RedisHistory.from_url(redis_url, prefix=ns).read_events()
+        assert len([e for e in events if e.kind == "dead_lettered"]) == 2
+    finally:
+        submitter.close()
+        conn.close()
