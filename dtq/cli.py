@@ -91,6 +91,14 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     sim.add_argument("--runs", type=int, default=200, help="seeds for the explore rate")
     sim.set_defaults(func=lambda a: __import__("dtq.benchsim", fromlist=["main"]).main(
         a.tasks, a.explore, a.runs))
+    e2e = bsub.add_parser("e2e", help="no-op tasks end to end on RabbitMQ and Redis",
+                          description="Throughput and latency of no-op tasks through real "
+                          "processes, every guarantee on.")
+    e2e.add_argument("--tasks", type=int, default=5000, help="tasks (default 5000)")
+    e2e.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    e2e.add_argument("--concurrency", type=int, default=8, help="tasks per worker (default 8)")
+    e2e.set_defaults(func=lambda a: __import__("dtq.benchreal", fromlist=["main"]).main(
+        a.tasks, a.workers, a.concurrency))
 
 
 def _service_args(p: argparse.ArgumentParser) -> None:

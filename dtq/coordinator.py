@@ -23,6 +23,7 @@ from dtq.envelope import (
     Cancel,
     Completed,
     Dispatch,
+    Finished,
     Message,
     Started,
     Submit,
@@ -68,6 +69,8 @@ class Coordinator(Actor):
         self.valid_until_ms = 0
         self.tasks: dict[str, TaskRecord] = {}
         self.dependents: dict[str, set[str]] = defaultdict(set)
+        self.reply_to: dict[str, str] = {}
+        """Clients waiting for a task's end (volatile: a new leader does not know them)."""
 
     # --- election ---------------------------------------------------------------------------
 
@@ -145,6 +148,8 @@ class Coordinator(Actor):
         if known is not None:
             self._redrive(known, ctx)
             return
+        if msg.reply_to:
+            self.reply_to[spec.id] = msg.reply_to
         if spec.idempotency_key and not self._claim(spec, ctx):
             return
         self._accept(spec, ctx)
@@ -154,7 +159,7 @@ class Coordinator(Actor):
         fp = fingerprint(spec)
         holder, held_fp = ctx.store.claim_key(spec.idempotency_key, spec.id, fp)
         if held_fp != fp or holder != spec.id:
-            ctx.record("rejected", task=spec.id, reason="idempotency key conflict")
+            self._ended("rejected", spec.id, ctx, reason="idempotency key conflict")
             return False
         return True
 
@@ -165,7 +170,7 @@ class Coordinator(Actor):
             rec = rec.moved_to(S.FAILED, now_ms=ctx.now_ms,
                                reason=f"rejected: unknown dependency {missing[0]}")
             self._put(rec, ctx)
-            ctx.record("rejected", task=spec.id, reason=rec.reason)
+            self._ended("rejected", spec.id, ctx, reason=rec.reason)
             return
         state = dag.readiness(spec.deps, self._state_of)
         reason = "dependency_failed" if state is S.FAILED else None
@@ -177,7 +182,7 @@ class Coordinator(Actor):
             ctx.write(AddDependents(task_id=dep, dependents=(spec.id,)))
         ctx.record("accepted", task=spec.id, deps=list(spec.deps))
         if state is S.FAILED:
-            ctx.record("failed", task=spec.id, reason=reason)
+            self._ended("failed", spec.id, ctx, reason=reason)
         elif state is S.READY:
             self._dispatch(rec, ctx)
 
@@ -222,7 +227,7 @@ class Coordinator(Actor):
         elif msg.ok:
             rec = rec.moved_to(S.SUCCEEDED, now_ms=ctx.now_ms, epoch=ctx.epoch)
             self._put(rec, ctx)
-            ctx.record("succeeded", task=rec.id, attempt=msg.attempt, worker=msg.worker)
+            self._ended("succeeded", rec.id, ctx, attempt=msg.attempt, worker=msg.worker)
             self._release(rec, ctx, redrive=False)
         elif msg.attempt == rec.attempt and rec.state in (S.DISPATCHED, S.RUNNING):
             self._attempt_failed(rec, msg.error or "failed", ctx)
@@ -260,13 +265,13 @@ class Coordinator(Actor):
             return
         rec = rec.moved_to(S.CANCELLED, now_ms=ctx.now_ms, reason="cancelled")
         self._put(rec, ctx)
-        ctx.record("cancelled", task=rec.id)
+        self._ended("cancelled", rec.id, ctx)
         self._propagate_failure(rec, ctx)
 
     def _fail(self, rec: TaskRecord, reason: str, ctx: Context) -> None:
         rec = rec.moved_to(S.FAILED, now_ms=ctx.now_ms, reason=reason)
         self._put(rec, ctx)
-        ctx.record("failed", task=rec.id, reason=reason)
+        self._ended("failed", rec.id, ctx, reason=reason)
         self._propagate_failure(rec, ctx)
 
     def _propagate_failure(self, rec: TaskRecord, ctx: Context) -> None:
@@ -285,6 +290,16 @@ class Coordinator(Actor):
                     self._dispatch(dependent.moved_to(S.READY, now_ms=ctx.now_ms), ctx)
             elif redrive:
                 self._redrive(dependent, ctx)
+
+    def _ended(self, kind: str, task_id: str, ctx: Context, **data: object) -> None:
+        """Record a task's end and tell the client waiting for it, if any."""
+        ctx.record(kind, task=task_id, **data)
+        reply_to = self.reply_to.pop(task_id, None)
+        if reply_to is not None:
+            state = "failed" if kind == "rejected" else kind
+            reason = data.get("reason")
+            ctx.send(reply_to, Finished(task_id=task_id, state=state,
+                                        reason=str(reason) if reason is not None else None))
 
     # --- records ----------------------------------------------------------------------------
 

@@ -50,9 +50,10 @@ WORK_QUEUE = "work"
 
 @attrs.frozen(kw_only=True)
 class Submit(Message):
-    """A client asks the leader to accept a task."""
+    """A client asks the leader to accept a task; with `reply_to`, it is told when it ends."""
 
     spec: TaskSpec
+    reply_to: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -79,6 +80,15 @@ class Completed(Message):
     worker: str
     ok: bool
     error: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Finished(Message):
+    """The leader tells a waiting client that a task ended (best effort: poll to be sure)."""
+
+    task_id: str
+    state: str
+    reason: str | None = None
 
 
 @attrs.frozen(kw_only=True)

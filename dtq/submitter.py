@@ -13,10 +13,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from dtq.clock import VectorClock
-from dtq.envelope import COORDINATOR_QUEUE, Cancel, Codec, Envelope, Message, Submit
-from dtq.errors import ConnectionLost
+from dtq.envelope import COORDINATOR_QUEUE, Cancel, Codec, Envelope, Finished, Message, Submit
+from dtq.errors import ConnectionLost, DecodeError
 from dtq.task import TaskSpec
-from transports.rabbitmq import Outgoing, RabbitTransport, queue_name
+from transports.rabbitmq import Delivery, Outgoing, RabbitTransport, queue_name
 
 Recorder = Callable[[str, str, VectorClock, Mapping[str, Any]], None]
 
@@ -25,17 +25,34 @@ class Submitter:
     def __init__(
         self, broker_url: str, *, namespace: str = "dtq", name: str = "client",
         record: Recorder | None = None, start_timeout_s: float = 10.0,
+        on_finished: Callable[[Finished], None] | None = None,
     ) -> None:
+        """With `on_finished`, the submitter consumes its own mailbox (name it uniquely) and
+        calls `on_finished` (on the I/O thread) when a task it submitted ends."""
         self.name = name
         self.namespace = namespace
-        self.transport = RabbitTransport(broker_url, namespace=namespace, name=name)
-        self.transport.start(start_timeout_s)
         self.codec = Codec()
+        self.transport = RabbitTransport(broker_url, namespace=namespace, name=name,
+                                         on_delivery=self._on_delivery)
+        self.on_finished = on_finished
+        if on_finished is not None:
+            self.transport.consume(name)
+        self.transport.start(start_timeout_s)
         self.clock = VectorClock()
         self.record: Recorder = record or (lambda *_: None)
         self._ids = itertools.count(1)
         self._boot = uuid.uuid4().hex[:8]
         self._lock = threading.Lock()
+
+    def _on_delivery(self, d: Delivery) -> None:
+        try:
+            env = self.codec.decode(d.body)
+        except DecodeError:
+            self.transport.reject(d, requeue=False)
+            return
+        if isinstance(env.body, Finished) and self.on_finished is not None:
+            self.on_finished(env.body)
+        self.transport.ack(d)
 
     def _envelope(self, body: Message) -> Envelope:
         with self._lock:
@@ -47,7 +64,8 @@ class Submitter:
         """Publish submissions; return when the broker has confirmed all of them."""
         out = []
         for spec in specs:
-            env = self._envelope(Submit(spec=spec))
+            reply_to = self.name if self.on_finished is not None else None
+            env = self._envelope(Submit(spec=spec, reply_to=reply_to))
             self.record(self.name, "submit", env.clock, {"task": spec.id, "label": spec.label})
             out.append(Outgoing(queue=queue_name(self.namespace, COORDINATOR_QUEUE),
                                 body=self.codec.encode(env), priority=spec.priority,
