@@ -136,6 +136,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        # Installed first, so a signal at any later point ends the server cleanly.
+        loop.add_signal_handler(signum, stop.set)
     app = ToxiproxyApp(
         seed=args.seed, proxy_metrics=args.proxy_metrics, runtime_metrics=args.runtime_metrics
     )
@@ -147,10 +152,6 @@ async def _serve(args: argparse.Namespace) -> int:
         event(logging.ERROR, "Cannot start the API server", error=str(exc))
         await app.close()
         return 1
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     event(logging.INFO, "Shutting down")
     await app.close()
