@@ -53,7 +53,8 @@ class Response:
         lines = [f"HTTP/1.1 {self.status} {reason}"]
         lines += [f"{name}: {value}" for name, value in self.headers]
         lines.append(f"Date: {email.utils.formatdate(usegmt=True)}")
-        lines.append(f"Content-Length: {len(self.body)}")
+        if self.status != 204:  # a 204 carries no body and, per RFC 9110, no length
+            lines.append(f"Content-Length: {len(self.body)}")
         if not keep_alive:
             lines.append("Connection: close")
         elif http10:
