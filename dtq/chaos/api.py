@@ -25,7 +25,18 @@ from .errors import (
     ApiError,
     bad_request_body,
 )
-from .gojson import DecodeError, Field, decode_first_value, decode_struct, encode, kind_of
+from .gojson import (
+    DecodeError,
+    Field,
+    decode_first_value,
+    decode_struct,
+    encode,
+    get_bool,
+    get_float,
+    get_ints,
+    get_str,
+    kind_of,
+)
 from .httpd import Request, Response
 from .logs import event
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -82,7 +93,7 @@ def _attributes(kind: str, raw: object, current: dict[str, int]) -> dict[str, in
     except DecodeError as exc:
         raise bad_request_body(str(exc)) from None
     merged = dict(current)
-    merged.update({name: int(value) for name, value in decoded.items()})  # type: ignore[call-overload]
+    merged.update(get_ints(decoded))
     return merged
 
 
@@ -290,7 +301,7 @@ class Api:
         fields = _decode(request.body, _UPDATE_FIELDS, "toxics.ToxicWrapper")
         attributes = _attributes(toxic.type, fields.get("attributes"), toxic.attributes)
         toxic.attributes = attributes
-        toxic.toxicity = float(fields.get("toxicity", toxic.toxicity))  # type: ignore[arg-type]
+        toxic.toxicity = get_float(fields, "toxicity", toxic.toxicity)
         proxy.update_toxic(toxic)
         event(
             logging.INFO,
@@ -311,10 +322,10 @@ class Api:
 
 def _proxy_input(fields: dict[str, object], enabled_default: bool = True) -> ProxyInput:
     return ProxyInput(
-        name=str(fields.get("name", "")),
-        listen=str(fields.get("listen", "")),
-        upstream=str(fields.get("upstream", "")),
-        enabled=bool(fields.get("enabled", enabled_default)),
+        name=get_str(fields, "name"),
+        listen=get_str(fields, "listen"),
+        upstream=get_str(fields, "upstream"),
+        enabled=get_bool(fields, "enabled", enabled_default),
     )
 
 
@@ -342,18 +353,18 @@ def _find_toxic(proxy: Proxy, name: str) -> ToxicSpec:
 
 def _new_toxic(proxy: Proxy, fields: dict[str, object]) -> ToxicSpec:
     """Validate an add-toxic request in Toxiproxy's order and build the toxic."""
-    stream = str(fields.get("stream", "downstream"))
+    stream = get_str(fields, "stream", "downstream")
     direction = stream.lower()
     if direction not in ("upstream", "downstream"):
         raise ApiError(400, INVALID_STREAM)
-    kind = str(fields.get("type", ""))
-    name = str(fields.get("name", "")) or f"{kind}_{stream}"
+    kind = get_str(fields, "type")
+    name = get_str(fields, "name") or f"{kind}_{stream}"
     if kind not in ATTRIBUTES:
         raise ApiError(400, INVALID_TOXIC_TYPE)
     if proxy.find_toxic(name) is not None:
         raise ApiError(409, TOXIC_EXISTS)
     zeros = dict.fromkeys(ATTRIBUTES[kind], 0)
     attributes = _attributes(kind, fields.get("attributes"), zeros)
-    toxicity = float(fields.get("toxicity", 1.0))  # type: ignore[arg-type]
+    toxicity = get_float(fields, "toxicity", 1.0)
     resolved: Direction = "upstream" if direction == "upstream" else "downstream"
     return ToxicSpec(name, kind, stream, resolved, toxicity, attributes)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from .addr import AddressError, resolve
 from .errors import PROXY_EXISTS, PROXY_NOT_FOUND, ApiError, missing_field
+from .gojson import get_bool, get_str
 from .logs import event
 from .metrics import Metrics
 from .proxy import Proxy
@@ -90,9 +91,9 @@ class ProxyCollection:
 
     async def update(self, proxy: Proxy, changes: Mapping[str, object]) -> None:
         """Apply ``listen``/``upstream``/``enabled`` changes; missing keys keep current values."""
-        listen = str(changes.get("listen", proxy.listen))
-        upstream = str(changes.get("upstream", proxy.upstream))
-        enabled = bool(changes.get("enabled", proxy.enabled))
+        listen = get_str(changes, "listen", proxy.listen)
+        upstream = get_str(changes, "upstream", proxy.upstream)
+        enabled = get_bool(changes, "enabled", proxy.enabled)
         try:
             differs = await _differs(proxy, listen, upstream, strict=True)
         except AddressError as exc:

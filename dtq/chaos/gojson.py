@@ -139,13 +139,35 @@ def _try_convert(value: object, kind: FieldKind) -> object | None:
     if kind == "bool":
         return value if isinstance(value, bool) else None
     if kind == "int":
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        return value if ok and _INT64_MIN <= value <= _INT64_MAX else None  # type: ignore[operator]
+        if isinstance(value, bool) or not isinstance(value, int):
+            return None
+        return value if _INT64_MIN <= value <= _INT64_MAX else None
     if kind == "float32":
         if isinstance(value, bool) or not isinstance(value, int | float):
             return None
         return to_float32(value)
     return value if isinstance(value, JsonObject) else None
+
+
+def get_str(fields: Mapping[str, object], name: str, default: str = "") -> str:
+    """A decoded string field, or ``default`` when it was absent."""
+    value = fields.get(name)
+    return value if isinstance(value, str) else default
+
+
+def get_bool(fields: Mapping[str, object], name: str, default: bool) -> bool:
+    value = fields.get(name)
+    return value if isinstance(value, bool) else default
+
+
+def get_float(fields: Mapping[str, object], name: str, default: float) -> float:
+    value = fields.get(name)
+    return float(value) if isinstance(value, int | float) else default
+
+
+def get_ints(fields: Mapping[str, object]) -> dict[str, int]:
+    """The integer fields of a decoded struct."""
+    return {name: value for name, value in fields.items() if isinstance(value, int)}
 
 
 def to_float32(value: float) -> Float32 | None:
