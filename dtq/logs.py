@@ -6,6 +6,7 @@ otherwise); `DTQ_LOG_LEVEL` the level (default: warning for scenario runs, info 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -18,10 +19,8 @@ class _StderrLogger:
     raises into the caller (a log line must not take down a connection's I/O thread)."""
 
     def msg(self, message: str) -> None:
-        try:
+        with contextlib.suppress(ValueError, OSError):
             print(message, file=sys.stderr, flush=True)
-        except (ValueError, OSError):
-            pass
 
     log = debug = info = warn = warning = error = critical = exception = fatal = msg
 

@@ -9,6 +9,10 @@ recorded in Redis, and checks it with the same checker as the simulator.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import heapq
+import itertools
 import random
 import sys
 import time
@@ -19,7 +23,11 @@ from typing import Any
 from dtq.errors import ScenarioError
 from dtq.process import NodeConfig, Supervisor, broker_url, store_url
 from dtq.runner import (
-    RunResult, check_supported, coordinator_names, summarize, worker_names,
+    RunResult,
+    check_supported,
+    coordinator_names,
+    summarize,
+    worker_names,
 )
 from dtq.scenario import FaultSpec, Scenario
 from dtq.store import LEADER_LEASE
@@ -47,6 +55,10 @@ def wait_for(
         time.sleep(POLL_S)
 
 
+def _reached(monotonic_s: float) -> Callable[[], bool]:
+    return lambda: time.monotonic() >= monotonic_s
+
+
 class RealRun:
     def __init__(self, scenario: Scenario, seed: int, *, live: bool) -> None:
         self.scenario = scenario
@@ -61,6 +73,7 @@ class RealRun:
         self.names = coordinator_names(scenario) + worker_names(scenario)
         self.supervisor = Supervisor(self._configs())
         self.submitter: Submitter | None = None
+        self._order = itertools.count()
 
     def _configs(self) -> list[NodeConfig]:
         c = self.scenario.cluster
@@ -97,48 +110,40 @@ class RealRun:
         self.submitter = Submitter(self.broker, namespace=self.namespace,
                                    record=self.history.record)
         planned = plan(self.scenario, self.seed)
-        timeline: list[tuple[int, int, Callable[[], None]]] = []
-        for i, p in enumerate(planned):
-            timeline.append((p.at_ms, i, lambda spec=p.spec: self._submit(spec)))
-        for i, f in enumerate(self.scenario.faults):
-            timeline.append((f.at_ms, len(planned) + i, lambda f=f: self._fault(f)))
-        timeline.sort(key=lambda x: (x[0], x[1]))
+        self._timeline: list[tuple[int, int, Callable[[], None]]] = []
+        by_time: dict[int, list[Any]] = {}
+        for p in planned:
+            by_time.setdefault(p.at_ms, []).append(p.spec)
+        for at_ms, specs in by_time.items():
+            self._at(at_ms, functools.partial(self._submit, specs))
+        for f in self.scenario.faults:
+            self._at(f.at_ms, functools.partial(self._fault, f))
         self.t0 = time.monotonic()
-        self._play_timeline(timeline)
+        self._play_timeline()
         deadline_s = self.scenario.expect.deadline_ms / 1000
         remaining = max(1.0, deadline_s - (time.monotonic() - self.t0))
-        try:
+        with contextlib.suppress(ScenarioError):  # the checker reports what is missing as lost
             wait_for(lambda: self._finished() >= len(planned), remaining,
                      "every task to finish", self._progress(len(planned)))
-        except ScenarioError:
-            pass  # the checker reports what is missing as lost
         self.elapsed_ms = int((time.monotonic() - self.t0) * 1000)
-        settle_until = time.monotonic() + self.scenario.expect.settle_ms / 1000
-        wait_for(lambda: time.monotonic() >= settle_until, 60, "the settle period",
-                 self.supervisor.poll)
+        wait_for(_reached(time.monotonic() + self.scenario.expect.settle_ms / 1000), 60,
+                 "the settle period", self.supervisor.poll)
         self.history.flush()
 
-    def _play_timeline(self, timeline: list[tuple[int, int, Callable[[], None]]]) -> None:
-        pending: list[Any] = []
-        for at_ms, _, action in timeline:
-            due = self.t0 + at_ms / 1000
-            if time.monotonic() < due:
-                self._flush_submissions(pending)
-                wait_for(lambda due=due: time.monotonic() >= due, at_ms / 1000 + 60,
-                         "the next timeline step", self.supervisor.poll)
+    def _at(self, at_ms: int, action: Callable[[], None]) -> None:
+        heapq.heappush(self._timeline, (at_ms, next(self._order), action))
+
+    def _play_timeline(self) -> None:
+        """Play submissions and faults in time order (a fault may schedule its own undo)."""
+        while self._timeline:
+            at_ms, _, action = heapq.heappop(self._timeline)
+            wait_for(_reached(self.t0 + at_ms / 1000), at_ms / 1000 + 60,
+                     "the next timeline step", self.supervisor.poll)
             action()
-        self._flush_submissions(pending)
 
-    _batch: list[Any] = []
-
-    def _submit(self, spec: Any) -> None:
+    def _submit(self, specs: list[Any]) -> None:
         assert self.submitter is not None
-        self.submitter.submit([spec])
-
-    def _flush_submissions(self, pending: list[Any]) -> None:
-        if pending and self.submitter is not None:
-            self.submitter.submit(pending)
-            pending.clear()
+        self.submitter.submit(specs)
 
     def _started(self, workers: list[str]) -> bool:
         seen = {e.actor for e in self.history.read_events() if e.kind == "worker_started"}
@@ -198,12 +203,12 @@ class RealRun:
             for t in targets:
                 self.history.record(t, "crash", VectorClock(), {"reason": "killed by scenario"})
                 sup.kill(t)
-            undo = [lambda t=t: sup.restart(t) for t in targets]
+            undo = [functools.partial(sup.restart, t) for t in targets]
         elif f.action == "pause":
             for t in targets:
                 self.history.record(t, "pause", VectorClock(), {})
                 sup.pause(t)
-            undo = [lambda t=t: sup.resume(t) for t in targets]
+            undo = [functools.partial(sup.resume, t) for t in targets]
         elif f.action == "resume":
             undo = []
             for t in targets:
@@ -218,17 +223,14 @@ class RealRun:
                 sup.restart(t)
         else:
             raise ScenarioError(f"fault action {f.action!r} is not supported here")
-        if f.duration_ms and undo:
-            until = time.monotonic() + f.duration_ms / 1000
-            wait_for(lambda: time.monotonic() >= until, f.duration_ms / 1000 + 60,
-                     "the fault's duration", sup.poll)
+        if f.duration_ms:
             for fn in undo:
-                fn()
+                self._at(f.at_ms + f.duration_ms, fn)
 
     def _clean_up(self) -> None:
         try:
             self.store.delete_all()
-            delete_namespace(self.broker, self.namespace, self.names + ["client"])
+            delete_namespace(self.broker, self.namespace, [*self.names, "client"])
         finally:
             self.store.close()
             self.history.close()

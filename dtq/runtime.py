@@ -14,6 +14,7 @@ a grace period), and exit cleanly.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import queue
@@ -34,7 +35,7 @@ from dtq.envelope import WORK_QUEUE, Codec, Message
 from dtq.errors import DecodeError, StaleEpoch, StoreError
 from dtq.realtasks import run_task
 from dtq.store import Store
-from transports.rabbitmq import FAILURES_HEADER, Delivery, Outgoing, RabbitTransport, queue_name
+from dtq.transport import FAILURES_HEADER, Delivery, Outgoing, Transport, queue_name
 
 EXIT_OK, EXIT_FENCED, EXIT_STORE, EXIT_ACTOR = 0, 3, 4, 5
 Recorder = Callable[[str, str, VectorClock, Mapping[str, Any]], None]
@@ -55,7 +56,7 @@ class ProcessRuntime:
     """One actor, one process: the handler loop, effect application, timers, task threads."""
 
     def __init__(
-        self, actor: Actor, *, transport: RabbitTransport, store: Store,
+        self, actor: Actor, *, transport: Transport, store: Store,
         record: Recorder | None = None, options: RuntimeOptions | None = None,
     ) -> None:
         self.actor = actor
@@ -266,8 +267,8 @@ class ProcessRuntime:
             if tid in self._cancelled:
                 self._cancelled.discard(tid)
                 continue
-            self._apply([(self._guard(lambda m=message: self.cell.fire(m, self._now())),
-                          None)])
+            fire = functools.partial(self.cell.fire, message, self._now())
+            self._apply([(self._guard(fire), None)])
 
     # --- stopping ---------------------------------------------------------------------------
 

@@ -16,7 +16,8 @@ from dtq.clock import VectorClock
 from dtq.envelope import COORDINATOR_QUEUE, Cancel, Codec, Envelope, Finished, Message, Submit
 from dtq.errors import ConnectionLost, DecodeError
 from dtq.task import TaskSpec
-from transports.rabbitmq import Delivery, Outgoing, RabbitTransport, queue_name
+from dtq.transport import Delivery, Outgoing, queue_name
+from transports.rabbitmq import RabbitTransport
 
 Recorder = Callable[[str, str, VectorClock, Mapping[str, Any]], None]
 

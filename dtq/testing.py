@@ -20,12 +20,16 @@ passes by subclassing the suite in a test module and providing fixtures.
           def store(self) -> Iterator[Store]:
               ...
 
-* Transport conformance (the delivery contract of `dtq.transport`) has its own section below.
+* `TransportConformance` — the delivery contract of `dtq.transport`. Provide a `namespace`
+  fixture (fresh for each test) and a `connect(name, on_delivery)` fixture returning a started
+  transport in that namespace; close them and remove the namespace afterwards.
 """
 
 from __future__ import annotations
 
+import queue
 import random
+import threading
 import time
 from collections.abc import Callable, Collection
 from typing import ClassVar, Protocol, cast
@@ -35,8 +39,10 @@ import pytest
 from dtq.errors import StaleEpoch
 from dtq.store import LEADER_LEASE, AddDependents, PutTask, Store, WorkerInfo, Write
 from dtq.task import TaskRecord, TaskResult, TaskSpec, TaskState
+from dtq.transport import DEAD_QUEUE, Delivery, Outgoing, Transport, queue_name
 
-__all__ = ["ManualClock", "PollingClock", "StoreClock", "StoreConformance"]
+__all__ = ["Connect", "Inbox", "ManualClock", "PollingClock", "StoreClock", "StoreConformance",
+           "TransportConformance"]
 
 
 # -- clocks ---------------------------------------------------------------------------------------
@@ -383,5 +389,163 @@ class StoreConformance:
 
 
 # -- transport conformance ------------------------------------------------------------------------
-# The delivery contract of `dtq.transport` (at-least-once, confirms, redelivery of unacked
-# messages, dead-lettering of undecodable ones) gets its suite here, in the same style.
+# The delivery contract of `dtq.transport`: at least once, confirms, redelivery of unacked
+# messages, round robin with prefetch, dead-lettering, priorities.
+
+
+class Connect(Protocol):
+    """Open a started transport in the test's namespace; deliveries go to `on_delivery`."""
+
+    def __call__(self, name: str, on_delivery: Callable[[Delivery], None]) -> Transport: ...
+
+
+class Inbox:
+    """Collects deliveries from a transport's I/O thread; waits with a deadline."""
+
+    def __init__(self) -> None:
+        self._q: queue.Queue[Delivery] = queue.Queue()
+
+    def put(self, d: Delivery) -> None:
+        self._q.put(d)
+
+    def get(self, within_s: float = 10.0) -> Delivery:
+        try:
+            return self._q.get(timeout=within_s)
+        except queue.Empty:
+            pytest.fail(f"no delivery within {within_s} s")
+
+    def empty_for(self, s: float) -> bool:
+        """True if nothing arrives for `s` seconds (proving a negative needs a wait)."""
+        try:
+            self._q.put(self._q.get(timeout=s))
+            return False
+        except queue.Empty:
+            return True
+
+
+def _confirmed(transport: Transport, messages: list[Outgoing], within_s: float = 10.0) -> None:
+    done = threading.Event()
+    transport.publish(messages, then=done.set)
+    assert done.wait(within_s), "publish was not confirmed in time"
+
+
+class TransportConformance:
+    """The delivery contract of `dtq.transport`. Provide a `connect` fixture (see `Connect`)
+    whose transports share one fresh namespace, available as the `namespace` fixture."""
+
+    def _msg(self, namespace: str, address: str, body: bytes, **kw: object) -> Outgoing:
+        return Outgoing(queue=queue_name(namespace, address), body=body, **kw)  # type: ignore[arg-type]
+
+    def test_publish_is_confirmed_and_delivered_intact(
+        self, connect: Connect, namespace: str,
+    ) -> None:
+        inbox = Inbox()
+        consumer = connect("c1", inbox.put)
+        consumer.consume("box", prefetch=10)
+        producer = connect("p", lambda d: None)
+        _confirmed(producer, [self._msg(namespace, "box", b"hello", headers={"h": 1},
+                                        priority=3)])
+        d = inbox.get()
+        assert (d.body, d.headers.get("h"), d.redelivered) == (b"hello", 1, False)
+        consumer.ack(d)
+
+    def test_unacked_deliveries_come_back_when_the_consumer_goes(
+        self, connect: Connect, namespace: str,
+    ) -> None:
+        first, second = Inbox(), Inbox()
+        c1 = connect("c1", first.put)
+        c1.consume("work", prefetch=1)
+        _confirmed(connect("p", lambda d: None), [self._msg(namespace, "work", b"job")])
+        assert first.get().body == b"job"
+        c2 = connect("c2", second.put)
+        c2.consume("work", prefetch=1)
+        c1.close()
+        again = second.get()
+        assert again.body == b"job" and again.redelivered
+        c2.ack(again)
+
+    def test_acked_deliveries_do_not_come_back(self, connect: Connect, namespace: str) -> None:
+        first, second = Inbox(), Inbox()
+        c1 = connect("c1", first.put)
+        c1.consume("work", prefetch=1)
+        _confirmed(connect("p", lambda d: None), [self._msg(namespace, "work", b"job")])
+        c1.ack(first.get())
+        c2 = connect("c2", second.put)
+        c2.consume("work", prefetch=1)
+        c1.close()
+        assert second.empty_for(0.5)
+
+    def test_competing_consumers_share_round_robin(
+        self, connect: Connect, namespace: str,
+    ) -> None:
+        inboxes = [Inbox(), Inbox()]
+        consumers = [connect(f"c{i}", box.put) for i, box in enumerate(inboxes)]
+        for c in consumers:
+            c.consume("work", prefetch=1)
+        producer = connect("p", lambda d: None)
+        _confirmed(producer, [self._msg(namespace, "work", f"m{i}".encode()) for i in range(4)])
+        got = []
+        for _ in range(2):
+            for c, box in zip(consumers, inboxes, strict=True):
+                d = box.get()
+                got.append(d.body)
+                c.ack(d)
+        assert sorted(got) == [b"m0", b"m1", b"m2", b"m3"]
+
+    def test_prefetch_limits_unacked_deliveries(self, connect: Connect, namespace: str) -> None:
+        inbox = Inbox()
+        c = connect("c1", inbox.put)
+        c.consume("work", prefetch=1)
+        _confirmed(connect("p", lambda d: None),
+                   [self._msg(namespace, "work", b"a"), self._msg(namespace, "work", b"b")])
+        first = inbox.get()
+        assert inbox.empty_for(0.3)
+        c.ack(first)
+        assert inbox.get().body in (b"a", b"b")
+
+    def test_reject_without_requeue_dead_letters(self, connect: Connect, namespace: str) -> None:
+        inbox, dead = Inbox(), Inbox()
+        c = connect("c1", inbox.put)
+        c.consume("work", prefetch=1)
+        grave = connect("grave", dead.put)
+        grave.consume(DEAD_QUEUE, prefetch=10)
+        _confirmed(connect("p", lambda d: None), [self._msg(namespace, "work", b"poison")])
+        c.reject(inbox.get(), requeue=False)
+        assert dead.get().body == b"poison"
+
+    def test_reject_with_requeue_redelivers(self, connect: Connect, namespace: str) -> None:
+        inbox = Inbox()
+        c = connect("c1", inbox.put)
+        c.consume("work", prefetch=1)
+        _confirmed(connect("p", lambda d: None), [self._msg(namespace, "work", b"again")])
+        c.reject(inbox.get(), requeue=True)
+        d = inbox.get()
+        assert d.body == b"again" and d.redelivered
+
+    def test_higher_priority_first_on_the_work_queue(
+        self, connect: Connect, namespace: str,
+    ) -> None:
+        producer = connect("p", lambda d: None)
+        _confirmed(producer, [self._msg(namespace, "work", b"low", priority=0),
+                              self._msg(namespace, "work", b"high", priority=9),
+                              self._msg(namespace, "work", b"mid", priority=5)])
+        inbox = Inbox()
+        c = connect("c1", inbox.put)
+        c.consume("work", prefetch=1)
+        order = []
+        for _ in range(3):
+            d = inbox.get()
+            order.append(d.body)
+            c.ack(d)
+        assert order == [b"high", b"mid", b"low"]
+
+    def test_cancel_stops_deliveries(self, connect: Connect, namespace: str) -> None:
+        inbox = Inbox()
+        c = connect("c1", inbox.put)
+        c.consume("box", prefetch=10)
+        producer = connect("p", lambda d: None)
+        _confirmed(producer, [self._msg(namespace, "box", b"one")])
+        c.ack(inbox.get())
+        c.cancel("box")
+        _confirmed(producer, [self._msg(namespace, "box", b"two")])
+        assert inbox.empty_for(0.5)

@@ -39,45 +39,16 @@ import structlog
 
 from dtq.envelope import COORDINATOR_QUEUE, WORK_QUEUE
 from dtq.errors import ConnectionLost
+from dtq.transport import DEAD_QUEUE, Delivery, Outgoing, queue_name
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 HEARTBEAT_S = 10
-FAILURES_HEADER = "x-dtq-failures"
-
-
-@attrs.frozen(kw_only=True)
-class Delivery:
-    """One message handed to the actor, identified by its channel generation and tag."""
-
-    generation: int
-    tag: int
-    queue: str
-    body: bytes
-    redelivered: bool
-    headers: dict[str, Any] = attrs.field(factory=dict)
-    priority: int = 0
-
-
-@attrs.frozen(kw_only=True)
-class Outgoing:
-    queue: str
-    body: bytes
-    priority: int = 0
-    headers: dict[str, Any] | None = None
-    message_id: str | None = None
 
 
 @attrs.define(eq=False)
 class _Batch:
     remaining: int
     then: Callable[[], None] | None
-
-
-def queue_name(namespace: str, address: str) -> str:
-    """The RabbitMQ queue behind an actor address."""
-    if address in (COORDINATOR_QUEUE, WORK_QUEUE, "dead"):
-        return f"{namespace}.{address}"
-    return f"{namespace}.mailbox.{address}"
 
 
 def connection_name(namespace: str, actor: str) -> str:
@@ -225,8 +196,9 @@ class RabbitTransport:
         ch = self._channel
         assert ch is not None
         ch.exchange_declare(f"{self.namespace}.dlx", exchange_type="fanout", durable=True)
-        ch.queue_declare(f"{self.namespace}.dead", durable=True)
-        ch.queue_bind(f"{self.namespace}.dead", f"{self.namespace}.dlx")
+        dead = queue_name(self.namespace, DEAD_QUEUE)
+        self._declare(dead)
+        ch.queue_bind(dead, f"{self.namespace}.dlx")
         for queue, prefetch in list(self._consumers.items()):
             self._start_consumer(queue, prefetch)
         self.connects += 1
@@ -252,14 +224,15 @@ class RabbitTransport:
         conn = self._conn
         if conn is None:
             return
-        try:
+        # If the loop is gone, the next connection replays what matters (consumers, outbox).
+        with contextlib.suppress(Exception):
             conn.ioloop.add_callback_threadsafe(fn)
-        except Exception:  # the loop is gone; the next connection replays what matters
-            pass
 
     # --- topology -------------------------------------------------------------------------------
 
     def _arguments(self, queue: str) -> dict[str, Any]:
+        if queue == queue_name(self.namespace, DEAD_QUEUE):
+            return {}
         args: dict[str, Any] = {"x-dead-letter-exchange": f"{self.namespace}.dlx"}
         if self.quorum:
             args["x-queue-type"] = "quorum"
@@ -425,7 +398,7 @@ def blocking(url: str) -> Any:
 def delete_namespace(url: str, namespace: str, addresses: Sequence[str]) -> None:
     """Delete the queues of a namespace (test and scenario clean-up)."""
     with blocking(url) as ch:
-        for address in (*addresses, COORDINATOR_QUEUE, WORK_QUEUE, "dead"):
+        for address in (*addresses, COORDINATOR_QUEUE, WORK_QUEUE, DEAD_QUEUE):
             with contextlib.suppress(Exception):
                 ch.queue_delete(queue_name(namespace, address))
         with contextlib.suppress(Exception):

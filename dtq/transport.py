@@ -1,0 +1,79 @@
+"""The Transport protocol: how a process runtime reaches its mailboxes and queues.
+
+Delivery contract (RabbitMQ's, and every transport's):
+
+* at least once: a delivery that is not acked before its consumer goes away is delivered again
+  (with `redelivered=True`), possibly to another consumer;
+* `publish(messages, then)` calls `then` once every message is safely stored by the broker
+  (confirmed); a message is never lost once confirmed;
+* competing consumers of one queue share it round robin, each holding at most `prefetch`
+  unacked deliveries;
+* `reject(d, requeue=False)` dead-letters: the message moves to the namespace's `dead` queue;
+* messages with a higher priority are delivered first from the work queue.
+
+`transports/rabbitmq.py` implements it on RabbitMQ, `transports/local.py` in process memory;
+`dtq.testing.TransportConformance` checks an implementation against this contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import attrs
+
+from dtq.envelope import COORDINATOR_QUEUE, WORK_QUEUE
+
+DEAD_QUEUE = "dead"
+FAILURES_HEADER = "x-dtq-failures"
+"""Header counting how often handlers failed on a message (poison messages are dead-lettered)."""
+
+
+@attrs.frozen(kw_only=True)
+class Delivery:
+    """One message handed to a consumer, identified by its channel generation and tag."""
+
+    generation: int
+    tag: int
+    queue: str
+    body: bytes
+    redelivered: bool
+    headers: dict[str, Any] = attrs.field(factory=dict)
+    priority: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class Outgoing:
+    queue: str
+    body: bytes
+    priority: int = 0
+    headers: dict[str, Any] | None = None
+    message_id: str | None = None
+
+
+def queue_name(namespace: str, address: str) -> str:
+    """The queue behind an actor address."""
+    if address in (COORDINATOR_QUEUE, WORK_QUEUE, DEAD_QUEUE):
+        return f"{namespace}.{address}"
+    return f"{namespace}.mailbox.{address}"
+
+
+class Transport(Protocol):
+    namespace: str
+    on_delivery: Callable[[Delivery], None]
+
+    def start(self, timeout_s: float = 10.0) -> None: ...
+
+    def close(self) -> None: ...
+
+    def consume(self, address: str, prefetch: int = 0) -> None: ...
+
+    def cancel(self, address: str) -> None: ...
+
+    def publish(
+        self, messages: Sequence[Outgoing], then: Callable[[], None] | None = None,
+    ) -> None: ...
+
+    def ack(self, delivery: Delivery, *, multiple: bool = False) -> None: ...
+
+    def reject(self, delivery: Delivery, *, requeue: bool) -> None: ...
