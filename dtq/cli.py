@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -80,6 +81,19 @@ def _scenario_explore(args: argparse.Namespace) -> int:
     return explore(args.files, runs=args.runs, seed_start=args.seed_start, as_json=args.json)
 
 
+def _add_toxiproxy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from dtq.chaos import cli as chaos_cli
+
+    p = sub.add_parser("toxiproxy", help="run the Toxiproxy-compatible fault proxy",
+                       description="A server speaking the Toxiproxy HTTP API (proxies and "
+                       "toxics), driven by any Toxiproxy client.",
+                       epilog="example: dtq toxiproxy --port 8474 & "
+                       "curl -s localhost:8474/version",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    chaos_cli.configure(p)
+    p.set_defaults(func=chaos_cli.run)
+
+
 def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("bench", help="benchmarks that print numbers",
                        description="Benchmarks. They print measurements; they assert nothing.")
@@ -110,6 +124,10 @@ def _service_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--namespace", default="dtq",
                    help="prefix of every queue and key (default: dtq)")
     p.add_argument("--log-level", default=None, help="debug, info (default), warning, error")
+    p.add_argument("--quorum", action="store_true",
+                   default=os.environ.get("DTQ_QUORUM", "") not in ("", "0", "false"),
+                   help="declare quorum queues, for clustered RabbitMQ (default: classic; "
+                   "$DTQ_QUORUM=1 sets it). Every node of a namespace must agree.")
 
 
 def _add_services(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -154,7 +172,7 @@ def _node_config(args: argparse.Namespace, role: str, name: str) -> object:
         concurrency=getattr(args, "concurrency", 1),
         task_modules=tuple(getattr(args, "tasks", ())),
         lease_ttl_ms=getattr(args, "lease_ttl_ms", 3000), log_level=args.log_level,
-        result_ttl_ms=getattr(args, "result_ttl_ms", None))
+        result_ttl_ms=getattr(args, "result_ttl_ms", None), quorum=args.quorum)
 
 
 def _run_service(args: argparse.Namespace) -> int:
@@ -196,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_scenario(sub)
     _add_services(sub)
+    _add_toxiproxy(sub)
     _add_bench(sub)
     return parser
 

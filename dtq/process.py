@@ -48,6 +48,8 @@ class NodeConfig:
     log_level: str | None = None
     io_root: str = "."
     result_ttl_ms: int | None = None
+    quorum: bool = False
+    """Declare quorum queues (for clustered RabbitMQ) instead of classic ones."""
 
 
 def build_actor(cfg: NodeConfig) -> Any:
@@ -81,7 +83,8 @@ def run_node(cfg: NodeConfig) -> int:
             with lock:
                 history.record(actor, kind, clock, data)
 
-    transport = RabbitTransport(cfg.broker_url, namespace=cfg.namespace, name=cfg.name, log=log)
+    transport = RabbitTransport(cfg.broker_url, namespace=cfg.namespace, name=cfg.name, log=log,
+                                quorum=cfg.quorum)
     runtime = ProcessRuntime(build_actor(cfg), transport=transport, store=store, record=record,
                              options=RuntimeOptions(concurrency=cfg.concurrency,
                                                     io_root=cfg.io_root))

@@ -54,3 +54,32 @@ class TestRabbitTransport(TransportConformance):
         for t in opened:
             t.close()
         delete_namespace(rabbitmq_url, namespace, ["box"])
+
+
+@pytest.mark.rabbitmq
+class TestRabbitQuorumTransport(TestRabbitTransport):
+    """The same contract on quorum queues (the option for clustered RabbitMQ)."""
+
+    @pytest.fixture
+    def connect(
+        self, namespace: str, rabbitmq_url: str,
+    ) -> Iterator[Callable[..., Transport]]:
+        opened: list[RabbitTransport] = []
+
+        def connect(name: str, on_delivery: Callable[[Delivery], None]) -> Transport:
+            t = RabbitTransport(rabbitmq_url, namespace=namespace, name=name,
+                                on_delivery=on_delivery, quorum=True)
+            t.start()
+            opened.append(t)
+            return t
+
+        yield connect
+        for t in opened:
+            t.close()
+        delete_namespace(rabbitmq_url, namespace, ["box"])
+
+    def test_higher_priority_first_on_the_work_queue(
+        self, connect: Callable[..., Transport], namespace: str,
+    ) -> None:
+        pytest.skip("quorum queues have no message priorities before RabbitMQ 4.0; dtq declares "
+                    "x-max-priority on classic queues only")
