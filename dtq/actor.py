@@ -189,6 +189,9 @@ class Context:
         env = Envelope(id=cell.new_id(), sender=cell.name, target=target, body=message,
                        clock=cell.clock, epoch=cell.epoch, attempt=attempt)
         self.effects.sends.append(env)
+        if cell.trace:
+            cell.record(cell.name, "send", cell.clock,
+                        {"msg": env.id, "to": target, "kind": env.kind})
         return env
 
     def write(self, write: Write) -> None:
@@ -241,7 +244,9 @@ class ActorCell:
     def __init__(
         self, actor: Actor, *, store: Store, rng: Rng, record: Recorder,
         new_id: Callable[[], str], clock: VectorClock | None = None, log: Any = None,
+        trace: bool = False,
     ) -> None:
+        """With `trace`, every send and receive is recorded too (for space-time diagrams)."""
         self.actor = actor
         self.name = actor.name
         self.store = store
@@ -252,6 +257,7 @@ class ActorCell:
         self.epoch = 0
         self.log: Any = log or structlog.get_logger("dtq").bind(actor=actor.name)
         self._timer_seq = 0
+        self.trace = trace
 
     def next_timer(self) -> int:
         self._timer_seq += 1
@@ -271,6 +277,9 @@ class ActorCell:
     def deliver(self, env: Envelope, ref: DeliveryRef | None, now_ms: int) -> Effects:
         """Handle a delivered envelope: merge its clock, tick, run the handler."""
         self.clock = self.clock.merge(env.clock).tick(self.name)
+        if self.trace:
+            self.record(self.name, "recv", self.clock,
+                        {"msg": env.id, "from": env.sender, "kind": env.kind})
         ctx = Context(self, now_ms, env, ref)
         self._dispatch(env.body, ctx)
         return ctx.effects

@@ -57,7 +57,7 @@ def _scenario_run(args: argparse.Namespace) -> int:
 
         result = run_real(scenario, seed=args.seed, live=not args.json)
     else:
-        result = run_memory(scenario, args.seed)
+        result = run_memory(scenario, args.seed, trace=bool(args.report))
     if args.report:
         from dtq.spacetime import write_report
 

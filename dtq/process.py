@@ -50,6 +50,8 @@ class NodeConfig:
     result_ttl_ms: int | None = None
     quorum: bool = False
     """Declare quorum queues (for clustered RabbitMQ) instead of classic ones."""
+    trace: bool = False
+    """Record every send and receive in the history too (for space-time diagrams)."""
 
 
 def build_actor(cfg: NodeConfig) -> Any:
@@ -87,7 +89,7 @@ def run_node(cfg: NodeConfig) -> int:
                                 quorum=cfg.quorum)
     runtime = ProcessRuntime(build_actor(cfg), transport=transport, store=store, record=record,
                              options=RuntimeOptions(concurrency=cfg.concurrency,
-                                                    io_root=cfg.io_root))
+                                                    io_root=cfg.io_root, trace=cfg.trace))
     log.info("starting", role=cfg.role, pid=os.getpid(), namespace=cfg.namespace)
     try:
         return runtime.run()

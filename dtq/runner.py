@@ -56,9 +56,10 @@ def check_supported(scenario: Scenario, unsupported: set[str], transport: str) -
                 f"{transport} backend (it needs a real TCP stream through Toxiproxy)")
 
 
-def build_simulation(scenario: Scenario, seed: int) -> Simulation:
+def build_simulation(scenario: Scenario, seed: int, *, trace: bool = False) -> Simulation:
     net = NetworkConfig(**scenario.network)
-    sim = Simulation(seed, network=net, crash_points=CrashPoints(**scenario.crash_points))
+    sim = Simulation(seed, network=net, crash_points=CrashPoints(**scenario.crash_points),
+                     trace=trace)
     types = load_task_types(scenario.cluster.task_modules)
     cfg = CoordinatorConfig(lease_ttl_ms=scenario.cluster.lease_ttl_ms)
     for name in coordinator_names(scenario):
@@ -69,11 +70,12 @@ def build_simulation(scenario: Scenario, seed: int) -> Simulation:
     return sim
 
 
-def run_memory(scenario: Scenario, seed: int | None = None) -> RunResult:
+def run_memory(scenario: Scenario, seed: int | None = None, *, trace: bool = False) -> RunResult:
+    """Run a scenario on the simulator; with `trace`, record every message for diagrams."""
     seed = scenario.seed if seed is None else seed
     check_supported(scenario, MEMORY_UNSUPPORTED, "memory")
     started = time.perf_counter()
-    sim = build_simulation(scenario, seed)
+    sim = build_simulation(scenario, seed, trace=trace)
     planned = plan(scenario, seed)
     for p in planned:
         sim.at(p.at_ms, sim.submit, p.spec)

@@ -50,6 +50,7 @@ class RuntimeOptions:
     poison_limit: int = 3
     grace_s: float = 10.0
     io_root: str = "."
+    trace: bool = False
 
 
 class ProcessRuntime:
@@ -75,7 +76,7 @@ class ProcessRuntime:
             actor, store=store, rng=random.Random(), record=self.record,
             new_id=lambda: f"{self.name}.{boot}.{next(ids)}", log=self.log,
             # A restarted process's own entry starts above anything its last life reached.
-            clock=VectorClock.of({self.name: time.time_ns() // 1000}))
+            clock=VectorClock.of({self.name: time.time_ns() // 1000}), trace=self.options.trace)
         self._timers: list[tuple[float, int, int, Message]] = []
         self._cancelled: set[int] = set()
         self._deliveries: dict[int, Delivery] = {}

@@ -92,6 +92,15 @@ class _Node:
     auto_restart: bool = True
 
 
+def _default_log() -> Any:
+    """The configured logger, or (when nothing configured logging) warnings only: a simulator
+    runs thousands of actors' lives and should not chatter."""
+    if structlog.is_configured():
+        return structlog.get_logger("dtq.sim")
+    return structlog.wrap_logger(
+        structlog.PrintLogger(), wrapper_class=structlog.make_filtering_bound_logger(30))
+
+
 class Simulation:
     """A whole cluster in one thread. Spawn actors, submit tasks, inject faults, run."""
 
@@ -99,18 +108,20 @@ class Simulation:
         self, seed: int = 0, *, network: NetworkConfig | None = None,
         store: SimStore | None = None, crash_points: CrashPoints | None = None,
         restart_ms: int = 1000, io: SimIO | None = None, log: Any = None,
+        trace: bool = False,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         self.network = network or NetworkConfig()
         self.crash_points = crash_points or CrashPoints()
         self.restart_ms = restart_ms
+        self.trace = trace
         self.now_ms = 0
         self.store = store or SimStore()
         self.store.now_ms = lambda: self.now_ms
         self.history = History(lambda: self.now_ms)
         self.io = io or SimIO()
-        self.log = log or structlog.get_logger("dtq.sim")
+        self.log = log or _default_log()
         self.nodes: dict[str, _Node] = {}
         self.queues: dict[str, _Queue] = {}
         self.partitions: list[tuple[frozenset[str], frozenset[str]]] = []
@@ -190,7 +201,7 @@ class Simulation:
         node.cell = ActorCell(
             actor, store=view, rng=rng, record=self.history.record, clock=node.clock,
             new_id=lambda: f"{node.name}.{node.incarnation}.{next(counter)}",
-            log=self.log.bind(actor=node.name))
+            log=self.log.bind(actor=node.name), trace=self.trace)
         self._subscribe(node, node.name)
         self._run_handler(node, None, lambda cell: cell.start(self.now_ms))
 
@@ -316,6 +327,9 @@ class Simulation:
                        body=Submit(spec=spec), clock=self._client_clock)
         self.history.record(sender, "submit", self._client_clock,
                             {"task": spec.id, "label": spec.label})
+        if self.trace:
+            self.history.record(sender, "send", self._client_clock,
+                                {"msg": env.id, "to": env.target, "kind": env.kind})
         self._publish(env)
         return env
 
