@@ -42,6 +42,18 @@ Write = PutTask | AddDependents
 
 
 @attrs.frozen(kw_only=True)
+class ResultWrite:
+    """The outcome of a first-writer-wins result write."""
+
+    stored: TaskResult | None
+    """The result that holds now (None when nothing is stored)."""
+    created: bool
+    """This call stored its result."""
+    stale: bool = False
+    """Refused because the task was re-dispatched as a newer attempt (a late result)."""
+
+
+@attrs.frozen(kw_only=True)
 class Lease:
     name: str
     holder: str
@@ -80,10 +92,9 @@ class Store(Protocol):
         """Bind key to (task_id, fingerprint) unless bound; return the binding that holds."""
         ...
 
-    def put_result(
-        self, result: TaskResult, *, ttl_ms: int | None = None,
-    ) -> tuple[TaskResult, bool]:
-        """First writer wins: returns (the stored result, whether this call stored it)."""
+    def put_result(self, result: TaskResult, *, ttl_ms: int | None = None) -> ResultWrite:
+        """First writer wins, and late attempts lose: refused when a result is already stored,
+        or when the task's record names a newer attempt than `result.attempt`."""
         ...
 
     def get_result(self, task_id: str) -> TaskResult | None: ...

@@ -216,6 +216,8 @@ class TaskRecord:
     updated_ms: int = 0
     reason: str | None = None
     epoch: int = 0
+    worker: str | None = None
+    """The worker that reported starting the current attempt."""
 
     @property
     def id(self) -> str:
@@ -223,24 +225,26 @@ class TaskRecord:
 
     def moved_to(
         self, state: TaskState, *, now_ms: int, attempt: int | None = None,
-        reason: str | None = None, epoch: int | None = None,
+        reason: str | None = None, epoch: int | None = None, worker: str | None = None,
     ) -> TaskRecord:
         check_transition(self.id, self.state, state)
         return TaskRecord(
             spec=self.spec, state=state, updated_ms=now_ms,
             attempt=self.attempt if attempt is None else attempt,
             reason=reason if reason is not None else self.reason,
-            epoch=self.epoch if epoch is None else epoch)
+            epoch=self.epoch if epoch is None else epoch,
+            worker=worker if worker is not None else self.worker)
 
     def to_json(self) -> dict[str, JSON]:
         return {"spec": self.spec.to_json(), "state": self.state.value, "attempt": self.attempt,
-                "updated_ms": self.updated_ms, "reason": self.reason, "epoch": self.epoch}
+                "updated_ms": self.updated_ms, "reason": self.reason, "epoch": self.epoch,
+                "worker": self.worker}
 
     @classmethod
     def from_json(cls, d: Mapping[str, JSON]) -> TaskRecord:
         return cls(spec=TaskSpec.from_json(d["spec"]), state=TaskState(d["state"]),
                    attempt=d["attempt"], updated_ms=d["updated_ms"], reason=d["reason"],
-                   epoch=d.get("epoch", 0))
+                   epoch=d.get("epoch", 0), worker=d.get("worker"))
 
 
 @attrs.frozen(kw_only=True)
@@ -254,10 +258,12 @@ class TaskResult:
     value: JSON = None
     error: str | None = None
     finished_ms: int = 0
+    clock: Mapping[str, int] = attrs.field(factory=dict)
+    """The writer's vector clock when the result was stored (for causality checks)."""
 
     def to_json(self) -> dict[str, JSON]:
-        return attrs.asdict(self)
+        return {**attrs.asdict(self), "clock": dict(self.clock)}
 
     @classmethod
     def from_json(cls, d: Mapping[str, JSON]) -> TaskResult:
-        return cls(**d)
+        return cls(**{**d, "clock": dict(d.get("clock") or {})})

@@ -34,10 +34,13 @@ import time
 from collections.abc import Callable, Collection
 from typing import ClassVar, Protocol, cast
 
+import attrs
 import pytest
 
 from dtq.errors import StaleEpoch
-from dtq.store import LEADER_LEASE, AddDependents, PutTask, Store, WorkerInfo, Write
+from dtq.store import (
+    LEADER_LEASE, AddDependents, PutTask, ResultWrite, Store, WorkerInfo, Write,
+)
 from dtq.task import TaskRecord, TaskResult, TaskSpec, TaskState
 from dtq.transport import DEAD_QUEUE, Delivery, Outgoing, Transport, queue_name
 
@@ -343,9 +346,10 @@ class StoreConformance:
     def test_first_result_wins(self, store: Store) -> None:
         first = _result("t-1", attempt=1, worker="w1", value={"x": [1, 2]})
         assert store.get_result("t-1") is None
-        assert store.put_result(first) == (first, True)
-        assert store.put_result(_result("t-1", attempt=2, worker="w2")) == (first, False)
-        assert store.put_result(first) == (first, False)
+        assert store.put_result(first) == ResultWrite(stored=first, created=True)
+        assert store.put_result(_result("t-1", attempt=2, worker="w2")) == ResultWrite(
+            stored=first, created=False)
+        assert store.put_result(first) == ResultWrite(stored=first, created=False)
         assert store.get_result("t-1") == first
         failed = TaskResult(task_id="t-2", attempt=3, worker="w", ok=False, error="boom",
                             finished_ms=12)
@@ -360,8 +364,25 @@ class StoreConformance:
         assert store.get_result("t-2") == _result("t-2")
         assert store.get_result("t-3") == _result("t-3")
         late = _result("t-1", attempt=2)
-        assert store.put_result(late, ttl_ms=self.long_ttl_ms) == (late, True)
+        assert store.put_result(late, ttl_ms=self.long_ttl_ms).created
         assert store.get_result("t-1") == late
+
+    def test_late_attempts_lose(self, store: Store) -> None:
+        rec = _record("t-1", TaskState.DISPATCHED)
+        store.apply(_puts(attrs.evolve(rec, attempt=2)), epoch=0)
+        refused = store.put_result(_result("t-1", attempt=1))
+        assert refused == ResultWrite(stored=None, created=False, stale=True)
+        assert store.get_result("t-1") is None
+        current = _result("t-1", attempt=2, worker="w2")
+        assert store.put_result(current) == ResultWrite(stored=current, created=True)
+        assert store.put_result(_result("t-1", attempt=1)) == ResultWrite(
+            stored=current, created=False)
+
+    def test_results_keep_their_clock(self, store: Store) -> None:
+        result = TaskResult(task_id="t-9", attempt=1, worker="w", ok=True, value=3,
+                            clock={"w": 4, "c": 2})
+        store.put_result(result)
+        assert store.get_result("t-9") == result
 
     def test_claim_key_binds_once(self, store: Store) -> None:
         assert store.claim_key("k1", "t-1", "fp1") == ("t-1", "fp1")

@@ -115,13 +115,25 @@ class Worker(Actor):
             self._fail(task_id, attempt, f"result of {size} bytes is over the cap of "
                        f"{self.max_result_bytes} bytes", ctx)
         else:
-            result = TaskResult(task_id=task_id, attempt=attempt, worker=self.name, ok=True,
-                                value=msg.value, finished_ms=ctx.now_ms)
-            stored, created = ctx.store.put_result(result, ttl_ms=self.result_ttl_ms)
-            kind = "effect" if created else "duplicate_refused"
-            ctx.record(kind, task=task_id, attempt=attempt, winner=stored.attempt)
-            self._report(stored, ctx)
+            self._store_result(run, msg.value, ctx)
         ctx.ack(run.delivery)
+
+    def _store_result(self, run: _Running, value: object, ctx: Context) -> None:
+        task_id, attempt = run.spec.id, run.attempt
+        result = TaskResult(task_id=task_id, attempt=attempt, worker=self.name, ok=True,
+                            value=value, finished_ms=ctx.now_ms, clock=ctx.clock.as_dict())
+        write = ctx.store.put_result(result, ttl_ms=self.result_ttl_ms)
+        if write.created:
+            ctx.record("effect", task=task_id, attempt=attempt)
+        elif write.stale or write.stored is None:
+            # The task was handed to another worker as a newer attempt: this result is late.
+            ctx.record("late_result_refused", task=task_id, attempt=attempt)
+            return
+        else:
+            ctx.record("duplicate_refused", task=task_id, attempt=attempt,
+                       winner=write.stored.attempt)
+        assert write.stored is not None
+        self._report(write.stored, ctx)
 
     @receive(ExecutionTimeout)
     def on_timeout(self, msg: ExecutionTimeout, ctx: Context) -> None:

@@ -12,6 +12,7 @@ from dtq.cli import main
 from dtq.runner import run_memory
 from dtq.scenario import load
 from dtq.task import TaskResult
+from dtq.store import ResultWrite
 from transports.memory import SimStore
 
 from .simkit import make_sim, run_until_done, spec
@@ -66,10 +67,9 @@ def test_200_seeds_of_a_faulty_network_lose_and_duplicate_nothing() -> None:
 class OverwritingStore(SimStore):
     """A broken store: every result write 'wins', so a duplicate delivery applies twice."""
 
-    def put_result(self, result: TaskResult, *, ttl_ms: int | None = None,
-                   ) -> tuple[TaskResult, bool]:
+    def put_result(self, result: TaskResult, *, ttl_ms: int | None = None) -> ResultWrite:
         self.results[result.task_id] = (result, None)
-        return result, True
+        return ResultWrite(stored=result, created=True)
 
     def get_result(self, task_id: str) -> TaskResult | None:
         return None

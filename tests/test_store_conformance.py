@@ -10,7 +10,7 @@ import pytest
 
 from dtq.clock import VectorClock
 from dtq.errors import StoreUnavailable
-from dtq.store import PutTask
+from dtq.store import PutTask, ResultWrite
 from dtq.task import TaskRecord, TaskResult, TaskSpec
 from dtq.testing import ManualClock, PollingClock, StoreClock, StoreConformance
 from transports.memory_store import SimStore
@@ -83,7 +83,7 @@ class TestRedisOnly:
     ) -> None:
         import redis as redis_py
 
-        real = redis_store._first_writer
+        real = redis_store._put_result
         calls: list[int] = []
 
         def lose_first_reply(*args: object, **kwargs: object) -> object:
@@ -93,11 +93,11 @@ class TestRedisOnly:
                 raise redis_py.ConnectionError("reply lost")
             return reply
 
-        monkeypatch.setattr(redis_store, "_first_writer", lose_first_reply)
+        monkeypatch.setattr(redis_store, "_put_result", lose_first_reply)
         mine = TaskResult(task_id="t-1", attempt=1, worker="w", ok=True)
-        assert redis_store.put_result(mine) == (mine, True)
+        assert redis_store.put_result(mine) == ResultWrite(stored=mine, created=True)
         assert len(calls) == 2
-        assert redis_store.put_result(mine) == (mine, False)
+        assert redis_store.put_result(mine) == ResultWrite(stored=mine, created=False)
 
 
 class TestRedisHistory:

@@ -13,7 +13,9 @@ from collections.abc import Callable, Collection, Sequence
 import attrs
 
 from dtq.errors import StaleEpoch, StoreUnavailable
-from dtq.store import LEADER_LEASE, AddDependents, Lease, PutTask, WorkerInfo, Write
+from dtq.store import (
+    LEADER_LEASE, AddDependents, Lease, PutTask, ResultWrite, WorkerInfo, Write,
+)
 from dtq.task import TaskRecord, TaskResult, TaskState
 
 
@@ -73,15 +75,16 @@ class SimStore:
     def claim_key(self, key: str, task_id: str, fingerprint: str) -> tuple[str, str]:
         return self.keys.setdefault(key, (task_id, fingerprint))
 
-    def put_result(
-        self, result: TaskResult, *, ttl_ms: int | None = None,
-    ) -> tuple[TaskResult, bool]:
+    def put_result(self, result: TaskResult, *, ttl_ms: int | None = None) -> ResultWrite:
         held = self.get_result(result.task_id)
         if held is not None:
-            return held, False
+            return ResultWrite(stored=held, created=False)
+        record = self.tasks.get(result.task_id)
+        if record is not None and record.attempt > result.attempt:
+            return ResultWrite(stored=None, created=False, stale=True)
         expires = self.now_ms() + ttl_ms if ttl_ms else None
         self.results[result.task_id] = (result, expires)
-        return result, True
+        return ResultWrite(stored=result, created=True)
 
     def get_result(self, task_id: str) -> TaskResult | None:
         entry = self.results.get(task_id)

@@ -40,7 +40,7 @@ from redis.retry import Retry
 from dtq.clock import VectorClock
 from dtq.errors import StaleEpoch, StoreError, StoreUnavailable
 from dtq.history import Event
-from dtq.store import LEADER_LEASE, AddDependents, Lease, PutTask, WorkerInfo, Write
+from dtq.store import LEADER_LEASE, AddDependents, Lease, PutTask, ResultWrite, WorkerInfo, Write
 from dtq.task import TaskRecord, TaskResult, TaskState
 
 __all__ = ["RedisHistory", "RedisStore"]
@@ -82,6 +82,7 @@ local function put(id, state, ttype, record)
   redis.call('HSET', p .. 'task', id, record)
   redis.call('HSET', p .. 'task:state', id, state)
   redis.call('HSET', p .. 'task:type', id, ttype)
+  redis.call('HSET', p .. 'task:attempt', id, cjson.decode(record)['attempt'])
   redis.call('ZADD', p .. 'idx:all', 0, id)
   redis.call('ZADD', p .. 'idx:state:' .. state, 0, id)
   redis.call('ZADD', p .. 'idx:type:' .. ttype, 0, id)
@@ -159,6 +160,24 @@ elseif ttl == 0 then
   redis.call('SET', KEYS[1], ARGV[1])
 end
 return false
+"""
+
+# A task's result: first writer wins, and a late attempt loses. KEYS[1] the result, KEYS[2] the
+# hash of current attempts by task id. ARGV[1] the value, ARGV[2] a TTL in ms (as above), ARGV[3]
+# the task id, ARGV[4] the result's attempt.
+# Returns {0} when stored, {1, held} when a result holds, {2} when a newer attempt is current.
+PUT_RESULT_LUA = """
+local held = redis.call('GET', KEYS[1])
+if held then return {1, held} end
+local current = tonumber(redis.call('HGET', KEYS[2], ARGV[3]) or '0')
+if current > tonumber(ARGV[4]) then return {2} end
+local ttl = tonumber(ARGV[2])
+if ttl > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+elseif ttl == 0 then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return {0}
 """
 
 # Take the lease KEYS[1] unless held (SET NX PX semantics) and bump its epoch KEYS[2] in the same
@@ -283,6 +302,7 @@ class RedisStore:
         self._apply = client.register_script(APPLY_LUA)
         self._scan = client.register_script(SCAN_LUA)
         self._first_writer = client.register_script(FIRST_WRITER_LUA)
+        self._put_result = client.register_script(PUT_RESULT_LUA)
         self._acquire = client.register_script(ACQUIRE_LUA)
         self._renew = client.register_script(RENEW_LUA)
         self._release = client.register_script(RELEASE_LUA)
@@ -368,12 +388,24 @@ class RedisStore:
         bound_id, bound_fp = json.loads(held)
         return str(bound_id), str(bound_fp)
 
-    def put_result(
-        self, result: TaskResult, *, ttl_ms: int | None = None,
-    ) -> tuple[TaskResult, bool]:
+    def put_result(self, result: TaskResult, *, ttl_ms: int | None = None) -> ResultWrite:
         raw = _dumps(result.to_json())
-        held, created = self._write_first(self._k("result", result.task_id), raw, ttl_ms or 0)
-        return (result if created else TaskResult.from_json(json.loads(held))), created
+        keys = [self._k("result", result.task_id), self._k("task:attempt")]
+        args = [raw, ttl_ms or 0, result.task_id, result.attempt]
+
+        def op(attempt: int) -> ResultWrite:
+            reply = cast(list[Any], self._put_result(keys, args))
+            if reply[0] == 0:
+                return ResultWrite(stored=result, created=True)
+            if reply[0] == 2:
+                return ResultWrite(stored=None, created=False, stale=True)
+            # On a retry, finding our own value means the lost first try wrote it.
+            held = _text(reply[1])
+            if attempt > 0 and held == raw:
+                return ResultWrite(stored=result, created=True)
+            return ResultWrite(stored=TaskResult.from_json(json.loads(held)), created=False)
+
+        return _retrying("put_result", op)
 
     def get_result(self, task_id: str) -> TaskResult | None:
         raw = _retrying("get_result", lambda _: self.client.get(self._k("result", task_id)))
