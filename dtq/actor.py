@@ -151,6 +151,12 @@ class Context:
         return self._cell.name
 
     @property
+    def wall_ms(self) -> int:
+        """Wall-clock milliseconds since the epoch (virtual in the simulator): for display and
+        for records other processes read; never for timeouts (use `now_ms`)."""
+        return self._cell.wall_ms()
+
+    @property
     def rng(self) -> Rng:
         return self._cell.rng
 
@@ -244,9 +250,10 @@ class ActorCell:
     def __init__(
         self, actor: Actor, *, store: Store, rng: Rng, record: Recorder,
         new_id: Callable[[], str], clock: VectorClock | None = None, log: Any = None,
-        trace: bool = False,
+        trace: bool = False, wall_ms: Callable[[], int] | None = None,
     ) -> None:
         """With `trace`, every send and receive is recorded too (for space-time diagrams)."""
+        self.wall_ms: Callable[[], int] = wall_ms or (lambda: 0)
         self.actor = actor
         self.name = actor.name
         self.store = store

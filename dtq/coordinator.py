@@ -24,11 +24,14 @@ from dtq.envelope import (
     Completed,
     Dispatch,
     Finished,
+    Heartbeat,
     Message,
     Started,
     Submit,
 )
-from dtq.store import LEADER_LEASE, AddDependents, PutTask
+from dtq.detector import FailureDetector
+from dtq.election import Election, Step
+from dtq.store import AddDependents, PutTask
 from dtq.task import TaskRecord, TaskSpec, TaskState, fingerprint
 
 S = TaskState
@@ -41,6 +44,11 @@ class ElectionTick(Message):
 
 
 @attrs.frozen(kw_only=True)
+class DetectorTick(Message):
+    """Timer: look for workers whose heartbeats stopped."""
+
+
+@attrs.frozen(kw_only=True)
 class Retry(Message):
     """Timer: dispatch the next attempt of a task after its backoff."""
 
@@ -50,8 +58,9 @@ class Retry(Message):
 
 @attrs.define(kw_only=True)
 class CoordinatorConfig:
-    lease_ttl_ms: int = 3000
-    standby_poll_ms: int = 500
+    lease_ttl_ms: int = 2000
+    standby_poll_ms: int = 100
+    detector_timeout_ms: int = 5000
     backoff_base_ms: int = 100
     backoff_max_ms: int = 10_000
     queue: str = COORDINATOR_QUEUE
@@ -65,12 +74,20 @@ class Coordinator(Actor):
         self._reset()
 
     def _reset(self) -> None:
-        self.leading = False
-        self.valid_until_ms = 0
+        cfg = self.config
+        self.election = Election(name=self.name, lease_ttl_ms=cfg.lease_ttl_ms,
+                                 standby_poll_ms=cfg.standby_poll_ms)
+        self.detector = FailureDetector(timeout_ms=cfg.detector_timeout_ms)
         self.tasks: dict[str, TaskRecord] = {}
         self.dependents: dict[str, set[str]] = defaultdict(set)
+        self.running_on: dict[str, set[str]] = defaultdict(set)
+        """Worker -> the tasks it reported starting (for reassignment when it goes silent)."""
         self.reply_to: dict[str, str] = {}
         """Clients waiting for a task's end (volatile: a new leader does not know them)."""
+
+    @property
+    def leading(self) -> bool:
+        return self.election.leading
 
     # --- election ---------------------------------------------------------------------------
 
@@ -84,30 +101,25 @@ class Coordinator(Actor):
         self._elect(ctx)
 
     def _elect(self, ctx: Context) -> None:
-        ttl = self.config.lease_ttl_ms
-        if self.leading:
-            sent_ms = ctx.now_ms
-            if not ctx.store.renew_lease(LEADER_LEASE, self.name, ctx.epoch, ttl):
-                self._abdicate(ctx, "lease lost")
-                return
-            self.valid_until_ms = sent_ms + ttl * 8 // 10
-            ctx.schedule(ttl // 3, ElectionTick())
+        step = self.election.step(ctx.store, ctx.now_ms)
+        if step is Step.LOST:
+            self._abdicate(ctx, "lease lost")
             return
-        epoch = ctx.store.acquire_lease(LEADER_LEASE, self.name, ttl)
-        if epoch is None:
-            ctx.schedule(self.config.standby_poll_ms, ElectionTick())
-            return
-        self._take_over(epoch, ctx)
+        if step is Step.TOOK_OVER:
+            self._take_over(ctx)
+        elif step is Step.UNREACHABLE and self.leading:
+            ctx.log.warning("cannot renew the lease: store unreachable")
+        ctx.schedule(self.election.next_tick_ms, ElectionTick())
 
-    def _take_over(self, epoch: int, ctx: Context) -> None:
-        self.leading = True
-        self.valid_until_ms = ctx.now_ms + self.config.lease_ttl_ms * 8 // 10
+    def _take_over(self, ctx: Context) -> None:
+        epoch = self.election.epoch
         ctx.set_epoch(epoch)
         ctx.record("leader", epoch=epoch)
         ctx.log.info("became leader", epoch=epoch)
         self._rebuild(ctx)
+        self.detector.grace([w.name for w in ctx.store.workers()], ctx.now_ms)
         ctx.subscribe(self.config.queue)
-        ctx.schedule(self.config.lease_ttl_ms // 3, ElectionTick())
+        ctx.schedule(self._detector_every_ms, DetectorTick())
 
     def _rebuild(self, ctx: Context) -> None:
         """Load every record from the store and carry unfinished work on."""
@@ -117,6 +129,8 @@ class Coordinator(Actor):
                 self.tasks[rec.id] = rec
                 for dep in rec.spec.deps:
                     self.dependents[dep].add(rec.id)
+                if rec.state is S.RUNNING and rec.worker:
+                    self.running_on[rec.worker].add(rec.id)
             after = batch[-1].id
         for rec in list(self.tasks.values()):
             if rec.state is S.READY:
@@ -125,17 +139,51 @@ class Coordinator(Actor):
     def _abdicate(self, ctx: Context, reason: str) -> None:
         ctx.record("abdicated", epoch=ctx.epoch, reason=reason)
         ctx.log.warning("stepping down", reason=reason)
-        self.leading = False
+        self.election.leading = False
         ctx.exit(reason)
 
     def _acting(self, ctx: Context) -> bool:
         """A leader whose lease may have run out stops acting before it can be wrong."""
-        if not self.leading:
+        if not self.election.leading:
             return False
-        if ctx.now_ms >= self.valid_until_ms:
+        if not self.election.acting(ctx.now_ms):
             self._abdicate(ctx, "lease not renewed in time")
             return False
         return True
+
+    # --- workers ------------------------------------------------------------------------------
+
+    @property
+    def _detector_every_ms(self) -> int:
+        return max(10, self.config.detector_timeout_ms // 10)
+
+    @receive(Heartbeat)
+    def on_heartbeat(self, msg: Heartbeat, ctx: Context) -> None:
+        if self.leading and self.detector.heard(msg.worker, ctx.now_ms):
+            ctx.record("worker_rejoined", worker=msg.worker)
+
+    @receive(DetectorTick)
+    def on_detector_tick(self, msg: DetectorTick, ctx: Context) -> None:
+        if not self._acting(ctx):
+            return
+        ctx.schedule(self._detector_every_ms, DetectorTick())
+        for worker in self.detector.check(ctx.now_ms):
+            ctx.record("worker_suspected", worker=worker)
+            ctx.log.warning("worker suspected", worker=worker)
+            for task_id in sorted(self.running_on.pop(worker, ())):
+                rec = self.tasks.get(task_id)
+                if rec is not None and rec.state in (S.DISPATCHED, S.RUNNING) \
+                        and rec.worker == worker:
+                    self._reassign(rec, worker, ctx)
+
+    def _reassign(self, rec: TaskRecord, worker: str, ctx: Context) -> None:
+        """Hand a silent worker's task to another as a new attempt (its late result loses)."""
+        if rec.attempt >= rec.spec.max_attempts:
+            self._fail(rec, f"worker {worker} stopped responding on the last attempt "
+                       f"({rec.attempt})", ctx)
+            return
+        ctx.record("reassigned", task=rec.id, attempt=rec.attempt + 1, worker=worker)
+        self._dispatch(rec, ctx)
 
     # --- submissions ------------------------------------------------------------------------
 
@@ -196,6 +244,9 @@ class Coordinator(Actor):
 
     def _dispatch(self, rec: TaskRecord, ctx: Context) -> None:
         attempt = rec.attempt + 1
+        if rec.worker is not None:
+            self.running_on[rec.worker].discard(rec.id)
+            rec = attrs.evolve(rec, worker=None)
         rec = rec.moved_to(S.DISPATCHED, now_ms=ctx.now_ms, attempt=attempt, epoch=ctx.epoch)
         self._put(rec, ctx)
         ctx.record("dispatched", task=rec.id, attempt=attempt, label=rec.spec.label)
@@ -210,7 +261,9 @@ class Coordinator(Actor):
             return
         rec = self._get(msg.task_id, ctx)
         if rec is not None and rec.state is S.DISPATCHED and rec.attempt == msg.attempt:
-            self._put(rec.moved_to(S.RUNNING, now_ms=ctx.now_ms), ctx)
+            self._put(rec.moved_to(S.RUNNING, now_ms=ctx.now_ms, worker=msg.worker), ctx)
+            self.running_on[msg.worker].add(rec.id)
+            self.detector.heard(msg.worker, ctx.now_ms)
 
     @receive(Completed)
     def on_completed(self, msg: Completed, ctx: Context) -> None:
@@ -318,5 +371,9 @@ class Coordinator(Actor):
     def _put(self, rec: TaskRecord, ctx: Context) -> None:
         if rec.epoch != ctx.epoch:
             rec = attrs.evolve(rec, epoch=ctx.epoch)
+        if rec.state.terminal and rec.worker is not None:
+            self.running_on[rec.worker].discard(rec.id)
+        if rec.state.terminal and rec.worker is not None:
+            self.running_on[rec.worker].discard(rec.id)
         self.tasks[rec.id] = rec
         ctx.write(PutTask(record=rec))

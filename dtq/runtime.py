@@ -32,7 +32,7 @@ import structlog
 from dtq.actor import Actor, ActorCell, DeliveryRef, Effects, Execution
 from dtq.clock import VectorClock
 from dtq.envelope import WORK_QUEUE, Codec, Message
-from dtq.errors import DecodeError, StaleEpoch, StoreError
+from dtq.errors import DecodeError, StaleEpoch, StoreError, StoreUnavailable
 from dtq.realtasks import run_task
 from dtq.store import Store
 from dtq.transport import FAILURES_HEADER, Delivery, Outgoing, Transport, queue_name
@@ -51,6 +51,7 @@ class RuntimeOptions:
     grace_s: float = 10.0
     io_root: str = "."
     trace: bool = False
+    store_wait_s: float = 10.0
 
 
 class ProcessRuntime:
@@ -76,7 +77,8 @@ class ProcessRuntime:
             actor, store=store, rng=random.Random(), record=self.record,
             new_id=lambda: f"{self.name}.{boot}.{next(ids)}", log=self.log,
             # A restarted process's own entry starts above anything its last life reached.
-            clock=VectorClock.of({self.name: time.time_ns() // 1000}), trace=self.options.trace)
+            clock=VectorClock.of({self.name: time.time_ns() // 1000}), trace=self.options.trace,
+            wall_ms=lambda: time.time_ns() // 1_000_000)
         self._timers: list[tuple[float, int, int, Message]] = []
         self._cancelled: set[int] = set()
         self._deliveries: dict[int, Delivery] = {}
@@ -206,7 +208,10 @@ class ProcessRuntime:
             return True
         try:
             for epoch, group in itertools.groupby(writes, key=lambda x: x[0]):
-                self.store.apply([w for _, w in group], epoch=epoch)
+                batch = [w for _, w in group]
+                self._apply_waiting(batch, epoch)
+                self.record(self.name, "persist", self.cell.clock,
+                            {"epoch": epoch, "writes": len(batch)})
             return True
         except StaleEpoch as exc:
             self.record(self.name, "stale_write_refused", self.cell.clock,
@@ -217,6 +222,23 @@ class ProcessRuntime:
             self.log.error("store failed; exiting", error=str(exc))
             self._exit = EXIT_STORE
         return False
+
+    def _apply_waiting(self, batch: list[Any], epoch: int) -> None:
+        """Apply fenced writes; while the store is unreachable, wait and try again (handling
+        nothing else) for up to `store_wait_s`. A leader that waited past its lease finds its
+        writes refused (StaleEpoch) once the store answers again."""
+        deadline = time.monotonic() + self.options.store_wait_s
+        delay = 0.05
+        while True:
+            try:
+                self.store.apply(batch, epoch=epoch)
+                return
+            except StoreUnavailable:
+                if time.monotonic() + delay > deadline:
+                    raise
+                self.log.warning("store unreachable; waiting to persist", retry_in_s=delay)
+                time.sleep(delay)  # backing off from an unreachable store, not synchronising
+                delay = min(delay * 2, 1.0)
 
     def _outgoing(self, env: Any) -> Outgoing:
         prio = env.body.spec.priority if hasattr(env.body, "spec") else 0

@@ -15,7 +15,11 @@ from collections.abc import Mapping
 import attrs
 
 from dtq.actor import Actor, Context, DeliveryRef, receive
-from dtq.envelope import COORDINATOR_QUEUE, WORK_QUEUE, Completed, Dispatch, Message, Started
+from dtq.envelope import (
+    COORDINATOR_QUEUE, WORK_QUEUE, Completed, Dispatch, Heartbeat, Message, Started,
+)
+from dtq.errors import StoreUnavailable
+from dtq.store import LEADER_LEASE, WorkerInfo
 from dtq.task import TaskResult, TaskSpec
 from dtq.tasktypes import Executed, TaskActor, TaskInput
 
@@ -25,6 +29,11 @@ MAX_RESULT_BYTES = 1024 * 1024
 @attrs.frozen(kw_only=True)
 class ExecutionTimeout(Message):
     ref: str
+
+
+@attrs.frozen(kw_only=True)
+class HeartbeatTick(Message):
+    """Timer: tell the leader this worker is alive, and which tasks it runs."""
 
 
 @attrs.frozen(kw_only=True)
@@ -41,7 +50,7 @@ class Worker(Actor):
     def __init__(
         self, name: str, task_types: Mapping[str, TaskActor], *,
         coordinator: str = COORDINATOR_QUEUE, max_result_bytes: int = MAX_RESULT_BYTES,
-        result_ttl_ms: int | None = None,
+        result_ttl_ms: int | None = None, heartbeat_ms: int = 1000,
     ) -> None:
         super().__init__(name)
         self.task_types = dict(task_types)
@@ -50,11 +59,33 @@ class Worker(Actor):
         self.result_ttl_ms = result_ttl_ms
         self.highest_epoch = 0
         self.running: dict[str, _Running] = {}
+        self.heartbeat_ms = heartbeat_ms
+        self.beats = 0
 
     def on_start(self, ctx: Context) -> None:
         self.highest_epoch = 0
         self.running = {}
         ctx.record("worker_started")
+        self._heartbeat(ctx)
+
+    @receive(HeartbeatTick)
+    def on_heartbeat_tick(self, msg: HeartbeatTick, ctx: Context) -> None:
+        self._heartbeat(ctx)
+
+    def _heartbeat(self, ctx: Context) -> None:
+        """Heartbeats go to the leader's own mailbox, so a backlog of work in the coordinator
+        queue never delays them; the worker's entry in the store is what `GET /cluster` shows."""
+        self.beats += 1
+        running = tuple(sorted(r.spec.id for r in self.running.values()))
+        ctx.schedule(self.heartbeat_ms, HeartbeatTick())
+        try:
+            lease = ctx.store.lease(LEADER_LEASE)
+            ctx.store.put_worker(WorkerInfo(name=self.name, last_heartbeat_ms=ctx.wall_ms,
+                                            state="alive", running=running))
+        except StoreUnavailable:
+            return  # the leader hears nothing from us while the store is unreachable
+        if lease is not None:
+            ctx.send(lease.holder, Heartbeat(worker=self.name, seq=self.beats, running=running))
 
     @receive(Dispatch)
     def on_dispatch(self, msg: Dispatch, ctx: Context) -> None:

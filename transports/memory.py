@@ -90,6 +90,8 @@ class _Node:
     cancelled_timers: set[int] = attrs.field(factory=set)
     store_cut: bool = False
     auto_restart: bool = True
+    blocked_since: int | None = None
+    """When the node started waiting for the store to take its writes (None: not waiting)."""
 
 
 def _default_log() -> Any:
@@ -115,6 +117,8 @@ class Simulation:
         self.network = network or NetworkConfig()
         self.crash_points = crash_points or CrashPoints()
         self.restart_ms = restart_ms
+        self.store_retry_ms = 100
+        self.store_wait_ms = 10_000
         self.trace = trace
         self.now_ms = 0
         self.store = store or SimStore()
@@ -193,6 +197,7 @@ class Simulation:
         node.alive, node.connected, node.paused = True, True, False
         node.subscriptions, node.unacked, node.credit = [], {}, {}
         node.backlog.clear()
+        node.blocked_since = None
         node.cancelled_timers = set()
         actor = node.factory()
         view = cast(Store, StoreView(self.store, lambda: not self._store_cut(node.name)))
@@ -201,7 +206,7 @@ class Simulation:
         node.cell = ActorCell(
             actor, store=view, rng=rng, record=self.history.record, clock=node.clock,
             new_id=lambda: f"{node.name}.{node.incarnation}.{next(counter)}",
-            log=self.log.bind(actor=node.name), trace=self.trace)
+            log=self.log.bind(actor=node.name), trace=self.trace, wall_ms=lambda: self.now_ms)
         self._subscribe(node, node.name)
         self._run_handler(node, None, lambda cell: cell.start(self.now_ms))
 
@@ -245,7 +250,7 @@ class Simulation:
         node.paused = False
         self.history.record(name, "resume", node.clock, {})
         self._reconnect(node)
-        while node.backlog and not node.paused and node.alive:
+        while node.backlog and not node.paused and node.alive and node.blocked_since is None:
             node.backlog.popleft()()
 
     def drop_connection(self, name: str, reconnect_ms: int = 50) -> None:
@@ -404,7 +409,7 @@ class Simulation:
     def _deliver(self, node: _Node, inc: int, tag: int, env: Envelope) -> None:
         if node.incarnation != inc or not node.alive or tag not in node.unacked:
             return
-        if node.paused:
+        if node.paused or node.blocked_since is not None:
             node.backlog.append(lambda: self._deliver(node, inc, tag, env))
             return
         self.delivered += 1
@@ -454,19 +459,8 @@ class Simulation:
         self.crash(node.name, reason, restart=node.auto_restart)
 
     def _apply(self, node: _Node, tag: int | None, fx: Effects) -> None:
-        if fx.writes:
-            try:
-                if self._store_cut(node.name):
-                    raise StoreUnavailable("store unreachable (partitioned)")
-                self.store.apply(fx.writes, epoch=fx.epoch)
-            except StaleEpoch as exc:
-                self.history.record(node.name, "stale_write_refused", node.clock,
-                                    {"epoch": exc.attempted, "current": exc.current})
-                self._fail(node, str(exc))
-                return
-            except StoreError as exc:
-                self._fail(node, f"store error: {exc}")
-                return
+        if fx.writes and not self._persist(node, tag, fx):
+            return
         if self._crash_point(node, self.crash_points.after_persist, "after_persist"):
             return
         for env in fx.sends:
@@ -478,6 +472,49 @@ class Simulation:
         for ref in fx.acks:
             self._ack(node, ref.token)
         self._apply_local(node, fx)
+
+    def _persist(self, node: _Node, tag: int | None, fx: Effects) -> bool:
+        """Apply a run's fenced writes. While the store is unreachable the node waits (it
+        handles nothing else) and tries again, for up to `store_wait_ms`, then crashes."""
+        try:
+            if self._store_cut(node.name):
+                raise StoreUnavailable("store unreachable (partitioned)")
+            self.store.apply(fx.writes, epoch=fx.epoch)
+        except StaleEpoch as exc:
+            node.blocked_since = None
+            self.history.record(node.name, "stale_write_refused", node.clock,
+                                {"epoch": exc.attempted, "current": exc.current})
+            self._fail(node, str(exc))
+            return False
+        except StoreError as exc:
+            return self._wait_for_store(node, tag, fx, exc)
+        node.blocked_since = None
+        self.history.record(node.name, "persist", node.clock,
+                            {"epoch": fx.epoch, "writes": len(fx.writes)})
+        return True
+
+    def _wait_for_store(self, node: _Node, tag: int | None, fx: Effects, exc: Exception) -> bool:
+        if node.blocked_since is None:
+            node.blocked_since = self.now_ms
+            self.history.record(node.name, "store_wait", node.clock, {"error": str(exc)})
+        if self.now_ms - node.blocked_since >= self.store_wait_ms:
+            node.blocked_since = None
+            self._fail(node, f"store error: {exc}")
+            return False
+        inc = node.incarnation
+        self.after(self.store_retry_ms, self._retry_apply, node, inc, tag, fx)
+        return False
+
+    def _retry_apply(self, node: _Node, inc: int, tag: int | None, fx: Effects) -> None:
+        if node.incarnation != inc or not node.alive:
+            return
+        if node.paused:
+            node.backlog.append(lambda: self._retry_apply(node, inc, tag, fx))
+            return
+        self._apply(node, tag, fx)
+        while (node.incarnation == inc and node.alive and not node.paused
+               and node.blocked_since is None and node.backlog):
+            node.backlog.popleft()()
 
     def _apply_local(self, node: _Node, fx: Effects) -> None:
         inc = node.incarnation
@@ -500,7 +537,7 @@ class Simulation:
         if timer_id and timer_id in node.cancelled_timers:
             node.cancelled_timers.discard(timer_id)
             return
-        if node.paused:
+        if node.paused or node.blocked_since is not None:
             node.backlog.append(lambda: self._fire(node, inc, timer_id, message))
             return
         self._run_handler(node, None, lambda cell: cell.fire(message, self.now_ms))
