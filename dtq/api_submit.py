@@ -112,7 +112,7 @@ class Submissions:
 
     def submit_task(self, body: Any, header_key: str | None) -> Accepted:
         data = require_object(body, "body")
-        spec = self.parse(data, key=self._merge_key(data, header_key, ""), prefix="")
+        spec = self.parse(data, key=self._merge_key(data, header_key), prefix="")
         unknown = [d for d in spec.deps if not self.known(d)]
         if unknown:
             raise _unknown_deps(unknown, "deps")
@@ -123,11 +123,10 @@ class Submissions:
             state = self.state_of(spec.id)
         return Accepted(id=spec.id, state=state)
 
-    def _merge_key(self, data: Mapping[str, Any], header_key: str | None, prefix: str) -> Any:
+    def _merge_key(self, data: Mapping[str, Any], header_key: str | None) -> Any:
         body_key = data.get("idempotency_key")
         if header_key is not None and body_key is not None and body_key != header_key:
-            raise unprocessable("differs from the Idempotency-Key header",
-                                prefix + "idempotency_key")
+            raise unprocessable("differs from the Idempotency-Key header", "idempotency_key")
         return header_key if header_key is not None else body_key
 
     def parse(self, data: Mapping[str, Any], *, key: Any, prefix: str) -> TaskSpec:
@@ -153,7 +152,8 @@ class Submissions:
         task_actor = self.task_types.get(spec.type)
         if task_actor is None:
             known = ", ".join(sorted(self.task_types))
-            raise unprocessable(f"unknown task type {quoted(spec.type)} (known: {known})",
+            raise unprocessable(f"unknown task type {quoted(spec.type)} (this API accepts "
+                                f"{known}; load more with `dtq api --tasks MODULE`)",
                                 prefix + "type")
         try:
             task_actor.validate(spec.payload)
