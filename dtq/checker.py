@@ -56,6 +56,8 @@ class CheckResult:
     counts: Counts
     violations: tuple[Violation, ...]
     leaders: tuple[tuple[int, str], ...]
+    stale_writes: tuple[int, int] = (0, 0)
+    """(attempted, accepted): writes from a superseded epoch, refused and let through."""
 
     @property
     def ok(self) -> bool:
@@ -77,7 +79,10 @@ def check(events: Sequence[Event], *, complete: bool = True) -> CheckResult:
     counts.recovered = _recovered(events, outcomes)
     leaders, leader_violations = _leaders(events)
     violations += leader_violations
-    return CheckResult(counts=counts, violations=tuple(violations), leaders=leaders)
+    stale, stale_violations = _stale_writes(events)
+    violations += stale_violations
+    return CheckResult(counts=counts, violations=tuple(violations), leaders=leaders,
+                       stale_writes=stale)
 
 
 def _outcomes(events: Iterable[Event], violations: list[Violation]) -> dict[str, str]:
@@ -157,3 +162,22 @@ def _leaders(events: Iterable[Event]) -> tuple[tuple[tuple[int, str], ...], list
         by_epoch.setdefault(epoch, e.actor)
         leaders.append((epoch, e.actor))
     return tuple(leaders), violations
+
+
+def _stale_writes(events: Sequence[Event]) -> tuple[tuple[int, int], list[Violation]]:
+    """Writes from a superseded epoch: refused ones are counted; an accepted one is a write
+    that persisted at epoch e after (by happens-before) a leader of a later epoch took over."""
+    attempted = sum(1 for e in events if e.kind == "stale_write_refused")
+    takeovers = [(int(e.data["epoch"]), e) for e in events if e.kind == "leader"]
+    violations = []
+    for e in events:
+        if e.kind != "persist":
+            continue
+        epoch = int(e.data["epoch"])
+        newer = next((t for ep, t in takeovers if ep > epoch and t.clock.before(e.clock)), None)
+        if newer is not None:
+            violations.append(Violation(
+                invariant="no_stale_write",
+                detail=f"{e.actor} persisted writes at epoch {epoch} after {newer.actor} "
+                       f"took over epoch {newer.data['epoch']}"))
+    return (attempted, len(violations)), violations

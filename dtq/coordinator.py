@@ -357,12 +357,9 @@ class Coordinator(Actor):
     # --- records ----------------------------------------------------------------------------
 
     def _get(self, task_id: str, ctx: Context) -> TaskRecord | None:
-        rec = self.tasks.get(task_id)
-        if rec is None:
-            rec = ctx.store.get_task(task_id)
-            if rec is not None:
-                self.tasks[task_id] = rec
-        return rec
+        """The leader's view is the whole truth: it loaded every record when it took over and
+        is the only writer since, so an id it does not know is unknown."""
+        return self.tasks.get(task_id)
 
     def _state_of(self, task_id: str) -> TaskState | None:
         rec = self.tasks.get(task_id)

@@ -44,7 +44,9 @@ class NodeConfig:
     history: bool = False
     concurrency: int = 1
     task_modules: tuple[str, ...] = ()
-    lease_ttl_ms: int = 3000
+    lease_ttl_ms: int = 2000
+    detector_timeout_ms: int = 5000
+    heartbeat_ms: int = 1000
     log_level: str | None = None
     io_root: str = "."
     result_ttl_ms: int | None = None
@@ -60,10 +62,11 @@ def build_actor(cfg: NodeConfig) -> Any:
     from dtq.worker import Worker
 
     if cfg.role == "coordinator":
-        return Coordinator(cfg.name, CoordinatorConfig(lease_ttl_ms=cfg.lease_ttl_ms))
+        return Coordinator(cfg.name, CoordinatorConfig(
+            lease_ttl_ms=cfg.lease_ttl_ms, detector_timeout_ms=cfg.detector_timeout_ms))
     if cfg.role == "worker":
         return Worker(cfg.name, load_task_types(cfg.task_modules),
-                      result_ttl_ms=cfg.result_ttl_ms)
+                      result_ttl_ms=cfg.result_ttl_ms, heartbeat_ms=cfg.heartbeat_ms)
     raise ValueError(f"unknown role {cfg.role!r}")
 
 

@@ -8,8 +8,9 @@ duplicates) or at the deadline, then checks the history.
 from __future__ import annotations
 
 import functools
+import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -17,16 +18,46 @@ import attrs
 from dtq.checker import check
 from dtq.clock import VectorClock
 from dtq.coordinator import Coordinator, CoordinatorConfig
+from dtq.envelope import Codec, Envelope
 from dtq.errors import ScenarioError
 from dtq.history import Event, History, digest
 from dtq.scenario import FaultSpec, Scenario
 from dtq.tasktypes import load_task_types
 from dtq.worker import Worker
 from dtq.workload import plan
-from transports.memory import BROKER, CrashPoints, NetworkConfig, Simulation
+from transports.memory import BROKER, STORE, CrashPoints, NetworkConfig, Simulation
 
 TERMINAL_KINDS = frozenset({"succeeded", "failed", "rejected", "cancelled"})
-MEMORY_UNSUPPORTED = {"bandwidth", "slicer", "reset_peer"}
+
+Refusal = Callable[[FaultSpec], str | None]
+"""Why a backend cannot play a fault (a sentence), or None when it can."""
+
+LINK_FAULTS = frozenset({"latency", "bandwidth", "slicer", "reset_peer"})
+"""Faults on a node's links (`from`: "broker", "store" or both; default the broker)."""
+NEEDS_TARGET = frozenset({"kill", "crash", "pause", "resume", "restart"})
+REQUIRED_PARAMS = {"latency": ("latency",), "bandwidth": ("rate",),
+                   "duplicate": ("probability",), "drop": ("probability",),
+                   "reorder": ("probability",)}
+SLICER_DEFAULTS = {"average_size": 64, "size_variation": 32, "delay": 1000}
+"""Slicer pieces of about 64 bytes (± 32), with a pause of 1000 µs after each."""
+RESET_MS = 1000
+"""How long a `reset_peer` without `duration` keeps resetting the target's connections."""
+FRAME_BYTES = 100
+"""About what AMQP framing adds to a message body on the wire (method, header, body frames)."""
+
+
+def _store_link_refused(f: FaultSpec) -> str | None:
+    if STORE in f.params.get("from", [BROKER]):
+        return ("the simulated store answers at once, so its link cannot be slowed; slow the "
+                "broker link (from = [\"broker\"]) or cut the store (partition)")
+    return None
+
+
+MEMORY_UNSUPPORTED: dict[str, Refusal] = {
+    "latency": _store_link_refused, "bandwidth": _store_link_refused,
+    "slicer": _store_link_refused,
+}
+"""What the simulator cannot play. It plays every other fault, link faults included."""
 
 
 @attrs.define(kw_only=True)
@@ -48,12 +79,41 @@ def worker_names(scenario: Scenario) -> list[str]:
     return [f"worker-{i}" for i in range(1, scenario.cluster.workers + 1)]
 
 
-def check_supported(scenario: Scenario, unsupported: set[str], transport: str) -> None:
+def check_supported(
+    scenario: Scenario, unsupported: Mapping[str, Refusal], transport: str,
+) -> None:
+    """Refuse, before anything starts, a fault with bad parameters or one `transport` cannot
+    play; the error names the file, the fault and why."""
     for i, fault in enumerate(scenario.faults):
-        if fault.action in unsupported:
+        bad = _bad_params(fault)
+        if bad is not None:
+            raise ScenarioError(f"{scenario.path}: fault[{i}].{bad[0]}: {bad[1]}")
+        rule = unsupported.get(fault.action)
+        reason = rule(fault) if rule is not None else None
+        if reason:
             raise ScenarioError(
                 f"{scenario.path}: fault[{i}].action: {fault.action!r} cannot be played on the "
-                f"{transport} backend (it needs a real TCP stream through Toxiproxy)")
+                f"{transport} backend: {reason}")
+
+
+def _bad_params(f: FaultSpec) -> tuple[str, str] | None:
+    """A (key, problem) pair for a fault whose parameters make no sense on any backend."""
+    if f.action in NEEDS_TARGET and f.target is None:
+        return "target", f"{f.action!r} needs a target (a node name, or a role like leader)"
+    for key in REQUIRED_PARAMS.get(f.action, ()):
+        if key not in f.params:
+            return key, f"{f.action!r} needs `{key}`"
+    links = f.params.get("from", [BROKER])
+    if not all(isinstance(x, str) for x in links):
+        return "from", "must be a list of names, like [\"broker\"] or [\"store\"]"
+    if f.action in LINK_FAULTS and not set(links) <= {BROKER, STORE}:
+        return "from", f"{f.action!r} acts on a node's links: \"broker\", \"store\" or both"
+    if f.action == "bandwidth" and f.params["rate"] < 1:
+        return "rate", "must be at least 1 KB/s (to cut a link, use partition)"
+    slicer = {**SLICER_DEFAULTS, **f.params}
+    if f.action == "slicer" and not 0 <= slicer["size_variation"] < slicer["average_size"]:
+        return "size_variation", "must be smaller than average_size"
+    return None
 
 
 def build_simulation(scenario: Scenario, seed: int, *, trace: bool = False) -> Simulation:
@@ -61,11 +121,13 @@ def build_simulation(scenario: Scenario, seed: int, *, trace: bool = False) -> S
     sim = Simulation(seed, network=net, crash_points=CrashPoints(**scenario.crash_points),
                      trace=trace)
     types = load_task_types(scenario.cluster.task_modules)
-    cfg = CoordinatorConfig(lease_ttl_ms=scenario.cluster.lease_ttl_ms)
+    c = scenario.cluster
+    cfg = CoordinatorConfig(lease_ttl_ms=c.lease_ttl_ms, detector_timeout_ms=c.detector_timeout_ms)
     for name in coordinator_names(scenario):
         sim.spawn(name, functools.partial(Coordinator, name, cfg), groups=("coordinators",))
     for name in worker_names(scenario):
-        sim.spawn(name, functools.partial(Worker, name, types), groups=("workers",),
+        worker = functools.partial(Worker, name, types, heartbeat_ms=c.heartbeat_ms)
+        sim.spawn(name, worker, groups=("workers",),
                   prefetch=scenario.cluster.worker_prefetch)
     return sim
 
@@ -158,6 +220,15 @@ def _each(fn: Callable[[str], None], targets: list[str]) -> Callable[[], None]:
     return run
 
 
+def _nodes(sim: Simulation, targets: list[str], f: FaultSpec) -> list[str]:
+    """The fault's targets; a fault that names no target applies to every node."""
+    return targets if f.target is not None else sorted(sim.nodes)
+
+
+def _links(f: FaultSpec) -> list[str]:
+    return list(f.params.get("from", [BROKER]))
+
+
 def _kill(sim: Simulation, targets: list[str], f: FaultSpec) -> Callable[[], None]:
     for t in targets:
         sim.crash(t, "killed by scenario")
@@ -178,8 +249,7 @@ def _resume(sim: Simulation, targets: list[str], f: FaultSpec) -> None:
 
 
 def _partition(sim: Simulation, targets: list[str], f: FaultSpec) -> Callable[[], None]:
-    other = f.params.get("from", [BROKER])
-    sim.partition(targets, other)
+    sim.partition(_nodes(sim, targets, f), _links(f))
     return sim.heal
 
 
@@ -188,22 +258,38 @@ def _heal(sim: Simulation, targets: list[str], f: FaultSpec) -> None:
 
 
 def _drop_connection(sim: Simulation, targets: list[str], f: FaultSpec) -> None:
-    _each(sim.drop_connection, targets or sorted(sim.nodes))()
+    _each(sim.drop_connection, _nodes(sim, targets, f))()
+
+
+def _reset_peer(sim: Simulation, targets: list[str], f: FaultSpec) -> None:
+    """Connections reset for a while: the broker drops the node's connection (its unacked
+    deliveries return) and the node cannot reconnect, or reach the store, until it ends."""
+    nodes, links = _nodes(sim, targets, f), _links(f)
+    sim.partition(nodes, links)
+    if BROKER in links:
+        sim.after(f.params.get("timeout", 0), _each(sim.drop_connection, nodes))
+    sim.after(f.duration_ms or RESET_MS, sim.heal)
+
+
+def _slow_link(sim: Simulation, targets: list[str], f: FaultSpec) -> Callable[[], None]:
+    """latency, bandwidth, slicer: extra delay on every message of the nodes' broker links."""
+    p = {**SLICER_DEFAULTS, **f.params}
+    slow = _Slowdown(nodes=frozenset(_nodes(sim, targets, f)),
+                     latency_ms=p.get("latency", 0), jitter_ms=p.get("jitter", 0),
+                     rate=p.get("rate", 0) if f.action == "bandwidth" else 0,
+                     piece_bytes=p["average_size"] if f.action == "slicer" else 0,
+                     piece_delay_us=p["delay"] if f.action == "slicer" else 0)
+    links = _SlowLinks.of(sim)
+    links.active.append(slow)
+    return lambda: links.active.remove(slow) if slow in links.active else None
 
 
 def _network_knob(field: str, param: str) -> Callable[..., Callable[[], None]]:
     def apply(sim: Simulation, targets: list[str], f: FaultSpec) -> Callable[[], None]:
         net = sim.network
-        old = attrs.evolve(net)
+        old = getattr(net, field)
         setattr(net, field, f.params.get(param, 0))
-        if field == "delay_ms" and "jitter" in f.params:
-            net.jitter_ms = f.params["jitter"]
-
-        def undo() -> None:
-            setattr(net, field, getattr(old, field))
-            net.jitter_ms = old.jitter_ms
-
-        return undo
+        return lambda: setattr(net, field, old)
 
     return apply
 
@@ -211,11 +297,83 @@ def _network_knob(field: str, param: str) -> Callable[..., Callable[[], None]]:
 _ACTIONS: dict[str, Callable[..., Callable[[], None] | None]] = {
     "kill": _kill, "crash": _kill, "restart": _restart, "pause": _pause, "resume": _resume,
     "partition": _partition, "heal": _heal, "drop_connection": _drop_connection,
-    "latency": _network_knob("delay_ms", "latency"),
+    "reset_peer": _reset_peer, "latency": _slow_link, "bandwidth": _slow_link,
+    "slicer": _slow_link,
     "duplicate": _network_knob("duplicate", "probability"),
     "drop": _network_knob("drop", "probability"),
     "reorder": _network_knob("reorder", "probability"),
 }
+
+
+@attrs.define(eq=False)
+class _Slowdown:
+    """One latency, bandwidth or slicer fault on some nodes' broker links."""
+
+    nodes: frozenset[str]
+    latency_ms: int = 0
+    jitter_ms: int = 0
+    rate: int = 0
+    """KB/s, which is bytes per ms; 0 means unlimited."""
+    piece_bytes: int = 0
+    piece_delay_us: int = 0
+
+    def transmit_ms(self, size: int) -> float:
+        ms = size / self.rate if self.rate else 0.0
+        if self.piece_bytes:
+            ms += math.ceil(size / self.piece_bytes) * self.piece_delay_us / 1000
+        return ms
+
+
+class _SlowLinks:
+    """Slow broker links for chosen nodes, layered on a `Simulation` without changing it.
+
+    A message a slowed node publishes, or one the broker delivers to it, first waits for its
+    transmission (size / rate, plus a pause per slicer piece; messages queue behind each other
+    as on one TCP stream), then for the latency (± jitter). Order on a link is kept, as
+    Toxiproxy keeps it. It wraps the simulator's publish and deliver steps of this one instance.
+    """
+
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+        self.active: list[_Slowdown] = []
+        self.free_at: dict[tuple[str, str], float] = {}
+        self.last_at: dict[tuple[str, str], int] = {}
+        self.codec = Codec()
+        self._publish, self._deliver = sim._publish, sim._deliver
+        sim._publish = self._on_publish  # type: ignore[method-assign]
+        sim._deliver = self._on_deliver  # type: ignore[method-assign]
+
+    @classmethod
+    def of(cls, sim: Simulation) -> _SlowLinks:
+        """The simulation's slow links, installed on first use."""
+        owner = getattr(sim._publish, "__self__", None)
+        return owner if isinstance(owner, _SlowLinks) else cls(sim)
+
+    def _on_publish(self, env: Envelope) -> None:
+        self._pass(env.sender, "up", env, self._publish, env)
+
+    def _on_deliver(self, node: Any, inc: int, tag: int, env: Envelope) -> None:
+        self._pass(node.name, "down", env, self._deliver, node, inc, tag, env)
+
+    def _pass(self, name: str, way: str, env: Envelope, fn: Callable[..., None],
+              *args: Any) -> None:
+        slows = [s for s in self.active if name in s.nodes]
+        if not slows:
+            fn(*args)
+            return
+        self.sim.after(self._delay((name, way), env, slows), fn, *args)
+
+    def _delay(self, link: tuple[str, str], env: Envelope, slows: list[_Slowdown]) -> int:
+        now = self.sim.now_ms
+        size = len(self.codec.encode(env)) + FRAME_BYTES
+        sent = max(now, self.free_at.get(link, 0)) + sum(s.transmit_ms(size) for s in slows)
+        self.free_at[link] = sent
+        rng = self.sim.rng
+        latency = sum(s.latency_ms + (rng.randint(-s.jitter_ms, s.jitter_ms) if s.jitter_ms
+                                      else 0) for s in slows)
+        arrive = max(math.ceil(sent + max(0, latency)), self.last_at.get(link, 0))
+        self.last_at[link] = arrive
+        return arrive - now
 
 
 # --- the summary -------------------------------------------------------------------------------
@@ -230,11 +388,18 @@ def summarize(
     failover = failover_times(events)
     reassign = reassign_times(events)
     violations += _expectations(scenario, result.counts.to_json(), failover, reassign)
+    want_refused = scenario.expect.stale_writes_refused_min
+    if want_refused is not None and result.stale_writes[0] < want_refused:
+        violations.append({"invariant": "expectation",
+                           "detail": f"expected at least {want_refused} stale write(s) to be "
+                                     f"attempted and refused, saw {result.stale_writes[0]}"})
     return {
         "scenario": scenario.name, "transport": transport, "seed": seed,
         "ok": not violations, "tasks": result.counts.to_json(), "violations": violations,
         "leaders": [{"epoch": e, "actor": a} for e, a in result.leaders],
         "failover_ms": failover, "reassign_ms": reassign,
+        "stale_writes": {"attempted": result.stale_writes[0],
+                         "accepted": result.stale_writes[1]},
         "history_digest": digest(events), "virtual_ms": virtual_ms, "wall_ms": wall_ms,
     }
 
@@ -242,22 +407,39 @@ def summarize(
 def _expectations(
     scenario: Scenario, counts: dict[str, int], failover: list[int], reassign: list[int],
 ) -> list[dict[str, Any]]:
+    """The scenario's own `[expect]` bounds, each violation explained in plain words."""
     ex = scenario.expect
-    out = []
-    for key in ("succeeded", "failed"):
-        want = getattr(ex, key)
-        if want is not None and counts[key] != want:
-            out.append({"invariant": "expectation",
-                        "detail": f"expected {want} {key} tasks, got {counts[key]}"})
+    out = [_count_violation(key, want, counts) for key in ("succeeded", "failed")
+           if (want := getattr(ex, key)) is not None and counts[key] != want]
     if ex.failover_ms_max is not None and any(f > ex.failover_ms_max for f in failover):
-        out.append({"invariant": "failover_bound",
-                    "detail": f"failover took {max(failover)} ms; the scenario allows "
-                              f"{ex.failover_ms_max} ms"})
+        out.append({"invariant": "failover_bound", "detail": (
+            f"after the leader was lost, {max(failover)} ms passed before a new leader acted, "
+            f"but [expect] failover_ms_max allows {ex.failover_ms_max} ms (measured: "
+            f"{failover}). A standby can take over only when the old leader's lease has "
+            f"expired, so a failover takes about cluster.lease_ttl_ms "
+            f"({scenario.cluster.lease_ttl_ms} ms) plus a standby's next try")})
     if ex.reassign_ms_max is not None and any(r > ex.reassign_ms_max for r in reassign):
-        out.append({"invariant": "reassign_bound",
-                    "detail": f"reassignment took {max(reassign)} ms; the scenario allows "
-                              f"{ex.reassign_ms_max} ms"})
+        out.append({"invariant": "reassign_bound", "detail": (
+            f"a task held by a crashed or frozen worker waited {max(reassign)} ms before "
+            f"another worker started it, but [expect] reassign_ms_max allows "
+            f"{ex.reassign_ms_max} ms (measured: {reassign}). A killed worker's tasks come "
+            f"back when its connection closes; a frozen worker's only when the failure "
+            f"detector (or the broker's heartbeat) gives up on it")})
     return out
+
+
+def _count_violation(key: str, want: int, counts: dict[str, int]) -> dict[str, Any]:
+    got = counts[key]
+    why = []
+    if counts["lost"]:
+        why.append(f"{counts['lost']} never finished before the deadline")
+    other = "failed" if key == "succeeded" else "succeeded"
+    if counts[other]:
+        why.append(f"{counts[other]} {other}")
+    because = f" ({', '.join(why)})" if why else ""
+    return {"invariant": "expectation",
+            "detail": f"[expect] {key} = {want}, but {got} of {counts['submitted']} submitted "
+                      f"tasks {key}{because}"}
 
 
 def failover_times(events: Sequence[Event]) -> list[int]:
@@ -287,8 +469,8 @@ def _next_takeover(events: Sequence[Event], start: int) -> int | None:
 
 
 def reassign_times(events: Sequence[Event]) -> list[int]:
-    """For each task held by a worker when it crashed or froze: time until another worker
-    started it."""
+    """For each task held by a worker when it crashed or froze: time until the task was handed
+    on — the leader re-dispatched it, or another worker started it (after a redelivery)."""
     out = []
     running: dict[str, dict[str, int]] = {}
     for i, e in enumerate(events):
@@ -308,7 +490,8 @@ def reassign_times(events: Sequence[Event]) -> list[int]:
 
 def _started_elsewhere(events: Sequence[Event], start: int, task: str, actor: str) -> int | None:
     for e in events[start + 1:]:
-        if e.kind in ("started", "already_done") and e.data.get("task") == task \
-                and e.actor != actor:
+        if e.data.get("task") != task:
+            continue
+        if e.kind == "reassigned" or (e.kind in ("started", "already_done") and e.actor != actor):
             return e.time_ms
     return None

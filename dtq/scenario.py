@@ -43,7 +43,9 @@ class ClusterSpec:
     coordinators: int = 1
     workers: int = 3
     worker_prefetch: int = 1
-    lease_ttl_ms: int = 3000
+    lease_ttl_ms: int = 2000
+    detector_timeout_ms: int = 5000
+    heartbeat_ms: int = 1000
     task_modules: tuple[str, ...] = ()
 
 
@@ -87,6 +89,7 @@ class ExpectSpec:
     failed: int | None = None
     failover_ms_max: int | None = None
     reassign_ms_max: int | None = None
+    stale_writes_refused_min: int | None = None
     settle_ms: int = 1000
 
 
@@ -111,13 +114,14 @@ NETWORK_KEYS = {"delay_ms": int, "jitter_ms": int, "drop": float, "duplicate": f
                 "reorder": float, "reorder_ms": int, "retransmit_ms": int,
                 "broker_heartbeat_ms": int}
 CLUSTER_KEYS = {"coordinators": int, "workers": int, "worker_prefetch": int,
-                "lease_ttl_ms": int, "tasks": list}
+                "lease_ttl_ms": int, "detector_timeout_ms": int, "heartbeat_ms": int,
+                "tasks": list}
 TASK_KEYS = {"id": str, "type": str, "payload": object, "deps": list, "max_attempts": int,
              "timeout_ms": int, "priority": int, "idempotency_key": str}
 WORKLOAD_KEYS = {"count": int, "interval_ms": int, "start_ms": int, "tasks": list,
                  "dag": str, "dag_size": int, "dag_seed": int, **TASK_KEYS}
 EXPECT_KEYS = {"deadline_ms": int, "succeeded": int, "failed": int, "failover_ms_max": int,
-               "reassign_ms_max": int, "settle_ms": int}
+               "reassign_ms_max": int, "stale_writes_refused_min": int, "settle_ms": int}
 FAULT_KEYS = {"at": int, "action": str, "target": str, "duration": int, "from": list,
               "latency": int, "jitter": int, "probability": float, "rate": int,
               "timeout": int, "average_size": int, "size_variation": int, "delay": int}
