@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,10 @@ exit status: 0 accepted (with --wait: succeeded), 1 failed or cancelled (--wait)
 _FORMATTER = argparse.RawDescriptionHelpFormatter
 
 
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, 78)
+
+
 def add_parsers(sub: Subparsers) -> None:
     """Add api, submit, status, result and cancel to the `dtq` subcommands."""
     _add_api(sub)
@@ -54,9 +59,10 @@ def add_parsers(sub: Subparsers) -> None:
 def _add_api(sub: Subparsers) -> None:
     p = sub.add_parser("api", help="serve the REST API (uvicorn)", epilog=EPILOG_API,
                        formatter_class=_FORMATTER,
-                       description="Serve the REST API on the production backend: submissions "
-                       "go to the leader's RabbitMQ queue, state is read from Redis. OpenAPI at "
-                       "/openapi.json, interactive docs at /docs.")
+                       description=_wrap(
+                           "Serve the REST API on the production backend: submissions go to the "
+                           "leader's RabbitMQ queue, state is read from Redis. OpenAPI at "
+                           "/openapi.json, interactive docs at /docs."))
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--max-body-bytes", type=_positive, default=1024 * 1024, metavar="N",
@@ -138,8 +144,9 @@ def _json_arg(text: str) -> Any:
 def _add_submit(sub: Subparsers) -> None:
     p = sub.add_parser("submit", help="submit a task through the REST API",
                        epilog=EPILOG_SUBMIT, formatter_class=_FORMATTER,
-                       description="Submit one task and print the answer (its id and state); "
-                       "with --wait, wait for it to finish and print its result.")
+                       description=_wrap(
+                           "Submit one task and print the answer (its id and state); with "
+                           "--wait, wait for it to finish and print its result."))
     p.add_argument("type", metavar="TYPE", help="task type: echo, compute, sleep, io, or yours")
     p.add_argument("--payload", type=_json_arg, default=None, metavar="JSON",
                    help="the task's input as JSON, or @FILE (default: null)")
