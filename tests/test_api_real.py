@@ -15,28 +15,15 @@ import pytest
 from dtq.api import create_app
 from dtq.apibackend import RabbitBackend
 from dtq.client import Client, Conflict, InvalidRequest, TaskFailed
-from dtq.process import NodeConfig, Supervisor, broker_url
+from dtq.process import NodeConfig, Supervisor
 from dtq.task import id_for_key
-from transports.rabbitmq import blocking, delete_namespace
+from transports.rabbitmq import delete_namespace
 from transports.redis import RedisHistory, RedisStore
 
-from .conftest import require_service
 from .test_api_kit import serving, wait_until
 
 pytestmark = pytest.mark.rabbitmq
 NODES = ["coordinator-1", "worker-1"]
-
-
-def _ping_broker(url: str) -> None:
-    with blocking(url):
-        pass
-
-
-@pytest.fixture(scope="session")
-def api_broker_url(redis_url: str) -> str:
-    url = broker_url()
-    require_service(f"RabbitMQ at {url}", lambda: _ping_broker(url))
-    return url
 
 
 @attrs.define
@@ -59,16 +46,16 @@ class RealApi:
 
 
 @pytest.fixture
-def real(api_broker_url: str, redis_url: str) -> Iterator[RealApi]:
+def real(rabbitmq_url: str, redis_url: str) -> Iterator[RealApi]:
     ns = f"test-{uuid.uuid4().hex[:8]}"
-    common = {"broker_url": api_broker_url, "store_url": redis_url, "namespace": ns,
+    common = {"broker_url": rabbitmq_url, "store_url": redis_url, "namespace": ns,
               "history": True, "log_level": "warning"}
     sup = Supervisor([NodeConfig(role=name.split("-")[0], name=name, **common)  # type: ignore
                       for name in NODES])
     store = RedisStore.from_url(redis_url, prefix=ns)
     history = RedisHistory.from_url(redis_url, prefix=ns)
     sup.start()
-    backend = RabbitBackend(api_broker_url, redis_url, ns, name="api-test")
+    backend = RabbitBackend(rabbitmq_url, redis_url, ns, name="api-test")
     try:
         with serving(create_app(backend)) as url, Client(url, poll_s=0.02,
                                                          max_poll_s=0.2) as client:
@@ -79,7 +66,7 @@ def real(api_broker_url: str, redis_url: str) -> Iterator[RealApi]:
         history.close()
         store.delete_all()
         store.close()
-        delete_namespace(api_broker_url, ns, NODES)
+        delete_namespace(rabbitmq_url, ns, NODES)
 
 
 def test_the_main_flow_over_http_on_rabbitmq_and_redis(real: RealApi) -> None:
