@@ -80,7 +80,8 @@ def _add_api(sub: Subparsers) -> None:
                    help="Redis URL (default: $DTQ_STORE_URL or redis://127.0.0.1:6379/0)")
     p.add_argument("--namespace", default="dtq",
                    help="prefix of every queue and key, as given to the cluster (default: dtq)")
-    p.add_argument("--log-level", default=None, help="debug, info (default), warning, error")
+    p.add_argument("--log-level", default=None, type=str.lower,
+                   choices=["debug", "info", "warning", "error"], help="default: info")
     p.set_defaults(func=_run_api)
 
 
@@ -108,7 +109,7 @@ def _run_api(args: argparse.Namespace) -> int:
         print(f"dtq api: http://{args.host}:{args.port} (docs at /docs), namespace "
               f"{args.namespace!r}; Ctrl-C stops it", file=sys.stderr)
         uvicorn.run(app, host=args.host, port=args.port,
-                    log_level=(args.log_level or "info").lower())
+                    log_level=args.log_level or "info")
     finally:
         backend.close()
     return EXIT_OK
