@@ -26,6 +26,7 @@ from dtq.envelope import (
     Finished,
     Heartbeat,
     Message,
+    Refused,
     Started,
     Submit,
 )
@@ -82,6 +83,8 @@ class Coordinator(Actor):
         self.dependents: dict[str, set[str]] = defaultdict(set)
         self.running_on: dict[str, set[str]] = defaultdict(set)
         """Worker -> the tasks it reported starting (for reassignment when it goes silent)."""
+        self.started_at: dict[str, int] = {}
+        """Task -> its worker's own clock entry when it reported starting it."""
         self.reply_to: dict[str, str] = {}
         """Clients waiting for a task's end (volatile: a new leader does not know them)."""
 
@@ -159,8 +162,27 @@ class Coordinator(Actor):
 
     @receive(Heartbeat)
     def on_heartbeat(self, msg: Heartbeat, ctx: Context) -> None:
-        if self.leading and self.detector.heard(msg.worker, ctx.now_ms):
+        if not self.leading:
+            return
+        if self.detector.heard(msg.worker, ctx.now_ms):
             ctx.record("worker_rejoined", worker=msg.worker)
+        self._reconcile(msg, ctx)
+
+    def _reconcile(self, msg: Heartbeat, ctx: Context) -> None:
+        """A worker that restarted has forgotten its tasks. A heartbeat that happened after a
+        task's Started report (by the worker's own clock entry) and no longer lists the task
+        means the task is gone from that worker: hand it out again."""
+        sent_at = ctx.envelope.clock[msg.worker] if ctx.envelope else 0
+        running = set(msg.running)
+        for task_id in sorted(self.running_on.get(msg.worker, ())):
+            if task_id in running or self.started_at.get(task_id, sent_at) >= sent_at:
+                continue
+            rec = self.tasks.get(task_id)
+            self.running_on[msg.worker].discard(task_id)
+            if rec is not None and rec.state is S.RUNNING and rec.worker == msg.worker:
+                ctx.record("reassigned", task=task_id, attempt=rec.attempt + 1,
+                           worker=msg.worker, reason="forgotten by its worker")
+                self._reassign(rec, msg.worker, ctx)
 
     @receive(DetectorTick)
     def on_detector_tick(self, msg: DetectorTick, ctx: Context) -> None:
@@ -174,15 +196,16 @@ class Coordinator(Actor):
                 rec = self.tasks.get(task_id)
                 if rec is not None and rec.state in (S.DISPATCHED, S.RUNNING) \
                         and rec.worker == worker:
+                    ctx.record("reassigned", task=rec.id, attempt=rec.attempt + 1,
+                               worker=worker, reason="worker suspected")
                     self._reassign(rec, worker, ctx)
 
     def _reassign(self, rec: TaskRecord, worker: str, ctx: Context) -> None:
-        """Hand a silent worker's task to another as a new attempt (its late result loses)."""
+        """Hand a lost task to another worker as a new attempt (a late result loses)."""
         if rec.attempt >= rec.spec.max_attempts:
-            self._fail(rec, f"worker {worker} stopped responding on the last attempt "
+            self._fail(rec, f"worker {worker} lost the task on its last attempt "
                        f"({rec.attempt})", ctx)
             return
-        ctx.record("reassigned", task=rec.id, attempt=rec.attempt + 1, worker=worker)
         self._dispatch(rec, ctx)
 
     # --- submissions ------------------------------------------------------------------------
@@ -263,7 +286,20 @@ class Coordinator(Actor):
         if rec is not None and rec.state is S.DISPATCHED and rec.attempt == msg.attempt:
             self._put(rec.moved_to(S.RUNNING, now_ms=ctx.now_ms, worker=msg.worker), ctx)
             self.running_on[msg.worker].add(rec.id)
+            self.started_at[rec.id] = ctx.envelope.clock[msg.worker] if ctx.envelope else 0
             self.detector.heard(msg.worker, ctx.now_ms)
+
+    @receive(Refused)
+    def on_refused(self, msg: Refused, ctx: Context) -> None:
+        """A worker refused an older epoch's dispatch: hand the task out again under ours."""
+        if not self._acting(ctx):
+            return
+        rec = self._get(msg.task_id, ctx)
+        if rec is not None and rec.state in (S.DISPATCHED, S.RUNNING) \
+                and rec.attempt == msg.attempt:
+            ctx.record("redispatched", task=rec.id, attempt=rec.attempt + 1,
+                       refused_by=msg.worker)
+            self._dispatch(rec, ctx)
 
     @receive(Completed)
     def on_completed(self, msg: Completed, ctx: Context) -> None:

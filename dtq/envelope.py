@@ -83,6 +83,17 @@ class Completed(Message):
 
 
 @attrs.frozen(kw_only=True)
+class Refused(Message):
+    """A worker refused a dispatch from an epoch older than one it has seen; the leader hands
+    the task out again under its own epoch."""
+
+    task_id: str
+    attempt: int
+    worker: str
+    epoch: int
+
+
+@attrs.frozen(kw_only=True)
 class Finished(Message):
     """The leader tells a waiting client that a task ended (best effort: poll to be sure)."""
 

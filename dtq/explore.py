@@ -13,13 +13,15 @@ from typing import TextIO
 
 from dtq.runner import run_memory
 from dtq.scenario import load
+from dtq.swarm import swarm
 
 
 def explore(
     files: Sequence[str], *, runs: int, seed_start: int = 1, as_json: bool = False,
-    out: TextIO = sys.stdout,
+    out: TextIO = sys.stdout, swarm_mode: bool = False,
 ) -> int:
-    """Run every file for `runs` seeds; exit status 0 when no seed failed."""
+    """Run every file for `runs` seeds; exit status 0 when no seed failed. In swarm mode each
+    seed adds its own random fault timeline (see `dtq.swarm`)."""
     scenarios = [(f, load(f)) for f in files]
     failed: list[dict[str, object]] = []
     started = time.perf_counter()
@@ -27,7 +29,8 @@ def explore(
     for path, scenario in scenarios:
         bad = 0
         for seed in range(seed_start, seed_start + runs):
-            result = run_memory(scenario, seed)
+            played, kinds = swarm(scenario, seed) if swarm_mode else (scenario, [])
+            result = run_memory(played, seed)
             total += 1
             if as_json:
                 print(json.dumps(result.summary), file=out)
@@ -36,8 +39,11 @@ def explore(
                 failed.append({"file": path, "seed": seed})
                 if not as_json:
                     first = result.summary["violations"][0]
-                    print(f"FAIL {path} seed {seed}: {first['invariant']}: {first['detail']}\n"
-                          f"  reproduce: dtq scenario run {path} --seed {seed}", file=out)
+                    how = (f"dtq scenario explore {path} --swarm --runs 1 --seed-start {seed}"
+                           if swarm_mode else f"dtq scenario run {path} --seed {seed}")
+                    faults = f" (faults: {', '.join(kinds)})" if kinds else ""
+                    print(f"FAIL {path} seed {seed}{faults}: {first['invariant']}: "
+                          f"{first['detail']}\n  reproduce: {how}", file=out)
         if not as_json:
             print(f"{scenario.name}: {runs - bad}/{runs} seeds ok", file=out)
     wall = time.perf_counter() - started

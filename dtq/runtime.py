@@ -195,7 +195,10 @@ class ProcessRuntime:
         if not self._persist([fx for fx, _ in done]):
             return
         outgoing = [self._outgoing(env) for fx, _ in done for env in fx.sends]
-        acks = [d for fx, d in done if d is not None and not fx.hold]
+        # An actor that exits did not handle its input: nothing of the batch is acked, so the
+        # broker hands it all out again (handlers are idempotent).
+        exiting = any(fx.exit is not None for fx, _ in done)
+        acks = [] if exiting else [d for fx, d in done if d is not None and not fx.hold]
         acks += [held for fx, _ in done for ref in fx.acks
                  if (held := self._deliveries.pop(ref.token, None)) is not None]
         self.transport.publish(outgoing, then=lambda: self._ack_all(acks))

@@ -101,7 +101,7 @@ class Scenario:
     seed: int = 1
     cluster: ClusterSpec = ClusterSpec()
     network: Mapping[str, Any] = attrs.field(factory=dict)
-    crash_points: Mapping[str, float] = attrs.field(factory=dict)
+    crash_points: Mapping[str, float | int] = attrs.field(factory=dict)
     workload: WorkloadSpec = WorkloadSpec()
     faults: tuple[FaultSpec, ...] = ()
     expect: ExpectSpec = ExpectSpec()
@@ -222,8 +222,8 @@ def _network(ld: _Loader, d: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _crash_points(ld: _Loader, d: Mapping[str, Any]) -> dict[str, float]:
-    ld.table(d, {"after_persist": float, "after_send": float}, "crash_points.")
-    return {k: float(v) for k, v in d.items()}
+    ld.table(d, {"after_persist": float, "after_send": float, "until_ms": int}, "crash_points.")
+    return {k: (int(v) if k == "until_ms" else float(v)) for k, v in d.items()}
 
 
 def _task(ld: _Loader, d: Any, prefix: str) -> TaskTemplate:

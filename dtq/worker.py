@@ -16,7 +16,7 @@ import attrs
 
 from dtq.actor import Actor, Context, DeliveryRef, receive
 from dtq.envelope import (
-    COORDINATOR_QUEUE, WORK_QUEUE, Completed, Dispatch, Heartbeat, Message, Started,
+    COORDINATOR_QUEUE, WORK_QUEUE, Completed, Dispatch, Heartbeat, Message, Refused, Started,
 )
 from dtq.errors import StoreUnavailable
 from dtq.store import LEADER_LEASE, WorkerInfo
@@ -36,9 +36,11 @@ class HeartbeatTick(Message):
     """Timer: tell the leader this worker is alive, and which tasks it runs."""
 
 
-@attrs.frozen(kw_only=True)
+@attrs.define(kw_only=True)
 class _Running:
-    delivery: DeliveryRef
+    deliveries: list[DeliveryRef]
+    """Every delivery of this dispatch the worker holds (a redelivery after a dropped
+    connection arrives while the first copy runs; both are acked when it ends)."""
     spec: TaskSpec
     attempt: int
     timer: int
@@ -93,11 +95,14 @@ class Worker(Actor):
         epoch = ctx.envelope.epoch if ctx.envelope else 0
         if epoch < self.highest_epoch:
             ctx.record("stale_dispatch_refused", task=spec.id, attempt=attempt, epoch=epoch)
+            ctx.send(self.coordinator, Refused(task_id=spec.id, attempt=attempt,
+                                               worker=self.name, epoch=epoch))
             return
         self.highest_epoch = epoch
         ref = f"{spec.id}#{attempt}"
-        if ref in self.running:
-            return  # a duplicate delivery of a dispatch this worker is already running
+        if ref in self.running:  # a redelivery of a dispatch this worker is running
+            self.running[ref].deliveries.append(ctx.hold())
+            return
         stored = ctx.store.get_result(spec.id)
         if stored is not None:
             ctx.record("already_done", task=spec.id, attempt=attempt)
@@ -114,7 +119,8 @@ class Worker(Actor):
     ) -> None:
         delivery = ctx.hold()
         timer = ctx.schedule(spec.timeout_ms, ExecutionTimeout(ref=ref))
-        self.running[ref] = _Running(delivery=delivery, spec=spec, attempt=attempt, timer=timer)
+        self.running[ref] = _Running(deliveries=[delivery], spec=spec, attempt=attempt,
+                                     timer=timer)
         ctx.record("started", task=spec.id, attempt=attempt, label=spec.label)
         ctx.send(self.coordinator, Started(task_id=spec.id, attempt=attempt, worker=self.name))
         task_input = TaskInput(task_id=spec.id, type=spec.type, payload=spec.payload,
@@ -147,7 +153,8 @@ class Worker(Actor):
                        f"{self.max_result_bytes} bytes", ctx)
         else:
             self._store_result(run, msg.value, ctx)
-        ctx.ack(run.delivery)
+        for delivery in run.deliveries:
+            ctx.ack(delivery)
 
     def _store_result(self, run: _Running, value: object, ctx: Context) -> None:
         task_id, attempt = run.spec.id, run.attempt
@@ -173,7 +180,8 @@ class Worker(Actor):
             return
         timeout = run.spec.timeout_ms
         self._fail(run.spec.id, run.attempt, f"timed out after {timeout} ms", ctx)
-        ctx.ack(run.delivery)
+        for delivery in run.deliveries:
+            ctx.ack(delivery)
 
     def _report(self, stored: TaskResult, ctx: Context) -> None:
         ctx.send(self.coordinator, Completed(task_id=stored.task_id, attempt=stored.attempt,

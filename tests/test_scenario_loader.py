@@ -66,7 +66,8 @@ def test_cli_reports_a_broken_file_and_exits_2(
 def test_memory_backend_refuses_faults_it_cannot_play(
     tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    path = write(tmp_path, "[[fault]]\nat = 10\naction = 'slicer'\ntarget = 'worker-1'\n")
+    path = write(tmp_path, "[[fault]]\nat = 10\naction = 'slicer'\ntarget = 'worker-1'\n"
+                           "from = ['store']\n")
     assert main(["scenario", "run", str(path)]) == 2
     assert "'slicer' cannot be played on the memory backend" in capsys.readouterr().err
 

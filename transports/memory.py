@@ -59,6 +59,8 @@ class CrashPoints:
 
     after_persist: float = 0.0
     after_send: float = 0.0
+    until_ms: int | None = None
+    """Stop injecting at this virtual time (None: for the whole run)."""
 
 
 @attrs.define(eq=False)
@@ -467,6 +469,9 @@ class Simulation:
             self._publish(env)
         if self._crash_point(node, self.crash_points.after_send, "after_send"):
             return
+        if fx.exit is not None:  # crash-only: the input was not handled; it must come back
+            self._apply_local(node, fx)
+            return
         if tag is not None and not fx.hold:
             self._ack(node, tag)
         for ref in fx.acks:
@@ -508,8 +513,8 @@ class Simulation:
     def _retry_apply(self, node: _Node, inc: int, tag: int | None, fx: Effects) -> None:
         if node.incarnation != inc or not node.alive:
             return
-        if node.paused:
-            node.backlog.append(lambda: self._retry_apply(node, inc, tag, fx))
+        if node.paused:  # frozen: try again later (the wait for the store goes on)
+            self.after(self.store_retry_ms, self._retry_apply, node, inc, tag, fx)
             return
         self._apply(node, tag, fx)
         while (node.incarnation == inc and node.alive and not node.paused
@@ -543,7 +548,8 @@ class Simulation:
         self._run_handler(node, None, lambda cell: cell.fire(message, self.now_ms))
 
     def _crash_point(self, node: _Node, p: float, where: str) -> bool:
-        if p and self.rng.random() < p:
+        until = self.crash_points.until_ms
+        if p and (until is None or self.now_ms < until) and self.rng.random() < p:
             self.crash(node.name, f"injected crash {where}", restart=node.auto_restart)
             return True
         return False
