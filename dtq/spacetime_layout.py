@@ -42,7 +42,8 @@ class TimeScale:
     def __init__(self, events: Sequence[Event], lanes: Sequence[str], origin_ms: int,
                  end_ms: int) -> None:
         self.origin_ms = origin_ms
-        on_lanes = [e for e in events if e.actor in set(lanes)]
+        actors = set(lanes)
+        on_lanes = [e for e in events if e.actor in actors]
         self._offset, widths = _slot_offsets(on_lanes)
         self._time = {e.seq: e.time_ms for e in on_lanes}
         self._kind = {e.seq: e.kind for e in on_lanes}
