@@ -5,7 +5,7 @@ COPY pyproject.toml README.md ./
 COPY dtq ./dtq
 COPY transports ./transports
 COPY scenarios ./scenarios
-RUN pip install --no-cache-dir '.[api]'
+RUN pip install --no-cache-dir .
 ENV DTQ_LOG_FORMAT=json
 ENTRYPOINT ["dtq"]
 CMD ["--help"]

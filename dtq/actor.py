@@ -114,8 +114,8 @@ class Execution:
 class Effects:
     """What one handler run asks the runtime to do, applied as persist, send, ack."""
 
-    __slots__ = ("acks", "cancelled_timers", "epoch", "executions", "exit", "hold", "sends",
-                 "subscribe", "timers", "unsubscribe", "writes")
+    __slots__ = ("acks", "cancelled_timers", "defer_ms", "epoch", "executions", "exit", "hold",
+                 "sends", "subscribe", "timers", "unsubscribe", "writes")
 
     def __init__(self, epoch: int = 0) -> None:
         self.writes: list[Write] = []
@@ -129,6 +129,7 @@ class Effects:
         self.subscribe: list[str] = []
         self.unsubscribe: list[str] = []
         self.exit: str | None = None
+        self.defer_ms: int | None = None
 
 
 class Context:
@@ -222,6 +223,13 @@ class Context:
 
     def ack(self, ref: DeliveryRef) -> None:
         self.effects.acks.append(ref)
+
+    def defer(self, delay_ms: int = 0) -> None:
+        """Put the current delivery back at the end of its queue (after about `delay_ms`, where
+        the transport can wait) instead of acking it: it will be handled again later."""
+        if self._ref is None:
+            raise RuntimeError("only a delivered message can be deferred")
+        self.effects.defer_ms = max(0, int(delay_ms))
 
     def execute(self, ref: str, task_actor: TaskActor, task_input: TaskInput) -> None:
         """Run a task off the handler loop; an `Executed(ref=...)` message comes back."""

@@ -58,6 +58,9 @@ class CheckResult:
     leaders: tuple[tuple[int, str], ...]
     stale_writes: tuple[int, int] = (0, 0)
     """(attempted, accepted): writes from a superseded epoch, refused and let through."""
+    causality: dict[str, int] = attrs.field(factory=dict)
+    """What the run provoked (early dispatches, stale reads, reordered submissions), what was
+    detected and held back, and how many dependency-order violations got through."""
 
     @property
     def ok(self) -> bool:
@@ -81,8 +84,16 @@ def check(events: Sequence[Event], *, complete: bool = True) -> CheckResult:
     violations += leader_violations
     stale, stale_violations = _stale_writes(events)
     violations += stale_violations
+    order = _dependency_order(events) + _causal_delivery(events)
+    violations += order
+    causality = _causality(events, order)
+    if causality["detected"] < causality["provoked"]:
+        violations.append(Violation(
+            invariant="causality_detected",
+            detail=f"{causality['provoked'] - causality['detected']} provoked causality "
+                   f"problem(s) went undetected"))
     return CheckResult(counts=counts, violations=tuple(violations), leaders=leaders,
-                       stale_writes=stale)
+                       stale_writes=stale, causality=causality)
 
 
 def _outcomes(events: Iterable[Event], violations: list[Violation]) -> dict[str, str]:
@@ -181,3 +192,62 @@ def _stale_writes(events: Sequence[Event]) -> tuple[tuple[int, int], list[Violat
                 detail=f"{e.actor} persisted writes at epoch {epoch} after {newer.actor} "
                        f"took over epoch {newer.data['epoch']}"))
     return (attempted, len(violations)), violations
+
+
+def _accepted_deps(events: Iterable[Event]) -> dict[str, tuple[str, ...]]:
+    return {e.data["task"]: tuple(e.data.get("deps") or ()) for e in events
+            if e.kind == "accepted"}
+
+
+def _dependency_order(events: Sequence[Event]) -> list[Violation]:
+    """Every run of a task started after each dependency's effect happened before it."""
+    deps = _accepted_deps(events)
+    effects: dict[str, list[Event]] = defaultdict(list)
+    for e in events:
+        if e.kind == "effect":
+            effects[e.data["task"]].append(e)
+    out = []
+    for e in events:
+        if e.kind != "started":
+            continue
+        for dep in deps.get(e.data["task"], ()):
+            if not any(done.clock.before(e.clock) for done in effects.get(dep, ())):
+                out.append(Violation(
+                    invariant="dependency_order", task=e.data["task"],
+                    detail=f"{e.actor} started {e.data['task']} (attempt {e.data['attempt']}) "
+                           f"without dependency {dep}'s result happening before it"))
+    return out
+
+
+def _causal_delivery(events: Sequence[Event]) -> list[Violation]:
+    """A task was accepted only after each of its dependencies was (happens-before)."""
+    accepted = {e.data["task"]: e for e in events if e.kind == "accepted"}
+    out = []
+    for task, e in accepted.items():
+        for dep in e.data.get("deps") or ():
+            before = accepted.get(dep)
+            if before is None or not before.clock.before(e.clock):
+                out.append(Violation(
+                    invariant="causal_delivery", task=task,
+                    detail=f"{task} was accepted without {dep}'s acceptance happening before"))
+    return out
+
+
+def _causality(events: Sequence[Event], order: list[Violation]) -> dict[str, int]:
+    """Provoked: early dispatches and stale dependency reads the simulator injected, and
+    submissions that overtook a dependency. Detected: those a worker or the leader caught (an
+    early dispatch is caught when a worker holds it back, or finds it a copy of a running or
+    finished task). Violations: runs that began before a dependency's result (must be 0)."""
+    early = {e.data["msg"] for e in events if e.kind == "inject_early_dispatch"}
+    caught: set[str] = set()
+    for e in events:
+        if e.kind == "causality_violation":
+            caught.update(e.data.get("msgs") or ())
+        elif e.kind in ("copy_held", "already_done", "stale_dispatch_refused"):
+            caught.add(e.data.get("msg") or "")
+    misses = {(e.actor, e.time_ms) for e in events if e.kind == "causality_violation"}
+    stale = [(e.actor, e.time_ms) for e in events if e.kind == "inject_stale_read"]
+    reordered = {e.data["task"] for e in events if e.kind in ("causal_buffered", "causal_overflow")}
+    detected = len(early & caught) + sum(1 for s in stale if s in misses) + len(reordered)
+    return {"provoked": len(early) + len(stale) + len(reordered), "detected": detected,
+            "violations": len(order)}

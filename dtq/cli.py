@@ -239,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_services(sub)
     _add_toxiproxy(sub)
     _add_bench(sub)
+    from dtq.cli_client import add_parsers
+
+    add_parsers(sub)
     return parser
 
 

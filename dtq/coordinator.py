@@ -30,6 +30,7 @@ from dtq.envelope import (
     Started,
     Submit,
 )
+from dtq.causal import Held, SubmitBuffer
 from dtq.detector import FailureDetector
 from dtq.election import Election, Step
 from dtq.store import AddDependents, PutTask
@@ -50,6 +51,13 @@ class DetectorTick(Message):
 
 
 @attrs.frozen(kw_only=True)
+class CausalTimeout(Message):
+    """Timer: a held-back submission's dependency never came."""
+
+    task_id: str
+
+
+@attrs.frozen(kw_only=True)
 class Retry(Message):
     """Timer: dispatch the next attempt of a task after its backoff."""
 
@@ -64,6 +72,9 @@ class CoordinatorConfig:
     detector_timeout_ms: int = 5000
     backoff_base_ms: int = 100
     backoff_max_ms: int = 10_000
+    causal_buffer: int = 64
+    causal_timeout_ms: int = 30_000
+    causal_defer_ms: int = 100
     queue: str = COORDINATOR_QUEUE
     work_queue: str = WORK_QUEUE
 
@@ -87,6 +98,7 @@ class Coordinator(Actor):
         """Task -> its worker's own clock entry when it reported starting it."""
         self.reply_to: dict[str, str] = {}
         """Clients waiting for a task's end (volatile: a new leader does not know them)."""
+        self.buffer = SubmitBuffer(capacity=cfg.causal_buffer, timeout_ms=cfg.causal_timeout_ms)
 
     @property
     def leading(self) -> bool:
@@ -219,11 +231,56 @@ class Coordinator(Actor):
         if known is not None:
             self._redrive(known, ctx)
             return
+        if spec.id in self.buffer.held:
+            return  # another copy of a submission that waits for its dependencies
+        missing = [d for d in spec.deps if self._get(d, ctx) is None]
+        if missing:
+            self._hold_back(msg, missing, ctx)
+            return
         if msg.reply_to:
             self.reply_to[spec.id] = msg.reply_to
         if spec.idempotency_key and not self._claim(spec, ctx):
             return
         self._accept(spec, ctx)
+
+    def _hold_back(self, msg: Submit, missing: list[str], ctx: Context) -> None:
+        """Causal delivery: a submission that arrived before a dependency's waits for it."""
+        spec, buffer = msg.spec, self.buffer
+        if buffer.expired(spec.id, ctx.now_ms):
+            buffer.first_seen.pop(spec.id, None)
+            ctx.record("causal_timeout", task=spec.id, missing=missing)
+            self._accept(spec, ctx)  # rejected, naming the dependency that never came
+        elif buffer.full:
+            buffer.seen(spec.id, ctx.now_ms)
+            ctx.record("causal_overflow", task=spec.id, missing=missing)
+            ctx.defer(self.config.causal_defer_ms)
+        else:
+            since = buffer.seen(spec.id, ctx.now_ms)
+            buffer.hold(Held(spec=spec, ref=ctx.hold(), since_ms=since, reply_to=msg.reply_to),
+                        missing)
+            ctx.record("causal_buffered", task=spec.id, missing=missing)
+            ctx.schedule(since + buffer.timeout_ms - ctx.now_ms, CausalTimeout(task_id=spec.id))
+
+    @receive(CausalTimeout)
+    def on_causal_timeout(self, msg: CausalTimeout, ctx: Context) -> None:
+        if msg.task_id not in self.buffer.held or not self._acting(ctx):
+            return
+        entry = self.buffer.take(msg.task_id)
+        missing = [d for d in entry.spec.deps if d not in self.tasks]
+        ctx.record("causal_timeout", task=entry.spec.id, missing=missing)
+        ctx.ack(entry.ref)
+        self._accept(entry.spec, ctx)
+
+    def _release_buffered(self, task_id: str, ctx: Context) -> None:
+        for entry in self.buffer.ready_after(task_id, lambda d: d in self.tasks):
+            ctx.record("causal_released", task=entry.spec.id,
+                       waited_ms=ctx.now_ms - entry.since_ms)
+            ctx.ack(entry.ref)
+            if entry.reply_to:
+                self.reply_to[entry.spec.id] = entry.reply_to
+            if entry.spec.idempotency_key and not self._claim(entry.spec, ctx):
+                continue
+            self._accept(entry.spec, ctx)
 
     def _claim(self, spec: TaskSpec, ctx: Context) -> bool:
         assert spec.idempotency_key is not None
@@ -256,6 +313,7 @@ class Coordinator(Actor):
             self._ended("failed", spec.id, ctx, reason=reason)
         elif state is S.READY:
             self._dispatch(rec, ctx)
+        self._release_buffered(spec.id, ctx)
 
     def _redrive(self, rec: TaskRecord, ctx: Context) -> None:
         """Re-send what handling this task may have sent before a crash."""

@@ -195,6 +195,8 @@ class ProcessRuntime:
         if not self._persist([fx for fx, _ in done]):
             return
         outgoing = [self._outgoing(env) for fx, _ in done for env in fx.sends]
+        outgoing += [Outgoing(queue=d.queue, body=d.body, priority=d.priority, headers=d.headers)
+                     for fx, d in done if d is not None and fx.defer_ms is not None]
         # An actor that exits did not handle its input: nothing of the batch is acked, so the
         # broker hands it all out again (handlers are idempotent).
         exiting = any(fx.exit is not None for fx, _ in done)

@@ -112,7 +112,7 @@ class Scenario:
 
 NETWORK_KEYS = {"delay_ms": int, "jitter_ms": int, "drop": float, "duplicate": float,
                 "reorder": float, "reorder_ms": int, "retransmit_ms": int,
-                "broker_heartbeat_ms": int}
+                "broker_heartbeat_ms": int, "stale_read": float, "early_dispatch": float}
 CLUSTER_KEYS = {"coordinators": int, "workers": int, "worker_prefetch": int,
                 "lease_ttl_ms": int, "detector_timeout_ms": int, "heartbeat_ms": int,
                 "tasks": list}
@@ -162,7 +162,8 @@ class _Loader:
             return
         if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
             if not 0.0 <= float(value) <= 1.0 and key.split(".")[-1] in (
-                    "drop", "duplicate", "reorder", "probability", "after_persist",
+                    "drop", "duplicate", "reorder", "probability", "after_persist", "stale_read",
+                    "early_dispatch",
                     "after_send"):
                 raise self.error(key, f"must be a probability from 0 to 1, not {value}")
             return

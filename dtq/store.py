@@ -99,6 +99,10 @@ class Store(Protocol):
 
     def get_result(self, task_id: str) -> TaskResult | None: ...
 
+    def get_results(self, task_ids: Sequence[str]) -> dict[str, TaskResult]:
+        """The stored results among `task_ids` (one round trip), by task id."""
+        ...
+
     def once(self, key: str, owner: str) -> tuple[str, bool]:
         """Mark `key` done by `owner` unless already marked; return (owner that holds, new)."""
         ...

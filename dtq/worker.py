@@ -15,6 +15,8 @@ from collections.abc import Mapping
 import attrs
 
 from dtq.actor import Actor, Context, DeliveryRef, receive
+from dtq.causal import check_deps
+from dtq.clock import VectorClock
 from dtq.envelope import (
     COORDINATOR_QUEUE, WORK_QUEUE, Completed, Dispatch, Heartbeat, Message, Refused, Started,
 )
@@ -29,6 +31,33 @@ MAX_RESULT_BYTES = 1024 * 1024
 @attrs.frozen(kw_only=True)
 class ExecutionTimeout(Message):
     ref: str
+
+
+@attrs.frozen(kw_only=True)
+class RecheckDeps(Message):
+    """Timer: look again at the dependencies of a dispatch that could not run yet."""
+
+    ref: str
+
+
+@attrs.define(kw_only=True)
+class _Waiting:
+    """A dispatch held until its dependencies' results are visible before its clock."""
+
+    spec: TaskSpec
+    attempt: int
+    deliveries: list[DeliveryRef] = attrs.field(factory=list)
+    clock: VectorClock = VectorClock()
+    msgs: list[str] = attrs.field(factory=list)
+    tries: int = 0
+    timer: int | None = None
+
+    def add(self, ctx: Context) -> None:
+        """Hold this delivery too; its clock joins what the dispatch has seen."""
+        self.deliveries.append(ctx.hold())
+        if ctx.envelope is not None:
+            self.clock = self.clock.merge(ctx.envelope.clock)
+            self.msgs.append(ctx.envelope.id)
 
 
 @attrs.frozen(kw_only=True)
@@ -53,6 +82,7 @@ class Worker(Actor):
         self, name: str, task_types: Mapping[str, TaskActor], *,
         coordinator: str = COORDINATOR_QUEUE, max_result_bytes: int = MAX_RESULT_BYTES,
         result_ttl_ms: int | None = None, heartbeat_ms: int = 1000,
+        check_causality: bool = True, causality_retries: int = 8,
     ) -> None:
         super().__init__(name)
         self.task_types = dict(task_types)
@@ -63,10 +93,15 @@ class Worker(Actor):
         self.running: dict[str, _Running] = {}
         self.heartbeat_ms = heartbeat_ms
         self.beats = 0
+        self.check_causality = check_causality
+        """Off only to show what the check prevents: tasks may then run before their deps."""
+        self.causality_retries = causality_retries
+        self.waiting: dict[str, _Waiting] = {}
 
     def on_start(self, ctx: Context) -> None:
         self.highest_epoch = 0
         self.running = {}
+        self.waiting = {}
         ctx.record("worker_started")
         self._heartbeat(ctx)
 
@@ -94,7 +129,8 @@ class Worker(Actor):
         spec, attempt = msg.spec, msg.attempt
         epoch = ctx.envelope.epoch if ctx.envelope else 0
         if epoch < self.highest_epoch:
-            ctx.record("stale_dispatch_refused", task=spec.id, attempt=attempt, epoch=epoch)
+            ctx.record("stale_dispatch_refused", task=spec.id, attempt=attempt, epoch=epoch,
+                       msg=_msg_id(ctx))
             ctx.send(self.coordinator, Refused(task_id=spec.id, attempt=attempt,
                                                worker=self.name, epoch=epoch))
             return
@@ -102,38 +138,77 @@ class Worker(Actor):
         ref = f"{spec.id}#{attempt}"
         if ref in self.running:  # a redelivery of a dispatch this worker is running
             self.running[ref].deliveries.append(ctx.hold())
+            ctx.record("copy_held", task=spec.id, attempt=attempt, msg=_msg_id(ctx))
+            return
+        if ref in self.waiting:  # another copy of a dispatch waiting on its dependencies
+            self.waiting[ref].add(ctx)
+            self._try_start(ref, ctx)
             return
         stored = ctx.store.get_result(spec.id)
         if stored is not None:
-            ctx.record("already_done", task=spec.id, attempt=attempt)
+            ctx.record("already_done", task=spec.id, attempt=attempt, msg=_msg_id(ctx))
             self._report(stored, ctx)
             return
-        task_actor = self.task_types.get(spec.type)
-        if task_actor is None:
+        if spec.type not in self.task_types:
             self._fail(spec.id, attempt, f"unknown task type {spec.type!r} on {self.name}", ctx)
             return
-        self._start(ref, spec, attempt, task_actor, ctx)
+        self.waiting[ref] = _Waiting(spec=spec, attempt=attempt)
+        self.waiting[ref].add(ctx)
+        self._try_start(ref, ctx)
 
-    def _start(
-        self, ref: str, spec: TaskSpec, attempt: int, task_actor: TaskActor, ctx: Context,
-    ) -> None:
-        delivery = ctx.hold()
+    def _try_start(self, ref: str, ctx: Context) -> None:
+        """Run the task if every dependency's result is visible at or before the dispatch's
+        clock; otherwise record a causality violation and look again later (never run early)."""
+        w = self.waiting[ref]
+        values, problem = check_deps(w.spec.deps, w.clock, ctx.store) if self.check_causality \
+            else (self._dep_values(w.spec, ctx), None)
+        if problem is None:
+            del self.waiting[ref]
+            self._start(ref, w, values, ctx)
+            return
+        if w.timer is not None:
+            return  # a re-check is already scheduled
+        w.tries += 1
+        ctx.record("causality_violation", task=w.spec.id, attempt=w.attempt, dep=problem.dep,
+                   reason=problem.reason, msgs=list(w.msgs), tries=w.tries)
+        if w.tries > self.causality_retries:
+            self._give_up(ref, ctx)
+            return
+        w.timer = ctx.schedule(min(2000, 25 << w.tries), RecheckDeps(ref=ref))
+
+    @receive(RecheckDeps)
+    def on_recheck(self, msg: RecheckDeps, ctx: Context) -> None:
+        w = self.waiting.get(msg.ref)
+        if w is not None:
+            w.timer = None
+            self._try_start(msg.ref, ctx)
+
+    def _give_up(self, ref: str, ctx: Context) -> None:
+        """Hand the dispatch back: the leader decides (it re-dispatches if it still should)."""
+        w = self.waiting.pop(ref)
+        ctx.record("causality_gave_up", task=w.spec.id, attempt=w.attempt)
+        ctx.send(self.coordinator, Refused(task_id=w.spec.id, attempt=w.attempt,
+                                           worker=self.name, epoch=self.highest_epoch))
+        for delivery in w.deliveries:
+            ctx.ack(delivery)
+
+    def _dep_values(self, spec: TaskSpec, ctx: Context) -> dict[str, object]:
+        values = {}
+        for dep in spec.deps:
+            stored = ctx.store.get_result(dep)
+            values[dep] = stored.value if stored is not None else None
+        return values
+
+    def _start(self, ref: str, w: _Waiting, values: dict[str, object], ctx: Context) -> None:
+        spec, attempt = w.spec, w.attempt
         timer = ctx.schedule(spec.timeout_ms, ExecutionTimeout(ref=ref))
-        self.running[ref] = _Running(deliveries=[delivery], spec=spec, attempt=attempt,
+        self.running[ref] = _Running(deliveries=w.deliveries, spec=spec, attempt=attempt,
                                      timer=timer)
         ctx.record("started", task=spec.id, attempt=attempt, label=spec.label)
         ctx.send(self.coordinator, Started(task_id=spec.id, attempt=attempt, worker=self.name))
         task_input = TaskInput(task_id=spec.id, type=spec.type, payload=spec.payload,
-                               attempt=attempt, timeout_ms=spec.timeout_ms,
-                               deps=self._dep_results(spec, ctx))
-        ctx.execute(ref, task_actor, task_input)
-
-    def _dep_results(self, spec: TaskSpec, ctx: Context) -> dict[str, object]:
-        results = {}
-        for dep in spec.deps:
-            stored = ctx.store.get_result(dep)
-            results[dep] = stored.value if stored is not None else None
-        return results
+                               attempt=attempt, timeout_ms=spec.timeout_ms, deps=values)
+        ctx.execute(ref, self.task_types[spec.type], task_input)
 
     @receive(Executed)
     def on_executed(self, msg: Executed, ctx: Context) -> None:
@@ -192,6 +267,10 @@ class Worker(Actor):
         ctx.record("attempt_failed", task=task_id, attempt=attempt, error=error)
         ctx.send(self.coordinator, Completed(task_id=task_id, attempt=attempt, worker=self.name,
                                              ok=False, error=error))
+
+
+def _msg_id(ctx: Context) -> str | None:
+    return ctx.envelope.id if ctx.envelope is not None else None
 
 
 def _size(value: object) -> int:

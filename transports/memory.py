@@ -21,8 +21,9 @@ import attrs
 import structlog
 
 from dtq.actor import Actor, ActorCell, DeliveryRef, Effects
+from dtq.causal import check_deps
 from dtq.clock import VectorClock
-from dtq.envelope import COORDINATOR_QUEUE, Envelope, Message, Submit
+from dtq.envelope import COORDINATOR_QUEUE, Dispatch, Envelope, Message, Submit
 from dtq.errors import StaleEpoch, StoreError, StoreUnavailable
 from dtq.history import History
 from dtq.store import Store
@@ -51,6 +52,11 @@ class NetworkConfig:
     """A dropped publish is not confirmed; the publisher sends it again after this long."""
     broker_heartbeat_ms: int = 2000
     """A connection silent for this long (paused or cut off) is closed by the broker."""
+    stale_read: float = 0.0
+    """Probability that a result read misses a result that is there (a lagging replica)."""
+    early_dispatch: float = 0.0
+    """Probability that, as the leader dispatches a task, a dispatch of one of its pending
+    dependents is injected too, early (as a stale or confused leader would send it)."""
 
 
 @attrs.define(kw_only=True)
@@ -202,7 +208,8 @@ class Simulation:
         node.blocked_since = None
         node.cancelled_timers = set()
         actor = node.factory()
-        view = cast(Store, StoreView(self.store, lambda: not self._store_cut(node.name)))
+        view = cast(Store, StoreView(self.store, lambda: not self._store_cut(node.name),
+                                     stale_read=lambda task_id: self._stale_read(node, task_id)))
         rng = random.Random(f"{self.seed}:{node.name}:{node.incarnation}")
         counter = iter(range(1, 1 << 62))
         node.cell = ActorCell(
@@ -344,7 +351,35 @@ class Simulation:
         """Inject a message as if `sender` had published it."""
         self._publish(Envelope(id=self.new_id(), sender=sender, target=target, body=body))
 
-    def _publish(self, env: Envelope) -> None:
+    def _stale_read(self, node: _Node, task_id: str) -> bool:
+        p = self.network.stale_read
+        if p and self.rng.random() < p:  # only ever asked about results that exist
+            self.history.record(node.name, "inject_stale_read", node.clock, {"task": task_id})
+            return True
+        return False
+
+    def _inject_early_dispatch(self, env: Envelope) -> None:
+        """A dispatch of a pending dependent, sent with the clock of its dependency's
+        dispatch: before the dependency completed. Workers must not run it."""
+        body = env.body
+        assert isinstance(body, Dispatch)
+        pending = [d for d in self.store.dependents(body.spec.id)
+                   if (rec := self.store.get_task(d)) is not None and rec.state.value == "pending"
+                   and check_deps(rec.spec.deps, env.clock, self.store)[1] is not None]
+        if not pending:
+            return
+        rec = self.store.get_task(self.rng.choice(sorted(pending)))
+        assert rec is not None
+        early = attrs.evolve(env, id=self.new_id(),
+                             body=Dispatch(spec=rec.spec, attempt=rec.attempt + 1))
+        self.history.record(env.sender, "inject_early_dispatch", env.clock,
+                            {"task": rec.id, "msg": early.id})
+        self._publish(early, inject=False)
+
+    def _publish(self, env: Envelope, *, inject: bool = True) -> None:
+        if (inject and self.network.early_dispatch and isinstance(env.body, Dispatch)
+                and self.rng.random() < self.network.early_dispatch):
+            self._inject_early_dispatch(env)
         owner = self._queue(env.target).owner
         if self._cut(env.sender, BROKER) or self._cut(env.sender, owner):
             self.blocked.append(env)  # unconfirmed: the publisher holds it until it gets through
@@ -472,6 +507,8 @@ class Simulation:
         if fx.exit is not None:  # crash-only: the input was not handled; it must come back
             self._apply_local(node, fx)
             return
+        if tag is not None and fx.defer_ms is not None and tag in self._inflight:
+            self.after(fx.defer_ms, self._enqueue, self._inflight[tag], True)
         if tag is not None and not fx.hold:
             self._ack(node, tag)
         for ref in fx.acks:

@@ -96,6 +96,10 @@ class SimStore:
             return None
         return result
 
+    def get_results(self, task_ids: Sequence[str]) -> dict[str, TaskResult]:
+        found = {t: self.get_result(t) for t in task_ids}
+        return {t: r for t, r in found.items() if r is not None}
+
     def once(self, key: str, owner: str) -> tuple[str, bool]:
         if key in self.once_marks:
             return self.once_marks[key], False
@@ -144,9 +148,21 @@ class SimStore:
 class StoreView:
     """One node's view of the shared store: unavailable while that node is cut from it."""
 
-    def __init__(self, store: SimStore, reachable: Callable[[], bool]) -> None:
+    def __init__(
+        self, store: SimStore, reachable: Callable[[], bool],
+        stale_read: Callable[[str], bool] = lambda task_id: False,
+    ) -> None:
         self._store = store
         self._reachable = reachable
+        self._stale_read = stale_read
+
+    def get_results(self, task_ids: Sequence[str]) -> dict[str, TaskResult]:
+        """Dependency reads, where the simulator may inject a stale read (a lagging replica
+        missing a result that is there)."""
+        if not self._reachable():
+            raise StoreUnavailable("store unreachable (partitioned) during get_results")
+        found = self._store.get_results(task_ids)
+        return {t: r for t, r in found.items() if not self._stale_read(t)}
 
     def __getattr__(self, name: str) -> object:
         attr = getattr(self._store, name)

@@ -411,6 +411,14 @@ class RedisStore:
         raw = _retrying("get_result", lambda _: self.client.get(self._k("result", task_id)))
         return TaskResult.from_json(json.loads(raw)) if raw is not None else None
 
+    def get_results(self, task_ids: Sequence[str]) -> dict[str, TaskResult]:
+        if not task_ids:
+            return {}
+        keys = [self._k("result", t) for t in task_ids]
+        raws = _retrying("get_results", lambda _: self.client.mget(keys))
+        return {t: TaskResult.from_json(json.loads(raw))
+                for t, raw in zip(task_ids, raws, strict=True) if raw is not None}
+
     def once(self, key: str, owner: str) -> tuple[str, bool]:
         return self._write_first(self._k("once", key), owner)
 
