@@ -8,17 +8,16 @@ duplicates) or at the deadline, then checks the history.
 from __future__ import annotations
 
 import functools
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
 
+from dtq.chaosrun import RESET_MS, SLICER_DEFAULTS, Refusal, Slowdown, SlowLinks
 from dtq.checker import check
 from dtq.clock import VectorClock
 from dtq.coordinator import Coordinator, CoordinatorConfig
-from dtq.envelope import Codec, Envelope
 from dtq.errors import ScenarioError
 from dtq.history import Event, History, digest
 from dtq.scenario import FaultSpec, Scenario
@@ -29,21 +28,12 @@ from transports.memory import BROKER, STORE, CrashPoints, NetworkConfig, Simulat
 
 TERMINAL_KINDS = frozenset({"succeeded", "failed", "rejected", "cancelled"})
 
-Refusal = Callable[[FaultSpec], str | None]
-"""Why a backend cannot play a fault (a sentence), or None when it can."""
-
 LINK_FAULTS = frozenset({"latency", "bandwidth", "slicer", "reset_peer"})
 """Faults on a node's links (`from`: "broker", "store" or both; default the broker)."""
 NEEDS_TARGET = frozenset({"kill", "crash", "pause", "resume", "restart"})
 REQUIRED_PARAMS = {"latency": ("latency",), "bandwidth": ("rate",),
                    "duplicate": ("probability",), "drop": ("probability",),
                    "reorder": ("probability",)}
-SLICER_DEFAULTS = {"average_size": 64, "size_variation": 32, "delay": 1000}
-"""Slicer pieces of about 64 bytes (± 32), with a pause of 1000 µs after each."""
-RESET_MS = 1000
-"""How long a `reset_peer` without `duration` keeps resetting the target's connections."""
-FRAME_BYTES = 100
-"""About what AMQP framing adds to a message body on the wire (method, header, body frames)."""
 
 
 def _store_link_refused(f: FaultSpec) -> str | None:
@@ -273,15 +263,7 @@ def _reset_peer(sim: Simulation, targets: list[str], f: FaultSpec) -> None:
 
 def _slow_link(sim: Simulation, targets: list[str], f: FaultSpec) -> Callable[[], None]:
     """latency, bandwidth, slicer: extra delay on every message of the nodes' broker links."""
-    p = {**SLICER_DEFAULTS, **f.params}
-    slow = _Slowdown(nodes=frozenset(_nodes(sim, targets, f)),
-                     latency_ms=p.get("latency", 0), jitter_ms=p.get("jitter", 0),
-                     rate=p.get("rate", 0) if f.action == "bandwidth" else 0,
-                     piece_bytes=p["average_size"] if f.action == "slicer" else 0,
-                     piece_delay_us=p["delay"] if f.action == "slicer" else 0)
-    links = _SlowLinks.of(sim)
-    links.active.append(slow)
-    return lambda: links.active.remove(slow) if slow in links.active else None
+    return SlowLinks.of(sim).add(Slowdown.of(f, _nodes(sim, targets, f)))
 
 
 def _network_knob(field: str, param: str) -> Callable[..., Callable[[], None]]:
@@ -303,77 +285,6 @@ _ACTIONS: dict[str, Callable[..., Callable[[], None] | None]] = {
     "drop": _network_knob("drop", "probability"),
     "reorder": _network_knob("reorder", "probability"),
 }
-
-
-@attrs.define(eq=False)
-class _Slowdown:
-    """One latency, bandwidth or slicer fault on some nodes' broker links."""
-
-    nodes: frozenset[str]
-    latency_ms: int = 0
-    jitter_ms: int = 0
-    rate: int = 0
-    """KB/s, which is bytes per ms; 0 means unlimited."""
-    piece_bytes: int = 0
-    piece_delay_us: int = 0
-
-    def transmit_ms(self, size: int) -> float:
-        ms = size / self.rate if self.rate else 0.0
-        if self.piece_bytes:
-            ms += math.ceil(size / self.piece_bytes) * self.piece_delay_us / 1000
-        return ms
-
-
-class _SlowLinks:
-    """Slow broker links for chosen nodes, layered on a `Simulation` without changing it.
-
-    A message a slowed node publishes, or one the broker delivers to it, first waits for its
-    transmission (size / rate, plus a pause per slicer piece; messages queue behind each other
-    as on one TCP stream), then for the latency (± jitter). Order on a link is kept, as
-    Toxiproxy keeps it. It wraps the simulator's publish and deliver steps of this one instance.
-    """
-
-    def __init__(self, sim: Simulation) -> None:
-        self.sim = sim
-        self.active: list[_Slowdown] = []
-        self.free_at: dict[tuple[str, str], float] = {}
-        self.last_at: dict[tuple[str, str], int] = {}
-        self.codec = Codec()
-        self._publish, self._deliver = sim._publish, sim._deliver
-        sim._publish = self._on_publish  # type: ignore[method-assign]
-        sim._deliver = self._on_deliver  # type: ignore[method-assign]
-
-    @classmethod
-    def of(cls, sim: Simulation) -> _SlowLinks:
-        """The simulation's slow links, installed on first use."""
-        owner = getattr(sim._publish, "__self__", None)
-        return owner if isinstance(owner, _SlowLinks) else cls(sim)
-
-    def _on_publish(self, env: Envelope) -> None:
-        self._pass(env.sender, "up", env, self._publish, env)
-
-    def _on_deliver(self, node: Any, inc: int, tag: int, env: Envelope) -> None:
-        self._pass(node.name, "down", env, self._deliver, node, inc, tag, env)
-
-    def _pass(self, name: str, way: str, env: Envelope, fn: Callable[..., None],
-              *args: Any) -> None:
-        slows = [s for s in self.active if name in s.nodes]
-        if not slows:
-            fn(*args)
-            return
-        self.sim.after(self._delay((name, way), env, slows), fn, *args)
-
-    def _delay(self, link: tuple[str, str], env: Envelope, slows: list[_Slowdown]) -> int:
-        now = self.sim.now_ms
-        size = len(self.codec.encode(env)) + FRAME_BYTES
-        sent = max(now, self.free_at.get(link, 0)) + sum(s.transmit_ms(size) for s in slows)
-        self.free_at[link] = sent
-        rng = self.sim.rng
-        latency = sum(s.latency_ms + (rng.randint(-s.jitter_ms, s.jitter_ms) if s.jitter_ms
-                                      else 0) for s in slows)
-        arrive = max(math.ceil(sent + max(0, latency)), self.last_at.get(link, 0))
-        self.last_at[link] = arrive
-        return arrive - now
 
 
 # --- the summary -------------------------------------------------------------------------------
@@ -400,6 +311,7 @@ def summarize(
         "failover_ms": failover, "reassign_ms": reassign,
         "stale_writes": {"attempted": result.stale_writes[0],
                          "accepted": result.stale_writes[1]},
+        "causality": result.causality,
         "history_digest": digest(events), "virtual_ms": virtual_ms, "wall_ms": wall_ms,
     }
 
