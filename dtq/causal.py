@@ -57,7 +57,7 @@ class SubmitBuffer:
     `capacity` entries a submission goes back to the queue instead (overflow), and one that
     waited `timeout_ms` since it was first seen is rejected (time-out). Both are reported."""
 
-    capacity: int = 64
+    capacity: int = 1024
     timeout_ms: int = 30_000
     held: dict[str, Held] = attrs.field(factory=dict)
     waiting_on: dict[str, set[str]] = attrs.field(factory=dict)

@@ -72,7 +72,7 @@ class CoordinatorConfig:
     detector_timeout_ms: int = 5000
     backoff_base_ms: int = 100
     backoff_max_ms: int = 10_000
-    causal_buffer: int = 64
+    causal_buffer: int = 1024
     causal_timeout_ms: int = 30_000
     causal_defer_ms: int = 100
     queue: str = COORDINATOR_QUEUE
@@ -99,6 +99,8 @@ class Coordinator(Actor):
         self.reply_to: dict[str, str] = {}
         """Clients waiting for a task's end (volatile: a new leader does not know them)."""
         self.buffer = SubmitBuffer(capacity=cfg.causal_buffer, timeout_ms=cfg.causal_timeout_ms)
+        self._releasing = False
+        self._release_queue: list[str] = []
 
     @property
     def leading(self) -> bool:
@@ -272,15 +274,29 @@ class Coordinator(Actor):
         self._accept(entry.spec, ctx)
 
     def _release_buffered(self, task_id: str, ctx: Context) -> None:
-        for entry in self.buffer.ready_after(task_id, lambda d: d in self.tasks):
-            ctx.record("causal_released", task=entry.spec.id,
-                       waited_ms=ctx.now_ms - entry.since_ms)
-            ctx.ack(entry.ref)
-            if entry.reply_to:
-                self.reply_to[entry.spec.id] = entry.reply_to
-            if entry.spec.idempotency_key and not self._claim(entry.spec, ctx):
-                continue
-            self._accept(entry.spec, ctx)
+        """Accept what waited for `task_id`, and what waited for those (a worklist, not
+        recursion: a reversed chain of thousands releases in one go)."""
+        if self._releasing:
+            self._release_queue.append(task_id)
+            return
+        self._releasing = True
+        self._release_queue = [task_id]
+        try:
+            while self._release_queue:
+                done = self._release_queue.pop()
+                for entry in self.buffer.ready_after(done, lambda d: d in self.tasks):
+                    self._release_one(entry, ctx)
+        finally:
+            self._releasing = False
+
+    def _release_one(self, entry: Held, ctx: Context) -> None:
+        ctx.record("causal_released", task=entry.spec.id, waited_ms=ctx.now_ms - entry.since_ms)
+        ctx.ack(entry.ref)
+        if entry.reply_to:
+            self.reply_to[entry.spec.id] = entry.reply_to
+        if entry.spec.idempotency_key and not self._claim(entry.spec, ctx):
+            return
+        self._accept(entry.spec, ctx)
 
     def _claim(self, spec: TaskSpec, ctx: Context) -> bool:
         assert spec.idempotency_key is not None
@@ -371,6 +387,11 @@ class Coordinator(Actor):
             self._release(rec, ctx, redrive=True)
         elif rec.state.terminal:
             return
+        elif rec.state not in (S.DISPATCHED, S.RUNNING):
+            # Only a task run without its dispatch (by a worker that skipped the causality
+            # check) can report now; the checker flags that run. The record stays as it is.
+            ctx.record("unexpected_completion", task=rec.id, attempt=msg.attempt,
+                       state=rec.state.value)
         elif msg.ok:
             rec = rec.moved_to(S.SUCCEEDED, now_ms=ctx.now_ms, epoch=ctx.epoch)
             self._put(rec, ctx)

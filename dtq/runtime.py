@@ -31,7 +31,7 @@ import structlog
 
 from dtq.actor import Actor, ActorCell, DeliveryRef, Effects, Execution
 from dtq.clock import VectorClock
-from dtq.envelope import WORK_QUEUE, Codec, Message
+from dtq.envelope import COORDINATOR_QUEUE, WORK_QUEUE, Codec, Message
 from dtq.errors import DecodeError, StaleEpoch, StoreError, StoreUnavailable
 from dtq.realtasks import run_task
 from dtq.store import Store
@@ -44,7 +44,8 @@ Recorder = Callable[[str, str, VectorClock, Mapping[str, Any]], None]
 @attrs.define(kw_only=True)
 class RuntimeOptions:
     prefetch: Mapping[str, int] = attrs.field(factory=dict)
-    """Prefetch per address (default: 1 on the work queue, 256 elsewhere)."""
+    """Prefetch per address (default: the concurrency on the work queue, 2048 on the leader's
+    queue, above the 1024 submissions its causal buffer may hold back, 256 elsewhere)."""
     concurrency: int = 1
     batch_max: int = 64
     poison_limit: int = 3
@@ -272,7 +273,7 @@ class ProcessRuntime:
     def _subscribe(self, address: str) -> None:
         if address not in self.subscriptions:
             self.subscriptions.append(address)
-        default = self.options.concurrency if address == WORK_QUEUE else 256
+        default = {WORK_QUEUE: self.options.concurrency, COORDINATOR_QUEUE: 2048}.get(address, 256)
         self.transport.consume(address, self.options.prefetch.get(address, default))
 
     def _execute(self, ex: Execution) -> None:

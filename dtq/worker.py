@@ -166,8 +166,11 @@ class Worker(Actor):
             del self.waiting[ref]
             self._start(ref, w, values, ctx)
             return
-        if w.timer is not None:
-            return  # a re-check is already scheduled
+        if w.timer is not None:  # a copy arrived while a re-check is pending: note and wait
+            ctx.record("causality_violation", task=w.spec.id, attempt=w.attempt,
+                       dep=problem.dep, reason=problem.reason, msgs=list(w.msgs),
+                       tries=w.tries)
+            return
         w.tries += 1
         ctx.record("causality_violation", task=w.spec.id, attempt=w.attempt, dep=problem.dep,
                    reason=problem.reason, msgs=list(w.msgs), tries=w.tries)
