@@ -241,7 +241,9 @@ def _causality(events: Sequence[Event], order: list[Violation]) -> dict[str, int
     early = {e.data["msg"] for e in events if e.kind == "inject_early_dispatch"}
     caught: set[str] = set()
     for e in events:
-        if e.kind == "causality_violation":
+        if e.kind in ("causality_violation", "started"):
+            # A start lists every copy of the dispatch it waited on; the dependency-order check
+            # proves the start itself was not early.
             caught.update(e.data.get("msgs") or ())
         elif e.kind in ("copy_held", "already_done", "stale_dispatch_refused"):
             caught.add(e.data.get("msg") or "")

@@ -207,7 +207,7 @@ class Worker(Actor):
         timer = ctx.schedule(spec.timeout_ms, ExecutionTimeout(ref=ref))
         self.running[ref] = _Running(deliveries=w.deliveries, spec=spec, attempt=attempt,
                                      timer=timer)
-        ctx.record("started", task=spec.id, attempt=attempt, label=spec.label)
+        ctx.record("started", task=spec.id, attempt=attempt, label=spec.label, msgs=w.msgs)
         ctx.send(self.coordinator, Started(task_id=spec.id, attempt=attempt, worker=self.name))
         task_input = TaskInput(task_id=spec.id, type=spec.type, payload=spec.payload,
                                attempt=attempt, timeout_ms=spec.timeout_ms, deps=values)
