@@ -77,13 +77,21 @@ def fault_end_ms(f: FaultSpec) -> int | None:
 
 # --- what RabbitMQ cannot play -----------------------------------------------------------------
 
-_SIM_KNOB = ("is a knob of the simulator's network: RabbitMQ over TCP never {} a confirmed "
-             "message by itself. To make the broker deliver a message twice, reset a worker's "
-             "connection while it holds tasks (reset_peer or drop_connection)")
+_ADVICE = {
+    "duplicate": "To make the broker deliver a message twice, reset a worker's connection "
+                 "while it holds tasks (reset_peer or drop_connection)",
+    "drop": "To hold messages back, cut a node from the broker (partition): its publishes "
+            "wait unconfirmed and are sent again",
+    "reorder": "To delay some messages more than others, add latency with jitter to some "
+               "nodes' links",
+}
+_PLAYED_NETWORK_KEYS = ("delay_ms", "jitter_ms")
 
 
-def _always(reason: str) -> Refusal:
-    return lambda f: reason
+def _simulator_knob(knob: str) -> str:
+    advice = _ADVICE.get(knob, "Play it on the memory backend")
+    return (f"{knob} is a knob of the simulator: it makes the simulated network or store "
+            f"misbehave in a way RabbitMQ and Redis over TCP do not by themselves. {advice}")
 
 
 def _node_partition(f: FaultSpec) -> str | None:
@@ -96,20 +104,28 @@ def _node_partition(f: FaultSpec) -> str | None:
 
 
 RABBITMQ_UNSUPPORTED: dict[str, Refusal] = {
-    "duplicate": _always(_SIM_KNOB.format("duplicates")),
-    "drop": _always(_SIM_KNOB.format("loses")),
-    "reorder": _always(_SIM_KNOB.format("reorders")),
+    "duplicate": lambda f: _simulator_knob("duplicate"),
+    "drop": lambda f: _simulator_knob("drop"),
+    "reorder": lambda f: _simulator_knob("reorder"),
     "partition": _node_partition,
 }
 """What the rabbitmq backend cannot play."""
 
 
-def check_network(scenario: Scenario) -> None:
-    """Refuse `[network]` knobs real processes cannot honour (drop, duplicate, reorder)."""
-    for key, verb in (("drop", "loses"), ("duplicate", "duplicates"), ("reorder", "reorders")):
-        if scenario.network.get(key):
+def check_simulator_knobs(scenario: Scenario) -> None:
+    """Refuse what only the simulator can do: `[network]` misbehaviour other than delay, and
+    `[crash_points]`. (`reorder_ms`, `retransmit_ms` and `broker_heartbeat_ms` describe the
+    simulator's model of RabbitMQ; the real one needs no such setting.)"""
+    for key, value in scenario.network.items():
+        if value and key not in _PLAYED_NETWORK_KEYS and key not in NETWORK_MODEL_KEYS:
             raise ScenarioError(f"{scenario.path}: network.{key}: cannot be played on the "
-                                f"rabbitmq backend: it {_SIM_KNOB.format(verb)}")
+                                f"rabbitmq backend: {_simulator_knob(key)}")
+    for key, value in scenario.crash_points.items():
+        if value:
+            raise ScenarioError(
+                f"{scenario.path}: crash_points.{key}: cannot be played on the rabbitmq "
+                f"backend: the simulator crashes a node between the steps of one handler; on "
+                f"real processes, kill a node (action = \"kill\") instead")
 
 
 # --- proxies for real processes ----------------------------------------------------------------

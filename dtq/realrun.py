@@ -30,7 +30,7 @@ from dtq.chaosrun import (
     ProxyNet,
     Toxic,
     address_of,
-    check_network,
+    check_simulator_knobs,
     fault_end_ms,
     toxic_for,
     with_address,
@@ -392,7 +392,7 @@ class RealRun:
 def run_real(scenario: Scenario, seed: int | None = None, *, live: bool = True) -> RunResult:
     """Run `scenario` on real processes; with `live`, show progress on stderr."""
     check_supported(scenario, RABBITMQ_UNSUPPORTED, "rabbitmq")
-    check_network(scenario)
+    check_simulator_knobs(scenario)
     progress = Progress(sys.stderr if live else None, scenario.name)
     return RealRun(scenario, scenario.seed if seed is None else seed, progress=progress).run()
 
