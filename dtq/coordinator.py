@@ -27,7 +27,6 @@ from dtq.envelope import (
     Heartbeat,
     Message,
     Refused,
-    Started,
     Submit,
 )
 from dtq.causal import Held, SubmitBuffer
@@ -148,6 +147,7 @@ class Coordinator(Actor):
                     self.dependents[dep].add(rec.id)
                 if rec.state is S.RUNNING and rec.worker:
                     self.running_on[rec.worker].add(rec.id)
+                    self.started_at[rec.id] = 0
             after = batch[-1].id
         for rec in list(self.tasks.values()):
             if rec.state is S.READY:
@@ -180,23 +180,41 @@ class Coordinator(Actor):
             return
         if self.detector.heard(msg.worker, ctx.now_ms):
             ctx.record("worker_rejoined", worker=msg.worker)
-        self._reconcile(msg, ctx)
-
-    def _reconcile(self, msg: Heartbeat, ctx: Context) -> None:
-        """A worker that restarted has forgotten its tasks. A heartbeat that happened after a
-        task's Started report (by the worker's own clock entry) and no longer lists the task
-        means the task is gone from that worker: hand it out again."""
         sent_at = ctx.envelope.clock[msg.worker] if ctx.envelope else 0
-        running = set(msg.running)
+        self._note_running(msg, sent_at, ctx)
+        self._reconcile(msg, sent_at, ctx)
+
+    def _note_running(self, msg: Heartbeat, sent_at: int, ctx: Context) -> None:
+        """Tasks a heartbeat reports running become RUNNING on that worker."""
+        for ref in msg.running:
+            task_id, _, attempt = ref.rpartition("#")
+            rec = self.tasks.get(task_id)
+            if rec is None or rec.attempt != int(attempt) or not self._acting(ctx):
+                continue
+            if rec.state is S.DISPATCHED:
+                self._put(rec.moved_to(S.RUNNING, now_ms=ctx.now_ms, worker=msg.worker), ctx)
+            if task_id not in self.started_at:
+                self.running_on[msg.worker].add(task_id)
+                self.started_at[task_id] = sent_at
+
+    def _reconcile(self, msg: Heartbeat, sent_at: int, ctx: Context) -> None:
+        """A worker that restarted has forgotten its tasks. A heartbeat sent after one that
+        reported a task running (by the worker's own clock entry), which neither lists it as
+        running nor as finished, means the task is gone from that worker: hand it out again."""
+        gone = {ref.rpartition("#")[0] for ref in msg.finished}
+        running = {ref.rpartition("#")[0] for ref in msg.running}
         for task_id in sorted(self.running_on.get(msg.worker, ())):
             if task_id in running or self.started_at.get(task_id, sent_at) >= sent_at:
                 continue
-            rec = self.tasks.get(task_id)
             self.running_on[msg.worker].discard(task_id)
-            if rec is not None and rec.state is S.RUNNING and rec.worker == msg.worker:
-                ctx.record("reassigned", task=task_id, attempt=rec.attempt + 1,
-                           worker=msg.worker, reason="forgotten by its worker")
-                self._reassign(rec, msg.worker, ctx)
+            self.started_at.pop(task_id, None)
+            rec = self.tasks.get(task_id)
+            if task_id in gone or rec is None or rec.state is not S.RUNNING \
+                    or rec.worker != msg.worker or not self._acting(ctx):
+                continue
+            ctx.record("reassigned", task=task_id, attempt=rec.attempt + 1,
+                       worker=msg.worker, reason="forgotten by its worker")
+            self._reassign(rec, msg.worker, ctx)
 
     @receive(DetectorTick)
     def on_detector_tick(self, msg: DetectorTick, ctx: Context) -> None:
@@ -343,6 +361,7 @@ class Coordinator(Actor):
         attempt = rec.attempt + 1
         if rec.worker is not None:
             self.running_on[rec.worker].discard(rec.id)
+            self.started_at.pop(rec.id, None)
             rec = attrs.evolve(rec, worker=None)
         rec = rec.moved_to(S.DISPATCHED, now_ms=ctx.now_ms, attempt=attempt, epoch=ctx.epoch)
         self._put(rec, ctx)
@@ -351,17 +370,6 @@ class Coordinator(Actor):
                  attempt=attempt)
 
     # --- progress ---------------------------------------------------------------------------
-
-    @receive(Started)
-    def on_started(self, msg: Started, ctx: Context) -> None:
-        if not self._acting(ctx):
-            return
-        rec = self._get(msg.task_id, ctx)
-        if rec is not None and rec.state is S.DISPATCHED and rec.attempt == msg.attempt:
-            self._put(rec.moved_to(S.RUNNING, now_ms=ctx.now_ms, worker=msg.worker), ctx)
-            self.running_on[msg.worker].add(rec.id)
-            self.started_at[rec.id] = ctx.envelope.clock[msg.worker] if ctx.envelope else 0
-            self.detector.heard(msg.worker, ctx.now_ms)
 
     @receive(Refused)
     def on_refused(self, msg: Refused, ctx: Context) -> None:
@@ -485,7 +493,9 @@ class Coordinator(Actor):
             rec = attrs.evolve(rec, epoch=ctx.epoch)
         if rec.state.terminal and rec.worker is not None:
             self.running_on[rec.worker].discard(rec.id)
+            self.started_at.pop(rec.id, None)
         if rec.state.terminal and rec.worker is not None:
             self.running_on[rec.worker].discard(rec.id)
+            self.started_at.pop(rec.id, None)
         self.tasks[rec.id] = rec
         ctx.write(PutTask(record=rec))

@@ -65,13 +65,6 @@ class Dispatch(Message):
 
 
 @attrs.frozen(kw_only=True)
-class Started(Message):
-    task_id: str
-    attempt: int
-    worker: str
-
-
-@attrs.frozen(kw_only=True)
 class Completed(Message):
     """A worker reports the stored outcome of a task (which may be another attempt's)."""
 
@@ -109,9 +102,14 @@ class Cancel(Message):
 
 @attrs.frozen(kw_only=True)
 class Heartbeat(Message):
+    """A worker is alive. `running` and `finished` name attempts as "task#attempt": what it runs
+    now, and what it finished since its last heartbeat (their completions are on their way).
+    A worker sends one soon after it starts a task, so heartbeats also report starts."""
+
     worker: str
     seq: int
     running: tuple[str, ...] = ()
+    finished: tuple[str, ...] = ()
 
 
 # --- codec -------------------------------------------------------------------------------------

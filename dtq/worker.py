@@ -18,7 +18,7 @@ from dtq.actor import Actor, Context, DeliveryRef, receive
 from dtq.causal import check_deps
 from dtq.clock import VectorClock
 from dtq.envelope import (
-    COORDINATOR_QUEUE, WORK_QUEUE, Completed, Dispatch, Heartbeat, Message, Refused, Started,
+    COORDINATOR_QUEUE, WORK_QUEUE, Completed, Dispatch, Heartbeat, Message, Refused,
 )
 from dtq.errors import StoreUnavailable
 from dtq.store import LEADER_LEASE, WorkerInfo
@@ -64,6 +64,8 @@ class _Waiting:
 class HeartbeatTick(Message):
     """Timer: tell the leader this worker is alive, and which tasks it runs."""
 
+    periodic: bool = True
+
 
 @attrs.define(kw_only=True)
 class _Running:
@@ -92,7 +94,11 @@ class Worker(Actor):
         self.highest_epoch = 0
         self.running: dict[str, _Running] = {}
         self.heartbeat_ms = heartbeat_ms
+        self.report_ms = min(50, heartbeat_ms)
+        """A start is reported by a heartbeat at most this long after it."""
         self.beats = 0
+        self.report_pending = False
+        self.finished: list[str] = []
         self.check_causality = check_causality
         """Off only to show what the check prevents: tasks may then run before their deps."""
         self.causality_retries = causality_retries
@@ -102,27 +108,44 @@ class Worker(Actor):
         self.highest_epoch = 0
         self.running = {}
         self.waiting = {}
+        self.report_pending = False
+        self.finished = []
         ctx.record("worker_started")
         self._heartbeat(ctx)
+        ctx.schedule(self.heartbeat_ms, HeartbeatTick())
 
     @receive(HeartbeatTick)
     def on_heartbeat_tick(self, msg: HeartbeatTick, ctx: Context) -> None:
+        if msg.periodic:
+            ctx.schedule(self.heartbeat_ms, HeartbeatTick())
+        else:
+            self.report_pending = False
         self._heartbeat(ctx)
+
+    def _report_soon(self, ctx: Context) -> None:
+        """Starts are reported in the next heartbeat, sent within `report_ms` (one heartbeat
+        reports a whole burst of starts)."""
+        if not self.report_pending:
+            self.report_pending = True
+            ctx.schedule(self.report_ms, HeartbeatTick(periodic=False))
 
     def _heartbeat(self, ctx: Context) -> None:
         """Heartbeats go to the leader's own mailbox, so a backlog of work in the coordinator
         queue never delays them; the worker's entry in the store is what `GET /cluster` shows."""
         self.beats += 1
-        running = tuple(sorted(r.spec.id for r in self.running.values()))
-        ctx.schedule(self.heartbeat_ms, HeartbeatTick())
+        running = tuple(sorted(self.running))
+        finished, self.finished = tuple(self.finished), []
         try:
             lease = ctx.store.lease(LEADER_LEASE)
             ctx.store.put_worker(WorkerInfo(name=self.name, last_heartbeat_ms=ctx.wall_ms,
-                                            state="alive", running=running))
+                                            state="alive",
+                                            running=tuple(sorted(r.spec.id for r in
+                                                                 self.running.values()))))
         except StoreUnavailable:
             return  # the leader hears nothing from us while the store is unreachable
         if lease is not None:
-            ctx.send(lease.holder, Heartbeat(worker=self.name, seq=self.beats, running=running))
+            ctx.send(lease.holder, Heartbeat(worker=self.name, seq=self.beats, running=running,
+                                             finished=finished))
 
     @receive(Dispatch)
     def on_dispatch(self, msg: Dispatch, ctx: Context) -> None:
@@ -144,7 +167,10 @@ class Worker(Actor):
             self.waiting[ref].add(ctx)
             self._try_start(ref, ctx)
             return
-        stored = ctx.store.get_result(spec.id)
+        # A first delivery of a first attempt cannot have a result yet (a copy that raced ahead
+        # would lose the first-writer-wins write anyway); only a redelivery or retry looks.
+        redelivered = ctx.envelope is not None and ctx.envelope.redelivered
+        stored = ctx.store.get_result(spec.id) if redelivered or attempt > 1 else None
         if stored is not None:
             ctx.record("already_done", task=spec.id, attempt=attempt, msg=_msg_id(ctx))
             self._report(stored, ctx)
@@ -208,7 +234,7 @@ class Worker(Actor):
         self.running[ref] = _Running(deliveries=w.deliveries, spec=spec, attempt=attempt,
                                      timer=timer)
         ctx.record("started", task=spec.id, attempt=attempt, label=spec.label, msgs=w.msgs)
-        ctx.send(self.coordinator, Started(task_id=spec.id, attempt=attempt, worker=self.name))
+        self._report_soon(ctx)
         task_input = TaskInput(task_id=spec.id, type=spec.type, payload=spec.payload,
                                attempt=attempt, timeout_ms=spec.timeout_ms, deps=values)
         ctx.execute(ref, self.task_types[spec.type], task_input)
@@ -219,6 +245,7 @@ class Worker(Actor):
         if run is None:
             ctx.record("late_result_ignored", ref=msg.ref)
             return
+        self.finished.append(msg.ref)
         ctx.cancel(run.timer)
         task_id, attempt = run.spec.id, run.attempt
         size = _size(msg.value)
@@ -256,6 +283,7 @@ class Worker(Actor):
         run = self.running.pop(msg.ref, None)
         if run is None:
             return
+        self.finished.append(msg.ref)
         timeout = run.spec.timeout_ms
         self._fail(run.spec.id, run.attempt, f"timed out after {timeout} ms", ctx)
         for delivery in run.deliveries:
