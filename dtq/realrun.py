@@ -17,6 +17,7 @@ import contextlib
 import functools
 import heapq
 import itertools
+import os
 import random
 import sys
 import time
@@ -184,7 +185,9 @@ class RealRun:
         with contextlib.suppress(ScenarioError):  # the checker reports what is missing as lost
             wait_for(self._quiet, deadline_s, "every task to finish", self._step)
         self.elapsed_ms = self._now_ms()
-        if self._finished() >= self.total:
+        finished = self._finished(fresh=True)
+        self.progress.tasks(finished, self.total)
+        if finished >= self.total:
             self.progress.phase("settling")
             settle_s = min(deadline_s, (self.elapsed_ms + self.scenario.expect.settle_ms) / 1000)
             wait_for(_reached(self.t0 + settle_s), 60, "the settle period", self._step)
@@ -196,7 +199,10 @@ class RealRun:
         common: dict[str, Any] = {"namespace": self.namespace, "history": True,
                                   "lease_ttl_ms": c.lease_ttl_ms, "task_modules": c.task_modules,
                                   "detector_timeout_ms": c.detector_timeout_ms,
-                                  "heartbeat_ms": c.heartbeat_ms, "log_level": "warning"}
+                                  "heartbeat_ms": c.heartbeat_ms,
+                                  # the history tells what nodes did; their logs would drown
+                                  # the progress line (DTQ_LOG_LEVEL=warning shows them)
+                                  "log_level": os.environ.get("DTQ_LOG_LEVEL") or "error"}
         workers = set(worker_names(self.scenario))
         configs = []
         for name in self.names:
@@ -265,9 +271,9 @@ class RealRun:
         seen = {e.actor for e in self.history.read_events() if e.kind == "worker_started"}
         return seen >= set(worker_names(self.scenario))
 
-    def _finished(self) -> int:
+    def _finished(self, *, fresh: bool = False) -> int:
         at, count = self._count
-        if time.monotonic() - at < COUNT_EVERY_S:
+        if not fresh and time.monotonic() - at < COUNT_EVERY_S:
             return count
         count, after = 0, None
         while batch := self.store.scan_tasks(states=TERMINAL, after=after, limit=1000):
@@ -404,7 +410,9 @@ _CHECKS = (("no lost task", ("no_lost_task",)), ("no duplicate effect", ("no_dup
            ("one outcome per task", ("single_outcome",)),
            ("no unexpected task", ("no_unexpected_task",)),
            ("one leader per epoch", ("one_leader_per_epoch", "epochs_grow")),
-           ("no stale write", ("no_stale_write",)), ("failover bound", ("failover_bound",)),
+           ("no stale write", ("no_stale_write",)),
+           ("dependency order", ("dependency_order", "causal_delivery", "causality_detected")),
+           ("failover bound", ("failover_bound",)),
            ("reassign bound", ("reassign_bound",)), ("expectations", ("expectation",)))
 
 
@@ -437,7 +445,9 @@ def _result(label: str, names: tuple[str, ...], failed: set[str], scenario: Scen
         return "FAILED"
     ex = scenario.expect
     bounds = {"failover bound": ex.failover_ms_max, "reassign bound": ex.reassign_ms_max,
-              "expectations": ex.succeeded if ex.failed is None else ex.failed}
+              "expectations": next((x for x in (ex.succeeded, ex.failed,
+                                                ex.stale_writes_refused_min) if x is not None),
+                                   None)}
     return "-" if label in bounds and bounds[label] is None else "ok"
 
 
@@ -451,6 +461,10 @@ def _measured(label: str, scenario: Scenario, s: dict[str, Any]) -> str:
 
     wanted = [f"{k} {t[k]} (expected {getattr(ex, k)})" for k in ("succeeded", "failed")
               if getattr(ex, k) is not None]
+    if ex.stale_writes_refused_min is not None:
+        wanted.append(f"stale writes refused {stale.get('attempted', 0)} "
+                      f"(expected at least {ex.stale_writes_refused_min})")
+    causal = s.get("causality") or {}
     measured = {
         "no lost task": f"{t['submitted'] - t['lost']} of {t['submitted']} submitted finished",
         "no duplicate effect": f"{t['duplicated']} applied twice",
@@ -458,6 +472,9 @@ def _measured(label: str, scenario: Scenario, s: dict[str, Any]) -> str:
                                              for x in s["leaders"]),
         "no stale write": (f"{stale.get('attempted', 0)} refused, "
                            f"{stale.get('accepted', 0)} accepted") if stale else "",
+        "dependency order": (f"{causal.get('detected', 0)} of {causal.get('provoked', 0)} "
+                             f"provoked causality problems caught") if causal.get("provoked")
+                            else "",
         "failover bound": bound(s["failover_ms"], ex.failover_ms_max),
         "reassign bound": bound(s["reassign_ms"], ex.reassign_ms_max),
         "expectations": ", ".join(wanted),
