@@ -102,8 +102,11 @@ class Progress:
     def line(self, text: str) -> None:
         if self.stream is None:
             return
-        self.stream.write(("\r\x1b[K" if self.tty else "") + text + "\n")
-        self._status(force=True)
+        if self.tty:
+            self.stream.write(f"\r\x1b[K{text}\n")
+            self._status(force=True)
+        else:
+            self.stream.write(f"{text}\n")
 
     def close(self) -> None:
         if self.stream is not None and self.tty:
@@ -124,6 +127,8 @@ class Progress:
 
 
 class RealRun:
+    """One run of a scenario on real processes (see the module docstring)."""
+
     def __init__(self, scenario: Scenario, seed: int, *, progress: Progress) -> None:
         self.scenario = scenario
         self.seed = seed
@@ -169,6 +174,22 @@ class RealRun:
     # --- the run ----------------------------------------------------------------------------
 
     def _play(self) -> None:
+        self._start_nodes()
+        self._schedule(plan(self.scenario, self.seed))
+        self.t0 = time.monotonic()
+        self.progress.phase("running")
+        ex = self.scenario.expect
+        self._play_until(self._quiet, ex.deadline_ms, "every task to finish")
+        self.elapsed_ms = self._now_ms()
+        finished = self._finished(fresh=True)
+        self.progress.tasks(finished, self.total)
+        if finished >= self.total:  # else the checker reports what is missing as lost
+            self.progress.phase("settling")
+            self._play_until(lambda: False, min(ex.deadline_ms, self.elapsed_ms + ex.settle_ms),
+                             "the settle period")
+        self.history.flush()
+
+    def _start_nodes(self) -> None:
         self.progress.phase("starting")
         self.supervisor = ProxiedSupervisor(self._configs(), history_url=self.store_url)
         self.supervisor.start()
@@ -178,20 +199,12 @@ class RealRun:
         wait_for(self._workers_started, 60, "the workers", self._watch)
         self.submitter = Submitter(self.broker, namespace=self.namespace,
                                    record=self.history.record)
-        self._schedule(plan(self.scenario, self.seed))
-        self.t0 = time.monotonic()
-        self.progress.phase("running")
-        deadline_s = self.scenario.expect.deadline_ms / 1000
-        with contextlib.suppress(ScenarioError):  # the checker reports what is missing as lost
-            wait_for(self._quiet, deadline_s, "every task to finish", self._step)
-        self.elapsed_ms = self._now_ms()
-        finished = self._finished(fresh=True)
-        self.progress.tasks(finished, self.total)
-        if finished >= self.total:
-            self.progress.phase("settling")
-            settle_s = min(deadline_s, (self.elapsed_ms + self.scenario.expect.settle_ms) / 1000)
-            wait_for(_reached(self.t0 + settle_s), 60, "the settle period", self._step)
-        self.history.flush()
+
+    def _play_until(self, done: Callable[[], bool], until_ms: int, what: str) -> None:
+        """Play the timeline until `done()` holds or the run reaches `until_ms`. A fault that
+        cannot be applied raises; reaching `until_ms` does not."""
+        wait_for(lambda: done() or self._now_ms() >= until_ms, until_ms / 1000 + 60, what,
+                 self._step)
 
     def _configs(self) -> list[NodeConfig]:
         assert self.net is not None

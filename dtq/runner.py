@@ -20,7 +20,7 @@ from dtq.clock import VectorClock
 from dtq.coordinator import Coordinator, CoordinatorConfig
 from dtq.errors import ScenarioError
 from dtq.history import Event, History, digest
-from dtq.scenario import FaultSpec, Scenario
+from dtq.scenario import TARGET_ROLES, FaultSpec, Scenario
 from dtq.tasktypes import load_task_types
 from dtq.worker import Worker
 from dtq.workload import plan
@@ -75,7 +75,7 @@ def check_supported(
     """Refuse, before anything starts, a fault with bad parameters or one `transport` cannot
     play; the error names the file, the fault and why."""
     for i, fault in enumerate(scenario.faults):
-        bad = _bad_params(fault)
+        bad = _bad_target(scenario, fault) or _bad_params(fault)
         if bad is not None:
             raise ScenarioError(f"{scenario.path}: fault[{i}].{bad[0]}: {bad[1]}")
         rule = unsupported.get(fault.action)
@@ -84,6 +84,15 @@ def check_supported(
             raise ScenarioError(
                 f"{scenario.path}: fault[{i}].action: {fault.action!r} cannot be played on the "
                 f"{transport} backend: {reason}")
+
+
+def _bad_target(scenario: Scenario, f: FaultSpec) -> tuple[str, str] | None:
+    names = coordinator_names(scenario) + worker_names(scenario)
+    groups = ("coordinators", "workers") if f.action == "partition" else ()
+    if f.target is None or f.target in (*TARGET_ROLES, *groups, *names):
+        return None
+    return "target", (f"no node or role {f.target!r} in this cluster (nodes: "
+                      f"{', '.join(names)}; roles: {', '.join(TARGET_ROLES)})")
 
 
 def _bad_params(f: FaultSpec) -> tuple[str, str] | None:

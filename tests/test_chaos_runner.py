@@ -116,14 +116,15 @@ def test_the_simulator_refuses_to_slow_the_store_link(tmp_path: Path, action: st
 
 @pytest.mark.parametrize(("text", "key"), [
     (fault("kill"), "fault[0].target"),
+    (fault("kill", target="worker-9"), "fault[0].target"),
     (fault("bandwidth", target="worker-1"), "fault[0].rate"),
     (fault("bandwidth", target="worker-1", rate=0), "fault[0].rate"),
     (fault("latency", target="worker-1"), "fault[0].latency"),
     (fault("slicer", target="worker-1", average_size=8, size_variation=8),
      "fault[0].size_variation"),
     (fault("reset_peer", target="worker-1", **{"from": ["disk"]}), "fault[0].from"),
-], ids=["kill-without-target", "bandwidth-without-rate", "bandwidth-0", "latency-without-ms",
-        "slicer-variation", "unknown-link"])
+], ids=["kill-without-target", "unknown-target", "bandwidth-without-rate", "bandwidth-0",
+        "latency-without-ms", "slicer-variation", "unknown-link"])
 def test_bad_fault_parameters_are_refused_on_both_backends(
     tmp_path: Path, text: str, key: str,
 ) -> None:
