@@ -14,6 +14,7 @@ a grace period), and exit cleanly.
 
 from __future__ import annotations
 
+import collections
 import functools
 import heapq
 import itertools
@@ -68,8 +69,12 @@ class ProcessRuntime:
         self.store = store
         self.options = options or RuntimeOptions()
         self.codec = Codec()
-        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        transport.on_delivery = self.inbox.put
+        self.inbox: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self.urgent: collections.deque[_Item] = collections.deque()
+        """The actor's own mailbox (heartbeats, notices) and finished tasks: handled before the
+        backlog of a busy shared queue, so a flood of work never delays a heartbeat."""
+        self._mailbox = queue_name(transport.namespace, actor.name)
+        transport.on_delivery = self._on_delivery
         self.log = structlog.get_logger("dtq.runtime").bind(actor=self.name)
         self.record: Recorder = record or (lambda *_: None)
         boot = f"{random.getrandbits(32):08x}"
@@ -118,7 +123,29 @@ class ProcessRuntime:
             return 0.5
         return max(0.0, min(0.5, self._timers[0][0] - time.monotonic()))
 
+    def _on_delivery(self, d: Delivery) -> None:
+        self._enqueue(d, urgent=d.queue == self._mailbox)
+
+    def _enqueue(self, payload: Any, *, urgent: bool) -> None:
+        item = _Item(payload)
+        if urgent:
+            self.urgent.append(item)
+        self.inbox.put(item)
+
     def _take(self, timeout: float) -> list[Any]:
+        if self.urgent:
+            return self._take_urgent()
+        return [item.claim() for item in self._take_inbox(timeout) if not item.taken]
+
+    def _take_urgent(self) -> list[Any]:
+        batch = []
+        while self.urgent and len(batch) < self.options.batch_max:
+            item = self.urgent.popleft()
+            if not item.taken:
+                batch.append(item.claim())
+        return batch
+
+    def _take_inbox(self, timeout: float) -> list[_Item]:
         try:
             batch = [self.inbox.get(timeout=timeout)]
         except queue.Empty:
@@ -252,6 +279,8 @@ class ProcessRuntime:
                         body=self.codec.encode(env), priority=prio, message_id=env.id)
 
     def _ack_all(self, deliveries: list[Delivery]) -> None:
+        """Ack a batch once its publishes are confirmed. Each delivery on its own: a cumulative
+        ack could cover one still waiting in the inbox behind the mailbox lane."""
         for d in deliveries:
             self.transport.ack(d)
 
@@ -282,7 +311,7 @@ class ProcessRuntime:
         def work() -> None:
             done = run_task(ex, store=self.store, record=self._record_threadsafe,
                             actor=self.name, io_root=self.options.io_root)
-            self.inbox.put(_Local(message=done, execution=True))
+            self._enqueue(_Local(message=done, execution=True), urgent=True)
 
         self._pool.submit(work)
 
@@ -325,6 +354,20 @@ class ProcessRuntime:
         self.transport.close()
         self.log.info("stopped", status=code)
         return code
+
+
+class _Item:
+    """An inbox entry; an urgent one sits in both lanes and is handled once."""
+
+    __slots__ = ("payload", "taken")
+
+    def __init__(self, payload: Any) -> None:
+        self.payload = payload
+        self.taken = False
+
+    def claim(self) -> Any:
+        self.taken = True
+        return self.payload
 
 
 @attrs.frozen(kw_only=True)

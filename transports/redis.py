@@ -59,7 +59,7 @@ _SCAN_COUNT = 1000
 # Fenced batch write. Refuses the whole batch (and counts it) unless ARGV[1] is the lease's
 # current epoch; otherwise applies every write, moving a replaced task between the indexes.
 # KEYS[1] epoch counter, KEYS[2] refusal counter. ARGV[2] the key prefix with its ':', then ops:
-#   'put', id, state, type, record_json      |      'deps', task_id, n, dependent_1 .. _n
+#   'put', id, state, type, attempt, record_json   |   'deps', task_id, n, dependent_1 .. _n
 # Returns {1} when applied, {0, current_epoch} when refused.
 APPLY_LUA = """
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -73,7 +73,7 @@ local function unindex(id, state, ttype)
   redis.call('ZREM', p .. 'idx:type:' .. ttype, id)
   redis.call('ZREM', p .. 'idx:ts:' .. state .. ':' .. ttype, id)
 end
-local function put(id, state, ttype, record)
+local function put(id, state, ttype, attempt, record)
   local old_state = redis.call('HGET', p .. 'task:state', id)
   local old_type = redis.call('HGET', p .. 'task:type', id)
   if old_state and (old_state ~= state or old_type ~= ttype) then
@@ -82,7 +82,7 @@ local function put(id, state, ttype, record)
   redis.call('HSET', p .. 'task', id, record)
   redis.call('HSET', p .. 'task:state', id, state)
   redis.call('HSET', p .. 'task:type', id, ttype)
-  redis.call('HSET', p .. 'task:attempt', id, cjson.decode(record)['attempt'])
+  redis.call('HSET', p .. 'task:attempt', id, attempt)
   redis.call('ZADD', p .. 'idx:all', 0, id)
   redis.call('ZADD', p .. 'idx:state:' .. state, 0, id)
   redis.call('ZADD', p .. 'idx:type:' .. ttype, 0, id)
@@ -98,8 +98,8 @@ end
 local i = 3
 while i <= #ARGV do
   if ARGV[i] == 'put' then
-    put(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4])
-    i = i + 5
+    put(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5])
+    i = i + 6
   else
     local n = tonumber(ARGV[i + 2])
     add_deps(ARGV[i + 1], i + 3, n)
@@ -267,7 +267,8 @@ def _encode_writes(writes: Sequence[Write]) -> list[str]:
     for w in writes:
         if isinstance(w, PutTask):
             rec = w.record
-            args += ["put", rec.id, rec.state.value, rec.spec.type, _dumps(rec.to_json())]
+            args += ["put", rec.id, rec.state.value, rec.spec.type, str(rec.attempt),
+                     _dumps(rec.to_json())]
         elif isinstance(w, AddDependents):
             args += ["deps", w.task_id, str(len(w.dependents)), *w.dependents]
         else:
