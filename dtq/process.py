@@ -121,6 +121,8 @@ class _Proc:
     """False once the node was stopped or killed on purpose (it is not restarted)."""
     restarts: int = 0
     paused: bool = False
+    started_s: float | None = None
+    quick_exits: int = 0
 
 
 class Supervisor:
@@ -142,6 +144,9 @@ class Supervisor:
         node.process = self.ctx.Process(target=_child, args=(node.cfg,), name=name)
         node.process.start()
         node.wanted, node.paused = True, False
+        if node.started_s is not None and time.monotonic() - node.started_s < 30:
+            node.quick_exits += 1
+        node.started_s = time.monotonic()
         self.log.info("started node", node=name, pid=node.process.pid)
 
     def pid(self, name: str) -> int | None:
@@ -161,14 +166,23 @@ class Supervisor:
             if not node.wanted or p is None or p.is_alive():
                 continue
             first = self._exited_at.setdefault(name, now)
-            if now - first < self.restart_delay_s:
+            if now - first < self._backoff_s(node):
                 continue
             del self._exited_at[name]
-            self.log.warning("node exited; restarting", node=name, status=p.exitcode)
+            self.log.warning("node exited; restarting", node=name, status=p.exitcode,
+                             restarts=node.restarts + 1)
             node.restarts += 1
             self.start_node(name)
             restarted.append(name)
         return restarted
+
+    def _backoff_s(self, node: _Proc) -> float:
+        """A node that keeps exiting soon after it starts is restarted less and less often
+        (up to every 10 s); one that ran for a while is restarted at once."""
+        if node.started_s is not None and time.monotonic() - node.started_s > 30:
+            node.quick_exits = 0
+        delay = min(10.0, self.restart_delay_s * (2 ** node.quick_exits))
+        return delay
 
     def kill(self, name: str) -> None:
         node = self.nodes[name]
