@@ -17,6 +17,9 @@ import attrs
 
 from dtq import dag
 from dtq.actor import Actor, Context, receive
+from dtq.causal import Held, SubmitBuffer
+from dtq.detector import FailureDetector
+from dtq.election import Election, Step
 from dtq.envelope import (
     COORDINATOR_QUEUE,
     WORK_QUEUE,
@@ -29,9 +32,6 @@ from dtq.envelope import (
     Refused,
     Submit,
 )
-from dtq.causal import Held, SubmitBuffer
-from dtq.detector import FailureDetector
-from dtq.election import Election, Step
 from dtq.store import AddDependents, PutTask
 from dtq.task import TaskRecord, TaskSpec, TaskState, fingerprint
 

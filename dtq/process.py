@@ -181,8 +181,7 @@ class Supervisor:
         (up to every 10 s); one that ran for a while is restarted at once."""
         if node.started_s is not None and time.monotonic() - node.started_s > 30:
             node.quick_exits = 0
-        delay = min(10.0, self.restart_delay_s * (2 ** node.quick_exits))
-        return delay
+        return min(10.0, self.restart_delay_s * 2.0 ** node.quick_exits)
 
     def kill(self, name: str) -> None:
         node = self.nodes[name]

@@ -117,8 +117,11 @@ def _bad_params(f: FaultSpec) -> tuple[str, str] | None:
 
 def build_simulation(scenario: Scenario, seed: int, *, trace: bool = False) -> Simulation:
     net = NetworkConfig(**scenario.network)
-    sim = Simulation(seed, network=net, crash_points=CrashPoints(**scenario.crash_points),
-                     trace=trace)
+    points = scenario.crash_points
+    crash_points = CrashPoints(after_persist=float(points.get("after_persist", 0.0)),
+                               after_send=float(points.get("after_send", 0.0)),
+                               until_ms=int(points["until_ms"]) if "until_ms" in points else None)
+    sim = Simulation(seed, network=net, crash_points=crash_points, trace=trace)
     types = load_task_types(scenario.cluster.task_modules)
     c = scenario.cluster
     cfg = CoordinatorConfig(lease_ttl_ms=c.lease_ttl_ms, detector_timeout_ms=c.detector_timeout_ms)

@@ -138,7 +138,7 @@ class ProcessRuntime:
         return [item.claim() for item in self._take_inbox(timeout) if not item.taken]
 
     def _take_urgent(self) -> list[Any]:
-        batch = []
+        batch: list[Any] = []
         while self.urgent and len(batch) < self.options.batch_max:
             item = self.urgent.popleft()
             if not item.taken:

@@ -39,7 +39,13 @@ import pytest
 
 from dtq.errors import StaleEpoch
 from dtq.store import (
-    LEADER_LEASE, AddDependents, PutTask, ResultWrite, Store, WorkerInfo, Write,
+    LEADER_LEASE,
+    AddDependents,
+    PutTask,
+    ResultWrite,
+    Store,
+    WorkerInfo,
+    Write,
 )
 from dtq.task import TaskRecord, TaskResult, TaskSpec, TaskState
 from dtq.transport import DEAD_QUEUE, Delivery, Outgoing, Transport, queue_name

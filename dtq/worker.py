@@ -18,7 +18,13 @@ from dtq.actor import Actor, Context, DeliveryRef, receive
 from dtq.causal import check_deps
 from dtq.clock import VectorClock
 from dtq.envelope import (
-    COORDINATOR_QUEUE, WORK_QUEUE, Completed, Dispatch, Heartbeat, Message, Refused,
+    COORDINATOR_QUEUE,
+    WORK_QUEUE,
+    Completed,
+    Dispatch,
+    Heartbeat,
+    Message,
+    Refused,
 )
 from dtq.errors import StoreUnavailable
 from dtq.store import LEADER_LEASE, WorkerInfo

@@ -42,8 +42,9 @@ def test_turning_the_causality_check_off_makes_the_checker_fail() -> None:
         types = load_task_types()
         sim.spawn("coordinator-1", lambda: Coordinator("coordinator-1", CoordinatorConfig()))
         for i in (1, 2):
-            sim.spawn(f"worker-{i}", lambda i=i: Worker(f"worker-{i}", types,
-                                                        check_causality=False), prefetch=2)
+            sim.spawn(f"worker-{i}", lambda i=i, t=types: Worker(f"worker-{i}", t,
+                                                                 check_causality=False),
+                      prefetch=2)
         for spec in chain(30):
             sim.submit(spec)
         result = run_until_done(sim, 30)

@@ -11,8 +11,8 @@ from dtq.checker import check
 from dtq.cli import main
 from dtq.runner import run_memory
 from dtq.scenario import load
-from dtq.task import TaskResult
 from dtq.store import ResultWrite
+from dtq.task import TaskResult
 from transports.memory import SimStore
 
 from .simkit import make_sim, run_until_done, spec

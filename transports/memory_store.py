@@ -14,7 +14,13 @@ import attrs
 
 from dtq.errors import StaleEpoch, StoreUnavailable
 from dtq.store import (
-    LEADER_LEASE, AddDependents, Lease, PutTask, ResultWrite, WorkerInfo, Write,
+    LEADER_LEASE,
+    AddDependents,
+    Lease,
+    PutTask,
+    ResultWrite,
+    WorkerInfo,
+    Write,
 )
 from dtq.task import TaskRecord, TaskResult, TaskState
 

@@ -392,7 +392,7 @@ class RedisStore:
     def put_result(self, result: TaskResult, *, ttl_ms: int | None = None) -> ResultWrite:
         raw = _dumps(result.to_json())
         keys = [self._k("result", result.task_id), self._k("task:attempt")]
-        args = [raw, ttl_ms or 0, result.task_id, result.attempt]
+        args: list[str | int] = [raw, ttl_ms or 0, result.task_id, result.attempt]
 
         def op(attempt: int) -> ResultWrite:
             reply = cast(list[Any], self._put_result(keys, args))
