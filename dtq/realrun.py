@@ -382,8 +382,11 @@ class RealRun:
         return functools.partial(self.net.remove, key)
 
     def _heal(self, index: int, f: FaultSpec, targets: list[str]) -> Undo:
+        """Remove every partition, and every reset window (the simulator plays those as
+        partitions too)."""
         assert self.net is not None
         self.net.remove_all("partition-")
+        self.net.remove_all("reset_peer-")
         return None
 
     # --- stopping ---------------------------------------------------------------------------
@@ -414,7 +417,6 @@ def run_real(scenario: Scenario, seed: int | None = None, *, live: bool = True) 
     check_simulator_knobs(scenario)
     progress = Progress(sys.stderr if live else None, scenario.name)
     return RealRun(scenario, scenario.seed if seed is None else seed, progress=progress).run()
-
 
 
 # --- the summary table ---------------------------------------------------------------------------
