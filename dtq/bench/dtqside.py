@@ -1,0 +1,108 @@
+"""dtq's own measurements: single-task latency, throughput at 1, 2 and 4 workers (through
+`dtq.benchreal.bench_e2e`), and the leader's resident memory holding 100,000 tasks."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from dtq.bench.cluster import Cluster, dtq_cluster
+from dtq.bench.common import await_value, queue_counts, rss_kib
+from dtq.bench.peers import latency
+from dtq.benchreal import bench_e2e
+from dtq.envelope import WORK_QUEUE, Finished
+from dtq.submitter import Submitter
+from dtq.task import TaskSpec
+from dtq.transport import queue_name
+
+
+class DtqClient:
+    """Submit-and-wait for dtq: a Submitter whose completion notices set one Event per task."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self._events: dict[str, threading.Event] = {}
+        self._ids = itertools.count(1)
+        self.failed = 0
+        self.submitter: Submitter = cluster.submitter(on_finished=self._finished)
+
+    def _finished(self, msg: Finished) -> None:
+        if msg.state != "succeeded":
+            self.failed += 1
+        event = self._events.get(msg.task_id)
+        if event is not None:
+            event.set()
+
+    def submit(self) -> str:
+        task_id = f"lat-{next(self._ids)}"
+        self._events[task_id] = threading.Event()
+        self.submitter.submit([TaskSpec(id=task_id, type="echo")])
+        return task_id
+
+    def wait(self, handle: str, timeout_s: float) -> None:
+        done = self._events[handle].wait(timeout_s)
+        del self._events[handle]
+        if not done:
+            raise TimeoutError(f"dtq task {handle} did not finish within {timeout_s:.0f} s")
+
+
+@contextlib.contextmanager
+def client(workers: int = 2, concurrency: int = 8) -> Iterator[DtqClient]:
+    """A dtq cluster (1 coordinator, `workers` workers) and a submit-and-wait client."""
+    with dtq_cluster("latency", workers=workers, concurrency=concurrency) as c:
+        dc = DtqClient(c)
+        try:
+            yield dc
+        finally:
+            dc.submitter.close()
+
+
+def dtq_latency(n: int = 200, workers: int = 2) -> dict[str, Any]:
+    with client(workers) as c:
+        return latency(c, n)
+
+
+def dtq_throughput(tasks: int = 5000, workers: int = 2, concurrency: int = 8) -> dict[str, Any]:
+    return bench_e2e(tasks, workers=workers, concurrency=concurrency)
+
+
+def scaling(
+    tasks: int = 5000, workers: tuple[int, ...] = (1, 2, 4), concurrency: int = 8,
+) -> dict[str, dict[str, Any]]:
+    """dtq throughput for each worker count, one fresh cluster each."""
+    return {str(w): bench_e2e(tasks, workers=w, concurrency=concurrency) for w in workers}
+
+
+def memory(tasks: int = 100_000, batch: int = 1000, timeout_s: float = 600) -> dict[str, Any]:
+    """The leader's RSS before and after accepting `tasks` no-ops with no worker running: they
+    all stay in its view (dispatched, not done). "Accepted" is seen from outside: every task's
+    dispatch sits in the work queue."""
+    with dtq_cluster("memory", workers=0) as c:
+        pid = c.sup.pid("coordinator-1")
+        assert pid is not None
+        time.sleep(1)  # let the new leader settle before the baseline
+        before = rss_kib(pid)
+        started = time.perf_counter()
+        _submit_all(c, tasks, batch)
+        submitted = time.perf_counter() - started
+        work = queue_name(c.namespace, WORK_QUEUE)
+        await_value(lambda: True if queue_counts(c.broker, work)[0] >= tasks else None,
+                    timeout_s, f"{tasks:,} dispatches in the work queue", c.sup.poll)
+        accepted = time.perf_counter() - started
+        after, peak = rss_kib(pid), rss_kib(pid, "VmHWM")
+    return {"tasks": tasks, "rss_before_kib": before, "rss_after_kib": after,
+            "rss_peak_kib": peak, "bytes_per_task": (after - before) * 1024 / tasks,
+            "submit_s": submitted, "accept_s": accepted, "accepted_per_s": tasks / accepted}
+
+
+def _submit_all(c: Cluster, tasks: int, batch: int) -> None:
+    sub = c.submitter()
+    try:
+        for i in range(0, tasks, batch):
+            sub.submit([TaskSpec(id=f"m{n}", type="echo") for n in range(i, min(tasks, i + batch))],
+                       timeout_s=120)
+    finally:
+        sub.close()
