@@ -1,0 +1,27 @@
+"""`python -m dtq.bench WHAT`: the peer-comparison benchmarks without the `dtq` command (the
+same subcommands `configure` adds under `dtq bench`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from dtq.bench.cli import configure
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from dtq.logs import configure_logging
+
+    parser = argparse.ArgumentParser(prog="python -m dtq.bench",
+                                     description="dtq against the peers. Benchmarks print "
+                                     "measurements; they assert nothing.")
+    configure(parser.add_subparsers(dest="bench_cmd", required=True, metavar="WHAT"))
+    args = parser.parse_args(argv)
+    configure_logging(None)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

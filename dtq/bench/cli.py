@@ -1,0 +1,146 @@
+"""The `dtq bench` subcommands of the peer comparison: one per sub-benchmark, `all`, `report`.
+
+`configure(bsub)` adds them to the subparsers of `dtq bench` (next to `sim` and `e2e`).
+Handlers import the benchmark modules only when run, so `dtq --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:
+    Sub = argparse._SubParsersAction[argparse.ArgumentParser]
+
+OUT = "bench/results"
+SYSTEMS = ("dtq", "celery", "dramatiq")
+
+
+def _systems(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip().lower() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in SYSTEMS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(SYSTEMS)}")
+    return names
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(n) for n in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("a comma-separated list of numbers") from None
+
+
+def _sizes(args: argparse.Namespace) -> Any:
+    from dtq.bench.suite import QUICK, Sizes
+
+    base = QUICK if getattr(args, "quick", False) else Sizes()
+    given = {f.name: getattr(args, f.name) for f in attrs.fields(Sizes)
+             if getattr(args, f.name, None) is not None}
+    return attrs.evolve(base, **given)
+
+
+def _step(name: str) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        from dtq.bench.suite import STEPS
+
+        result = STEPS[name](_sizes(args))
+        if args.json:
+            print(json.dumps(result, default=str))
+        return 0
+
+    return run
+
+
+def _all(args: argparse.Namespace) -> int:
+    from dtq.bench.suite import run_all
+
+    return run_all(_sizes(args), Path(args.out), only=args.only or (), png=not args.no_png)
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from dtq.bench.suite import profile
+
+    profile(_sizes(args), Path(args.out))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from dtq.bench import report
+
+    for path in report.write(report.load(Path(args.out)), Path(args.out), png=not args.no_png):
+        print(f"wrote {path}")
+    return 0
+
+
+def _add(bsub: Sub, name: str, help_text: str, *options: str, json_flag: bool = True
+         ) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = bsub.add_parser(name, help=help_text, description=help_text +
+                                                 ". A benchmark: it prints numbers.")
+    for opt in options:
+        _OPTIONS[opt](p)
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="also print the result as JSON")
+    return p
+
+
+_OPTIONS: dict[str, Any] = {
+    "tasks": lambda p: p.add_argument("--tasks", type=int, help="no-op tasks (default 5000)"),
+    "workers": lambda p: p.add_argument("--workers", type=int,
+                                        help="worker processes per system (default 2)"),
+    "threads": lambda p: p.add_argument("--threads", type=int,
+                                        help="threads (dtq: concurrency) per worker (default 8)"),
+    "systems": lambda p: p.add_argument("--systems", type=_systems,
+                                        help="comma-separated (default dtq,celery,dramatiq)"),
+    "latency_n": lambda p: p.add_argument("--latency-n", type=int,
+                                          help="sequential round trips (default 200)"),
+    "trials": lambda p: p.add_argument("--trials", type=int, help="trials (default 20)"),
+    "lease_ttl_ms": lambda p: p.add_argument("--lease-ttl-ms", type=int,
+                                             help="leader lease (default 2000)"),
+    "detector_timeout_ms": lambda p: p.add_argument(
+        "--detector-timeout-ms", type=int, help="failure detector timeout (default 1000)"),
+    "heartbeat_ms": lambda p: p.add_argument("--heartbeat-ms", type=int,
+                                             help="worker heartbeat period (default 200)"),
+    "scaling": lambda p: p.add_argument("--scaling", type=_counts, metavar="N,N,...",
+                                        help="worker counts (default 1,2,4)"),
+    "memory_tasks": lambda p: p.add_argument("--memory-tasks", type=int,
+                                             help="tasks the leader holds (default 100000)"),
+    "out": lambda p: p.add_argument("--out", default=OUT, help=f"result folder (default {OUT})"),
+    "quick": lambda p: p.add_argument("--quick", action="store_true",
+                                      help="small sizes, for a smoke run of every step"),
+}
+
+
+def configure(bsub: Sub) -> None:
+    """Add the peer-comparison subcommands to `dtq bench`'s subparsers."""
+    pe = ("tasks", "workers", "threads", "systems")
+    _add(bsub, "throughput", "no-op tasks end to end: dtq, Celery, Dramatiq on RabbitMQ and "
+         "Redis", *pe).set_defaults(func=_step("throughput"))
+    _add(bsub, "latency", "single-task latency over sequential submit-and-wait, each system",
+         "latency_n", "workers", "threads", "systems").set_defaults(func=_step("latency"))
+    _add(bsub, "failover", "leader SIGKILL -> first dispatch by the new leader",
+         "trials", "lease_ttl_ms").set_defaults(func=_step("failover"))
+    _add(bsub, "reassign", "worker SIGKILL and SIGSTOP -> its task handed on", "trials",
+         "detector_timeout_ms", "heartbeat_ms").set_defaults(func=_step("reassign"))
+    _add(bsub, "scaling", "dtq throughput with 1, 2 and 4 workers", "tasks", "scaling",
+         "threads").set_defaults(func=_step("scaling"))
+    _add(bsub, "memory", "the leader's RSS holding 100,000 submitted tasks",
+         "memory_tasks").set_defaults(func=_step("memory"))
+    _add(bsub, "profile", "py-spy profiles of dtq's coordinator and workers during a run",
+         "tasks", "workers", "out", json_flag=False).set_defaults(func=_profile)
+    p = _add(bsub, "all", "every sub-benchmark in one run; writes results, table and chart",
+             *pe, "latency_n", "trials", "scaling", "memory_tasks", "out", "quick",
+             json_flag=False)
+    p.add_argument("--only", action="append", metavar="STEP",
+                   help="run only this step (repeatable): sim, throughput, latency, failover, "
+                   "reassign, scaling, memory, profile")
+    p.add_argument("--no-png", action="store_true", help="skip the chart")
+    p.set_defaults(func=_all)
+    r = _add(bsub, "report", "rewrite latest.md and the chart from latest.json", "out",
+             json_flag=False)
+    r.add_argument("--no-png", action="store_true", help="skip the chart")
+    r.set_defaults(func=_report)

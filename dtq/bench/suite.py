@@ -1,0 +1,180 @@
+"""The sub-benchmarks as named steps, and `run_all`: every step in one run, its results kept
+even when another step fails, then written by `dtq.bench.report`.
+
+A step returns a JSON-ready dict and prints one or a few lines of numbers to stdout.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from dtq.bench import dtqside, failover, peers, report
+from dtq.bench.report import LABELS
+from dtq.process import broker_url, store_url
+
+
+@attrs.frozen(kw_only=True)
+class Sizes:
+    tasks: int = 5000
+    workers: int = 2
+    threads: int = 8
+    latency_n: int = 200
+    trials: int = 20
+    lease_ttl_ms: int = 2000
+    detector_timeout_ms: int = 1000
+    heartbeat_ms: int = 200
+    scaling: tuple[int, ...] = (1, 2, 4)
+    memory_tasks: int = 100_000
+    sim_tasks: int = 20_000
+    explore_file: str = "scenarios/round-robin-faulty.toml"
+    explore_runs: int = 200
+    systems: tuple[str, ...] = ("dtq", "celery", "dramatiq")
+
+
+QUICK = Sizes(tasks=300, latency_n=20, trials=3, scaling=(1, 2), memory_tasks=3000,
+              sim_tasks=2000, explore_runs=10)
+"""Small enough for a smoke run of every step in about two minutes."""
+
+
+def _peer(name: str, s: Sizes) -> Any:
+    if name == "celery":
+        return peers.celery(s.workers, s.threads)
+    return peers.dramatiq(s.workers, s.threads)
+
+
+def _each_system(s: Sizes, measure: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in s.systems:
+        if name != "dtq" and not peers.available(name):
+            out[name] = {"error": f"{name} is not installed (pip install -e '.[bench]')"}
+            continue
+        try:
+            out[name] = measure(name)
+        except Exception as exc:
+            out[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            traceback.print_exc()
+    return out
+
+
+def throughput(s: Sizes) -> dict[str, Any]:
+    def measure(name: str) -> dict[str, Any]:
+        if name == "dtq":
+            r = dtqside.dtq_throughput(s.tasks, s.workers, s.threads)
+        else:
+            with _peer(name, s) as client:
+                r = peers.throughput(client, s.tasks)
+        print(f"throughput {LABELS[name]:8}: {r['tasks_per_s']:8,.0f} tasks/s "
+              f"({r['tasks']:,} tasks in {r['elapsed_s']:.2f} s)", flush=True)
+        return r
+
+    return {"tasks": s.tasks, "workers": s.workers, "threads": s.threads,
+            "systems": _each_system(s, measure)}
+
+
+def latency(s: Sizes) -> dict[str, Any]:
+    def measure(name: str) -> dict[str, Any]:
+        if name == "dtq":
+            r = dtqside.dtq_latency(s.latency_n, s.workers)
+        else:
+            with _peer(name, s) as client:
+                r = peers.latency(client, s.latency_n)
+        print(f"latency    {LABELS[name]:8}: p50 {r['p50_ms']:6.2f} ms, p99 {r['p99_ms']:6.2f} ms"
+              f" ({r['n']} sequential)", flush=True)
+        return r
+
+    return {"n": s.latency_n, "systems": _each_system(s, measure)}
+
+
+def failover_step(s: Sizes) -> dict[str, Any]:
+    r = failover.failover(s.trials, s.lease_ttl_ms)
+    print(f"failover: leader SIGKILL -> first dispatch by the new leader over {r['trials']} "
+          f"trials (lease {r['lease_ttl_ms']} ms): p50 {r['p50_ms']:.0f} ms, p99 "
+          f"{r['p99_ms']:.0f} ms, max {r['max_ms']:.0f} ms (target p99 <= 3000 ms)", flush=True)
+    return r
+
+
+def reassign_step(s: Sizes) -> dict[str, Any]:
+    r = failover.reassign(s.trials, s.detector_timeout_ms, s.heartbeat_ms)
+    k, p = r["kill"], r["pause"]
+    print(f"reassign: worker SIGKILL -> started elsewhere over {r['trials']} trials: p50 "
+          f"{k['p50_ms']:.1f} ms, p99 {k['p99_ms']:.1f} ms, max {k['max_ms']:.1f} ms", flush=True)
+    print(f"reassign: worker SIGSTOP -> reassigned (detector timeout {r['detector_timeout_ms']} "
+          f"ms): p50 {p['p50_ms']:.0f} ms, p99 {p['p99_ms']:.0f} ms, max {p['max_ms']:.0f} ms "
+          f"(target <= {r['detector_timeout_ms'] + 1000} ms)", flush=True)
+    return r
+
+
+def sim(s: Sizes) -> dict[str, Any]:
+    from dtq.benchsim import bench_explore, bench_throughput
+
+    t = bench_throughput(s.sim_tasks)
+    e = bench_explore(s.explore_file, s.explore_runs)
+    print(f"simulator: {t['messages_per_s']:,.0f} messages/s, {t['virtual_to_wall']:.1f}x "
+          f"virtual-to-wall; explore {e['scenario']}: {e['seeds_per_s']:.1f} seeds/s", flush=True)
+    return {"throughput": t, "explore": e}
+
+
+def scaling(s: Sizes) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for w in s.scaling:
+        try:
+            out[str(w)] = r = dtqside.dtq_throughput(s.tasks, w, s.threads)
+        except Exception as exc:
+            out[str(w)] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
+        print(f"scaling: {w} worker(s): {r['tasks_per_s']:,.0f} tasks/s", flush=True)
+    return out
+
+
+def memory(s: Sizes) -> dict[str, Any]:
+    r = dtqside.memory(s.memory_tasks)
+    print(f"memory: leader RSS {r['rss_before_kib'] / 1024:.1f} MiB -> "
+          f"{r['rss_after_kib'] / 1024:.1f} MiB with {r['tasks']:,} tasks "
+          f"({r['bytes_per_task']:,.0f} bytes/task, peak {r['rss_peak_kib'] / 1024:.1f} MiB)",
+          flush=True)
+    return r
+
+
+def profile(s: Sizes, out_dir: Path) -> dict[str, Any]:
+    from dtq.bench.profile import profile_e2e
+
+    r = profile_e2e(out_dir, s.tasks, s.workers)
+    print(f"profile: {r['run'].get('tasks_per_s', 0):,.0f} tasks/s under py-spy; "
+          + ", ".join(sorted(r["files"].values())), flush=True)
+    return r
+
+
+STEPS: dict[str, Callable[[Sizes], dict[str, Any]]] = {
+    "sim": sim, "throughput": throughput, "latency": latency, "failover": failover_step,
+    "reassign": reassign_step, "scaling": scaling, "memory": memory}
+
+
+def run_all(s: Sizes, out_dir: Path, only: Sequence[str] = (), png: bool = True) -> int:
+    """Every step (or those in `only`), then the result files; 1 if a step failed."""
+    results: dict[str, Any] = {"machine": report.machine(broker_url(), store_url()),
+                               "sizes": attrs.asdict(s)}
+    failed = False
+    steps: dict[str, Callable[[Sizes], dict[str, Any]]] = {
+        **STEPS, "profile": lambda sz: profile(sz, out_dir)}
+    for name, step in steps.items():
+        if only and name not in only:
+            continue
+        print(f"--- {name}", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        try:
+            results[name] = step(s)
+        except Exception as exc:
+            failed = True
+            results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            traceback.print_exc()
+        print(f"--- {name}: {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+    for path in report.write(results, out_dir, png=png):
+        print(f"wrote {path}")
+    return 1 if failed else 0
