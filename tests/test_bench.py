@@ -1,0 +1,113 @@
+"""Smoke tests of `dtq bench` against the peers: the report rendered from fake numbers, the
+profile summary from fake stacks, and the subcommands in `dtq bench --help`. Nothing here
+measures or asserts a timing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dtq.bench import configure, report
+from dtq.bench.profile import collapse, summarise
+
+SUBCOMMANDS = ("throughput", "latency", "failover", "reassign", "scaling", "memory", "profile",
+               "all", "report")
+
+
+def _dist(p50: float) -> dict[str, float]:
+    return {"p50_ms": p50, "p99_ms": p50 * 2, "mean_ms": p50 * 1.1, "max_ms": p50 * 3}
+
+
+FAKE: dict[str, Any] = {
+    "machine": {"date": "2000-01-01 00:00 UTC", "cores": 2, "cpu": "a CPU", "os": "Linux",
+                "python": "3.11.7", "rabbitmq": "3.10.8", "redis": "7.0.15",
+                "load_average": [0.5, 0.4, 0.3], "packages": {"celery": "5.7.0"}},
+    "throughput": {"tasks": 5000, "workers": 2, "systems": {
+        "dtq": {"tasks": 5000, "tasks_per_s": 1234.5, "elapsed_s": 4.05, **_dist(300)},
+        "celery": {"tasks": 5000, "tasks_per_s": 700.0, "elapsed_s": 7.1, "submit_s": 6.0},
+        "dramatiq": {"error": "dramatiq is not installed"}}},
+    "latency": {"n": 200, "systems": {"dtq": {"n": 200, **_dist(5)},
+                                      "celery": {"n": 200, **_dist(2.3)}}},
+    "failover": {"trials": 20, "lease_ttl_ms": 2000, "samples_ms": [1500.0, 1900.0],
+                 "takeover": _dist(1490), **_dist(1500)},
+    "reassign": {"trials": 20, "detector_timeout_ms": 1000, "heartbeat_ms": 200,
+                 "kill": {"samples_ms": [8.0, 9.0], **_dist(8)},
+                 "pause": {"samples_ms": [1040.0, 1060.0], **_dist(1040)}},
+    "sim": {"throughput": {"tasks": 20000, "messages": 60000, "messages_per_s": 15000.0,
+                           "virtual_to_wall": 1.5},
+            "explore": {"scenario": "round-robin-faulty", "runs": 200, "seeds_per_s": 150.0,
+                        "virtual_to_wall": 180.0}},
+    "scaling": {"1": {"tasks": 5000, "tasks_per_s": 800.0, **_dist(400)},
+                "2": {"tasks": 5000, "tasks_per_s": 1200.0, **_dist(300)},
+                "4": {"error": "ScenarioError: timed out"}},
+    "memory": {"tasks": 100000, "rss_before_kib": 40000, "rss_after_kib": 140000,
+               "rss_peak_kib": 150000, "bytes_per_task": 1024.0, "accepted_per_s": 3000.0},
+    "profile": {"files": {"coordinator-1": "bench/results/profile-coordinator-1.txt"}},
+}
+
+
+def test_markdown_has_a_table_per_section() -> None:
+    md = report.markdown(FAKE)
+    for heading in ("Throughput", "Single-task latency", "Failover", "Reassignment",
+                    "Simulator", "dtq scaling", "Coordinator memory", "Profiles"):
+        assert f"### {heading}" in md
+    assert "| dtq | 1,234 | 4.05 |" in md
+    assert "not measured: dramatiq is not installed" in md
+    assert "3.10.8" in md and "7.0.15" in md and "2 cores" in md
+    assert "≤ 2,000" in md  # the SIGSTOP target: detector timeout + 1 s
+    assert "| 4 |" not in md  # a failed scaling run has no row
+
+
+def test_missing_and_failed_sections_are_left_out_or_named() -> None:
+    md = report.markdown({"machine": {}, "failover": {"error": "BenchError: no leader"}})
+    assert "Not measured: BenchError: no leader" in md
+    assert "### Throughput" not in md
+
+
+def test_write_and_load_round_trip(tmp_path: Path) -> None:
+    paths = report.write(FAKE, tmp_path, png=False)
+    assert {p.name for p in paths} == {"latest.json", "latest.md"}
+    assert report.load(tmp_path) == json.loads(json.dumps(FAKE))
+
+
+def test_chart_is_a_png(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    path = report.chart(FAKE, tmp_path / "throughput.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report.chart({"machine": {}}, tmp_path / "empty.png")  # every panel "not measured"
+
+
+def test_profile_summary_from_collapsed_stacks() -> None:
+    lines = ["<module> (<string>:1);run (dtq/runtime.py:10);apply (dtq/runtime.py:20) 30",
+             "<module> (<string>:1);run (dtq/runtime.py:10) 10",
+             "_find_and_load (<frozen importlib._bootstrap>:1);x (y.py:1) 99"]
+    own, total, samples = collapse(lines)
+    assert samples == 40  # the import stack is left out
+    assert own["apply (dtq/runtime.py)"] == 30 and total["run (dtq/runtime.py)"] == 40
+    text = summarise("worker-1", lines)
+    assert "75.0%  apply (dtq/runtime.py)" in text
+
+
+def _bench_help(capsys: pytest.CaptureFixture[str]) -> str:
+    from dtq.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "--help"])
+    text = capsys.readouterr().out
+    if "throughput" in text:
+        return text
+    parser = argparse.ArgumentParser(prog="dtq bench")  # not wired into dtq.cli yet
+    configure(parser.add_subparsers(dest="bench_cmd", metavar="WHAT"))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    return capsys.readouterr().out
+
+
+def test_bench_help_lists_the_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
+    text = _bench_help(capsys)
+    for name in SUBCOMMANDS:
+        assert name in text
