@@ -43,7 +43,7 @@ FAKE: dict[str, Any] = {
                         "virtual_to_wall": 180.0}},
     "scaling": {"1": {"tasks": 5000, "tasks_per_s": 800.0, **_dist(400)},
                 "2": {"tasks": 5000, "tasks_per_s": 1200.0, **_dist(300)},
-                "4": {"error": "ScenarioError: timed out"}},
+                "4": {"error": "ScenarioError: timed out"}, "load_average_before": [1.0, 1, 1]},
     "memory": {"tasks": 100000, "rss_before_kib": 40000, "rss_after_kib": 140000,
                "rss_peak_kib": 150000, "bytes_per_task": 1024.0, "accepted_per_s": 3000.0},
     "profile": {"files": {"coordinator-1": "bench/results/profile-coordinator-1.txt"}},

@@ -156,7 +156,8 @@ def _sim_md(s: dict[str, Any]) -> list[str]:
 
 
 def _scaling_md(s: dict[str, Any]) -> list[str]:
-    runs = sorted(((w, r) for w, r in s.items() if "error" not in r), key=lambda wr: int(wr[0]))
+    runs = sorted(((w, r) for w, r in s.items() if w.isdigit() and "error" not in r),
+                  key=lambda wr: int(wr[0]))
     rows = [[w, _f(r["tasks_per_s"]), _f(r["p50_ms"], 1), _f(r["p99_ms"], 1)] for w, r in runs]
     tasks = runs[0][1].get("tasks", 0) if runs else 0
     return [f"### dtq scaling: {tasks:,} no-op tasks by worker processes", "",
@@ -255,8 +256,8 @@ def _bars_latency(ax: Any, lat: Any) -> None:
 
 
 def _line_scaling(ax: Any, s: Any) -> None:
-    rows = sorted(((int(w), r["tasks_per_s"]) for w, r in (s or {}).items()
-                   if isinstance(r, dict) and "tasks_per_s" in r))
+    rows = sorted((int(w), r["tasks_per_s"]) for w, r in (s or {}).items()
+                  if w.isdigit() and "tasks_per_s" in r)
     if not rows:
         return _empty(ax, "dtq scaling")
     ax.plot([w for w, _ in rows], [v for _, v in rows], marker="o")

@@ -6,6 +6,7 @@ A step returns a JSON-ready dict and prints one or a few lines of numbers to std
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import traceback
@@ -167,9 +168,9 @@ def run_all(s: Sizes, out_dir: Path, only: Sequence[str] = (), png: bool = True)
         if only and name not in only:
             continue
         print(f"--- {name}", file=sys.stderr, flush=True)
-        started = time.monotonic()
+        started, load = time.monotonic(), list(os.getloadavg())
         try:
-            results[name] = step(s)
+            results[name] = {**step(s), "load_average_before": load}
         except Exception as exc:
             failed = True
             results[name] = {"error": f"{type(exc).__name__}: {exc}"}
