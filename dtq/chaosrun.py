@@ -40,16 +40,16 @@ import ipaddress
 import itertools
 import math
 import os
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
+from dtq import process
 from dtq.envelope import Codec, Envelope
 from dtq.errors import ScenarioError
-from dtq.process import NodeConfig, Supervisor, run_node
+from dtq.process import NodeConfig, Supervisor
 from dtq.scenario import FaultSpec, Scenario
 from transports.memory import BROKER, STORE, Simulation
 
@@ -305,40 +305,42 @@ class ProxyNet:
 
 
 def _node_main(cfg: NodeConfig, history_url: str) -> None:
-    """A node's process: `dtq.process.run_node`, with its history written straight to Redis.
+    """A node's process, as `dtq.process` runs it, with its history written straight to Redis.
 
     The history is the observer's record. It must not travel the node's faulty store link: a
     cut link would lose the evidence, and a record failing inside a handler would change what
-    the node does (it would exit where it should wait for the store).
+    the node does (it would exit where it should wait for the store). `NodeConfig` has one
+    store URL for both, so this process's history connection is redirected before the node
+    starts.
     """
-    from dtq.errors import DtqError
     from transports.redis import RedisHistory
 
     direct = RedisHistory.from_url
     RedisHistory.from_url = staticmethod(  # type: ignore[method-assign,assignment]
         lambda _url, **kw: direct(history_url, **kw))
-    try:
-        code = run_node(cfg)
-    except DtqError as exc:
-        print(f"dtq {cfg.name}: error: {exc}", file=sys.stderr)
-        code = 2
-    sys.exit(code)
+    process._child(cfg)
+
+
+class _DirectHistory:
+    """The supervisor's process context, starting each node through `_node_main`."""
+
+    def __init__(self, ctx: Any, history_url: str) -> None:
+        self._ctx = ctx
+        self.history_url = history_url
+
+    def Process(self, *, target: Any, args: tuple[Any, ...], name: str) -> Any:
+        """multiprocessing's name; `target` is the supervisor's own node entry point."""
+        return self._ctx.Process(target=_node_main, args=(*args, self.history_url), name=name)
 
 
 class ProxiedSupervisor(Supervisor):
-    """A `Supervisor` for nodes behind proxies: each records its history over a direct
-    connection to Redis (see `_node_main`)."""
+    """A `Supervisor` (restarts, back-off, kill, pause...) for nodes behind proxies, each of
+    which records its history over a direct connection to Redis (see `_node_main`)."""
 
     def __init__(self, configs: Iterable[NodeConfig], *, history_url: str) -> None:
         super().__init__(configs)
-        self.history_url = history_url
-
-    def start_node(self, name: str) -> None:
-        node = self.nodes[name]
-        node.process = self.ctx.Process(target=_node_main, args=(node.cfg, self.history_url),
-                                        name=name)
-        node.process.start()
-        node.wanted, node.paused = True, False
+        # only the Process factory of the context is used to start nodes
+        self.ctx = _DirectHistory(self.ctx, history_url)  # type: ignore[assignment]
 
 
 # --- the same link faults on the simulator -----------------------------------------------------
