@@ -37,6 +37,7 @@ from dtq.chaosrun import (
     with_address,
 )
 from dtq.clock import VectorClock
+from dtq.envelope import WORK_QUEUE
 from dtq.errors import ScenarioError
 from dtq.process import NodeConfig, broker_url, store_url
 from dtq.runner import RunResult, check_supported, coordinator_names, summarize, worker_names
@@ -46,7 +47,7 @@ from dtq.submitter import Submitter
 from dtq.task import TERMINAL
 from dtq.workload import Planned, plan
 from transports.memory import BROKER, STORE
-from transports.rabbitmq import delete_namespace
+from transports.rabbitmq import consumer_count, delete_namespace
 from transports.redis import RedisHistory, RedisStore
 
 POLL_S = 0.02
@@ -281,8 +282,12 @@ class RealRun:
         self.submitter.submit(specs)
 
     def _workers_started(self) -> bool:
+        """Every worker has started and consumes the work queue (so the first tasks are shared
+        round robin among all of them, as in the simulator)."""
+        workers = worker_names(self.scenario)
         seen = {e.actor for e in self.history.read_events() if e.kind == "worker_started"}
-        return seen >= set(worker_names(self.scenario))
+        return seen >= set(workers) and \
+            consumer_count(self.broker, self.namespace, WORK_QUEUE) >= len(workers)
 
     def _finished(self, *, fresh: bool = False) -> int:
         at, count = self._count

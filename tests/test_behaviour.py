@@ -5,37 +5,19 @@ Each test runs once on the simulator and once on real processes over RabbitMQ an
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-
 import pytest
 
-from dtq.realrun import run_real
-from dtq.runner import RunResult, run_memory
-from dtq.scenario import load
-
-ROOT = Path(__file__).resolve().parent.parent
-Run = Callable[[str], RunResult]
+from .scenariokit import BACKENDS, Run, held, runner_for
 
 
-@pytest.fixture(params=["memory", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
+@pytest.fixture(params=BACKENDS)
 def run(request: pytest.FixtureRequest) -> Run:
-    if request.param == "rabbitmq":
-        request.getfixturevalue("rabbitmq_url")
-        return lambda name: run_real(load(ROOT / "scenarios" / name), live=False)
-    return lambda name: run_memory(load(ROOT / "scenarios" / name))
-
-
-def _ok(result: RunResult) -> dict[str, object]:
-    s = result.summary
-    assert s["ok"], f"{s['violations']}\nreproduce: dtq scenario run scenarios/" \
-                    f"{s['scenario']}.toml --transport {s['transport']} --seed {s['seed']}"
-    return s
+    return runner_for(request)
 
 
 def test_round_robin_delivers_ten_messages_to_three_workers(run: Run) -> None:
     result = run("round-robin.toml")
-    s = _ok(result)
+    s = held(result)
     assert s["tasks"] == {"submitted": 10, "succeeded": 10, "failed": 0, "cancelled": 0,
                           "lost": 0, "duplicated": 0, "unexpected": 0, "recovered": 0}
     receivers = {e.actor for e in result.events if e.kind == "started"}
@@ -45,7 +27,7 @@ def test_round_robin_delivers_ten_messages_to_three_workers(run: Run) -> None:
 
 def test_a_killed_worker_tasks_are_reassigned(run: Run) -> None:
     result = run("worker-crash.toml")
-    s = _ok(result)
+    s = held(result)
     assert s["tasks"]["succeeded"] == 12 and s["tasks"]["duplicated"] == 0
     assert s["reassign_ms"], "the killed worker held no task"
     assert any(e.kind == "crash" and e.actor == "worker-1" for e in result.events)
@@ -53,6 +35,6 @@ def test_a_killed_worker_tasks_are_reassigned(run: Run) -> None:
 
 def test_dropped_broker_connections_lose_nothing(run: Run) -> None:
     result = run("broker-link-reset.toml")
-    s = _ok(result)
+    s = held(result)
     assert s["tasks"]["succeeded"] == 40
     assert s["tasks"]["lost"] == 0 and s["tasks"]["duplicated"] == 0

@@ -395,6 +395,16 @@ def blocking(url: str) -> Any:
             conn.close()
 
 
+def consumer_count(url: str, namespace: str, address: str) -> int:
+    """How many consumers a queue has now (0 if it does not exist yet)."""
+    with blocking(url) as ch:
+        try:
+            ok = ch.queue_declare(queue_name(namespace, address), passive=True)
+        except pika.exceptions.ChannelClosedByBroker:
+            return 0
+        return int(ok.method.consumer_count or 0)
+
+
 def delete_namespace(url: str, namespace: str, addresses: Sequence[str]) -> None:
     """Delete the queues of a namespace (test and scenario clean-up)."""
     with blocking(url) as ch:
