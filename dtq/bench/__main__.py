@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from dtq.bench.cli import configure
+from dtq.errors import DtqError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -19,7 +20,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure(parser.add_subparsers(dest="bench_cmd", required=True, metavar="WHAT"))
     args = parser.parse_args(argv)
     configure_logging(None)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except DtqError as exc:
+        print(f"dtq bench: error: {exc}", file=sys.stderr)
+        return 2
     return code
 
 

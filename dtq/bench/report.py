@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dtq.bench.common import BenchError
+
 SYSTEMS = ("dtq", "celery", "dramatiq")
 LABELS = {"dtq": "dtq", "celery": "Celery", "dramatiq": "Dramatiq"}
 NA = "n/a"
@@ -109,7 +111,8 @@ def _throughput_md(t: dict[str, Any]) -> list[str]:
         if "error" in r:
             rows.append([LABELS[name], NA, NA, f"not measured: {r['error']}"])
             continue
-        under = (f"per-task p50 {_f(r['p50_ms'], 1)} ms, p99 {_f(r['p99_ms'], 1)} ms"
+        under = (f"each task submit -> completion notice, all queued at once: p50 "
+                 f"{_f(r['p50_ms'])} ms, p99 {_f(r['p99_ms'])} ms"
                  if "p50_ms" in r else f"submitting took {_f(r.get('submit_s'), 2)} s")
         rows.append([LABELS[name], _f(r["tasks_per_s"]), _f(r["elapsed_s"], 2), under])
     return [f"### Throughput: {t.get('tasks', 5000):,} no-op tasks, submitted -> result "
@@ -173,6 +176,14 @@ def _memory_md(m: dict[str, Any]) -> list[str]:
                      "accepted/s"], [row])]
 
 
+def _loads_md(results: dict[str, Any]) -> list[str]:
+    steps = ("sim", "throughput", "latency", "failover", "reassign", "scaling", "memory",
+             "profile")
+    loads = [f"{key} {results[key]['load_average_before'][0]:.1f}" for key in steps
+             if "load_average_before" in results.get(key, {})]
+    return [f"One-minute load average before each step: {', '.join(loads)}.", ""] if loads else []
+
+
 SECTIONS: list[tuple[str, Callable[[dict[str, Any]], list[str]]]] = [
     ("throughput", _throughput_md), ("latency", _latency_md), ("failover", _failover_md),
     ("reassign", _reassign_md), ("sim", _sim_md), ("scaling", _scaling_md),
@@ -189,6 +200,7 @@ def markdown(results: dict[str, Any]) -> str:
             out += [f"### {key}", "", f"Not measured: {section['error']}", ""]
             continue
         out += render(section)
+    out += _loads_md(results)
     files = results.get("profile", {}).get("files", {})
     if files:
         out += ["### Profiles", "", *(f"* `{Path(p).name}` ({node})"
@@ -301,5 +313,8 @@ def write(results: dict[str, Any], out_dir: Path, *, png: bool = True) -> list[P
 
 
 def load(out_dir: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((out_dir / JSON_NAME).read_text())
+    path = out_dir / JSON_NAME
+    if not path.is_file():
+        raise BenchError(f"no {path}: run `dtq bench all --out {out_dir}` first")
+    data: dict[str, Any] = json.loads(path.read_text())
     return data
