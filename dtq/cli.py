@@ -136,6 +136,9 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     e2e.add_argument("--concurrency", type=int, default=8, help="tasks per worker (default 8)")
     e2e.set_defaults(func=lambda a: __import__("dtq.benchreal", fromlist=["main"]).main(
         a.tasks, a.workers, a.concurrency))
+    from dtq.bench import configure
+
+    configure(bsub)
 
 
 def _service_args(p: argparse.ArgumentParser) -> None:
