@@ -10,15 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
-
-import attrs
+from typing import Any, NamedTuple
 
 from dtq.clock import VectorClock
 
 
-@attrs.frozen(kw_only=True, slots=True)
-class Event:
+class Event(NamedTuple):
+    """One recorded event (a named tuple: cheap to make, as the simulator makes millions)."""
+
     seq: int
     time_ms: int
     actor: str
@@ -44,8 +43,7 @@ class History:
         self.events: list[Event] = []
 
     def record(self, actor: str, kind: str, clock: VectorClock, data: Mapping[str, Any]) -> None:
-        self.events.append(Event(seq=len(self.events), time_ms=self._now_ms(), actor=actor,
-                                 kind=kind, clock=clock, data=data))
+        self.events.append(Event(len(self.events), self._now_ms(), actor, kind, clock, data))
 
     def __iter__(self) -> Iterator[Event]:
         return iter(self.events)
