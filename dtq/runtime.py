@@ -345,6 +345,9 @@ class ProcessRuntime:
         self._draining = True
         for address in self.subscriptions:
             self.transport.cancel(address)
+        # Wake the loop: a signal handler that runs inside SimpleQueue.get(timeout) can leave
+        # it waiting forever (CPython 3.11); SimpleQueue.put is safe in a signal handler.
+        self._enqueue(None, urgent=False)
 
     def _shutdown(self) -> int:
         code = self._exit if self._exit is not None else EXIT_OK

@@ -31,9 +31,9 @@ FAULT_ACTIONS = {
     "duplicate": "duplicate messages with probability `probability`",
     "drop": "drop messages with probability `probability` (publishers retransmit)",
     "reorder": "reorder messages with probability `probability`",
-    "bandwidth": "limit the target's links to `rate` KB/s (real backend only)",
-    "slicer": "slice the target's TCP stream into small pieces (real backend only)",
-    "reset_peer": "reset the target's connections (real backend only)",
+    "bandwidth": "limit the target's links to `rate` KB/s (the simulator: a delay per message)",
+    "slicer": "slice the target's TCP stream into small pieces (the simulator: a small delay)",
+    "reset_peer": "reset the target's connections (the simulator: drops its connection)",
 }
 TARGET_ROLES = ("leader", "standby", "any-worker", "any-coordinator", "all-workers")
 

@@ -573,6 +573,6 @@ class TransportConformance:
         producer = connect("p", lambda d: None)
         _confirmed(producer, [self._msg(namespace, "box", b"one")])
         c.ack(inbox.get())
-        c.cancel("box")
+        c.cancel("box", wait_s=10)
         _confirmed(producer, [self._msg(namespace, "box", b"two")])
         assert inbox.empty_for(0.5)

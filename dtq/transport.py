@@ -68,7 +68,9 @@ class Transport(Protocol):
 
     def consume(self, address: str, prefetch: int = 0) -> None: ...
 
-    def cancel(self, address: str) -> None: ...
+    def cancel(self, address: str, *, wait_s: float = 0.0) -> None:
+        """Stop consuming; with `wait_s`, return once no more deliveries can come from it."""
+        ...
 
     def publish(
         self, messages: Sequence[Outgoing], then: Callable[[], None] | None = None,

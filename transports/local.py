@@ -117,7 +117,7 @@ class LocalTransport:
                 q.consumers.append((self, prefetch))
         self.broker.pump(queue)
 
-    def cancel(self, address: str) -> None:
+    def cancel(self, address: str, *, wait_s: float = 0.0) -> None:
         queue = queue_name(self.namespace, address)
         self._wanted.pop(queue, None)
         with self.broker.lock:

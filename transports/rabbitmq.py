@@ -255,17 +255,25 @@ class RabbitTransport:
         self._consumers[queue] = prefetch or 1000
         self._call(lambda: self._start_consumer(queue, prefetch or 1000))
 
-    def cancel(self, address: str) -> None:
+    def cancel(self, address: str, *, wait_s: float = 0.0) -> None:
+        """Stop consuming a queue; with `wait_s`, wait (up to that long) until the broker has
+        confirmed it, so nothing more arrives from it."""
         queue = queue_name(self.namespace, address)
         self._consumers.pop(queue, None)
+        done = threading.Event()
 
         def stop() -> None:
-            for tag, q in list(self._consumer_tags.items()):
-                if q == queue and self._channel is not None:
-                    self._channel.basic_cancel(tag)
-                    del self._consumer_tags[tag]
+            tags = [t for t, q in self._consumer_tags.items() if q == queue]
+            if not tags or self._channel is None:
+                done.set()
+                return
+            for tag in tags:
+                del self._consumer_tags[tag]
+                self._channel.basic_cancel(tag, callback=lambda _frame: done.set())
 
         self._call(stop)
+        if wait_s and threading.current_thread() is not self._thread:
+            done.wait(wait_s)
 
     def _start_consumer(self, queue: str, prefetch: int) -> None:
         ch = self._channel

@@ -296,26 +296,35 @@ class RedisStore:
     on its own, as `from_url` builds: redis-py's own retries would re-send blindly and add delay.
     """
 
-    def __init__(self, client: redis.Redis, *, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(
+        self, client: redis.Redis, *, prefix: str = DEFAULT_PREFIX,
+        lease_client: redis.Redis | None = None,
+    ) -> None:
         self.client = client
+        self.lease_client = lease_client or client
+        """Lease calls fail fast (a short socket timeout, one try): a leader cut from Redis must
+        learn it quickly, not block past its own validity window."""
         self.prefix = prefix
         self._p = prefix + ":"
         self._apply = client.register_script(APPLY_LUA)
         self._scan = client.register_script(SCAN_LUA)
         self._first_writer = client.register_script(FIRST_WRITER_LUA)
         self._put_result = client.register_script(PUT_RESULT_LUA)
-        self._acquire = client.register_script(ACQUIRE_LUA)
-        self._renew = client.register_script(RENEW_LUA)
+        self._acquire = self.lease_client.register_script(ACQUIRE_LUA)
+        self._renew = self.lease_client.register_script(RENEW_LUA)
         self._release = client.register_script(RELEASE_LUA)
         self._lease = client.register_script(LEASE_LUA)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = DEFAULT_PREFIX, **kwargs: Any) -> RedisStore:
         """Connect to `url` (redis://host:port/db); kwargs go to `redis.Redis.from_url`."""
-        return cls(_client_from_url(url, **kwargs), prefix=prefix)
+        lease_client = _client_from_url(url, **{"socket_timeout": 0.25, **kwargs})
+        return cls(_client_from_url(url, **kwargs), prefix=prefix, lease_client=lease_client)
 
     def close(self) -> None:
         self.client.close()
+        if self.lease_client is not self.client:
+            self.lease_client.close()
 
     def delete_all(self) -> int:
         """Remove every key under the prefix (SCAN + UNLINK); the number of keys removed."""
@@ -428,12 +437,13 @@ class RedisStore:
         # Not idempotent: a retry after a lost reply that did acquire finds the lease held and
         # answers None, so the caller stays a standby until the orphaned lease expires. Safe.
         keys = [self._k("lease", name), self._k("epoch", name)]
-        epoch = _retrying("acquire_lease", lambda _: self._acquire(keys, [holder, ttl_ms]))
+        epoch = _retrying("acquire_lease", lambda _: self._acquire(keys, [holder, ttl_ms]),
+                          tries=1)
         return int(epoch) if epoch is not None else None
 
     def renew_lease(self, name: str, holder: str, epoch: int, ttl_ms: int) -> bool:
         keys, args = [self._k("lease", name)], [holder, str(epoch), str(ttl_ms)]
-        return bool(_retrying("renew_lease", lambda _: self._renew(keys, args)))
+        return bool(_retrying("renew_lease", lambda _: self._renew(keys, args), tries=1))
 
     def release_lease(self, name: str, holder: str, epoch: int) -> None:
         keys, args = [self._k("lease", name)], [holder, str(epoch)]
