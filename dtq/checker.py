@@ -185,6 +185,12 @@ def _stale_writes(events: Sequence[Event]) -> tuple[tuple[int, int], list[Violat
         if e.kind != "persist":
             continue
         epoch = int(e.data["epoch"])
+        if int(e.data.get("current", epoch)) > epoch:  # the store itself was at a newer epoch
+            violations.append(Violation(
+                invariant="no_stale_write",
+                detail=f"{e.actor}'s writes at epoch {epoch} were accepted while the store was "
+                       f"at epoch {e.data['current']}"))
+            continue
         newer = next((t for ep, t in takeovers if ep > epoch and t.clock.before(e.clock)), None)
         if newer is not None:
             violations.append(Violation(

@@ -24,7 +24,7 @@ from dtq.scenario import TARGET_ROLES, FaultSpec, Scenario
 from dtq.tasktypes import load_task_types
 from dtq.worker import Worker
 from dtq.workload import plan
-from transports.memory import BROKER, STORE, CrashPoints, NetworkConfig, Simulation
+from transports.memory import BROKER, STORE, CrashPoints, NetworkConfig, SimStore, Simulation
 
 TERMINAL_KINDS = frozenset({"succeeded", "failed", "rejected", "cancelled"})
 
@@ -115,13 +115,15 @@ def _bad_params(f: FaultSpec) -> tuple[str, str] | None:
     return None
 
 
-def build_simulation(scenario: Scenario, seed: int, *, trace: bool = False) -> Simulation:
+def build_simulation(
+    scenario: Scenario, seed: int, *, trace: bool = False, store: SimStore | None = None,
+) -> Simulation:
     net = NetworkConfig(**scenario.network)
     points = scenario.crash_points
     crash_points = CrashPoints(after_persist=float(points.get("after_persist", 0.0)),
                                after_send=float(points.get("after_send", 0.0)),
                                until_ms=int(points["until_ms"]) if "until_ms" in points else None)
-    sim = Simulation(seed, network=net, crash_points=crash_points, trace=trace)
+    sim = Simulation(seed, network=net, crash_points=crash_points, trace=trace, store=store)
     types = load_task_types(scenario.cluster.task_modules)
     c = scenario.cluster
     cfg = CoordinatorConfig(lease_ttl_ms=c.lease_ttl_ms, detector_timeout_ms=c.detector_timeout_ms)
@@ -134,12 +136,16 @@ def build_simulation(scenario: Scenario, seed: int, *, trace: bool = False) -> S
     return sim
 
 
-def run_memory(scenario: Scenario, seed: int | None = None, *, trace: bool = False) -> RunResult:
-    """Run a scenario on the simulator; with `trace`, record every message for diagrams."""
+def run_memory(
+    scenario: Scenario, seed: int | None = None, *, trace: bool = False,
+    store: SimStore | None = None,
+) -> RunResult:
+    """Run a scenario on the simulator; with `trace`, record every message for diagrams;
+    `store` replaces the simulated store (tests use broken ones to show the checker fails)."""
     seed = scenario.seed if seed is None else seed
     check_supported(scenario, MEMORY_UNSUPPORTED, "memory")
     started = time.perf_counter()
-    sim = build_simulation(scenario, seed, trace=trace)
+    sim = build_simulation(scenario, seed, trace=trace, store=store)
     planned = plan(scenario, seed)
     for p in planned:
         sim.at(p.at_ms, sim.submit, p.spec)

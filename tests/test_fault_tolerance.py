@@ -3,9 +3,16 @@ is refused; a zombie leader's stale writes are all refused; a killed leader is r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
-from .scenariokit import BACKENDS, Run, held, runner_for
+from dtq.runner import run_memory
+from dtq.scenario import load
+from dtq.store import LEADER_LEASE, Write
+from transports.memory_store import SimStore
+
+from .scenariokit import BACKENDS, ROOT, Run, held, runner_for
 
 
 @pytest.fixture(params=BACKENDS)
@@ -43,3 +50,19 @@ def test_a_killed_leader_is_replaced_within_the_bound(run: Run) -> None:
     s = held(run("leader-crash.toml"))
     assert len(s["leaders"]) >= 2 and s["failover_ms"]
     assert max(s["failover_ms"]) <= 3000
+
+
+
+class Unfenced(SimStore):
+    """A broken store: it applies writes whatever their epoch."""
+
+    def apply(self, writes: Sequence[Write], *, epoch: int, lease: str = LEADER_LEASE) -> None:
+        super().apply(writes, epoch=self.epoch(lease), lease=lease)
+
+
+def test_the_checker_catches_a_store_that_accepts_stale_writes() -> None:
+    scenario = load(ROOT / "scenarios" / "zombie-leader.toml")
+    summary = run_memory(scenario, store=Unfenced()).summary
+    assert not summary["ok"]
+    assert summary["stale_writes"]["accepted"] >= 1
+    assert any(v["invariant"] == "no_stale_write" for v in summary["violations"])
