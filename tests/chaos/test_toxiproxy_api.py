@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import socket
-from collections.abc import Iterator
 
 import pytest
 
@@ -21,37 +20,6 @@ from dtq.chaos.testkit import (
     refused,
     wait_until,
 )
-
-
-@pytest.fixture
-def server() -> Iterator[ToxiproxyServer]:
-    with ToxiproxyServer() as running:
-        yield running
-
-
-@pytest.fixture
-def api(server: ToxiproxyServer) -> Iterator[ApiClient]:
-    client = ApiClient(server.address)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def upstream() -> Iterator[TcpServer]:
-    with TcpServer() as echo:
-        yield echo
-
-
-@pytest.fixture
-def proxy(api: ApiClient, upstream: TcpServer) -> dict[str, object]:
-    result = api.request(
-        "POST", "/proxies", {"name": "p", "listen": "127.0.0.1:0", "upstream": upstream.address}
-    )
-    assert result.status == 201, result.body
-    body = result.json()
-    assert isinstance(body, dict)
-    return body
-
 
 # -- rows 1-2: version and the empty list --------------------------------------------------
 

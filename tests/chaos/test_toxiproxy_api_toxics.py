@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 
 import pytest
 
-from dtq.chaos import ToxiproxyServer
 from dtq.chaos.testkit import (
     ApiClient,
     HttpResult,
-    TcpServer,
     assert_api_error,
     assert_bad_body,
     echo_works,
@@ -22,36 +19,6 @@ LATENCY_BODY = (
     b'{"attributes":{"latency":100,"jitter":0},"name":"latency_downstream",'
     b'"type":"latency","stream":"downstream","toxicity":1}'
 )
-
-
-@pytest.fixture
-def server() -> Iterator[ToxiproxyServer]:
-    with ToxiproxyServer() as running:
-        yield running
-
-
-@pytest.fixture
-def api(server: ToxiproxyServer) -> Iterator[ApiClient]:
-    client = ApiClient(server.address)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def upstream() -> Iterator[TcpServer]:
-    with TcpServer() as echo:
-        yield echo
-
-
-@pytest.fixture
-def proxy(api: ApiClient, upstream: TcpServer) -> dict[str, object]:
-    result = api.request(
-        "POST", "/proxies", {"name": "p", "listen": "127.0.0.1:0", "upstream": upstream.address}
-    )
-    assert result.status == 201, result.body
-    body = result.json()
-    assert isinstance(body, dict)
-    return body
 
 
 # -- rows 19-34: toxics -------------------------------------------------------------------

@@ -28,12 +28,6 @@ def toxiproxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[Toxiproxy]:
         yield client
 
 
-@pytest.fixture
-def upstream() -> Iterator[TcpServer]:
-    with TcpServer() as echo:
-        yield echo
-
-
 def round_trip(listen: str) -> float:
     with connect(listen) as sock:
         start = time.monotonic()

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from dtq.chaos import ToxiproxyServer
 from dtq.chaos.testkit import (
     ApiClient,
     Handler,
@@ -34,19 +33,6 @@ from dtq.chaos.toxics import slice_sizes
 
 SLACK = 0.5  # seconds allowed above a toxic's delay on a busy machine
 SILENCE = 0.3  # how long "nothing arrives" is observed
-
-
-@pytest.fixture
-def server() -> Iterator[ToxiproxyServer]:
-    with ToxiproxyServer() as running:
-        yield running
-
-
-@pytest.fixture
-def api(server: ToxiproxyServer) -> Iterator[ApiClient]:
-    client = ApiClient(server.address)
-    yield client
-    client.close()
 
 
 class Rig:
