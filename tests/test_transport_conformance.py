@@ -37,6 +37,8 @@ class TestLocalTransport(TransportConformance):
 
 @pytest.mark.rabbitmq
 class TestRabbitTransport(TransportConformance):
+    quorum = False
+
     @pytest.fixture
     def connect(
         self, namespace: str, rabbitmq_url: str,
@@ -45,7 +47,7 @@ class TestRabbitTransport(TransportConformance):
 
         def connect(name: str, on_delivery: Callable[[Delivery], None]) -> Transport:
             t = RabbitTransport(rabbitmq_url, namespace=namespace, name=name,
-                                on_delivery=on_delivery)
+                                on_delivery=on_delivery, quorum=self.quorum)
             t.start()
             opened.append(t)
             return t
@@ -60,23 +62,7 @@ class TestRabbitTransport(TransportConformance):
 class TestRabbitQuorumTransport(TestRabbitTransport):
     """The same contract on quorum queues (the option for clustered RabbitMQ)."""
 
-    @pytest.fixture
-    def connect(
-        self, namespace: str, rabbitmq_url: str,
-    ) -> Iterator[Callable[..., Transport]]:
-        opened: list[RabbitTransport] = []
-
-        def connect(name: str, on_delivery: Callable[[Delivery], None]) -> Transport:
-            t = RabbitTransport(rabbitmq_url, namespace=namespace, name=name,
-                                on_delivery=on_delivery, quorum=True)
-            t.start()
-            opened.append(t)
-            return t
-
-        yield connect
-        for t in opened:
-            t.close()
-        delete_namespace(rabbitmq_url, namespace, ["box"])
+    quorum = True
 
     def test_higher_priority_first_on_the_work_queue(
         self, connect: Callable[..., Transport], namespace: str,
