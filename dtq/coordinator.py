@@ -36,7 +36,6 @@ from dtq.store import AddDependents, PutTask
 from dtq.task import TaskRecord, TaskSpec, TaskState, fingerprint
 
 S = TaskState
-ACTIVE = (S.SUBMITTED, S.PENDING, S.READY, S.DISPATCHED, S.RUNNING)
 
 
 @attrs.frozen(kw_only=True)
