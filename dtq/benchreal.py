@@ -62,7 +62,7 @@ def bench_e2e(
     try:
         wait_for(lambda: store.lease("coordinator") is not None, 60, "a leader", sup.poll)
         sub = Submitter(b, namespace=ns, name=f"bench-{uuid.uuid4().hex[:6]}",
-                        on_finished=tracker.on_finished)
+                        on_finished=tracker.on_finished, store_url=s)
         sub.submit([TaskSpec(id="warm-up", type="echo")])
         wait_for(lambda: "warm-up" in tracker.done, 60, "the warm-up task", sup.poll)
         started = time.perf_counter()

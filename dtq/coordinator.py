@@ -26,13 +26,12 @@ from dtq.envelope import (
     Cancel,
     Completed,
     Dispatch,
-    Finished,
     Heartbeat,
     Message,
     Refused,
     Submit,
 )
-from dtq.store import AddDependents, PutTask
+from dtq.store import AddDependents, Notify, PutTask
 from dtq.task import TaskRecord, TaskSpec, TaskState, fingerprint
 
 S = TaskState
@@ -353,8 +352,7 @@ class Coordinator(Actor):
         if rec.state is S.READY:
             self._dispatch(rec, ctx)
         elif rec.state in (S.DISPATCHED, S.RUNNING):
-            ctx.send(self.config.work_queue, Dispatch(spec=rec.spec, attempt=rec.attempt),
-                     attempt=rec.attempt)
+            self._send_dispatch(rec, rec.attempt, ctx)
 
     def _dispatch(self, rec: TaskRecord, ctx: Context) -> None:
         attempt = rec.attempt + 1
@@ -365,8 +363,11 @@ class Coordinator(Actor):
         rec = rec.moved_to(S.DISPATCHED, now_ms=ctx.now_ms, attempt=attempt, epoch=ctx.epoch)
         self._put(rec, ctx)
         ctx.record("dispatched", task=rec.id, attempt=attempt, label=rec.spec.label)
-        ctx.send(self.config.work_queue, Dispatch(spec=rec.spec, attempt=attempt),
-                 attempt=attempt)
+        self._send_dispatch(rec, attempt, ctx)
+
+    def _send_dispatch(self, rec: TaskRecord, attempt: int, ctx: Context) -> None:
+        dispatch = Dispatch(spec=rec.spec, attempt=attempt, reply_to=self.reply_to.get(rec.id))
+        ctx.send(self.config.work_queue, dispatch, attempt=attempt)
 
     # --- progress ---------------------------------------------------------------------------
 
@@ -402,6 +403,8 @@ class Coordinator(Actor):
         elif msg.ok:
             rec = rec.moved_to(S.SUCCEEDED, now_ms=ctx.now_ms, epoch=ctx.epoch)
             self._put(rec, ctx)
+            if msg.notified:  # the worker's result write told the waiting client already
+                self.reply_to.pop(rec.id, None)
             self._ended("succeeded", rec.id, ctx, attempt=msg.attempt, worker=msg.worker)
             self._release(rec, ctx, redrive=False)
         elif msg.attempt == rec.attempt and rec.state in (S.DISPATCHED, S.RUNNING):
@@ -467,14 +470,15 @@ class Coordinator(Actor):
                 self._redrive(dependent, ctx)
 
     def _ended(self, kind: str, task_id: str, ctx: Context, **data: object) -> None:
-        """Record a task's end and tell the client waiting for it, if any."""
+        """Record a task's end and tell the client waiting for it, if any (through the store,
+        with the batch that records the end)."""
         ctx.record(kind, task=task_id, **data)
         reply_to = self.reply_to.pop(task_id, None)
         if reply_to is not None:
             state = "failed" if kind == "rejected" else kind
             reason = data.get("reason")
-            ctx.send(reply_to, Finished(task_id=task_id, state=state,
-                                        reason=str(reason) if reason is not None else None))
+            ctx.write(Notify(client=reply_to, task_id=task_id, state=state,
+                             reason=str(reason) if reason is not None else None))
 
     # --- records ----------------------------------------------------------------------------
 
@@ -490,9 +494,6 @@ class Coordinator(Actor):
     def _put(self, rec: TaskRecord, ctx: Context) -> None:
         if rec.epoch != ctx.epoch:
             rec = attrs.evolve(rec, epoch=ctx.epoch)
-        if rec.state.terminal and rec.worker is not None:
-            self.running_on[rec.worker].discard(rec.id)
-            self.started_at.pop(rec.id, None)
         if rec.state.terminal and rec.worker is not None:
             self.running_on[rec.worker].discard(rec.id)
             self.started_at.pop(rec.id, None)

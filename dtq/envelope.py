@@ -58,10 +58,12 @@ class Submit(Message):
 
 @attrs.frozen(kw_only=True)
 class Dispatch(Message):
-    """The leader hands an attempt of a ready task to the shared work queue."""
+    """The leader hands an attempt of a ready task to the shared work queue. `reply_to` is
+    the client waiting for the task, if any: the result write that stores it tells it."""
 
     spec: TaskSpec
     attempt: int
+    reply_to: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -73,6 +75,8 @@ class Completed(Message):
     worker: str
     ok: bool
     error: str | None = None
+    notified: bool = False
+    """The worker's result write already told the waiting client."""
 
 
 @attrs.frozen(kw_only=True)
@@ -88,7 +92,10 @@ class Refused(Message):
 
 @attrs.frozen(kw_only=True)
 class Finished(Message):
-    """The leader tells a waiting client that a task ended (best effort: poll to be sure)."""
+    """What a waiting client hears when a task ended (best effort: poll to be sure). It comes
+    through the store (`dtq.store.Notify`, Redis pub/sub): a success from the worker's result
+    write, as the result is stored; every other end (failed, rejected, cancelled) from the
+    leader's fenced write that records it."""
 
     task_id: str
     state: str

@@ -13,6 +13,7 @@ Two kinds of operation:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -38,7 +39,29 @@ class AddDependents:
     dependents: tuple[str, ...]
 
 
-Write = PutTask | AddDependents
+@attrs.frozen(kw_only=True)
+class Notify:
+    """Tell a waiting client that a task ended, once the batch it is in is applied (a refused
+    batch notifies nobody). On Redis: a PUBLISH on `finished_channel(prefix, client)`."""
+
+    client: str
+    task_id: str
+    state: str
+    reason: str | None = None
+
+
+Write = PutTask | AddDependents | Notify
+
+
+def finished_channel(prefix: str, client: str) -> str:
+    """The pub/sub channel on which a client hears that its tasks ended."""
+    return f"{prefix}:finished:{client}"
+
+
+def notice_json(task_id: str, state: str, reason: str | None = None) -> str:
+    """A `Notify` as published: {"task_id", "state", "reason"}."""
+    return json.dumps({"task_id": task_id, "state": state, "reason": reason},
+                      separators=(",", ":"))
 
 
 @attrs.frozen(kw_only=True)
@@ -92,9 +115,12 @@ class Store(Protocol):
         """Bind key to (task_id, fingerprint) unless bound; return the binding that holds."""
         ...
 
-    def put_result(self, result: TaskResult, *, ttl_ms: int | None = None) -> ResultWrite:
+    def put_result(
+        self, result: TaskResult, *, ttl_ms: int | None = None, notify: str | None = None,
+    ) -> ResultWrite:
         """First writer wins, and late attempts lose: refused when a result is already stored,
-        or when the task's record names a newer attempt than `result.attempt`."""
+        or when the task's record names a newer attempt than `result.attempt`. With `notify`, a
+        stored result also tells that client the task succeeded (as `Notify` does)."""
         ...
 
     def get_result(self, task_id: str) -> TaskResult | None: ...

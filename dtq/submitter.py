@@ -1,7 +1,9 @@
 """Publishing submissions straight to the leader's queue, with publisher confirms.
 
 Used by the scenario runner, the benchmarks and the REST API. `submit` returns once RabbitMQ has
-confirmed every message (persisted to the durable coordinator queue).
+confirmed every message (persisted to the durable coordinator queue). A submitter that waits for
+its tasks hears their ends on Redis pub/sub (`transports.redis.FinishedListener`): a success as
+the worker stores the result, any other end as the leader records it.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from typing import Any
 
 from dtq.clock import VectorClock
 from dtq.envelope import COORDINATOR_QUEUE, Cancel, Codec, Envelope, Finished, Message, Submit
-from dtq.errors import ConnectionLost, DecodeError
+from dtq.errors import ConnectionLost
 from dtq.task import TaskSpec
-from dtq.transport import Delivery, Outgoing, queue_name
+from dtq.transport import Outgoing, queue_name
 from transports.rabbitmq import RabbitTransport
+from transports.redis import FinishedListener
 
 Recorder = Callable[[str, str, VectorClock, Mapping[str, Any]], None]
 
@@ -26,34 +29,33 @@ class Submitter:
     def __init__(
         self, broker_url: str, *, namespace: str = "dtq", name: str = "client",
         record: Recorder | None = None, start_timeout_s: float = 10.0,
-        on_finished: Callable[[Finished], None] | None = None,
+        on_finished: Callable[[Finished], None] | None = None, store_url: str | None = None,
     ) -> None:
-        """With `on_finished`, the submitter consumes its own mailbox (name it uniquely) and
-        calls `on_finished` (on the I/O thread) when a task it submitted ends."""
+        """With `on_finished` (and the `store_url` of the cluster's Redis), the submitter
+        listens for the ends of the tasks it submits (name it uniquely) and calls `on_finished`
+        for each, on its listener thread."""
         self.name = name
         self.namespace = namespace
         self.codec = Codec()
-        self.transport = RabbitTransport(broker_url, namespace=namespace, name=name,
-                                         on_delivery=self._on_delivery)
         self.on_finished = on_finished
+        self.listener: FinishedListener | None = None
         if on_finished is not None:
-            self.transport.consume(name)
-        self.transport.start(start_timeout_s)
+            if store_url is None:
+                raise ValueError("waiting for tasks (on_finished) needs the store_url")
+            self.listener = FinishedListener(
+                store_url, prefix=namespace, client=name, timeout_s=start_timeout_s,
+                on_notice=lambda t, s, r: on_finished(Finished(task_id=t, state=s, reason=r)))
+        self.transport = RabbitTransport(broker_url, namespace=namespace, name=name)
+        try:
+            self.transport.start(start_timeout_s)
+        except ConnectionLost:
+            self._close_listener()
+            raise
         self.clock = VectorClock()
         self.record: Recorder = record or (lambda *_: None)
         self._ids = itertools.count(1)
         self._boot = uuid.uuid4().hex[:8]
         self._lock = threading.Lock()
-
-    def _on_delivery(self, d: Delivery) -> None:
-        try:
-            env = self.codec.decode(d.body)
-        except DecodeError:
-            self.transport.reject(d, requeue=False)
-            return
-        if isinstance(env.body, Finished) and self.on_finished is not None:
-            self.on_finished(env.body)
-        self.transport.ack(d)
 
     def _envelope(self, body: Message) -> Envelope:
         with self._lock:
@@ -87,3 +89,8 @@ class Submitter:
 
     def close(self) -> None:
         self.transport.close()
+        self._close_listener()
+
+    def _close_listener(self) -> None:
+        if self.listener is not None:
+            self.listener.close()

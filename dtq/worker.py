@@ -52,6 +52,7 @@ class _Waiting:
 
     spec: TaskSpec
     attempt: int
+    reply_to: str | None = None
     deliveries: list[DeliveryRef] = attrs.field(factory=list)
     clock: VectorClock = VectorClock()
     msgs: list[str] = attrs.field(factory=list)
@@ -81,6 +82,7 @@ class _Running:
     spec: TaskSpec
     attempt: int
     timer: int
+    reply_to: str | None = None
 
 
 class Worker(Actor):
@@ -131,8 +133,9 @@ class Worker(Actor):
         self._heartbeat(ctx)
 
     def _report_soon(self, ctx: Context) -> None:
-        """A start is reported by a heartbeat at once, unless another start was reported less
-        than `report_ms` ago: then by one sent `report_ms` later, for the whole burst."""
+        """A start is reported by a heartbeat as soon as the handling in progress is done
+        (off the path of the task itself), unless another start was reported less than
+        `report_ms` ago: then `report_ms` after that one, for the whole burst."""
         if self.report_pending:
             return
         if ctx.now_ms - self.last_report_ms >= self.report_ms:
@@ -191,7 +194,7 @@ class Worker(Actor):
         if spec.type not in self.task_types:
             self._fail(spec.id, attempt, f"unknown task type {spec.type!r} on {self.name}", ctx)
             return
-        self.waiting[ref] = _Waiting(spec=spec, attempt=attempt)
+        self.waiting[ref] = _Waiting(spec=spec, attempt=attempt, reply_to=msg.reply_to)
         self.waiting[ref].add(ctx)
         self._try_start(ref, ctx)
 
@@ -245,7 +248,7 @@ class Worker(Actor):
         spec, attempt = w.spec, w.attempt
         timer = ctx.schedule(spec.timeout_ms, ExecutionTimeout(ref=ref))
         self.running[ref] = _Running(deliveries=w.deliveries, spec=spec, attempt=attempt,
-                                     timer=timer)
+                                     timer=timer, reply_to=w.reply_to)
         ctx.record("started", task=spec.id, attempt=attempt, label=spec.label, msgs=w.msgs)
         self._report_soon(ctx)
         task_input = TaskInput(task_id=spec.id, type=spec.type, payload=spec.payload,
@@ -278,7 +281,7 @@ class Worker(Actor):
         task_id, attempt = run.spec.id, run.attempt
         result = TaskResult(task_id=task_id, attempt=attempt, worker=self.name, ok=True,
                             value=value, finished_ms=ctx.now_ms, clock=ctx.clock.as_dict())
-        write = ctx.store.put_result(result, ttl_ms=self.result_ttl_ms)
+        write = ctx.store.put_result(result, ttl_ms=self.result_ttl_ms, notify=run.reply_to)
         if write.created:
             ctx.record("effect", task=task_id, attempt=attempt)
         elif write.stale or write.stored is None:
@@ -289,7 +292,7 @@ class Worker(Actor):
             ctx.record("duplicate_refused", task=task_id, attempt=attempt,
                        winner=write.stored.attempt)
         assert write.stored is not None
-        self._report(write.stored, ctx)
+        self._report(write.stored, ctx, notified=write.created and run.reply_to is not None)
 
     @receive(ExecutionTimeout)
     def on_timeout(self, msg: ExecutionTimeout, ctx: Context) -> None:
@@ -302,10 +305,12 @@ class Worker(Actor):
         for delivery in run.deliveries:
             ctx.ack(delivery)
 
-    def _report(self, stored: TaskResult, ctx: Context) -> None:
+    def _report(self, stored: TaskResult, ctx: Context, *, notified: bool = False) -> None:
+        """Tell the leader the stored outcome. `notified`: the result write already told the
+        waiting client (a hop sooner than the leader could)."""
         ctx.send(self.coordinator, Completed(task_id=stored.task_id, attempt=stored.attempt,
                                              worker=stored.worker, ok=stored.ok,
-                                             error=stored.error))
+                                             error=stored.error, notified=notified))
 
     def _fail(self, task_id: str, attempt: int, error: str, ctx: Context) -> None:
         ctx.record("attempt_failed", task=task_id, attempt=attempt, error=error)

@@ -6,6 +6,7 @@ Skipped when RabbitMQ or Redis is down locally; failing under CI.
 from __future__ import annotations
 
 import json
+import queue
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import pika
 import pytest
 
 from dtq.cli import main
+from dtq.envelope import Finished
 from dtq.process import NodeConfig, Supervisor
 from dtq.realrun import wait_for
 from dtq.submitter import Submitter
@@ -99,3 +101,32 @@ def test_a_malformed_message_is_dead_lettered_and_the_worker_keeps_serving(
     finally:
         submitter.close()
         conn.close()
+
+
+def test_a_waiting_submitter_hears_each_end_once(
+    cluster: tuple[str, Supervisor, RedisStore], rabbitmq_url: str, redis_url: str,
+) -> None:
+    """A success is heard from the worker's result write, a failure from the leader's."""
+    ns, sup, store = cluster
+    wait_for(lambda: store.lease("coordinator") is not None, 30, "a leader", sup.poll)
+    heard: queue.Queue[Finished] = queue.Queue()
+    submitter = Submitter(rabbitmq_url, namespace=ns, name="client", on_finished=heard.put,
+                          store_url=redis_url)
+    try:
+        submitter.submit([TaskSpec(id="ok", type="echo", payload=1),
+                          TaskSpec(id="bad", type="no-such-type", max_attempts=1)])
+        ends = {}
+        while len(ends) < 2:
+            f = heard.get(timeout=30)
+            assert f.task_id not in ends, f"{f.task_id} heard twice"
+            ends[f.task_id] = (f.state, f.reason)
+        assert ends["ok"] == ("succeeded", None)
+        assert ends["bad"][0] == "failed" and "unknown task type" in str(ends["bad"][1])
+        assert store.get_result("ok").value == 1  # available when heard
+    finally:
+        submitter.close()
+
+
+def test_waiting_needs_the_store(rabbitmq_url: str) -> None:
+    with pytest.raises(ValueError, match="store_url"):
+        Submitter(rabbitmq_url, namespace="x", on_finished=lambda f: None)

@@ -67,7 +67,9 @@ def test_200_seeds_of_a_faulty_network_lose_and_duplicate_nothing() -> None:
 class OverwritingStore(SimStore):
     """A broken store: every result write 'wins', so a duplicate delivery applies twice."""
 
-    def put_result(self, result: TaskResult, *, ttl_ms: int | None = None) -> ResultWrite:
+    def put_result(
+        self, result: TaskResult, *, ttl_ms: int | None = None, notify: str | None = None,
+    ) -> ResultWrite:
         self.results[result.task_id] = (result, None)
         return ResultWrite(stored=result, created=True)
 

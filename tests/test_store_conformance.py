@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import time
 from collections.abc import Iterator
 from uuid import uuid4
@@ -9,12 +10,12 @@ from uuid import uuid4
 import pytest
 
 from dtq.clock import VectorClock
-from dtq.errors import StoreUnavailable
-from dtq.store import PutTask, ResultWrite
+from dtq.errors import StaleEpoch, StoreUnavailable
+from dtq.store import Notify, PutTask, ResultWrite
 from dtq.task import TaskRecord, TaskResult, TaskSpec
 from dtq.testing import ManualClock, PollingClock, StoreClock, StoreConformance
 from transports.memory_store import SimStore
-from transports.redis import RedisHistory, RedisStore
+from transports.redis import FinishedListener, RedisHistory, RedisStore
 
 
 class TestSimStore(StoreConformance):
@@ -137,3 +138,48 @@ class TestRedisHistory:
         history.flush()
         history.client.rpush(history.key, *batch)  # as a retry after a lost reply would
         assert [e.kind for e in history.read_events()] == ["x"]
+
+
+class TestNotices:
+    """A waiting client hears of a task's end from the write that records it, and only then."""
+
+    @pytest.fixture
+    def heard(self, redis_store: RedisStore, redis_url: str) -> Iterator[queue.Queue[tuple]]:
+        got: queue.Queue[tuple] = queue.Queue()
+        listener = FinishedListener(redis_url, prefix=redis_store.prefix, client="client-1",
+                                    on_notice=lambda *notice: got.put(notice))
+        yield got
+        listener.close()
+
+    def test_a_stored_result_notifies_once(
+        self, redis_store: RedisStore, heard: queue.Queue[tuple],
+    ) -> None:
+        result = TaskResult(task_id="t-1", attempt=1, worker="w", ok=True, value=1)
+        assert redis_store.put_result(result, notify="client-1").created
+        assert heard.get(timeout=5) == ("t-1", "succeeded", None)
+        again = TaskResult(task_id="t-1", attempt=2, worker="w2", ok=True, value=2)
+        assert not redis_store.put_result(again, notify="client-1").created
+        redis_store.put_result(TaskResult(task_id="t-2", attempt=1, worker="w", ok=True))
+        with pytest.raises(queue.Empty):  # a lost race and a write without notify: silence
+            heard.get(timeout=0.3)
+
+    def test_a_fenced_batch_notifies_only_when_applied(
+        self, redis_store: RedisStore, heard: queue.Queue[tuple],
+    ) -> None:
+        epoch = redis_store.acquire_lease("coordinator", "c1", 10_000)
+        assert epoch is not None
+        notice = Notify(client="client-1", task_id="t-9", state="failed", reason="boom")
+        with pytest.raises(StaleEpoch):
+            redis_store.apply([notice], epoch=epoch - 1)
+        redis_store.apply([notice], epoch=epoch)
+        assert heard.get(timeout=5) == ("t-9", "failed", "boom")
+        with pytest.raises(queue.Empty):
+            heard.get(timeout=0.3)
+
+    def test_sim_store_keeps_the_notices(self) -> None:
+        store = SimStore()
+        store.put_result(TaskResult(task_id="t-1", attempt=1, worker="w", ok=True),
+                         notify="client-1")
+        store.apply([Notify(client="client-1", task_id="t-2", state="cancelled")], epoch=0)
+        assert [(n.client, n.task_id, n.state) for n in store.notices] == [
+            ("client-1", "t-1", "succeeded"), ("client-1", "t-2", "cancelled")]

@@ -17,6 +17,7 @@ from dtq.store import (
     LEADER_LEASE,
     AddDependents,
     Lease,
+    Notify,
     PutTask,
     ResultWrite,
     WorkerInfo,
@@ -40,6 +41,8 @@ class SimStore:
         self.epochs: dict[str, int] = {}
         self.worker_info: dict[str, WorkerInfo] = {}
         self.stale_writes_refused = 0
+        self.notices: list[Notify] = []
+        """Every notice sent to a waiting client (nothing listens in the simulator)."""
 
     # records --------------------------------------------------------------------------------
     def get_task(self, task_id: str) -> TaskRecord | None:
@@ -76,12 +79,16 @@ class SimStore:
             elif isinstance(w, AddDependents):
                 old = self.edges.get(w.task_id, ())
                 self.edges[w.task_id] = old + tuple(d for d in w.dependents if d not in old)
+            elif isinstance(w, Notify):
+                self.notices.append(w)
 
     # idempotency and exactly-once -----------------------------------------------------------
     def claim_key(self, key: str, task_id: str, fingerprint: str) -> tuple[str, str]:
         return self.keys.setdefault(key, (task_id, fingerprint))
 
-    def put_result(self, result: TaskResult, *, ttl_ms: int | None = None) -> ResultWrite:
+    def put_result(
+        self, result: TaskResult, *, ttl_ms: int | None = None, notify: str | None = None,
+    ) -> ResultWrite:
         held = self.get_result(result.task_id)
         if held is not None:
             return ResultWrite(stored=held, created=False)
@@ -90,6 +97,8 @@ class SimStore:
             return ResultWrite(stored=None, created=False, stale=True)
         expires = self.now_ms() + ttl_ms if ttl_ms else None
         self.results[result.task_id] = (result, expires)
+        if notify is not None:
+            self.notices.append(Notify(client=notify, task_id=result.task_id, state="succeeded"))
         return ResultWrite(stored=result, created=True)
 
     def get_result(self, task_id: str) -> TaskResult | None:

@@ -24,7 +24,9 @@ Redis server, not Redis Cluster):
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -40,7 +42,18 @@ from redis.retry import Retry
 from dtq.clock import VectorClock
 from dtq.errors import StaleEpoch, StoreError, StoreUnavailable
 from dtq.history import Event
-from dtq.store import LEADER_LEASE, AddDependents, Lease, PutTask, ResultWrite, WorkerInfo, Write
+from dtq.store import (
+    LEADER_LEASE,
+    AddDependents,
+    Lease,
+    Notify,
+    PutTask,
+    ResultWrite,
+    WorkerInfo,
+    Write,
+    finished_channel,
+    notice_json,
+)
 from dtq.task import TaskRecord, TaskResult, TaskState
 
 __all__ = ["RedisHistory", "RedisStore"]
@@ -60,6 +73,7 @@ _SCAN_COUNT = 1000
 # current epoch; otherwise applies every write, moving a replaced task between the indexes.
 # KEYS[1] epoch counter, KEYS[2] refusal counter. ARGV[2] the key prefix with its ':', then ops:
 #   'put', id, state, type, attempt, record_json   |   'deps', task_id, n, dependent_1 .. _n
+#   | 'notify', channel, notice_json (published once every write is applied)
 # Returns {1} when applied, {0, current_epoch} when refused.
 APPLY_LUA = """
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -95,17 +109,22 @@ local function add_deps(id, first, n)
     if redis.call('ZADD', key, 'NX', score, ARGV[j]) == 1 then score = score + 1 end
   end
 end
+local notices = {}
 local i = 3
 while i <= #ARGV do
   if ARGV[i] == 'put' then
     put(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5])
     i = i + 6
+  elseif ARGV[i] == 'notify' then
+    notices[#notices + 1] = {ARGV[i + 1], ARGV[i + 2]}
+    i = i + 3
   else
     local n = tonumber(ARGV[i + 2])
     add_deps(ARGV[i + 1], i + 3, n)
     i = i + 3 + n
   end
 end
+for _, n in ipairs(notices) do redis.call('PUBLISH', n[1], n[2]) end
 return {1}
 """
 
@@ -164,8 +183,9 @@ return false
 
 # A task's result: first writer wins, and a late attempt loses. KEYS[1] the result, KEYS[2] the
 # hash of current attempts by task id. ARGV[1] the value, ARGV[2] a TTL in ms (as above), ARGV[3]
-# the task id, ARGV[4] the result's attempt.
-# Returns {0} when stored, {1, held} when a result holds, {2} when a newer attempt is current.
+# the task id, ARGV[4] the result's attempt, ARGV[5] a channel to publish ARGV[6] on when stored
+# ('' for none). Returns {0} when stored, {1, held} when a result holds, {2} when a newer
+# attempt is current.
 PUT_RESULT_LUA = """
 local held = redis.call('GET', KEYS[1])
 if held then return {1, held} end
@@ -177,6 +197,7 @@ if ttl > 0 then
 elseif ttl == 0 then
   redis.call('SET', KEYS[1], ARGV[1])
 end
+if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
 return {0}
 """
 
@@ -262,7 +283,7 @@ def _client_from_url(url: str, **kwargs: Any) -> redis.Redis:
     return redis.Redis.from_url(url, **options)
 
 
-def _encode_writes(writes: Sequence[Write]) -> list[str]:
+def _encode_writes(writes: Sequence[Write], prefix: str) -> list[str]:
     args: list[str] = []
     for w in writes:
         if isinstance(w, PutTask):
@@ -271,6 +292,9 @@ def _encode_writes(writes: Sequence[Write]) -> list[str]:
                      _dumps(rec.to_json())]
         elif isinstance(w, AddDependents):
             args += ["deps", w.task_id, str(len(w.dependents)), *w.dependents]
+        elif isinstance(w, Notify):
+            args += ["notify", finished_channel(prefix, w.client),
+                     notice_json(w.task_id, w.state, w.reason)]
         else:
             raise TypeError(f"not a store write: {w!r}")
     return args
@@ -372,7 +396,7 @@ class RedisStore:
 
     def apply(self, writes: Sequence[Write], *, epoch: int, lease: str = LEADER_LEASE) -> None:
         keys = [self._k("epoch", lease), self._k("stale_writes_refused")]
-        args = [str(epoch), self._p, *_encode_writes(writes)]
+        args = [str(epoch), self._p, *_encode_writes(writes, self.prefix)]
         # A retry after a lost reply that did apply rewrites the same values: harmless. If the
         # epoch moved in between, the retry reports StaleEpoch for writes made while current.
         reply = _retrying("apply", lambda _: self._apply(keys, args))
@@ -398,10 +422,14 @@ class RedisStore:
         bound_id, bound_fp = json.loads(held)
         return str(bound_id), str(bound_fp)
 
-    def put_result(self, result: TaskResult, *, ttl_ms: int | None = None) -> ResultWrite:
+    def put_result(
+        self, result: TaskResult, *, ttl_ms: int | None = None, notify: str | None = None,
+    ) -> ResultWrite:
         raw = _dumps(result.to_json())
         keys = [self._k("result", result.task_id), self._k("task:attempt")]
-        args: list[str | int] = [raw, ttl_ms or 0, result.task_id, result.attempt]
+        channel = finished_channel(self.prefix, notify) if notify is not None else ""
+        args: list[str | int] = [raw, ttl_ms or 0, result.task_id, result.attempt, channel,
+                                 notice_json(result.task_id, "succeeded")]
 
         def op(attempt: int) -> ResultWrite:
             reply = cast(list[Any], self._put_result(keys, args))
@@ -563,3 +591,55 @@ def _events(rows: Iterable[bytes | str]) -> list[Event]:
         seen.add(d["eid"])
         events.append(Event.from_json({**d, "seq": len(events)}))
     return events
+
+
+class FinishedListener:
+    """Hears one client's `Notify` notices (its tasks' ends) on Redis pub/sub, in a thread.
+
+    `on_notice(task_id, state, reason)` runs on that thread. Subscribed before the constructor
+    returns, so no notice of a task submitted afterwards is missed while Redis is reachable.
+    Notices are best effort: one published while the listener is disconnected is gone (the
+    task's record and result are not; poll them to be sure).
+    """
+
+    def __init__(
+        self, url: str, *, prefix: str, client: str,
+        on_notice: Callable[[str, str, str | None], None], timeout_s: float = 5.0,
+    ) -> None:
+        self.channel = finished_channel(prefix, client)
+        self.on_notice = on_notice
+        self._redis = _client_from_url(url, socket_timeout=None)
+        self._pubsub = self._redis.pubsub()  # type: ignore[no-untyped-call]
+        self._stop = threading.Event()
+        try:
+            self._pubsub.subscribe(self.channel)
+            deadline = time.monotonic() + timeout_s
+            while (msg := self._pubsub.get_message(timeout=0.1)) is None \
+                    or msg["type"] != "subscribe":
+                if time.monotonic() > deadline:
+                    raise StoreUnavailable(f"no answer to SUBSCRIBE {self.channel}")
+        except RedisError as exc:
+            self.close()
+            raise StoreUnavailable(f"cannot subscribe to {self.channel}: {exc}") from exc
+        self._thread = threading.Thread(target=self._run, name=f"notices-{client}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                msg = self._pubsub.get_message(timeout=0.5)
+            except RedisError:  # redis-py subscribes again when it reconnects
+                self._stop.wait(0.1)  # back off from an unreachable server, not synchronising
+                continue
+            if msg is not None and msg["type"] == "message":
+                d = json.loads(msg["data"])
+                self.on_notice(str(d["task_id"]), str(d["state"]), d.get("reason"))
+
+    def close(self) -> None:
+        self._stop.set()
+        thread = getattr(self, "_thread", None)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=2)
+        with contextlib.suppress(Exception):
+            self._pubsub.close()
+        self._redis.close()

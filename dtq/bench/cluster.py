@@ -51,7 +51,7 @@ class Cluster:
         name = f"bench-client-{uuid.uuid4().hex[:6]}"
         self.addresses.append(name)
         return Submitter(self.broker, namespace=self.namespace, name=name,
-                         on_finished=on_finished)
+                         on_finished=on_finished, store_url=store_url())
 
 
 def _configs(
