@@ -26,7 +26,7 @@ class RealTaskContext:
         self._ex = ex
         self._store = store
         self._record = record
-        self._root = Path(io_root).resolve()
+        self._io_root = io_root
         self._deadline = time.monotonic() + ex.input.timeout_ms / 1000
 
     @property
@@ -40,9 +40,10 @@ class RealTaskContext:
         """Real CPU time is already spent; nothing to account for."""
 
     def _path(self, path: str) -> Path:
-        full = (self._root / path.lstrip("/")).resolve()
-        if full != self._root and self._root not in full.parents:
-            raise TaskError(f"path {path!r} is outside the I/O root {self._root}")
+        root = Path(self._io_root).resolve()
+        full = (root / path.lstrip("/")).resolve()
+        if full != root and root not in full.parents:
+            raise TaskError(f"path {path!r} is outside the I/O root {root}")
         return full
 
     def read_file(self, path: str) -> bytes:

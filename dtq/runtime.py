@@ -48,7 +48,7 @@ class RuntimeOptions:
     """Prefetch per address (default: the concurrency on the work queue, 2048 on the leader's
     queue, above the 1024 submissions its causal buffer may hold back, 256 elsewhere)."""
     concurrency: int = 1
-    batch_max: int = 64
+    batch_max: int = 256
     poison_limit: int = 3
     grace_s: float = 10.0
     io_root: str = "."
@@ -307,6 +307,11 @@ class ProcessRuntime:
 
     def _execute(self, ex: Execution) -> None:
         self._running += 1
+        if ex.task_actor.inline:  # microseconds of work: no thread hand-offs
+            done = run_task(ex, store=self.store, record=self._record_threadsafe,
+                            actor=self.name, io_root=self.options.io_root)
+            self.urgent.append(_Item(_Local(message=done, execution=True)))
+            return
 
         def work() -> None:
             done = run_task(ex, store=self.store, record=self._record_threadsafe,

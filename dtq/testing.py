@@ -576,3 +576,46 @@ class TransportConformance:
         c.cancel("box", wait_s=10)
         _confirmed(producer, [self._msg(namespace, "box", b"two")])
         assert inbox.empty_for(0.5)
+
+    def test_messages_published_together_arrive_in_order_each_acked_alone(
+        self, connect: Connect, namespace: str,
+    ) -> None:
+        inbox, later = Inbox(), Inbox()
+        c1 = connect("c1", inbox.put)
+        c1.consume("box", prefetch=10)
+        bodies = [f"m{i}".encode() for i in range(5)]
+        _confirmed(connect("p", lambda d: None), [self._msg(namespace, "box", b) for b in bodies])
+        got = [inbox.get() for _ in bodies]
+        assert [d.body for d in got] == bodies
+        for d in got[:-1]:
+            c1.ack(d)
+        c2 = connect("c2", later.put)
+        c2.consume("box", prefetch=10)
+        c1.close()
+        back = set()
+        while b"m4" not in back:  # the unacked one comes back (its companions may too)
+            d = later.get()
+            back.add(d.body)
+            c2.ack(d)
+        assert back <= set(bodies)
+
+    def test_a_rejected_companion_alone_is_dead_lettered(
+        self, connect: Connect, namespace: str,
+    ) -> None:
+        inbox, dead, later = Inbox(), Inbox(), Inbox()
+        c1 = connect("c1", inbox.put)
+        c1.consume("box", prefetch=10)
+        grave = connect("grave", dead.put)
+        grave.consume(DEAD_QUEUE, prefetch=10)
+        _confirmed(connect("p", lambda d: None),
+                   [self._msg(namespace, "box", b) for b in (b"a", b"poison", b"c")])
+        a, poison, c = (inbox.get() for _ in range(3))
+        c1.reject(poison, requeue=False)
+        c1.ack(a)
+        c1.ack(c)
+        assert dead.get().body == b"poison"
+        assert dead.empty_for(0.3)
+        c1.close()
+        c2 = connect("c2", later.put)
+        c2.consume("box", prefetch=10)
+        assert later.empty_for(0.5)

@@ -9,7 +9,11 @@ Delivery contract (RabbitMQ's, and every transport's):
 * competing consumers of one queue share it round robin, each holding at most `prefetch`
   unacked deliveries;
 * `reject(d, requeue=False)` dead-letters: the message moves to the namespace's `dead` queue;
-* messages with a higher priority are delivered first from the work queue.
+* messages with a higher priority are delivered first from the work queue;
+* messages published in one call to one queue arrive in that order. A transport may carry them
+  as one broker message (RabbitMQ bundles them to every queue but the work queue): each is
+  still delivered, acked and rejected on its own, but while any of them is unacked the others
+  may come back with it when the consumer goes (handlers are idempotent).
 
 `transports/rabbitmq.py` implements it on RabbitMQ, `transports/local.py` in process memory;
 `dtq.testing.TransportConformance` checks an implementation against this contract.
@@ -27,6 +31,8 @@ from dtq.envelope import COORDINATOR_QUEUE, WORK_QUEUE
 DEAD_QUEUE = "dead"
 FAILURES_HEADER = "x-dtq-failures"
 """Header counting how often handlers failed on a message (poison messages are dead-lettered)."""
+BUNDLE_HEADER = "x-dtq-bundle"
+"""Header of a broker message that carries this many messages, one per line."""
 
 
 @attrs.frozen(kw_only=True)
@@ -40,6 +46,8 @@ class Delivery:
     redelivered: bool
     headers: dict[str, Any] = attrs.field(factory=dict)
     priority: int = 0
+    parts: int = 1
+    """How many messages came in the same broker message as this one (see BUNDLE_HEADER)."""
 
 
 @attrs.frozen(kw_only=True)

@@ -16,6 +16,14 @@ Topology, under a namespace (so tests never collide): `{ns}.coordinator` (leader
 `{ns}.work` (shared work queue, priorities 0-9 on classic queues), `{ns}.mailbox.{actor}`, and a
 dead-letter exchange `{ns}.dlx` routing to `{ns}.dead`. Quorum queues are an option for
 clustered RabbitMQ (`quorum=True`; they also enforce `x-delivery-limit`).
+
+Bundles: the messages of one `publish` call bound for the same queue (any but the work queue,
+whose messages must stay free to go to different workers) travel as one broker message, their
+bodies one per line under the `x-dtq-bundle` header, up to 256 messages or 1 MiB. The broker
+then stores, delivers and acks one message instead of hundreds. The consumer's transport splits
+it: each part is delivered on its own, and the broker message is acked once every part is acked
+(a rejected part is re-published alone, to the dead queue or its own queue, and then counts as
+acked).
 """
 
 from __future__ import annotations
@@ -39,10 +47,12 @@ import structlog
 
 from dtq.envelope import COORDINATOR_QUEUE, WORK_QUEUE
 from dtq.errors import ConnectionLost
-from dtq.transport import DEAD_QUEUE, Delivery, Outgoing, queue_name
+from dtq.transport import BUNDLE_HEADER, DEAD_QUEUE, Delivery, Outgoing, queue_name
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 HEARTBEAT_S = 10
+BUNDLE_MAX = 256
+BUNDLE_BYTES = 1 << 20
 
 
 @attrs.define(eq=False)
@@ -115,6 +125,7 @@ class RabbitTransport:
         self._unconfirmed: dict[int, tuple[Outgoing, _Batch]] = {}
         self._seq = 0
         self._last_error: BaseException | None = None
+        self._open_bundles: dict[int, int] = {}  # delivery tag -> parts not yet acked
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -188,6 +199,7 @@ class RabbitTransport:
         self._channel = ch
         self._declared = set()
         self._consumer_tags = {}
+        self._open_bundles = {}
         self._seq = 0
         ch.add_on_close_callback(self._on_channel_closed)
         ch.confirm_delivery(ack_nack_callback=self._on_confirm, callback=self._on_confirm_mode)
@@ -221,6 +233,9 @@ class RabbitTransport:
     # --- marshalling onto the I/O thread ------------------------------------------------------
 
     def _call(self, fn: Callable[[], None]) -> None:
+        if threading.current_thread() is self._thread:  # already on the loop (a `then`)
+            fn()
+            return
         conn = self._conn
         if conn is None:
             return
@@ -289,20 +304,43 @@ class RabbitTransport:
         props: pika.spec.BasicProperties, body: bytes,
     ) -> None:
         queue = self._consumer_tags.get(method.consumer_tag or "", "")
-        self.on_delivery(Delivery(
-            generation=self.generation, tag=method.delivery_tag or 0, queue=queue, body=body,
-            redelivered=bool(method.redelivered), headers=dict(props.headers or {}),
-            priority=props.priority or 0))
+        headers = dict(props.headers or {})
+        tag = method.delivery_tag or 0
+        count = headers.pop(BUNDLE_HEADER, None)
+        parts = body.split(b"\n") if count is not None else [body]
+        if len(parts) != (count or 1):  # a damaged bundle: its consumer dead-letters it whole
+            headers[BUNDLE_HEADER], parts = count, [body]
+        if len(parts) > 1:
+            self._open_bundles[tag] = len(parts)
+        for part in parts:
+            self.on_delivery(Delivery(
+                generation=self.generation, tag=tag, queue=queue, body=part,
+                redelivered=bool(method.redelivered), headers=headers,
+                priority=props.priority or 0, parts=len(parts)))
 
     def ack(self, delivery: Delivery, *, multiple: bool = False) -> None:
+        if delivery.parts > 1 and multiple:
+            raise ValueError("a part of a bundle is acked on its own, not with multiple=True")
         self._call(lambda: self._ack_now(delivery.generation, delivery.tag, multiple))
 
     def _ack_now(self, generation: int, tag: int, multiple: bool) -> None:
-        if generation == self.generation and self._channel is not None:
-            self._channel.basic_ack(tag, multiple=multiple)
+        if generation != self.generation or self._channel is None:
+            return
+        left = self._open_bundles.get(tag)
+        if left is not None:  # a part of a bundle: ack the broker message with its last part
+            if left > 1:
+                self._open_bundles[tag] = left - 1
+                return
+            del self._open_bundles[tag]
+        self._channel.basic_ack(tag, multiple=multiple)
 
     def reject(self, delivery: Delivery, *, requeue: bool) -> None:
         """Requeue, or (requeue=False) dead-letter a delivery."""
+        if delivery.parts > 1:  # the part alone: re-published, then done with
+            target = delivery.queue if requeue else queue_name(self.namespace, DEAD_QUEUE)
+            copy = Outgoing(queue=target, body=delivery.body, headers=delivery.headers or None)
+            self._publish_alone([copy], then=lambda: self.ack(delivery))
+            return
 
         def reject() -> None:
             if delivery.generation == self.generation and self._channel is not None:
@@ -316,6 +354,32 @@ class RabbitTransport:
         self, messages: Sequence[Outgoing], then: Callable[[], None] | None = None,
     ) -> None:
         """Publish persistent messages; `then` runs (on the I/O thread) once all are confirmed."""
+        self._publish_alone(self._bundled(messages), then)
+
+    def _bundled(self, messages: Sequence[Outgoing]) -> list[Outgoing]:
+        """The messages with those bound for one queue (but the work queue) in bundles."""
+        out: list[Outgoing | list[Outgoing]] = []
+        open_: dict[str, tuple[list[Outgoing], list[int]]] = {}
+        for m in messages:
+            if not self._bundles_to(m):
+                out.append(m)
+                continue
+            group, size = open_.get(m.queue, (None, [0]))
+            if group is None or len(group) >= BUNDLE_MAX or size[0] + len(m.body) > BUNDLE_BYTES:
+                group, size = [], [0]
+                open_[m.queue] = (group, size)
+                out.append(group)
+            group.append(m)
+            size[0] += len(m.body) + 1
+        return [_bundle(x) if isinstance(x, list) else x for x in out]
+
+    def _bundles_to(self, m: Outgoing) -> bool:
+        return not m.headers and b"\n" not in m.body and m.queue not in (
+            queue_name(self.namespace, WORK_QUEUE), queue_name(self.namespace, DEAD_QUEUE))
+
+    def _publish_alone(
+        self, messages: Sequence[Outgoing], then: Callable[[], None] | None = None,
+    ) -> None:
         if not messages:
             if then is not None:
                 self._call(then)
@@ -387,6 +451,13 @@ class RabbitTransport:
                     out[address] = 0
                     ch = ch.connection.channel()
         return out
+
+
+def _bundle(group: list[Outgoing]) -> Outgoing:
+    if len(group) == 1:
+        return group[0]
+    return Outgoing(queue=group[0].queue, body=b"\n".join(m.body for m in group),
+                    headers={BUNDLE_HEADER: len(group)}, message_id=group[0].message_id)
 
 
 @contextlib.contextmanager
