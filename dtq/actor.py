@@ -1,8 +1,10 @@
 """Actors, their context, and the cell that runs one actor for a runtime.
 
 The rule: actor code is pure. A handler gets a message and a `Context`; the context is its only
-door to the world. Handlers *record* effects (fenced store writes, sends, timers, acks, task
-executions) and the runtime applies them in a fixed order: persist, then send, then ack.
+door to the world. Handlers *record* effects (fenced store writes, result writes, sends, timers,
+acks, task executions) and the runtime applies them in a fixed order: persist, then send, then
+ack. A result write answers: the runtime writes every result of a batch in one round trip and
+hands each answer back to the actor as a message, whose handler runs before the batch's sends leave.
 
 `ActorCell` is shared by every runtime: it owns an actor's vector clock and epoch, chooses the
 handler by message class and collects the effects. The simulator and the process runtime only
@@ -19,7 +21,8 @@ import structlog
 
 from dtq.clock import VectorClock
 from dtq.envelope import Envelope, Message
-from dtq.store import Store, Write
+from dtq.store import ResultItem, ResultWrite, Store, Write
+from dtq.task import TaskResult
 
 if TYPE_CHECKING:
     from dtq.tasktypes import TaskActor, TaskInput
@@ -111,14 +114,23 @@ class Execution:
     input: TaskInput
 
 
+@attrs.frozen(kw_only=True)
+class PendingResult:
+    """A first-writer-wins result write; `then(answer)` is the message the actor gets back."""
+
+    item: ResultItem
+    then: Callable[[ResultWrite], Message]
+
+
 class Effects:
     """What one handler run asks the runtime to do, applied as persist, send, ack."""
 
     __slots__ = ("acks", "cancelled_timers", "defer_ms", "epoch", "executions", "exit", "hold",
-                 "sends", "subscribe", "timers", "unsubscribe", "writes")
+                 "results", "sends", "subscribe", "timers", "unsubscribe", "writes")
 
     def __init__(self, epoch: int = 0) -> None:
         self.writes: list[Write] = []
+        self.results: list[PendingResult] = []
         self.epoch = epoch
         self.sends: list[Envelope] = []
         self.timers: list[Timer] = []
@@ -204,6 +216,15 @@ class Context:
     def write(self, write: Write) -> None:
         """Record a fenced store write, applied (with the others of this run) before any send."""
         self.effects.writes.append(write)
+
+    def store_result(
+        self, result: TaskResult, *, then: Callable[[ResultWrite], Message],
+        ttl_ms: int | None = None, notify: str | None = None,
+    ) -> None:
+        """Store a task's result, first writer wins (`Store.put_result`). The answer comes
+        back as the message `then(answer)`, handled before this run's sends leave."""
+        item = ResultItem(result=result, ttl_ms=ttl_ms, notify=notify)
+        self.effects.results.append(PendingResult(item=item, then=then))
 
     def schedule(self, delay_ms: int, message: Message) -> int:
         """Deliver `message` back to this actor after `delay_ms`; returns a timer id."""

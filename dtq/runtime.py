@@ -220,8 +220,15 @@ class ProcessRuntime:
         done = [(fx, d) for fx, d in results if fx is not None]
         if not done or self._exit is not None:
             return
-        if not self._persist([fx for fx, _ in done]):
-            return
+        pending = done
+        while pending:  # result writes answer with messages, whose handlers may write more
+            if not self._persist([fx for fx, _ in pending]):
+                return
+            answered = self._store_results([fx for fx, _ in pending])
+            pending = [(fx, None) for fx in answered if fx is not None]
+            if self._exit is not None:
+                return
+            done += pending
         outgoing = [self._outgoing(env) for fx, _ in done for env in fx.sends]
         outgoing += [Outgoing(queue=d.queue, body=d.body, priority=d.priority, headers=d.headers)
                      for fx, d in done if d is not None and fx.defer_ms is not None]
@@ -255,6 +262,21 @@ class ProcessRuntime:
             self.log.error("store failed; exiting", error=str(exc))
             self._exit = EXIT_STORE
         return False
+
+    def _store_results(self, effects: list[Effects]) -> list[Effects | None]:
+        """Write the batch's results in one round trip; run the handlers of the answers."""
+        pending = [p for fx in effects for p in fx.results]
+        if not pending:
+            return []
+        try:
+            answers = self.store.put_results([p.item for p in pending])
+        except StoreError as exc:
+            self.log.error("store failed; exiting", error=str(exc))
+            self._exit = EXIT_STORE
+            return []
+        now = self._now()
+        return [self._guard(functools.partial(self.cell.fire, p.then(answer), now))
+                for p, answer in zip(pending, answers, strict=True)]
 
     def _apply_waiting(self, batch: list[Any], epoch: int) -> None:
         """Apply fenced writes; while the store is unreachable, wait and try again (handling

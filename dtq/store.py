@@ -65,6 +65,15 @@ def notice_json(task_id: str, state: str, reason: str | None = None) -> str:
 
 
 @attrs.frozen(kw_only=True)
+class ResultItem:
+    """One result for `Store.put_results`: `put_result`'s arguments."""
+
+    result: TaskResult
+    ttl_ms: int | None = None
+    notify: str | None = None
+
+
+@attrs.frozen(kw_only=True)
 class ResultWrite:
     """The outcome of a first-writer-wins result write."""
 
@@ -121,6 +130,10 @@ class Store(Protocol):
         """First writer wins, and late attempts lose: refused when a result is already stored,
         or when the task's record names a newer attempt than `result.attempt`. With `notify`, a
         stored result also tells that client the task succeeded (as `Notify` does)."""
+        ...
+
+    def put_results(self, items: Sequence[ResultItem]) -> list[ResultWrite]:
+        """`put_result` for each item, in order, in one round trip."""
         ...
 
     def get_result(self, task_id: str) -> TaskResult | None: ...

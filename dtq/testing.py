@@ -42,6 +42,7 @@ from dtq.store import (
     LEADER_LEASE,
     AddDependents,
     PutTask,
+    ResultItem,
     ResultWrite,
     Store,
     WorkerInfo,
@@ -361,6 +362,18 @@ class StoreConformance:
                             finished_ms=12)
         store.put_result(failed)
         assert store.get_result("t-2") == failed
+
+    def test_results_in_one_batch_act_as_in_sequence(self, store: Store) -> None:
+        rec = _record("t-3", TaskState.DISPATCHED)
+        store.apply(_puts(attrs.evolve(rec, attempt=2)), epoch=0)
+        a1, a2 = _result("t-1", attempt=1, worker="w1"), _result("t-1", attempt=2, worker="w2")
+        late, b = _result("t-3", attempt=1), _result("t-2")
+        writes = store.put_results([ResultItem(result=r) for r in (a1, a2, late, b)])
+        assert writes == [ResultWrite(stored=a1, created=True),
+                          ResultWrite(stored=a1, created=False),
+                          ResultWrite(stored=None, created=False, stale=True),
+                          ResultWrite(stored=b, created=True)]
+        assert store.put_results([]) == []
 
     def test_result_ttl(self, store: Store, store_clock: StoreClock) -> None:
         store.put_result(_result("t-1"), ttl_ms=self.short_ttl_ms)

@@ -27,7 +27,7 @@ from dtq.envelope import (
     Refused,
 )
 from dtq.errors import StoreUnavailable
-from dtq.store import LEADER_LEASE, WorkerInfo
+from dtq.store import LEADER_LEASE, ResultWrite, WorkerInfo
 from dtq.task import TaskResult, TaskSpec
 from dtq.tasktypes import Executed, TaskActor, TaskInput
 
@@ -65,6 +65,15 @@ class _Waiting:
         if ctx.envelope is not None:
             self.clock = self.clock.merge(ctx.envelope.clock)
             self.msgs.append(ctx.envelope.id)
+
+
+@attrs.frozen(kw_only=True)
+class ResultStored(Message):
+    """The store's answer to a result write (local: never sent)."""
+
+    result: TaskResult
+    write: ResultWrite
+    reply_to: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -281,7 +290,13 @@ class Worker(Actor):
         task_id, attempt = run.spec.id, run.attempt
         result = TaskResult(task_id=task_id, attempt=attempt, worker=self.name, ok=True,
                             value=value, finished_ms=ctx.now_ms, clock=ctx.clock.as_dict())
-        write = ctx.store.put_result(result, ttl_ms=self.result_ttl_ms, notify=run.reply_to)
+        reply_to = run.reply_to
+        ctx.store_result(result, ttl_ms=self.result_ttl_ms, notify=reply_to,
+                         then=lambda w: ResultStored(result=result, write=w, reply_to=reply_to))
+
+    @receive(ResultStored)
+    def on_result_stored(self, msg: ResultStored, ctx: Context) -> None:
+        write, task_id, attempt = msg.write, msg.result.task_id, msg.result.attempt
         if write.created:
             ctx.record("effect", task=task_id, attempt=attempt)
         elif write.stale or write.stored is None:
@@ -292,7 +307,7 @@ class Worker(Actor):
             ctx.record("duplicate_refused", task=task_id, attempt=attempt,
                        winner=write.stored.attempt)
         assert write.stored is not None
-        self._report(write.stored, ctx, notified=write.created and run.reply_to is not None)
+        self._report(write.stored, ctx, notified=write.created and msg.reply_to is not None)
 
     @receive(ExecutionTimeout)
     def on_timeout(self, msg: ExecutionTimeout, ctx: Context) -> None:

@@ -84,7 +84,7 @@ class TestRedisOnly:
     ) -> None:
         import redis as redis_py
 
-        real = redis_store._put_result
+        real = redis_store._put_results
         calls: list[int] = []
 
         def lose_first_reply(*args: object, **kwargs: object) -> object:
@@ -94,7 +94,7 @@ class TestRedisOnly:
                 raise redis_py.ConnectionError("reply lost")
             return reply
 
-        monkeypatch.setattr(redis_store, "_put_result", lose_first_reply)
+        monkeypatch.setattr(redis_store, "_put_results", lose_first_reply)
         mine = TaskResult(task_id="t-1", attempt=1, worker="w", ok=True)
         assert redis_store.put_result(mine) == ResultWrite(stored=mine, created=True)
         assert len(calls) == 2

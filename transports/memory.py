@@ -11,6 +11,7 @@ the same history, event for event.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import random
 from collections import deque
@@ -100,6 +101,10 @@ class _Node:
     auto_restart: bool = True
     blocked_since: int | None = None
     """When the node started waiting for the store to take its writes (None: not waiting)."""
+
+
+def _fire(message: Message, now_ms: int, cell: ActorCell) -> Effects:
+    return cell.fire(message, now_ms)
 
 
 def _default_log() -> Any:
@@ -500,6 +505,8 @@ class Simulation:
             return
         if self._crash_point(node, self.crash_points.after_persist, "after_persist"):
             return
+        if fx.results and not self._store_results(node, fx):
+            return
         for env in fx.sends:
             self._publish(env)
         if self._crash_point(node, self.crash_points.after_send, "after_send"):
@@ -514,6 +521,22 @@ class Simulation:
         for ref in fx.acks:
             self._ack(node, ref.token)
         self._apply_local(node, fx)
+
+    def _store_results(self, node: _Node, fx: Effects) -> bool:
+        """Write a run's results; each answer's handler runs (and its effects apply) before the
+        run's own sends. False when the node did not survive it."""
+        cell, inc = node.cell, node.incarnation
+        assert cell is not None
+        try:
+            answers = cell.store.put_results([p.item for p in fx.results])
+        except StoreError as exc:
+            self._fail(node, f"store error: {exc}")
+            return False
+        for p, answer in zip(fx.results, answers, strict=True):
+            self._run_handler(node, None, functools.partial(_fire, p.then(answer), self.now_ms))
+            if node.incarnation != inc or not node.alive:
+                return False
+        return True
 
     def _persist(self, node: _Node, tag: int | None, fx: Effects) -> bool:
         """Apply a run's fenced writes. While the store is unreachable the node waits (it

@@ -19,6 +19,7 @@ from dtq.store import (
     Lease,
     Notify,
     PutTask,
+    ResultItem,
     ResultWrite,
     WorkerInfo,
     Write,
@@ -100,6 +101,9 @@ class SimStore:
         if notify is not None:
             self.notices.append(Notify(client=notify, task_id=result.task_id, state="succeeded"))
         return ResultWrite(stored=result, created=True)
+
+    def put_results(self, items: Sequence[ResultItem]) -> list[ResultWrite]:
+        return [self.put_result(i.result, ttl_ms=i.ttl_ms, notify=i.notify) for i in items]
 
     def get_result(self, task_id: str) -> TaskResult | None:
         entry = self.results.get(task_id)

@@ -48,6 +48,7 @@ from dtq.store import (
     Lease,
     Notify,
     PutTask,
+    ResultItem,
     ResultWrite,
     WorkerInfo,
     Write,
@@ -181,24 +182,32 @@ end
 return false
 """
 
-# A task's result: first writer wins, and a late attempt loses. KEYS[1] the result, KEYS[2] the
-# hash of current attempts by task id. ARGV[1] the value, ARGV[2] a TTL in ms (as above), ARGV[3]
-# the task id, ARGV[4] the result's attempt, ARGV[5] a channel to publish ARGV[6] on when stored
-# ('' for none). Returns {0} when stored, {1, held} when a result holds, {2} when a newer
-# attempt is current.
-PUT_RESULT_LUA = """
-local held = redis.call('GET', KEYS[1])
-if held then return {1, held} end
-local current = tonumber(redis.call('HGET', KEYS[2], ARGV[3]) or '0')
-if current > tonumber(ARGV[4]) then return {2} end
-local ttl = tonumber(ARGV[2])
-if ttl > 0 then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
-elseif ttl == 0 then
-  redis.call('SET', KEYS[1], ARGV[1])
+# Tasks' results, in order: first writer wins, and a late attempt loses. KEYS[1] the hash of
+# current attempts by task id, KEYS[1 + i] the result of item i. Six ARGV per item: the value, a
+# TTL in ms (as above), the task id, the result's attempt, a channel to publish the sixth on when
+# stored ('' for none). Replies per item: {0} when stored, {1, held} when a result holds, {2}
+# when a newer attempt is current.
+PUT_RESULTS_LUA = """
+local out = {}
+for i = 1, #KEYS - 1 do
+  local a, key = (i - 1) * 6, KEYS[i + 1]
+  local held = redis.call('GET', key)
+  if held then
+    out[i] = {1, held}
+  elseif tonumber(redis.call('HGET', KEYS[1], ARGV[a + 3]) or '0') > tonumber(ARGV[a + 4]) then
+    out[i] = {2}
+  else
+    local ttl = tonumber(ARGV[a + 2])
+    if ttl > 0 then
+      redis.call('SET', key, ARGV[a + 1], 'PX', ttl)
+    elseif ttl == 0 then
+      redis.call('SET', key, ARGV[a + 1])
+    end
+    if ARGV[a + 5] ~= '' then redis.call('PUBLISH', ARGV[a + 5], ARGV[a + 6]) end
+    out[i] = {0}
+  end
 end
-if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
-return {0}
+return out
 """
 
 # Take the lease KEYS[1] unless held (SET NX PX semantics) and bump its epoch KEYS[2] in the same
@@ -243,6 +252,17 @@ local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return {raw, now_ms + redis.call('PTTL', KEYS[1])}
 """
+
+
+def _result_write(result: TaskResult, raw: str, reply: list[Any], *, retried: bool) -> ResultWrite:
+    if reply[0] == 0:
+        return ResultWrite(stored=result, created=True)
+    if reply[0] == 2:
+        return ResultWrite(stored=None, created=False, stale=True)
+    held = _text(reply[1])
+    if retried and held == raw:  # on a retry, our own value means the lost first try wrote it
+        return ResultWrite(stored=result, created=True)
+    return ResultWrite(stored=TaskResult.from_json(json.loads(held)), created=False)
 
 
 def _text(value: bytes | str) -> str:
@@ -333,7 +353,7 @@ class RedisStore:
         self._apply = client.register_script(APPLY_LUA)
         self._scan = client.register_script(SCAN_LUA)
         self._first_writer = client.register_script(FIRST_WRITER_LUA)
-        self._put_result = client.register_script(PUT_RESULT_LUA)
+        self._put_results = client.register_script(PUT_RESULTS_LUA)
         self._acquire = self.lease_client.register_script(ACQUIRE_LUA)
         self._renew = self.lease_client.register_script(RENEW_LUA)
         self._release = client.register_script(RELEASE_LUA)
@@ -425,25 +445,26 @@ class RedisStore:
     def put_result(
         self, result: TaskResult, *, ttl_ms: int | None = None, notify: str | None = None,
     ) -> ResultWrite:
-        raw = _dumps(result.to_json())
-        keys = [self._k("result", result.task_id), self._k("task:attempt")]
-        channel = finished_channel(self.prefix, notify) if notify is not None else ""
-        args: list[str | int] = [raw, ttl_ms or 0, result.task_id, result.attempt, channel,
-                                 notice_json(result.task_id, "succeeded")]
+        return self.put_results([ResultItem(result=result, ttl_ms=ttl_ms, notify=notify)])[0]
 
-        def op(attempt: int) -> ResultWrite:
-            reply = cast(list[Any], self._put_result(keys, args))
-            if reply[0] == 0:
-                return ResultWrite(stored=result, created=True)
-            if reply[0] == 2:
-                return ResultWrite(stored=None, created=False, stale=True)
-            # On a retry, finding our own value means the lost first try wrote it.
-            held = _text(reply[1])
-            if attempt > 0 and held == raw:
-                return ResultWrite(stored=result, created=True)
-            return ResultWrite(stored=TaskResult.from_json(json.loads(held)), created=False)
+    def put_results(self, items: Sequence[ResultItem]) -> list[ResultWrite]:
+        if not items:
+            return []
+        raws = [_dumps(i.result.to_json()) for i in items]
+        keys = [self._k("task:attempt"), *(self._k("result", i.result.task_id) for i in items)]
+        args: list[str | int] = []
+        for item, raw in zip(items, raws, strict=True):
+            r = item.result
+            channel = finished_channel(self.prefix, item.notify) if item.notify else ""
+            args += [raw, item.ttl_ms or 0, r.task_id, r.attempt, channel,
+                     notice_json(r.task_id, "succeeded")]
 
-        return _retrying("put_result", op)
+        def op(attempt: int) -> list[ResultWrite]:
+            replies = cast(list[list[Any]], self._put_results(keys, args))
+            return [_result_write(i.result, raw, reply, retried=attempt > 0)
+                    for i, raw, reply in zip(items, raws, replies, strict=True)]
+
+        return _retrying("put_results", op)
 
     def get_result(self, task_id: str) -> TaskResult | None:
         raw = _retrying("get_result", lambda _: self.client.get(self._k("result", task_id)))
