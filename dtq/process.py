@@ -66,7 +66,8 @@ def build_actor(cfg: NodeConfig) -> Any:
             lease_ttl_ms=cfg.lease_ttl_ms, detector_timeout_ms=cfg.detector_timeout_ms))
     if cfg.role == "worker":
         return Worker(cfg.name, load_task_types(cfg.task_modules),
-                      result_ttl_ms=cfg.result_ttl_ms, heartbeat_ms=cfg.heartbeat_ms)
+                      result_ttl_ms=cfg.result_ttl_ms, heartbeat_ms=cfg.heartbeat_ms,
+                      concurrency=cfg.concurrency)
     raise ValueError(f"unknown role {cfg.role!r}")
 
 

@@ -102,6 +102,7 @@ class Worker(Actor):
         coordinator: str = COORDINATOR_QUEUE, max_result_bytes: int = MAX_RESULT_BYTES,
         result_ttl_ms: int | None = None, heartbeat_ms: int = 1000,
         check_causality: bool = True, causality_retries: int = 8,
+        concurrency: int | None = None,
     ) -> None:
         super().__init__(name)
         self.task_types = dict(task_types)
@@ -121,11 +122,16 @@ class Worker(Actor):
         """Off only to show what the check prevents: tasks may then run before their deps."""
         self.causality_retries = causality_retries
         self.waiting: dict[str, _Waiting] = {}
+        self.concurrency = concurrency
+        """Tasks run at once (None: no limit). A dispatch ready beyond it waits, not started,
+        until one ends; tasks of an `inline` type take no slot."""
+        self.queued: dict[str, tuple[_Waiting, dict[str, object]]] = {}
 
     def on_start(self, ctx: Context) -> None:
         self.highest_epoch = 0
         self.running = {}
         self.waiting = {}
+        self.queued = {}
         self.report_pending = False
         self.finished = []
         ctx.record("worker_started")
@@ -187,6 +193,9 @@ class Worker(Actor):
         if ref in self.running:  # a redelivery of a dispatch this worker is running
             self.running[ref].deliveries.append(ctx.hold())
             ctx.record("copy_held", task=spec.id, attempt=attempt, msg=_msg_id(ctx))
+            return
+        if ref in self.queued:  # another copy of a dispatch waiting for a free slot
+            self.queued[ref][0].deliveries.append(ctx.hold())
             return
         if ref in self.waiting:  # another copy of a dispatch waiting on its dependencies
             self.waiting[ref].add(ctx)
@@ -253,7 +262,14 @@ class Worker(Actor):
             values[dep] = stored.value if stored is not None else None
         return values
 
+    def _busy(self) -> int:
+        return sum(not self.task_types[r.spec.type].inline for r in self.running.values())
+
     def _start(self, ref: str, w: _Waiting, values: dict[str, object], ctx: Context) -> None:
+        if self.concurrency is not None and not self.task_types[w.spec.type].inline \
+                and self._busy() >= self.concurrency:
+            self.queued[ref] = (w, values)
+            return
         spec, attempt = w.spec, w.attempt
         timer = ctx.schedule(spec.timeout_ms, ExecutionTimeout(ref=ref))
         self.running[ref] = _Running(deliveries=w.deliveries, spec=spec, attempt=attempt,
@@ -272,6 +288,7 @@ class Worker(Actor):
             return
         self.finished.append(msg.ref)
         ctx.cancel(run.timer)
+        self._start_queued(ctx)
         task_id, attempt = run.spec.id, run.attempt
         size = _size(msg.value)
         if not msg.ok:
@@ -315,10 +332,18 @@ class Worker(Actor):
         if run is None:
             return
         self.finished.append(msg.ref)
+        self._start_queued(ctx)
         timeout = run.spec.timeout_ms
         self._fail(run.spec.id, run.attempt, f"timed out after {timeout} ms", ctx)
         for delivery in run.deliveries:
             ctx.ack(delivery)
+
+    def _start_queued(self, ctx: Context) -> None:
+        """A slot is free: start the dispatch that waited longest for one."""
+        if self.queued:
+            ref = next(iter(self.queued))
+            w, values = self.queued.pop(ref)
+            self._start(ref, w, values, ctx)
 
     def _report(self, stored: TaskResult, ctx: Context, *, notified: bool = False) -> None:
         """Tell the leader the stored outcome. `notified`: the result write already told the

@@ -17,7 +17,8 @@ TERMINAL = {"succeeded", "failed", "rejected", "cancelled"}
 def make_sim(
     seed: int = 0, *, workers: int = 3, coordinators: int = 1, prefetch: int = 1,
     store: SimStore | None = None, crash_points: CrashPoints | None = None,
-    modules: tuple[str, ...] = (), lease_ttl_ms: int = 3000, **network: Any,
+    modules: tuple[str, ...] = (), lease_ttl_ms: int = 3000, concurrency: int | None = None,
+    **network: Any,
 ) -> Simulation:
     sim = Simulation(seed, network=NetworkConfig(**network), store=store,
                      crash_points=crash_points)
@@ -27,8 +28,8 @@ def make_sim(
         sim.spawn(f"coordinator-{i}", lambda n=f"coordinator-{i}": Coordinator(n, cfg),
                   groups=("coordinators",))
     for i in range(1, workers + 1):
-        sim.spawn(f"worker-{i}", lambda n=f"worker-{i}": Worker(n, types), groups=("workers",),
-                  prefetch=prefetch)
+        sim.spawn(f"worker-{i}", lambda n=f"worker-{i}": Worker(n, types, concurrency=concurrency),
+                  groups=("workers",), prefetch=prefetch)
     return sim
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from .scenariokit import BACKENDS, Run, held, runner_for
+from .simkit import finished, make_sim, spec
 
 
 @pytest.fixture(params=BACKENDS)
@@ -38,3 +39,23 @@ def test_dropped_broker_connections_lose_nothing(run: Run) -> None:
     s = held(result)
     assert s["tasks"]["succeeded"] == 40
     assert s["tasks"]["lost"] == 0 and s["tasks"]["duplicated"] == 0
+
+
+def test_a_worker_runs_no_more_than_its_concurrency_however_much_it_holds() -> None:
+    """Dispatches held beyond the concurrency wait, not started (their time-out has not begun);
+    inline ones (echo) take no slot."""
+    sim = make_sim(1, workers=1, prefetch=6, concurrency=2)
+    for n in range(4):
+        sim.submit(spec(n, type="sleep", payload={"ms": 100}))
+    sim.submit(spec(9))  # echo
+    sim.run(stop=lambda: len(finished(sim)) == 5, until_ms=10_000)
+    starts = sorted((e.time_ms, e.data["task"]) for e in sim.history.events
+                    if e.kind == "started")
+    ends = {e.data["task"]: e.time_ms for e in sim.history.events if e.kind == "effect"}
+    assert len(finished(sim)) == 5 and len(starts) == 5
+    for t, task in starts:
+        if task != "task-00009":
+            running = [s for s, other in starts if other != "task-00009" and other != task
+                       and s <= t < ends[other]]
+            assert len(running) <= 1, f"{task} started at {t} beside {running}"
+    assert dict((task, t) for t, task in starts)["task-00009"] < max(ends.values()) - 100
