@@ -329,7 +329,8 @@ class ProcessRuntime:
     def _subscribe(self, address: str) -> None:
         if address not in self.subscriptions:
             self.subscriptions.append(address)
-        default = {WORK_QUEUE: PREFETCH_MULTIPLIER * self.options.concurrency, COORDINATOR_QUEUE: 2048}.get(address, 256)
+        work = PREFETCH_MULTIPLIER * self.options.concurrency
+        default = {WORK_QUEUE: work, COORDINATOR_QUEUE: 2048}.get(address, 256)
         self.transport.consume(address, self.options.prefetch.get(address, default))
 
     def _execute(self, ex: Execution) -> None:
