@@ -243,7 +243,8 @@ class ProcessRuntime:
         acks = [] if exiting else [d for fx, d in done if d is not None and not fx.hold]
         acks += [held for fx, _ in done for ref in fx.acks
                  if (held := self._deliveries.pop(ref.token, None)) is not None]
-        self.transport.publish(outgoing, then=lambda: self._ack_all(acks))
+        if outgoing or acks:  # (an empty round would only wake the I/O thread for nothing)
+            self.transport.publish(outgoing, then=lambda: self._ack_all(acks))
         for fx, _ in done:
             self._apply_local(fx)
 
