@@ -1,8 +1,8 @@
 """End-to-end benchmark on real processes: no-op tasks through RabbitMQ and Redis.
 
 Measures throughput (submitted -> result available, for the whole batch) and per-task latency
-(submit -> the leader's completion notice) with every guarantee on: durable queues, persistent
-messages, publisher confirms, fenced writes, first-writer-wins results.
+(submit -> the notice published by the worker's result write) with every guarantee on: durable
+queues, persistent messages, publisher confirms, fenced writes, first-writer-wins results.
 """
 
 from __future__ import annotations

@@ -171,7 +171,9 @@ def _add_services(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     wo.add_argument("--name", default=None, help="actor name (default: worker-<pid>)")
     wo.add_argument("--tasks", action="append", default=[], metavar="MODULE",
                     help="import task types (TaskActor subclasses) from MODULE; repeatable")
-    wo.add_argument("--concurrency", type=int, default=1, help="tasks run at once (default 1)")
+    wo.add_argument("--concurrency", type=int, default=1,
+                    help="tasks run at once (default 1); the worker holds up to 4 dispatches per "
+                    "slot, the next ones waiting unstarted")
     wo.add_argument("--result-ttl-ms", type=int, default=None,
                     help="keep results this long (default: forever)")
     _service_args(wo)

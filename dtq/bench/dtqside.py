@@ -21,7 +21,7 @@ from dtq.transport import queue_name
 
 
 class DtqClient:
-    """Submit-and-wait for dtq: a Submitter whose completion notices set one Event per task."""
+    """Submit-and-wait for dtq: a Submitter whose end notices set one Event per task."""
 
     def __init__(self, cluster: Cluster) -> None:
         self._events: dict[str, threading.Event] = {}
