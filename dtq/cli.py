@@ -17,6 +17,17 @@ EPILOG_SCENARIO = """examples:
 """
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def _add_scenario(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("scenario", help="run chaos scenario files",
                        description="Run scenario files (TOML) and check their invariants.",
@@ -172,8 +183,11 @@ def _add_services(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     wo.add_argument("--tasks", action="append", default=[], metavar="MODULE",
                     help="import task types (TaskActor subclasses) from MODULE; repeatable")
     wo.add_argument("--concurrency", type=int, default=1,
-                    help="tasks run at once (default 1); the worker holds up to 4 dispatches per "
-                    "slot, the next ones waiting unstarted")
+                    help="tasks run at once (default 1)")
+    wo.add_argument("--prefetch", type=positive_int, default=None, metavar="N",
+                    help="dispatches held at once, those beyond --concurrency waiting unstarted "
+                    "(default 4 x concurrency; set it to the concurrency to hold fewer back from "
+                    "other workers)")
     wo.add_argument("--result-ttl-ms", type=int, default=None,
                     help="keep results this long (default: forever)")
     _service_args(wo)
@@ -197,7 +211,7 @@ def _node_config(args: argparse.Namespace, role: str, name: str) -> object:
     return NodeConfig(
         role=role, name=name, broker_url=broker_url(args.broker_url),
         store_url=store_url(args.store_url), namespace=args.namespace,
-        concurrency=getattr(args, "concurrency", 1),
+        concurrency=getattr(args, "concurrency", 1), prefetch=getattr(args, "prefetch", None),
         task_modules=tuple(getattr(args, "tasks", ())),
         lease_ttl_ms=getattr(args, "lease_ttl_ms", 3000), log_level=args.log_level,
         result_ttl_ms=getattr(args, "result_ttl_ms", None), quorum=args.quorum)

@@ -16,6 +16,7 @@ import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dtq.cli import positive_int
 from dtq.client import DEFAULT_URL, Client, WaitTimeout
 
 EXIT_OK, EXIT_TASK_FAILED, EXIT_BAD_INPUT, EXIT_TIMEOUT = 0, 1, 2, 3
@@ -65,7 +66,7 @@ def _add_api(sub: Subparsers) -> None:
                            "/openapi.json, interactive docs at /docs."))
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--max-body-bytes", type=_positive, default=1024 * 1024, metavar="N",
+    p.add_argument("--max-body-bytes", type=positive_int, default=1024 * 1024, metavar="N",
                    help="largest request body accepted, else 413 (default 1048576)")
     p.add_argument("--tasks", action="append", default=[], metavar="MODULE",
                    help="task types to accept besides the built-in ones (as for `dtq worker`); "
@@ -83,16 +84,6 @@ def _add_api(sub: Subparsers) -> None:
     p.add_argument("--log-level", default=None, type=str.lower,
                    choices=["debug", "info", "warning", "error"], help="default: info")
     p.set_defaults(func=_run_api)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def _run_api(args: argparse.Namespace) -> int:

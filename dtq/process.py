@@ -43,6 +43,8 @@ class NodeConfig:
     namespace: str = "dtq"
     history: bool = False
     concurrency: int = 1
+    prefetch: int | None = None
+    """Dispatches a worker holds at once (default: 4 per task slot)."""
     task_modules: tuple[str, ...] = ()
     lease_ttl_ms: int = 2000
     detector_timeout_ms: int = 5000
@@ -71,6 +73,12 @@ def build_actor(cfg: NodeConfig) -> Any:
     raise ValueError(f"unknown role {cfg.role!r}")
 
 
+def _prefetch(cfg: NodeConfig) -> dict[str, int]:
+    from dtq.envelope import WORK_QUEUE
+
+    return {WORK_QUEUE: cfg.prefetch} if cfg.prefetch else {}
+
+
 def run_node(cfg: NodeConfig) -> int:
     """Run one node in this process until it stops; return its exit status."""
     from dtq.logs import configure_logging
@@ -93,7 +101,8 @@ def run_node(cfg: NodeConfig) -> int:
                                 quorum=cfg.quorum)
     runtime = ProcessRuntime(build_actor(cfg), transport=transport, store=store, record=record,
                              options=RuntimeOptions(concurrency=cfg.concurrency,
-                                                    io_root=cfg.io_root, trace=cfg.trace))
+                                                    io_root=cfg.io_root, trace=cfg.trace,
+                                                    prefetch=_prefetch(cfg)))
     log.info("starting", role=cfg.role, pid=os.getpid(), namespace=cfg.namespace)
     try:
         return runtime.run()

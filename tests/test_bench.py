@@ -111,3 +111,19 @@ def test_bench_help_lists_the_subcommands(capsys: pytest.CaptureFixture[str]) ->
     text = _bench_help(capsys)
     for name in SUBCOMMANDS:
         assert name in text
+
+
+def test_worker_prefetch_option_reaches_the_runtime(capsys: pytest.CaptureFixture[str]) -> None:
+    from dtq.cli import _node_config, build_parser
+    from dtq.envelope import WORK_QUEUE
+    from dtq.process import _prefetch
+
+    parser = build_parser()
+    args = parser.parse_args(["worker", "--concurrency", "2", "--prefetch", "3"])
+    cfg = _node_config(args, "worker", "w")
+    assert (cfg.concurrency, cfg.prefetch) == (2, 3)  # type: ignore[attr-defined]
+    assert _prefetch(cfg) == {WORK_QUEUE: 3}  # type: ignore[arg-type]
+    assert _prefetch(_node_config(parser.parse_args(["worker"]), "worker", "w")) == {}  # type: ignore[arg-type]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["worker", "--prefetch", "0"])
+    assert "must be at least 1" in capsys.readouterr().err
