@@ -7,11 +7,12 @@ import time
 from collections.abc import Iterator
 from uuid import uuid4
 
+import attrs
 import pytest
 
 from dtq.clock import VectorClock
 from dtq.errors import StaleEpoch, StoreUnavailable
-from dtq.store import Notify, PutTask, ResultWrite
+from dtq.store import Notify, PutTask, ResultItem, ResultWrite
 from dtq.task import TaskRecord, TaskResult, TaskSpec
 from dtq.testing import ManualClock, PollingClock, StoreClock, StoreConformance
 from transports.memory_store import SimStore
@@ -175,6 +176,25 @@ class TestNotices:
         assert heard.get(timeout=5) == ("t-9", "failed", "boom")
         with pytest.raises(queue.Empty):
             heard.get(timeout=0.3)
+
+    def test_a_listener_cut_off_by_the_server_subscribes_again(
+        self, redis_store: RedisStore, heard: queue.Queue[tuple],
+    ) -> None:
+        name = f"dtq-notices:{redis_store.prefix}:finished:client-1"
+        ours = [c["id"] for c in redis_store.client.client_list() if c["name"] == name]
+        assert len(ours) == 1
+        redis_store.client.client_kill_filter(_id=ours[0])
+        result = TaskResult(task_id="t-1", attempt=1, worker="w", ok=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # a notice published while it is away is lost
+            redis_store.put_results([ResultItem(result=attrs.evolve(
+                result, task_id=f"t-{time.monotonic_ns()}"), notify="client-1")])
+            try:
+                heard.get(timeout=0.2)
+                return
+            except queue.Empty:
+                continue
+        pytest.fail("the listener did not come back within 10 s")
 
     def test_sim_store_keeps_the_notices(self) -> None:
         store = SimStore()

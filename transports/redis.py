@@ -629,7 +629,8 @@ class FinishedListener:
     ) -> None:
         self.channel = finished_channel(prefix, client)
         self.on_notice = on_notice
-        self._redis = _client_from_url(url, socket_timeout=None)
+        self._redis = _client_from_url(url, socket_timeout=None,
+                                       client_name=f"dtq-notices:{self.channel}")
         self._pubsub = self._redis.pubsub()  # type: ignore[no-untyped-call]
         self._stop = threading.Event()
         try:
