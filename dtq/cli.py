@@ -167,6 +167,15 @@ def _service_args(p: argparse.ArgumentParser) -> None:
                    "$DTQ_QUORUM=1 sets it). Every node of a namespace must agree.")
 
 
+def _worker_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prefetch", type=positive_int, default=None, metavar="N",
+                   help="dispatches a worker holds at once, those beyond --concurrency waiting "
+                   "unstarted (default 4 x concurrency; set it to the concurrency to hold fewer "
+                   "back from other workers)")
+    p.add_argument("--result-ttl-ms", type=positive_int, default=None, metavar="MS",
+                   help="keep results this long (default: forever)")
+
+
 def _add_services(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     co = sub.add_parser("coordinator", help="run one coordinator (leader or standby)",
                         description="Run a coordinator process. It competes for the leader "
@@ -184,12 +193,7 @@ def _add_services(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                     help="import task types (TaskActor subclasses) from MODULE; repeatable")
     wo.add_argument("--concurrency", type=int, default=1,
                     help="tasks run at once (default 1)")
-    wo.add_argument("--prefetch", type=positive_int, default=None, metavar="N",
-                    help="dispatches held at once, those beyond --concurrency waiting unstarted "
-                    "(default 4 x concurrency; set it to the concurrency to hold fewer back from "
-                    "other workers)")
-    wo.add_argument("--result-ttl-ms", type=int, default=None,
-                    help="keep results this long (default: forever)")
+    _worker_args(wo)
     _service_args(wo)
     wo.set_defaults(func=_run_service, role="worker")
     cl = sub.add_parser("cluster", help="run coordinators and workers under a supervisor",
@@ -201,6 +205,7 @@ def _add_services(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     cl.add_argument("--tasks", action="append", default=[], metavar="MODULE",
                     help="task modules for the workers; repeatable")
     cl.add_argument("--concurrency", type=int, default=1, help="tasks per worker (default 1)")
+    _worker_args(cl)
     _service_args(cl)
     cl.set_defaults(func=_run_cluster)
 

@@ -127,3 +127,11 @@ def test_worker_prefetch_option_reaches_the_runtime(capsys: pytest.CaptureFixtur
     with pytest.raises(SystemExit):
         parser.parse_args(["worker", "--prefetch", "0"])
     assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_cluster_passes_worker_options_on() -> None:
+    from dtq.cli import _node_config, build_parser
+
+    args = build_parser().parse_args(["cluster", "--prefetch", "5", "--result-ttl-ms", "900"])
+    cfg = _node_config(args, "worker", "worker-1")
+    assert (cfg.prefetch, cfg.result_ttl_ms) == (5, 900)  # type: ignore[attr-defined]
