@@ -27,6 +27,7 @@ passes by subclassing the suite in a test module and providing fixtures.
 
 from __future__ import annotations
 
+import functools
 import queue
 import random
 import threading
@@ -463,6 +464,10 @@ class Inbox:
             return True
 
 
+def _tagged(into: queue.Queue[tuple[int, Delivery]], consumer: int, d: Delivery) -> None:
+    into.put((consumer, d))
+
+
 def _confirmed(transport: Transport, messages: list[Outgoing], within_s: float = 10.0) -> None:
     done = threading.Event()
     transport.publish(messages, then=done.set)
@@ -518,18 +523,24 @@ class TransportConformance:
     def test_competing_consumers_share_round_robin(
         self, connect: Connect, namespace: str,
     ) -> None:
-        inboxes = [Inbox(), Inbox()]
-        consumers = [connect(f"c{i}", box.put) for i, box in enumerate(inboxes)]
+        merged: queue.Queue[tuple[int, Delivery]] = queue.Queue()
+        consumers = [connect(f"c{i}", functools.partial(_tagged, merged, i)) for i in range(2)]
         for c in consumers:
             c.consume("work", prefetch=1)
         producer = connect("p", lambda d: None)
         _confirmed(producer, [self._msg(namespace, "work", f"m{i}".encode()) for i in range(4)])
+        # Nothing acked yet and one unacked delivery each at most: the first two deliveries go
+        # one to each consumer. (Who gets the next ones depends on when each ack lands.)
+        first = [merged.get(timeout=10) for _ in range(2)]
+        assert sorted(i for i, _ in first) == [0, 1]
         got = []
+        for i, d in first:
+            got.append(d.body)
+            consumers[i].ack(d)
         for _ in range(2):
-            for c, box in zip(consumers, inboxes, strict=True):
-                d = box.get()
-                got.append(d.body)
-                c.ack(d)
+            i, d = merged.get(timeout=10)
+            got.append(d.body)
+            consumers[i].ack(d)
         assert sorted(got) == [b"m0", b"m1", b"m2", b"m3"]
 
     def test_prefetch_limits_unacked_deliveries(self, connect: Connect, namespace: str) -> None:
