@@ -336,18 +336,16 @@ class ProcessRuntime:
 
     def _execute(self, ex: Execution) -> None:
         self._running += 1
-        if ex.task_actor.inline:  # microseconds of work: no thread hand-offs
+
+        def run() -> _Local:
             done = run_task(ex, store=self.store, record=self._record_threadsafe,
                             actor=self.name, io_root=self.options.io_root)
-            self.urgent.append(_Item(_Local(message=done, execution=True)))
-            return
+            return _Local(message=done, execution=True)
 
-        def work() -> None:
-            done = run_task(ex, store=self.store, record=self._record_threadsafe,
-                            actor=self.name, io_root=self.options.io_root)
-            self._enqueue(_Local(message=done, execution=True), urgent=True)
-
-        self._pool.submit(work)
+        if ex.task_actor.inline:  # microseconds of work, on this thread: no hand-offs
+            self.urgent.append(_Item(run()))
+        else:
+            self._pool.submit(lambda: self._enqueue(run(), urgent=True))
 
     def _record_threadsafe(self, kind: str, data: Mapping[str, Any]) -> None:
         self.record(self.name, kind, VectorClock(), data)

@@ -37,7 +37,6 @@ class Submitter:
         self.name = name
         self.namespace = namespace
         self.codec = Codec()
-        self.on_finished = on_finished
         self.listener: FinishedListener | None = None
         if on_finished is not None:
             if store_url is None:
@@ -66,8 +65,8 @@ class Submitter:
     def submit(self, specs: Sequence[TaskSpec], *, timeout_s: float = 30.0) -> None:
         """Publish submissions; return when the broker has confirmed all of them."""
         out = []
+        reply_to = self.name if self.listener is not None else None
         for spec in specs:
-            reply_to = self.name if self.on_finished is not None else None
             env = self._envelope(Submit(spec=spec, reply_to=reply_to))
             self.record(self.name, "submit", env.clock, {"task": spec.id, "label": spec.label})
             out.append(Outgoing(queue=queue_name(self.namespace, COORDINATOR_QUEUE),

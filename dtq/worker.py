@@ -148,9 +148,8 @@ class Worker(Actor):
         self._heartbeat(ctx)
 
     def _report_soon(self, ctx: Context) -> None:
-        """A start is reported by a heartbeat as soon as the handling in progress is done
-        (off the path of the task itself), unless another start was reported less than
-        `report_ms` ago: then `report_ms` after that one, for the whole burst."""
+        """A start is reported by a heartbeat at once, unless another start was reported less
+        than `report_ms` ago: then by one sent `report_ms` later, for the whole burst."""
         if self.report_pending:
             return
         if ctx.now_ms - self.last_report_ms >= self.report_ms:

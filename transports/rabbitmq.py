@@ -126,6 +126,7 @@ class RabbitTransport:
         self._seq = 0
         self._last_error: BaseException | None = None
         self._open_bundles: dict[int, int] = {}  # delivery tag -> parts not yet acked
+        self._unbundled = {queue_name(namespace, WORK_QUEUE), queue_name(namespace, DEAD_QUEUE)}
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -358,24 +359,18 @@ class RabbitTransport:
 
     def _bundled(self, messages: Sequence[Outgoing]) -> list[Outgoing]:
         """The messages with those bound for one queue (but the work queue) in bundles."""
-        out: list[Outgoing | list[Outgoing]] = []
-        open_: dict[str, tuple[list[Outgoing], list[int]]] = {}
+        out: list[Outgoing | _Bundle] = []
+        open_bundles: dict[str, _Bundle] = {}
         for m in messages:
-            if not self._bundles_to(m):
+            if m.headers or m.queue in self._unbundled or b"\n" in m.body:
                 out.append(m)
                 continue
-            group, size = open_.get(m.queue, (None, [0]))
-            if group is None or len(group) >= BUNDLE_MAX or size[0] + len(m.body) > BUNDLE_BYTES:
-                group, size = [], [0]
-                open_[m.queue] = (group, size)
-                out.append(group)
-            group.append(m)
-            size[0] += len(m.body) + 1
-        return [_bundle(x) if isinstance(x, list) else x for x in out]
-
-    def _bundles_to(self, m: Outgoing) -> bool:
-        return not m.headers and b"\n" not in m.body and m.queue not in (
-            queue_name(self.namespace, WORK_QUEUE), queue_name(self.namespace, DEAD_QUEUE))
+            bundle = open_bundles.get(m.queue)
+            if bundle is None or not bundle.fits(m):
+                bundle = open_bundles[m.queue] = _Bundle()
+                out.append(bundle)
+            bundle.add(m)
+        return [x.outgoing() if isinstance(x, _Bundle) else x for x in out]
 
     def _publish_alone(
         self, messages: Sequence[Outgoing], then: Callable[[], None] | None = None,
@@ -453,11 +448,26 @@ class RabbitTransport:
         return out
 
 
-def _bundle(group: list[Outgoing]) -> Outgoing:
-    if len(group) == 1:
-        return group[0]
-    return Outgoing(queue=group[0].queue, body=b"\n".join(m.body for m in group),
-                    headers={BUNDLE_HEADER: len(group)}, message_id=group[0].message_id)
+@attrs.define(eq=False)
+class _Bundle:
+    """Messages for one queue that travel as one broker message."""
+
+    messages: list[Outgoing] = attrs.field(factory=list)
+    size: int = 0
+
+    def fits(self, m: Outgoing) -> bool:
+        return len(self.messages) < BUNDLE_MAX and self.size + len(m.body) <= BUNDLE_BYTES
+
+    def add(self, m: Outgoing) -> None:
+        self.messages.append(m)
+        self.size += len(m.body) + 1
+
+    def outgoing(self) -> Outgoing:
+        first = self.messages[0]
+        if len(self.messages) == 1:
+            return first
+        return Outgoing(queue=first.queue, body=b"\n".join(m.body for m in self.messages),
+                        headers={BUNDLE_HEADER: len(self.messages)}, message_id=first.message_id)
 
 
 @contextlib.contextmanager
