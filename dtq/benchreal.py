@@ -21,6 +21,11 @@ from transports.rabbitmq import delete_namespace
 from transports.redis import RedisStore
 
 
+PREFETCH_PER_SLOT = 4
+"""Dispatches a benchmark worker holds per task slot, as the Celery peer is configured (its
+prefetch multiplier 4); dtq's own default is one per slot."""
+
+
 def percentile(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
@@ -52,7 +57,8 @@ def bench_e2e(
     common: dict[str, Any] = {"broker_url": b, "store_url": s, "namespace": ns,
                               "log_level": "warning"}
     configs = [NodeConfig(role="coordinator", name="coordinator-1", **common)]
-    configs += [NodeConfig(role="worker", name=f"worker-{i}", concurrency=concurrency, **common)
+    configs += [NodeConfig(role="worker", name=f"worker-{i}", concurrency=concurrency,
+                           prefetch=PREFETCH_PER_SLOT * concurrency, **common)
                 for i in range(1, workers + 1)]
     sup = Supervisor(configs)
     store = RedisStore.from_url(s, prefix=ns)

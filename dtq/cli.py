@@ -170,8 +170,9 @@ def _service_args(p: argparse.ArgumentParser) -> None:
 def _worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefetch", type=positive_int, default=None, metavar="N",
                    help="dispatches a worker holds at once, those beyond --concurrency waiting "
-                   "unstarted (default 4 x concurrency; set it to the concurrency to hold fewer "
-                   "back from other workers)")
+                   "unstarted (default: the concurrency). More speeds up short tasks, but a "
+                   "worker that freezes holds them, reassigned ones too, until the broker "
+                   "drops it")
     p.add_argument("--result-ttl-ms", type=positive_int, default=None, metavar="MS",
                    help="keep results this long (default: forever)")
 

@@ -44,7 +44,7 @@ class NodeConfig:
     history: bool = False
     concurrency: int = 1
     prefetch: int | None = None
-    """Dispatches a worker holds at once (default: 4 per task slot)."""
+    """Dispatches a worker holds at once (default: its concurrency)."""
     task_modules: tuple[str, ...] = ()
     lease_ttl_ms: int = 2000
     detector_timeout_ms: int = 5000

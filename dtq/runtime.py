@@ -39,19 +39,17 @@ from dtq.store import Store
 from dtq.transport import FAILURES_HEADER, Delivery, Outgoing, Transport, queue_name
 
 EXIT_OK, EXIT_FENCED, EXIT_STORE, EXIT_ACTOR = 0, 3, 4, 5
-PREFETCH_MULTIPLIER = 4
-"""A worker holds up to this many dispatches per task it runs at once (Celery's default): the
-next ones are at hand when a task ends, and a batch of short tasks shares its round trips. Those
-beyond `concurrency` wait in the worker (`Worker.concurrency`), not started."""
 Recorder = Callable[[str, str, VectorClock, Mapping[str, Any]], None]
 
 
 @attrs.define(kw_only=True)
 class RuntimeOptions:
     prefetch: Mapping[str, int] = attrs.field(factory=dict)
-    """Prefetch per address (default: PREFETCH_MULTIPLIER x concurrency on the work queue, 2048
-    on the leader's queue, above the 1024 submissions its causal buffer may hold back, 256
-    elsewhere)."""
+    """Prefetch per address (default: the concurrency on the work queue, 2048 on the leader's
+    queue, above the 1024 submissions its causal buffer may hold back, 256 elsewhere). A work
+    queue prefetch above the concurrency keeps the next dispatches at hand (they wait in the
+    worker, not started); but a worker that freezes holds them, reassigned ones included, until
+    the broker drops its connection."""
     concurrency: int = 1
     batch_max: int = 256
     poison_limit: int = 3
@@ -330,8 +328,7 @@ class ProcessRuntime:
     def _subscribe(self, address: str) -> None:
         if address not in self.subscriptions:
             self.subscriptions.append(address)
-        work = PREFETCH_MULTIPLIER * self.options.concurrency
-        default = {WORK_QUEUE: work, COORDINATOR_QUEUE: 2048}.get(address, 256)
+        default = {WORK_QUEUE: self.options.concurrency, COORDINATOR_QUEUE: 2048}.get(address, 256)
         self.transport.consume(address, self.options.prefetch.get(address, default))
 
     def _execute(self, ex: Execution) -> None:

@@ -59,7 +59,7 @@ def _configs(
 ) -> list[NodeConfig]:
     common: dict[str, Any] = {"broker_url": broker_url(), "store_url": store_url(),
                               "namespace": ns, "log_level": "warning", **node}
-    worker_only = {"concurrency", "heartbeat_ms"}
+    worker_only = {"concurrency", "heartbeat_ms", "prefetch"}
     coord = {k: v for k, v in common.items() if k not in worker_only}
     configs = [NodeConfig(role="coordinator", name=f"coordinator-{i}", **coord)
                for i in range(1, coordinators + 1)]

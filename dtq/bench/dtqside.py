@@ -13,7 +13,7 @@ from typing import Any
 from dtq.bench.cluster import Cluster, dtq_cluster
 from dtq.bench.common import await_value, queue_counts, rss_kib
 from dtq.bench.peers import latency
-from dtq.benchreal import bench_e2e
+from dtq.benchreal import PREFETCH_PER_SLOT, bench_e2e
 from dtq.envelope import WORK_QUEUE, Finished
 from dtq.submitter import Submitter
 from dtq.task import TaskSpec
@@ -52,7 +52,8 @@ class DtqClient:
 @contextlib.contextmanager
 def client(workers: int = 2, concurrency: int = 8) -> Iterator[DtqClient]:
     """A dtq cluster (1 coordinator, `workers` workers) and a submit-and-wait client."""
-    with dtq_cluster("latency", workers=workers, concurrency=concurrency) as c:
+    with dtq_cluster("latency", workers=workers, concurrency=concurrency,
+                     prefetch=PREFETCH_PER_SLOT * concurrency) as c:
         dc = DtqClient(c)
         try:
             yield dc
