@@ -20,7 +20,6 @@ from dtq.task import TaskSpec
 from transports.rabbitmq import delete_namespace
 from transports.redis import RedisStore
 
-
 PREFETCH_PER_SLOT = 4
 """Dispatches a benchmark worker holds per task slot, as the Celery peer is configured (its
 prefetch multiplier 4); dtq's own default is one per slot."""

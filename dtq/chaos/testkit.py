@@ -36,11 +36,11 @@ class ServerSide:
     received: bytearray = field(default_factory=bytearray)
     replied: threading.Event = field(default_factory=threading.Event)
     closed: threading.Event = field(default_factory=threading.Event)
-    closed_at: float = 0.0  # time.monotonic() when ``closed`` was set
+    closed_at: float = 0.0  # time.monotonic() at or before the moment the socket closed
     reset: bool = False
 
-    def mark_closed(self) -> None:
-        self.closed_at = time.monotonic()
+    def mark_closed(self, at: float | None = None) -> None:
+        self.closed_at = time.monotonic() if at is None else at
         self.closed.set()
 
     def read_until_closed(self) -> None:
@@ -78,8 +78,11 @@ def reply_and_close(payload: bytes) -> Handler:
     def handler(side: ServerSide) -> None:
         side.sock.sendall(payload)
         side.replied.set()
+        # Stamped before the close: a peer cannot see the EOF earlier than this, even when
+        # this thread is descheduled right after closing.
+        closing_at = time.monotonic()
         side.sock.close()
-        side.mark_closed()
+        side.mark_closed(closing_at)
 
     return handler
 
