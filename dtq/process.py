@@ -113,8 +113,10 @@ def run_node(cfg: NodeConfig) -> int:
 
 
 def _child(cfg: NodeConfig) -> None:
+    from dtq.bench.stages import install_from_environment
     from dtq.errors import DtqError
 
+    install_from_environment()
     try:
         code = run_node(cfg)
     except DtqError as exc:

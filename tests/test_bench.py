@@ -14,8 +14,8 @@ import pytest
 from dtq.bench import configure, report
 from dtq.bench.profile import collapse, summarise
 
-SUBCOMMANDS = ("throughput", "latency", "failover", "reassign", "scaling", "memory", "profile",
-               "all", "report")
+SUBCOMMANDS = ("throughput", "latency", "stages", "failover", "reassign", "scaling", "memory",
+               "profile", "all", "report")
 
 
 def _dist(p50: float) -> dict[str, float]:

@@ -122,6 +122,10 @@ def configure(bsub: Sub) -> None:
          "Redis", *pe).set_defaults(func=_step("throughput"))
     _add(bsub, "latency", "single-task latency over sequential submit-and-wait, each system",
          "latency_n", "workers", "threads", "systems").set_defaults(func=_step("latency"))
+    _add(bsub, "stages", "where dtq's single-task round trip spends its time: per-stage "
+         "timings of sequential submit-and-wait and the CPU each process spends, beside bare "
+         "pika's two hops and the peers' round trips", "latency_n", "workers",
+         "systems").set_defaults(func=_step("stages"))
     _add(bsub, "failover", "leader SIGKILL -> first dispatch by the new leader",
          "trials", "lease_ttl_ms").set_defaults(func=_step("failover"))
     _add(bsub, "reassign", "worker SIGKILL and SIGSTOP -> its task handed on", "trials",
@@ -136,8 +140,8 @@ def configure(bsub: Sub) -> None:
              *pe, "latency_n", "trials", "scaling", "memory_tasks", "out", "quick",
              json_flag=False)
     p.add_argument("--only", action="append", metavar="STEP",
-                   help="run only this step (repeatable): sim, throughput, latency, failover, "
-                   "reassign, scaling, memory, profile")
+                   help="run only this step (repeatable): sim, throughput, latency, stages, "
+                   "failover, reassign, scaling, memory, profile")
     p.add_argument("--no-png", action="store_true", help="skip the chart")
     p.set_defaults(func=_all)
     r = _add(bsub, "report", "rewrite latest.md and the chart from latest.json", "out",

@@ -129,6 +129,13 @@ def _latency_md(lat: dict[str, Any]) -> list[str]:
             *_table(["system", "p50 ms", "p99 ms", "mean ms", "max ms"], rows)]
 
 
+def _stages_md(s: dict[str, Any]) -> list[str]:
+    from dtq.bench.stages import table
+
+    return [f"### Where dtq's round trip goes: {s['stages']['round_trips']} marked sequential "
+            "round trips", "", table(s), ""]
+
+
 def _failover_md(f: dict[str, Any]) -> list[str]:
     row = [str(f["trials"]), _f(f["lease_ttl_ms"]), _f(f["takeover"]["p50_ms"]),
            _f(f["p50_ms"]), _f(f["p99_ms"]), _f(f["max_ms"]), "p99 ≤ 3,000"]
@@ -178,7 +185,7 @@ def _memory_md(m: dict[str, Any]) -> list[str]:
 
 
 def _loads_md(results: dict[str, Any]) -> list[str]:
-    steps = ("sim", "throughput", "latency", "failover", "reassign", "scaling", "memory",
+    steps = ("sim", "throughput", "latency", "stages", "failover", "reassign", "scaling", "memory",
              "profile")
     loads = [f"{key} {results[key]['load_average_before'][0]:.1f}" for key in steps
              if "load_average_before" in results.get(key, {})]
@@ -186,7 +193,8 @@ def _loads_md(results: dict[str, Any]) -> list[str]:
 
 
 SECTIONS: list[tuple[str, Callable[[dict[str, Any]], list[str]]]] = [
-    ("throughput", _throughput_md), ("latency", _latency_md), ("failover", _failover_md),
+    ("throughput", _throughput_md), ("latency", _latency_md), ("stages", _stages_md),
+    ("failover", _failover_md),
     ("reassign", _reassign_md), ("sim", _sim_md), ("scaling", _scaling_md),
     ("memory", _memory_md)]
 

@@ -93,6 +93,12 @@ def latency(s: Sizes) -> dict[str, Any]:
     return {"n": s.latency_n, "systems": _each_system(s, measure)}
 
 
+def stages(s: Sizes) -> dict[str, Any]:
+    from dtq.bench.stages import main
+
+    return main(s.latency_n, s.workers, peers=tuple(n for n in s.systems if n != "dtq"))
+
+
 def failover_step(s: Sizes) -> dict[str, Any]:
     r = failover.failover(s.trials, s.lease_ttl_ms)
     print(f"failover: leader SIGKILL -> first dispatch by the new leader over {r['trials']} "
@@ -153,7 +159,8 @@ def profile(s: Sizes, out_dir: Path) -> dict[str, Any]:
 
 
 STEPS: dict[str, Callable[[Sizes], dict[str, Any]]] = {
-    "sim": sim, "throughput": throughput, "latency": latency, "failover": failover_step,
+    "sim": sim, "throughput": throughput, "latency": latency, "stages": stages,
+    "failover": failover_step,
     "reassign": reassign_step, "scaling": scaling, "memory": memory}
 
 
