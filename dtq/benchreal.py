@@ -49,13 +49,14 @@ class _Tracker:
 
 def bench_e2e(
     tasks: int = 5000, workers: int = 2, concurrency: int = 8, batch: int = 250,
-    timeout_s: float = 300,
+    timeout_s: float = 300, dispatch_bundle: int = 1,
 ) -> dict[str, Any]:
     ns = f"bench-{uuid.uuid4().hex[:8]}"
     b, s = broker_url(), store_url()
     common: dict[str, Any] = {"broker_url": b, "store_url": s, "namespace": ns,
                               "log_level": "warning"}
-    configs = [NodeConfig(role="coordinator", name="coordinator-1", **common)]
+    configs = [NodeConfig(role="coordinator", name="coordinator-1",
+                          dispatch_bundle=dispatch_bundle, **common)]
     configs += [NodeConfig(role="worker", name=f"worker-{i}", concurrency=concurrency,
                            prefetch=PREFETCH_PER_SLOT * concurrency, **common)
                 for i in range(1, workers + 1)]
@@ -89,6 +90,7 @@ def bench_e2e(
     lat = [(tracker.done[t] - tracker.sent[t]) * 1000 for t in tracker.sent]
     elapsed = last - started
     return {"tasks": tasks, "workers": workers, "concurrency": concurrency,
+            "dispatch_bundle": dispatch_bundle,
             "elapsed_s": elapsed, "tasks_per_s": tasks / elapsed, "failed": tracker.failed,
             "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99)}
 

@@ -52,6 +52,8 @@ class NodeConfig:
     log_level: str | None = None
     io_root: str = "."
     result_ttl_ms: int | None = None
+    dispatch_bundle: int = 1
+    """(Leader) up to this many dispatches published together share one broker message."""
     quorum: bool = False
     """Declare quorum queues (for clustered RabbitMQ) instead of classic ones."""
     trace: bool = False
@@ -98,7 +100,7 @@ def run_node(cfg: NodeConfig) -> int:
                 history.record(actor, kind, clock, data)
 
     transport = RabbitTransport(cfg.broker_url, namespace=cfg.namespace, name=cfg.name, log=log,
-                                quorum=cfg.quorum)
+                                quorum=cfg.quorum, work_bundle=cfg.dispatch_bundle)
     runtime = ProcessRuntime(build_actor(cfg), transport=transport, store=store, record=record,
                              options=RuntimeOptions(concurrency=cfg.concurrency,
                                                     io_root=cfg.io_root, trace=cfg.trace,

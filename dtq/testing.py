@@ -455,6 +455,13 @@ class Inbox:
         except queue.Empty:
             pytest.fail(f"no delivery within {within_s} s")
 
+    def poll(self, within_s: float) -> Delivery | None:
+        """The next delivery, or None if none comes within `within_s`."""
+        try:
+            return self._q.get(timeout=within_s)
+        except queue.Empty:
+            return None
+
     def empty_for(self, s: float) -> bool:
         """True if nothing arrives for `s` seconds (proving a negative needs a wait)."""
         try:

@@ -11,9 +11,10 @@ Delivery contract (RabbitMQ's, and every transport's):
 * `reject(d, requeue=False)` dead-letters: the message moves to the namespace's `dead` queue;
 * messages with a higher priority are delivered first from the work queue;
 * messages published in one call to one queue arrive in that order. A transport may carry them
-  as one broker message (RabbitMQ bundles them to every queue but the work queue): each is
-  still delivered, acked and rejected on its own, but while any of them is unacked the others
-  may come back with it when the consumer goes (handlers are idempotent).
+  as one broker message (RabbitMQ bundles them to every queue but the work queue, and to the
+  work queue too when its publisher is made with `work_bundle`): each is still delivered, acked
+  and rejected on its own, but while any of them is unacked the others may come back with it
+  when the consumer goes (handlers are idempotent), and they all go to the same consumer.
 
 `transports/rabbitmq.py` implements it on RabbitMQ, `transports/local.py` in process memory;
 `dtq.testing.TransportConformance` checks an implementation against this contract.

@@ -24,6 +24,12 @@ then stores, delivers and acks one message instead of hundreds. The consumer's t
 it: each part is delivered on its own, and the broker message is acked once every part is acked
 (a rejected part is re-published alone, to the dead queue or its own queue, and then counts as
 acked).
+
+Work bundles: a transport made with `work_bundle=N` (a leader's, `dtq coordinator
+--dispatch-bundle N`) also bundles the work queue, when one call publishes many dispatches:
+`work_bundle_size` parts per broker message (at most N, and only from 32 dispatches up, cut so
+that at least 16 broker messages carry them for the competing workers to share). A worker then
+takes up to N dispatches per prefetch slot; those beyond its concurrency wait in it, unstarted.
 """
 
 from __future__ import annotations
@@ -53,6 +59,15 @@ DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 HEARTBEAT_S = 10
 BUNDLE_MAX = 256
 BUNDLE_BYTES = 1 << 20
+WORK_BUNDLE_SPREAD = 16
+"""Dispatches published together are cut into bundles of at most 1/16 of them."""
+
+
+def work_bundle_size(dispatches: int, cap: int) -> int:
+    """Parts per broker message for `dispatches` published in one call to the work queue: at
+    most `cap`, and few enough that at least 16 broker messages carry them (so competing workers
+    share them); 1, no bundling, below 32."""
+    return max(1, min(cap, dispatches // WORK_BUNDLE_SPREAD))
 
 
 @attrs.define(eq=False)
@@ -101,7 +116,12 @@ class RabbitTransport:
         self, url: str = DEFAULT_URL, *, namespace: str = "dtq", quorum: bool = False,
         delivery_limit: int = 5, heartbeat_s: int = HEARTBEAT_S, name: str = "dtq",
         on_delivery: Callable[[Delivery], None] | None = None, log: Any = None,
+        work_bundle: int = 1,
     ) -> None:
+        """`work_bundle` above 1 lets up to that many dispatches published in one call share a
+        broker message (see the module's "Work bundles")."""
+        if work_bundle < 1:
+            raise ValueError(f"work_bundle must be at least 1, not {work_bundle}")
         self.url = url
         self.namespace = namespace
         self.quorum = quorum
@@ -126,7 +146,9 @@ class RabbitTransport:
         self._seq = 0
         self._last_error: BaseException | None = None
         self._open_bundles: dict[int, int] = {}  # delivery tag -> parts not yet acked
-        self._unbundled = {queue_name(namespace, WORK_QUEUE), queue_name(namespace, DEAD_QUEUE)}
+        self.work_bundle = work_bundle
+        self._work = queue_name(namespace, WORK_QUEUE)
+        self._unbundled = {self._work, queue_name(namespace, DEAD_QUEUE)}
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -358,16 +380,23 @@ class RabbitTransport:
         self._publish_alone(self._bundled(messages), then)
 
     def _bundled(self, messages: Sequence[Outgoing]) -> list[Outgoing]:
-        """The messages with those bound for one queue (but the work queue) in bundles."""
+        """The messages with those bound for one queue (and one priority) in bundles: every
+        queue but the dead one, and the work queue only as `work_bundle` allows."""
+        per_work = 1
+        if self.work_bundle > 1:
+            dispatches = sum(1 for m in messages if m.queue == self._work and _bundleable(m))
+            per_work = work_bundle_size(dispatches, self.work_bundle)
         out: list[Outgoing | _Bundle] = []
-        open_bundles: dict[str, _Bundle] = {}
+        open_bundles: dict[tuple[str, int], _Bundle] = {}
         for m in messages:
-            if m.headers or m.queue in self._unbundled or b"\n" in m.body:
+            work = m.queue == self._work
+            if not _bundleable(m) or (m.queue in self._unbundled and not (work and per_work > 1)):
                 out.append(m)
                 continue
-            bundle = open_bundles.get(m.queue)
-            if bundle is None or not bundle.fits(m):
-                bundle = open_bundles[m.queue] = _Bundle()
+            key = (m.queue, m.priority if work else 0)  # (priorities reorder the work queue)
+            bundle = open_bundles.get(key)
+            if bundle is None or not bundle.fits(m, per_work if work else BUNDLE_MAX):
+                bundle = open_bundles[key] = _Bundle()
                 out.append(bundle)
             bundle.add(m)
         return [x.outgoing() if isinstance(x, _Bundle) else x for x in out]
@@ -455,8 +484,8 @@ class _Bundle:
     messages: list[Outgoing] = attrs.field(factory=list)
     size: int = 0
 
-    def fits(self, m: Outgoing) -> bool:
-        return len(self.messages) < BUNDLE_MAX and self.size + len(m.body) <= BUNDLE_BYTES
+    def fits(self, m: Outgoing, parts: int = BUNDLE_MAX) -> bool:
+        return len(self.messages) < parts and self.size + len(m.body) <= BUNDLE_BYTES
 
     def add(self, m: Outgoing) -> None:
         self.messages.append(m)
@@ -467,7 +496,13 @@ class _Bundle:
         if len(self.messages) == 1:
             return first
         return Outgoing(queue=first.queue, body=b"\n".join(m.body for m in self.messages),
-                        headers={BUNDLE_HEADER: len(self.messages)}, message_id=first.message_id)
+                        headers={BUNDLE_HEADER: len(self.messages)}, message_id=first.message_id,
+                        priority=first.priority)
+
+
+def _bundleable(m: Outgoing) -> bool:
+    """A message with headers of its own, or a line break in its body, travels alone."""
+    return not m.headers and b"\n" not in m.body
 
 
 @contextlib.contextmanager

@@ -66,8 +66,11 @@ def dtq_latency(n: int = 200, workers: int = 2) -> dict[str, Any]:
         return latency(c, n)
 
 
-def dtq_throughput(tasks: int = 5000, workers: int = 2, concurrency: int = 8) -> dict[str, Any]:
-    return bench_e2e(tasks, workers=workers, concurrency=concurrency)
+def dtq_throughput(
+    tasks: int = 5000, workers: int = 2, concurrency: int = 8, dispatch_bundle: int = 1,
+) -> dict[str, Any]:
+    return bench_e2e(tasks, workers=workers, concurrency=concurrency,
+                     dispatch_bundle=dispatch_bundle)
 
 
 def scaling(

@@ -19,8 +19,11 @@ from typing import Any
 
 from dtq.bench.common import BenchError
 
-SYSTEMS = ("dtq", "celery", "dramatiq")
-LABELS = {"dtq": "dtq", "celery": "Celery", "dramatiq": "Dramatiq"}
+DISPATCH_BUNDLE = 8
+"""The leader's `--dispatch-bundle` in the throughput table's second dtq row."""
+SYSTEMS = ("dtq", "dtq-bundled", "celery", "dramatiq")
+LABELS = {"dtq": "dtq", "dtq-bundled": f"dtq --dispatch-bundle {DISPATCH_BUNDLE}",
+          "celery": "Celery", "dramatiq": "Dramatiq"}
 NA = "n/a"
 JSON_NAME, MD_NAME, PNG_NAME = "latest.json", "latest.md", "throughput.png"
 
@@ -256,7 +259,8 @@ def _bars_throughput(ax: Any, t: Any) -> None:
         return _empty(ax, "throughput")
     names = [n for n in SYSTEMS if n in systems]
     values = [systems[n]["tasks_per_s"] for n in names]
-    bars = ax.bar([LABELS[n] for n in names], values, color=["C0", "C1", "C2"][:len(names)])
+    labels = [LABELS[n].replace(" --", "\n--") for n in names]
+    bars = ax.bar(labels, values, color=[f"C{SYSTEMS.index(n)}" for n in names])
     ax.bar_label(bars, fmt="%.0f")
     ax.set_title(f"throughput, {t.get('tasks', 0):,} no-op tasks, {t.get('workers', 2)} workers")
     ax.set_ylabel("tasks/s")

@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 
 from dtq.bench import dtqside, failover, peers, report
-from dtq.bench.report import LABELS
+from dtq.bench.report import DISPATCH_BUNDLE, LABELS
 from dtq.process import broker_url, store_url
 
 
@@ -65,18 +65,34 @@ def _each_system(s: Sizes, measure: Callable[[str], dict[str, Any]]) -> dict[str
 
 
 def throughput(s: Sizes) -> dict[str, Any]:
+    """Each system; for dtq, its defaults and then with the leader's dispatch bundles."""
+    bundled: dict[str, Any] = {}
+
     def measure(name: str) -> dict[str, Any]:
         if name == "dtq":
             r = dtqside.dtq_throughput(s.tasks, s.workers, s.threads)
-        else:
-            with _peer(name, s) as client:
-                r = peers.throughput(client, s.tasks)
-        print(f"throughput {LABELS[name]:8}: {r['tasks_per_s']:8,.0f} tasks/s "
-              f"({r['tasks']:,} tasks in {r['elapsed_s']:.2f} s)", flush=True)
+            _print_throughput(name, r)
+            try:
+                bundled["dtq-bundled"] = b = dtqside.dtq_throughput(
+                    s.tasks, s.workers, s.threads, dispatch_bundle=DISPATCH_BUNDLE)
+                _print_throughput("dtq-bundled", b)
+            except Exception as exc:
+                bundled["dtq-bundled"] = {"error": f"{type(exc).__name__}: {exc}"}
+                traceback.print_exc()
+            return r
+        with _peer(name, s) as client:
+            r = peers.throughput(client, s.tasks)
+        _print_throughput(name, r)
         return r
 
+    systems = _each_system(s, measure)
     return {"tasks": s.tasks, "workers": s.workers, "threads": s.threads,
-            "systems": _each_system(s, measure)}
+            "systems": {**systems, **bundled}}
+
+
+def _print_throughput(name: str, r: dict[str, Any]) -> None:
+    print(f"throughput {LABELS[name]:8}: {r['tasks_per_s']:8,.0f} tasks/s "
+          f"({r['tasks']:,} tasks in {r['elapsed_s']:.2f} s)", flush=True)
 
 
 def latency(s: Sizes) -> dict[str, Any]:

@@ -1,0 +1,171 @@
+"""Work bundles: a leader's transport made with `work_bundle=N` lets a burst of dispatches share
+broker messages. Unit tests of how a publish is cut, then RabbitMQ itself: the parts reach
+competing workers bundle by bundle, each is acked on its own, and a cluster with bundles runs
+every task of a burst, a worker killed in the middle of it included."""
+
+from __future__ import annotations
+
+import queue
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from dtq.envelope import Finished
+from dtq.process import NodeConfig, Supervisor
+from dtq.realrun import wait_for
+from dtq.submitter import Submitter
+from dtq.task import TaskSpec, TaskState
+from dtq.testing import Inbox
+from dtq.transport import BUNDLE_HEADER, Delivery, Outgoing, queue_name
+from transports.rabbitmq import RabbitTransport, delete_namespace, work_bundle_size
+from transports.redis import RedisStore
+
+
+@pytest.mark.parametrize(("dispatches", "cap", "parts"), [
+    (1, 8, 1), (10, 8, 1), (31, 8, 1), (32, 8, 2), (100, 8, 6), (250, 8, 8), (5000, 8, 8),
+    (250, 1, 1), (250, 32, 15)])
+def test_a_burst_is_cut_into_at_least_sixteen_bundles(dispatches: int, cap: int,
+                                                       parts: int) -> None:
+    assert work_bundle_size(dispatches, cap) == parts
+
+
+def _work(i: int, priority: int = 0) -> Outgoing:
+    return Outgoing(queue="ns.work", body=f"d{i}".encode(), priority=priority)
+
+
+def test_publish_bundles_the_work_queue_only_when_asked() -> None:
+    burst = [_work(i) for i in range(64)]
+    plain = RabbitTransport(namespace="ns")._bundled(burst)
+    assert plain == burst
+    out = RabbitTransport(namespace="ns", work_bundle=8)._bundled(burst)
+    assert len(out) == 16  # 64 // 16 = 4 parts each
+    assert all(m.headers == {BUNDLE_HEADER: 4} for m in out)
+    assert b"\n".join(m.body for m in out) == b"\n".join(m.body for m in burst)
+
+
+def test_work_bundles_keep_priorities_apart_and_other_queues_in_order() -> None:
+    t = RabbitTransport(namespace="ns", work_bundle=8)
+    burst = [_work(i, priority=i % 2) for i in range(64)]
+    burst += [Outgoing(queue="ns.coordinator", body=f"c{i}".encode(), priority=i % 2)
+              for i in range(3)]
+    out = t._bundled(burst)
+    work = [m for m in out if m.queue == "ns.work"]
+    assert {m.priority for m in work} == {0, 1}
+    for m in work:
+        assert {int(b[1:]) % 2 for b in m.body.split(b"\n")} == {m.priority}
+    (coordinator,) = [m for m in out if m.queue == "ns.coordinator"]
+    assert coordinator.body == b"c0\nc1\nc2"  # one bundle, in publish order
+
+
+def test_a_small_burst_and_marked_messages_travel_alone() -> None:
+    t = RabbitTransport(namespace="ns", work_bundle=8)
+    few = [_work(i) for i in range(31)]
+    assert t._bundled(few) == few
+    marked = [Outgoing(queue="ns.work", body=b"x", headers={"x-dtq-failures": 1}),
+              Outgoing(queue="ns.work", body=b"two\nlines")]
+    out = t._bundled([_work(i) for i in range(40)] + marked)
+    assert out[-2:] == marked
+
+
+def test_work_bundle_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        RabbitTransport(namespace="ns", work_bundle=0)
+
+
+@pytest.fixture
+def namespace(rabbitmq_url: str) -> Iterator[str]:
+    ns = f"test-wb-{uuid.uuid4().hex[:8]}"
+    yield ns
+    delete_namespace(rabbitmq_url, ns, [])
+
+
+@pytest.mark.rabbitmq
+def test_competing_workers_take_a_bundle_each_and_ack_its_parts(
+    rabbitmq_url: str, namespace: str,
+) -> None:
+    opened: list[RabbitTransport] = []
+
+    def connect(name: str, inbox: Inbox, work_bundle: int = 1) -> RabbitTransport:
+        t = RabbitTransport(rabbitmq_url, namespace=namespace, name=name, work_bundle=work_bundle,
+                            on_delivery=inbox.put)
+        t.start()
+        opened.append(t)
+        return t
+
+    try:
+        a, b, unused = Inbox(), Inbox(), Inbox()
+        ca, cb = connect("a", a), connect("b", b)
+        ca.consume("work", prefetch=1)  # one broker message each until it is acked
+        cb.consume("work", prefetch=1)
+        leader = connect("leader", unused, work_bundle=4)
+        bodies = [f"d{i}".encode() for i in range(64)]
+        leader.publish([Outgoing(queue=queue_name(namespace, "work"), body=x) for x in bodies])
+        first_a = [a.get() for _ in range(4)]
+        first_b = [b.get() for _ in range(4)]
+        assert all(d.parts == 4 for d in first_a + first_b)
+        assert a.empty_for(0.3) and b.empty_for(0.0)  # nothing more until a bundle is acked
+        got: list[Delivery] = first_a + first_b
+        for d in first_a[:3]:
+            ca.ack(d)
+        assert a.empty_for(0.3)  # three parts of four acked: the bundle is still held
+        ca.ack(first_a[3])
+        pending = {"a": (ca, a), "b": (cb, b)}
+        for d in first_b:
+            cb.ack(d)
+        while len(got) < len(bodies):
+            for consumer, inbox in pending.values():
+                d = inbox.poll(0.05)
+                if d is None:
+                    continue
+                got.append(d)
+                consumer.ack(d)
+        assert sorted(d.body for d in got) == sorted(bodies)
+        assert leader.queue_depths(["work"]) == {"work": 0}
+    finally:
+        for t in opened:
+            t.close()
+
+
+@pytest.mark.rabbitmq
+def test_every_task_of_a_bundled_burst_succeeds_through_a_worker_kill(
+    rabbitmq_url: str, redis_url: str,
+) -> None:
+    ns = f"test-wb-{uuid.uuid4().hex[:8]}"
+    common = {"broker_url": rabbitmq_url, "store_url": redis_url, "namespace": ns,
+              "log_level": "warning"}
+    sup = Supervisor([
+        NodeConfig(role="coordinator", name="coordinator-1", dispatch_bundle=8, **common),
+        *(NodeConfig(role="worker", name=f"worker-{i}", concurrency=4, **common)
+          for i in (1, 2))])
+    store = RedisStore.from_url(redis_url, prefix=ns)
+    heard: queue.Queue[Finished] = queue.Queue()
+    sup.start()
+    submitter = None
+    try:
+        wait_for(lambda: store.lease("coordinator") is not None, 30, "a leader", sup.poll)
+        submitter = Submitter(rabbitmq_url, namespace=ns, name="client", on_finished=heard.put,
+                              store_url=redis_url)
+        # Sleep tasks keep the burst in the workers long enough for the kill to land in it.
+        specs = [TaskSpec(id=f"t{i}", type="sleep", payload={"ms": 10})
+                 for i in range(256)]
+        submitter.submit(specs)
+        ends: dict[str, str] = {}
+        while len(ends) < 20:
+            f = heard.get(timeout=30)
+            ends[f.task_id] = f.state
+        sup.kill("worker-1")
+        while len(ends) < len(specs):
+            f = heard.get(timeout=60)
+            ends.setdefault(f.task_id, f.state)
+        assert set(ends.values()) == {"succeeded"}
+        records = [store.get_task(s.id) for s in specs]
+        assert all(r is not None and r.state is TaskState.SUCCEEDED for r in records)
+        assert all(store.get_result(s.id) is not None for s in specs)
+    finally:
+        if submitter is not None:
+            submitter.close()
+        sup.stop_all()
+        store.delete_all()
+        store.close()
+        delete_namespace(rabbitmq_url, ns, ["coordinator-1", "worker-1", "worker-2", "client"])
