@@ -18,7 +18,8 @@ from dtq.submitter import Submitter
 from dtq.task import TaskSpec, TaskState
 from dtq.testing import Inbox
 from dtq.transport import BUNDLE_HEADER, Delivery, Outgoing, queue_name
-from transports.rabbitmq import RabbitTransport, delete_namespace, work_bundle_size
+from transports.bundles import work_bundle_size
+from transports.rabbitmq import RabbitTransport, delete_namespace
 from transports.redis import RedisStore
 
 

@@ -54,20 +54,10 @@ import structlog
 from dtq.envelope import COORDINATOR_QUEUE, WORK_QUEUE
 from dtq.errors import ConnectionLost
 from dtq.transport import BUNDLE_HEADER, DEAD_QUEUE, Delivery, Outgoing, queue_name
+from transports.bundles import bundled
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 HEARTBEAT_S = 10
-BUNDLE_MAX = 256
-BUNDLE_BYTES = 1 << 20
-WORK_BUNDLE_SPREAD = 16
-"""Dispatches published together are cut into bundles of at most 1/16 of them."""
-
-
-def work_bundle_size(dispatches: int, cap: int) -> int:
-    """Parts per broker message for `dispatches` published in one call to the work queue: at
-    most `cap`, and few enough that at least 16 broker messages carry them (so competing workers
-    share them); 1, no bundling, below 32."""
-    return max(1, min(cap, dispatches // WORK_BUNDLE_SPREAD))
 
 
 @attrs.define(eq=False)
@@ -382,24 +372,8 @@ class RabbitTransport:
     def _bundled(self, messages: Sequence[Outgoing]) -> list[Outgoing]:
         """The messages with those bound for one queue (and one priority) in bundles: every
         queue but the dead one, and the work queue only as `work_bundle` allows."""
-        per_work = 1
-        if self.work_bundle > 1:
-            dispatches = sum(1 for m in messages if m.queue == self._work and _bundleable(m))
-            per_work = work_bundle_size(dispatches, self.work_bundle)
-        out: list[Outgoing | _Bundle] = []
-        open_bundles: dict[tuple[str, int], _Bundle] = {}
-        for m in messages:
-            work = m.queue == self._work
-            if not _bundleable(m) or (m.queue in self._unbundled and not (work and per_work > 1)):
-                out.append(m)
-                continue
-            key = (m.queue, m.priority if work else 0)  # (priorities reorder the work queue)
-            bundle = open_bundles.get(key)
-            if bundle is None or not bundle.fits(m, per_work if work else BUNDLE_MAX):
-                bundle = open_bundles[key] = _Bundle()
-                out.append(bundle)
-            bundle.add(m)
-        return [x.outgoing() if isinstance(x, _Bundle) else x for x in out]
+        return bundled(messages, work_queue=self._work, unbundled=self._unbundled,
+                       work_bundle=self.work_bundle)
 
     def _publish_alone(
         self, messages: Sequence[Outgoing], then: Callable[[], None] | None = None,
@@ -475,34 +449,6 @@ class RabbitTransport:
                     out[address] = 0
                     ch = ch.connection.channel()
         return out
-
-
-@attrs.define(eq=False)
-class _Bundle:
-    """Messages for one queue that travel as one broker message."""
-
-    messages: list[Outgoing] = attrs.field(factory=list)
-    size: int = 0
-
-    def fits(self, m: Outgoing, parts: int = BUNDLE_MAX) -> bool:
-        return len(self.messages) < parts and self.size + len(m.body) <= BUNDLE_BYTES
-
-    def add(self, m: Outgoing) -> None:
-        self.messages.append(m)
-        self.size += len(m.body) + 1
-
-    def outgoing(self) -> Outgoing:
-        first = self.messages[0]
-        if len(self.messages) == 1:
-            return first
-        return Outgoing(queue=first.queue, body=b"\n".join(m.body for m in self.messages),
-                        headers={BUNDLE_HEADER: len(self.messages)}, message_id=first.message_id,
-                        priority=first.priority)
-
-
-def _bundleable(m: Outgoing) -> bool:
-    """A message with headers of its own, or a line break in its body, travels alone."""
-    return not m.headers and b"\n" not in m.body
 
 
 @contextlib.contextmanager
