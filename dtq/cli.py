@@ -170,9 +170,10 @@ def _service_args(p: argparse.ArgumentParser) -> None:
 def _worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefetch", type=positive_int, default=None, metavar="N",
                    help="dispatches a worker holds at once, those beyond --concurrency waiting "
-                   "unstarted (default: the concurrency). More speeds up short tasks, but a "
-                   "worker that freezes holds them, reassigned ones too, until the broker "
-                   "drops it")
+                   "unstarted (default: the concurrency). More speeds up short tasks. A worker "
+                   "that freezes has them handed on as new attempts once the leader suspects "
+                   "it, but one the broker gives it after that waits until the broker drops "
+                   "it")
     p.add_argument("--result-ttl-ms", type=positive_int, default=None, metavar="MS",
                    help="keep results this long (default: forever)")
 
@@ -182,8 +183,8 @@ def _coordinator_args(p: argparse.ArgumentParser) -> None:
                    help="let up to N dispatches published together share one broker message "
                    "(default 1: one each). Only a burst of 32 or more is bundled, cut into at "
                    "least 16 messages. Fewer broker messages per task make throughput much "
-                   "higher; a worker then holds up to N dispatches per prefetch slot, so one "
-                   "that freezes keeps them until the broker drops it")
+                   "higher; a worker then holds up to N dispatches per prefetch slot (one that "
+                   "freezes has those it did not start handed on once the leader suspects it)")
 
 
 def _add_services(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

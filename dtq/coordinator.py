@@ -93,6 +93,9 @@ class Coordinator(Actor):
         """Worker -> the tasks it reported starting (for reassignment when it goes silent)."""
         self.started_at: dict[str, int] = {}
         """Task -> its worker's own clock entry when it reported starting it."""
+        self.held_by: dict[str, tuple[int, frozenset[str]]] = {}
+        """Worker -> (its clock entry, the attempts "task#attempt" it held unstarted) as of its
+        latest heartbeat: handed on too if it goes silent (volatile, like `running_on`)."""
         self.reply_to: dict[str, str] = {}
         """Clients waiting for a task's end (volatile: a new leader does not know them)."""
         self.buffer = SubmitBuffer(capacity=cfg.causal_buffer, timeout_ms=cfg.causal_timeout_ms)
@@ -181,6 +184,8 @@ class Coordinator(Actor):
         sent_at = ctx.envelope.clock[msg.worker] if ctx.envelope else 0
         self._note_running(msg, sent_at, ctx)
         self._reconcile(msg, sent_at, ctx)
+        if sent_at >= self.held_by.get(msg.worker, (-1, frozenset()))[0]:
+            self.held_by[msg.worker] = (sent_at, frozenset(msg.held))
 
     def _note_running(self, msg: Heartbeat, sent_at: int, ctx: Context) -> None:
         """Tasks a heartbeat reports running become RUNNING on that worker."""
@@ -229,6 +234,20 @@ class Coordinator(Actor):
                     ctx.record("reassigned", task=rec.id, attempt=rec.attempt + 1,
                                worker=worker, reason="worker suspected")
                     self._reassign(rec, worker, ctx)
+            self._hand_on_held(worker, ctx)
+
+    def _hand_on_held(self, worker: str, ctx: Context) -> None:
+        """The dispatches a suspected worker last said it held, unstarted, and that nobody has
+        reported starting since: new attempts, rather than waiting for the broker to drop the
+        silent worker's connection and hand the old ones out again."""
+        _, held = self.held_by.pop(worker, (0, frozenset()))
+        for ref in sorted(held):
+            task_id, _, attempt = ref.rpartition("#")
+            rec = self.tasks.get(task_id)
+            if rec is not None and rec.state is S.DISPATCHED and rec.attempt == int(attempt):
+                ctx.record("reassigned", task=rec.id, attempt=rec.attempt + 1,
+                           worker=worker, reason="held by a suspected worker")
+                self._reassign(rec, worker, ctx)
 
     def _reassign(self, rec: TaskRecord, worker: str, ctx: Context) -> None:
         """Hand a lost task to another worker as a new attempt (a late result loses)."""

@@ -109,14 +109,16 @@ class Cancel(Message):
 
 @attrs.frozen(kw_only=True)
 class Heartbeat(Message):
-    """A worker is alive. `running` and `finished` name attempts as "task#attempt": what it runs
-    now, and what it finished since its last heartbeat (their completions are on their way).
-    A worker sends one soon after it starts a task, so heartbeats also report starts."""
+    """A worker is alive. `running`, `finished` and `held` name attempts as "task#attempt": what
+    it runs now, what it finished since its last heartbeat (their completions are on their way),
+    and the dispatches it holds without having started them (waiting for a free slot). A worker
+    sends one soon after it starts or sets aside a task, so heartbeats also report those."""
 
     worker: str
     seq: int
     running: tuple[str, ...] = ()
     finished: tuple[str, ...] = ()
+    held: tuple[str, ...] = ()
 
 
 # --- codec -------------------------------------------------------------------------------------

@@ -48,8 +48,9 @@ class RuntimeOptions:
     """Prefetch per address (default: the concurrency on the work queue, 2048 on the leader's
     queue, above the 1024 submissions its causal buffer may hold back, 256 elsewhere). A work
     queue prefetch above the concurrency keeps the next dispatches at hand (they wait in the
-    worker, not started); but a worker that freezes holds them, reassigned ones included, until
-    the broker drops its connection."""
+    worker, not started, reported in its heartbeats so that the leader hands them on if it
+    goes silent); but one the broker hands a frozen worker after that waits until the broker
+    drops its connection."""
     concurrency: int = 1
     batch_max: int = 256
     poison_limit: int = 3

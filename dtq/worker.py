@@ -148,8 +148,9 @@ class Worker(Actor):
         self._heartbeat(ctx)
 
     def _report_soon(self, ctx: Context) -> None:
-        """A start is reported by a heartbeat at once, unless another start was reported less
-        than `report_ms` ago: then by one sent `report_ms` later, for the whole burst."""
+        """A start (or a dispatch set aside) is reported by a heartbeat at once, unless another
+        was reported less than `report_ms` ago: then by one sent `report_ms` later, for the
+        whole burst."""
         if self.report_pending:
             return
         if ctx.now_ms - self.last_report_ms >= self.report_ms:
@@ -175,7 +176,7 @@ class Worker(Actor):
             return  # the leader hears nothing from us while the store is unreachable
         if lease is not None:
             ctx.send(lease.holder, Heartbeat(worker=self.name, seq=self.beats, running=running,
-                                             finished=finished))
+                                             finished=finished, held=tuple(self.queued)))
 
     @receive(Dispatch)
     def on_dispatch(self, msg: Dispatch, ctx: Context) -> None:
@@ -268,6 +269,7 @@ class Worker(Actor):
         if self.concurrency is not None and not self.task_types[w.spec.type].inline \
                 and self._busy() >= self.concurrency:
             self.queued[ref] = (w, values)
+            self._report_soon(ctx)  # the leader hands it on if this worker goes silent
             return
         spec, attempt = w.spec, w.attempt
         timer = ctx.schedule(spec.timeout_ms, ExecutionTimeout(ref=ref))
