@@ -170,3 +170,64 @@ def test_every_task_of_a_bundled_burst_succeeds_through_a_worker_kill(
         store.delete_all()
         store.close()
         delete_namespace(rabbitmq_url, ns, ["coordinator-1", "worker-1", "worker-2", "client"])
+
+
+@pytest.mark.rabbitmq
+def test_parts_a_frozen_worker_held_are_handed_on_when_the_leader_suspects_it(
+    rabbitmq_url: str, redis_url: str,
+) -> None:
+    from transports.redis import RedisHistory
+
+    ns = f"test-wb-{uuid.uuid4().hex[:8]}"
+    common = {"broker_url": rabbitmq_url, "store_url": redis_url, "namespace": ns,
+              "log_level": "error", "history": True, "heartbeat_ms": 200}
+    sup = Supervisor([
+        NodeConfig(role="coordinator", name="coordinator-1", dispatch_bundle=8,
+                   detector_timeout_ms=1000, **common),
+        *(NodeConfig(role="worker", name=f"worker-{i}", concurrency=1, **common)
+          for i in (1, 2))])
+    store = RedisStore.from_url(redis_url, prefix=ns)
+    history = RedisHistory.from_url(redis_url, prefix=ns)
+    heard: queue.Queue[Finished] = queue.Queue()
+    sup.start()
+    submitter = None
+    try:
+        wait_for(lambda: store.lease("coordinator") is not None, 30, "a leader", sup.poll)
+        submitter = Submitter(rabbitmq_url, namespace=ns, name="client", on_finished=heard.put,
+                              store_url=redis_url)
+        specs = [TaskSpec(id=f"t{i}", type="sleep", payload={"ms": 60}) for i in range(48)]
+        submitter.submit(specs)  # 48 dispatches: 16 bundles of 3, one at a time per worker
+
+        def holding() -> bool:
+            """worker-1 runs the middle part of a bundle (t3-t5 is one, t6-t8 the next), and
+            the leader has heard it (that heartbeat also listed the last part, still held)."""
+            started = {e.data["task"] for e in history.read_events()
+                       if e.kind == "started" and e.actor == "worker-1"}
+            for task in started:
+                rec = store.get_task(task)
+                if int(task[1:]) % 3 == 1 and rec is not None \
+                        and rec.state is TaskState.RUNNING and rec.worker == "worker-1":
+                    return True
+            return False
+
+        wait_for(holding, 30, "worker-1 to run the middle part of a bundle", sup.poll)
+        sup.pause("worker-1")
+        ends: dict[str, str] = {}
+        try:
+            while len(ends) < len(specs):
+                f = heard.get(timeout=60)
+                ends.setdefault(f.task_id, f.state)
+        finally:
+            sup.resume("worker-1")
+        assert set(ends.values()) == {"succeeded"}
+        handed_on = [e for e in history.read_events() if e.kind == "reassigned"
+                     and e.data.get("reason") == "held by a suspected worker"]
+        assert handed_on and {e.data["worker"] for e in handed_on} == {"worker-1"}
+    finally:
+        if submitter is not None:
+            submitter.close()
+        sup.stop_all()
+        store.delete_all()
+        store.close()
+        history.client.close()
+        delete_namespace(rabbitmq_url, ns, ["coordinator-1", "worker-1", "worker-2", "client"])
