@@ -49,14 +49,16 @@ class _Tracker:
 
 def bench_e2e(
     tasks: int = 5000, workers: int = 2, concurrency: int = 8, batch: int = 250,
-    timeout_s: float = 300, dispatch_bundle: int = 1,
+    timeout_s: float = 300, dispatch_bundle: int | None = None,
 ) -> dict[str, Any]:
+    """`dispatch_bundle`: the leader's `--dispatch-bundle` (None: its default)."""
     ns = f"bench-{uuid.uuid4().hex[:8]}"
     b, s = broker_url(), store_url()
     common: dict[str, Any] = {"broker_url": b, "store_url": s, "namespace": ns,
                               "log_level": "warning"}
-    configs = [NodeConfig(role="coordinator", name="coordinator-1",
-                          dispatch_bundle=dispatch_bundle, **common)]
+    leader: dict[str, Any] = {} if dispatch_bundle is None else {
+        "dispatch_bundle": dispatch_bundle}
+    configs = [NodeConfig(role="coordinator", name="coordinator-1", **leader, **common)]
     configs += [NodeConfig(role="worker", name=f"worker-{i}", concurrency=concurrency,
                            prefetch=PREFETCH_PER_SLOT * concurrency, **common)
                 for i in range(1, workers + 1)]
@@ -90,7 +92,7 @@ def bench_e2e(
     lat = [(tracker.done[t] - tracker.sent[t]) * 1000 for t in tracker.sent]
     elapsed = last - started
     return {"tasks": tasks, "workers": workers, "concurrency": concurrency,
-            "dispatch_bundle": dispatch_bundle,
+            "dispatch_bundle": configs[0].dispatch_bundle,
             "elapsed_s": elapsed, "tasks_per_s": tasks / elapsed, "failed": tracker.failed,
             "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99)}
 

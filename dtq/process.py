@@ -52,8 +52,9 @@ class NodeConfig:
     log_level: str | None = None
     io_root: str = "."
     result_ttl_ms: int | None = None
-    dispatch_bundle: int = 1
-    """(Leader) up to this many dispatches published together share one broker message."""
+    dispatch_bundle: int = 8
+    """(Leader) up to this many dispatches published together share one broker message (a
+    burst of 32 or more; see `transports.rabbitmq`, "Work bundles"). 1: one each."""
     quorum: bool = False
     """Declare quorum queues (for clustered RabbitMQ) instead of classic ones."""
     trace: bool = False

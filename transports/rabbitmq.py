@@ -29,7 +29,8 @@ Work bundles: a transport made with `work_bundle=N` (a leader's, `dtq coordinato
 --dispatch-bundle N`) also bundles the work queue, when one call publishes many dispatches:
 `work_bundle_size` parts per broker message (at most N, and only from 32 dispatches up, cut so
 that at least 16 broker messages carry them for the competing workers to share). A worker then
-takes up to N dispatches per prefetch slot; those beyond its concurrency wait in it, unstarted.
+takes up to N dispatches per prefetch slot; those beyond its concurrency wait in it, unstarted
+(its heartbeats list them, and the leader hands them on if it goes silent).
 """
 
 from __future__ import annotations

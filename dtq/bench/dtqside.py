@@ -67,7 +67,7 @@ def dtq_latency(n: int = 200, workers: int = 2) -> dict[str, Any]:
 
 
 def dtq_throughput(
-    tasks: int = 5000, workers: int = 2, concurrency: int = 8, dispatch_bundle: int = 1,
+    tasks: int = 5000, workers: int = 2, concurrency: int = 8, dispatch_bundle: int | None = None,
 ) -> dict[str, Any]:
     return bench_e2e(tasks, workers=workers, concurrency=concurrency,
                      dispatch_bundle=dispatch_bundle)

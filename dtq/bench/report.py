@@ -19,11 +19,11 @@ from typing import Any
 
 from dtq.bench.common import BenchError
 
-DISPATCH_BUNDLE = 8
-"""The leader's `--dispatch-bundle` in the throughput table's second dtq row."""
-SYSTEMS = ("dtq", "dtq-bundled", "celery", "dramatiq")
-LABELS = {"dtq": "dtq", "dtq-bundled": f"dtq --dispatch-bundle {DISPATCH_BUNDLE}",
-          "celery": "Celery", "dramatiq": "Dramatiq"}
+UNBUNDLED = "dtq-unbundled"
+"""The throughput table's second dtq row: the leader publishes every dispatch on its own."""
+SYSTEMS = ("dtq", UNBUNDLED, "celery", "dramatiq")
+LABELS = {"dtq": "dtq", UNBUNDLED: "dtq --dispatch-bundle 1", "celery": "Celery",
+          "dramatiq": "Dramatiq"}
 NA = "n/a"
 JSON_NAME, MD_NAME, PNG_NAME = "latest.json", "latest.md", "throughput.png"
 

@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 
 from dtq.bench import dtqside, failover, peers, report
-from dtq.bench.report import DISPATCH_BUNDLE, LABELS
+from dtq.bench.report import LABELS, UNBUNDLED
 from dtq.process import broker_url, store_url
 
 
@@ -65,19 +65,19 @@ def _each_system(s: Sizes, measure: Callable[[str], dict[str, Any]]) -> dict[str
 
 
 def throughput(s: Sizes) -> dict[str, Any]:
-    """Each system; for dtq, its defaults and then with the leader's dispatch bundles."""
-    bundled: dict[str, Any] = {}
+    """Each system; for dtq, its defaults and then without the leader's dispatch bundles."""
+    unbundled: dict[str, Any] = {}
 
     def measure(name: str) -> dict[str, Any]:
         if name == "dtq":
             r = dtqside.dtq_throughput(s.tasks, s.workers, s.threads)
             _print_throughput(name, r)
             try:
-                bundled["dtq-bundled"] = b = dtqside.dtq_throughput(
-                    s.tasks, s.workers, s.threads, dispatch_bundle=DISPATCH_BUNDLE)
-                _print_throughput("dtq-bundled", b)
+                unbundled[UNBUNDLED] = b = dtqside.dtq_throughput(
+                    s.tasks, s.workers, s.threads, dispatch_bundle=1)
+                _print_throughput(UNBUNDLED, b)
             except Exception as exc:
-                bundled["dtq-bundled"] = {"error": f"{type(exc).__name__}: {exc}"}
+                unbundled[UNBUNDLED] = {"error": f"{type(exc).__name__}: {exc}"}
                 traceback.print_exc()
             return r
         with _peer(name, s) as client:
@@ -87,7 +87,7 @@ def throughput(s: Sizes) -> dict[str, Any]:
 
     systems = _each_system(s, measure)
     return {"tasks": s.tasks, "workers": s.workers, "threads": s.threads,
-            "systems": {**systems, **bundled}}
+            "systems": {**systems, **unbundled}}
 
 
 def _print_throughput(name: str, r: dict[str, Any]) -> None:
