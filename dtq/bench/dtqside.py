@@ -83,8 +83,8 @@ def scaling(
 def memory(tasks: int = 100_000, batch: int = 1000, timeout_s: float = 600) -> dict[str, Any]:
     """The leader's RSS before and after accepting `tasks` no-ops with no worker running: they
     all stay in its view (dispatched, not done). "Accepted" is seen from outside: every task's
-    dispatch sits in the work queue."""
-    with dtq_cluster("memory", workers=0) as c:
+    dispatch sits in the work queue (one broker message each: no dispatch bundles here)."""
+    with dtq_cluster("memory", workers=0, dispatch_bundle=1) as c:
         pid = c.sup.pid("coordinator-1")
         assert pid is not None
         time.sleep(1)  # let the new leader settle before the baseline
