@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from dtq.errors import DtqError
 
@@ -179,7 +180,7 @@ def _worker_args(p: argparse.ArgumentParser) -> None:
 
 
 def _coordinator_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dispatch-bundle", type=positive_int, default=8, metavar="N",
+    p.add_argument("--dispatch-bundle", type=positive_int, default=None, metavar="N",
                    help="let up to N dispatches published together share one broker message "
                    "(default 8; 1: one each). Only a burst of 32 or more is bundled, cut into "
                    "at least 16 messages. Fewer broker messages per task make throughput much "
@@ -234,7 +235,13 @@ def _node_config(args: argparse.Namespace, role: str, name: str) -> object:
         task_modules=tuple(getattr(args, "tasks", ())),
         lease_ttl_ms=getattr(args, "lease_ttl_ms", 3000), log_level=args.log_level,
         result_ttl_ms=getattr(args, "result_ttl_ms", None), quorum=args.quorum,
-        dispatch_bundle=getattr(args, "dispatch_bundle", 8))
+        **_given(args, "dispatch_bundle"))
+
+
+def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The options among `names` given on the command line (the others keep NodeConfig's
+    defaults)."""
+    return {n: v for n in names if (v := getattr(args, n, None)) is not None}
 
 
 def _run_service(args: argparse.Namespace) -> int:

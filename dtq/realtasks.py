@@ -6,6 +6,7 @@ directory (`DTQ_IO_ROOT`, default the working directory): a path that escapes it
 
 from __future__ import annotations
 
+import functools
 import time
 import urllib.error
 import urllib.request
@@ -39,8 +40,13 @@ class RealTaskContext:
     def charge(self, ms: int) -> None:
         """Real CPU time is already spent; nothing to account for."""
 
+    @functools.cached_property
+    def _root(self) -> Path:
+        """The I/O root, resolved once per task, on its first file access."""
+        return Path(self._io_root).resolve()
+
     def _path(self, path: str) -> Path:
-        root = Path(self._io_root).resolve()
+        root = self._root
         full = (root / path.lstrip("/")).resolve()
         if full != root and root not in full.parents:
             raise TaskError(f"path {path!r} is outside the I/O root {root}")

@@ -5,10 +5,13 @@ every task of a burst, a worker killed in the middle of it included."""
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
+import attrs
 import pytest
 
 from dtq.envelope import Finished
@@ -20,7 +23,7 @@ from dtq.testing import Inbox
 from dtq.transport import BUNDLE_HEADER, Delivery, Outgoing, queue_name
 from transports.bundles import work_bundle_size
 from transports.rabbitmq import RabbitTransport, delete_namespace
-from transports.redis import RedisStore
+from transports.redis import RedisHistory, RedisStore
 
 
 @pytest.mark.parametrize(("dispatches", "cap", "parts"), [
@@ -128,63 +131,33 @@ def test_competing_workers_take_a_bundle_each_and_ack_its_parts(
             t.close()
 
 
-@pytest.mark.rabbitmq
-def test_every_task_of_a_bundled_burst_succeeds_through_a_worker_kill(
-    rabbitmq_url: str, redis_url: str,
-) -> None:
+@attrs.define
+class _Cluster:
+    sup: Supervisor
+    store: RedisStore
+    history: RedisHistory
+    submitter: Submitter
+    heard: queue.Queue[Finished]
+    ends: dict[str, str] = attrs.field(factory=dict)
+
+    def hear(self, count: int) -> None:
+        """Wait until `count` different tasks were heard ending (each end kept once)."""
+        while len(self.ends) < count:
+            f = self.heard.get(timeout=60)
+            self.ends.setdefault(f.task_id, f.state)
+
+
+@contextlib.contextmanager
+def _cluster(
+    rabbitmq_url: str, redis_url: str, *, concurrency: int, **options: Any,
+) -> Iterator[_Cluster]:
+    """A leader with bundles of up to 8 and two workers, a waiting client, and the clean-up."""
     ns = f"test-wb-{uuid.uuid4().hex[:8]}"
     common = {"broker_url": rabbitmq_url, "store_url": redis_url, "namespace": ns,
-              "log_level": "warning"}
+              "log_level": "error", "history": True, **options}
     sup = Supervisor([
         NodeConfig(role="coordinator", name="coordinator-1", dispatch_bundle=8, **common),
-        *(NodeConfig(role="worker", name=f"worker-{i}", concurrency=4, **common)
-          for i in (1, 2))])
-    store = RedisStore.from_url(redis_url, prefix=ns)
-    heard: queue.Queue[Finished] = queue.Queue()
-    sup.start()
-    submitter = None
-    try:
-        wait_for(lambda: store.lease("coordinator") is not None, 30, "a leader", sup.poll)
-        submitter = Submitter(rabbitmq_url, namespace=ns, name="client", on_finished=heard.put,
-                              store_url=redis_url)
-        # Sleep tasks keep the burst in the workers long enough for the kill to land in it.
-        specs = [TaskSpec(id=f"t{i}", type="sleep", payload={"ms": 10})
-                 for i in range(256)]
-        submitter.submit(specs)
-        ends: dict[str, str] = {}
-        while len(ends) < 20:
-            f = heard.get(timeout=30)
-            ends[f.task_id] = f.state
-        sup.kill("worker-1")
-        while len(ends) < len(specs):
-            f = heard.get(timeout=60)
-            ends.setdefault(f.task_id, f.state)
-        assert set(ends.values()) == {"succeeded"}
-        records = [store.get_task(s.id) for s in specs]
-        assert all(r is not None and r.state is TaskState.SUCCEEDED for r in records)
-        assert all(store.get_result(s.id) is not None for s in specs)
-    finally:
-        if submitter is not None:
-            submitter.close()
-        sup.stop_all()
-        store.delete_all()
-        store.close()
-        delete_namespace(rabbitmq_url, ns, ["coordinator-1", "worker-1", "worker-2", "client"])
-
-
-@pytest.mark.rabbitmq
-def test_parts_a_frozen_worker_held_are_handed_on_when_the_leader_suspects_it(
-    rabbitmq_url: str, redis_url: str,
-) -> None:
-    from transports.redis import RedisHistory
-
-    ns = f"test-wb-{uuid.uuid4().hex[:8]}"
-    common = {"broker_url": rabbitmq_url, "store_url": redis_url, "namespace": ns,
-              "log_level": "error", "history": True, "heartbeat_ms": 200}
-    sup = Supervisor([
-        NodeConfig(role="coordinator", name="coordinator-1", dispatch_bundle=8,
-                   detector_timeout_ms=1000, **common),
-        *(NodeConfig(role="worker", name=f"worker-{i}", concurrency=1, **common)
+        *(NodeConfig(role="worker", name=f"worker-{i}", concurrency=concurrency, **common)
           for i in (1, 2))])
     store = RedisStore.from_url(redis_url, prefix=ns)
     history = RedisHistory.from_url(redis_url, prefix=ns)
@@ -195,34 +168,7 @@ def test_parts_a_frozen_worker_held_are_handed_on_when_the_leader_suspects_it(
         wait_for(lambda: store.lease("coordinator") is not None, 30, "a leader", sup.poll)
         submitter = Submitter(rabbitmq_url, namespace=ns, name="client", on_finished=heard.put,
                               store_url=redis_url)
-        specs = [TaskSpec(id=f"t{i}", type="sleep", payload={"ms": 60}) for i in range(48)]
-        submitter.submit(specs)  # 48 dispatches: 16 bundles of 3, one at a time per worker
-
-        def holding() -> bool:
-            """worker-1 runs the middle part of a bundle (t3-t5 is one, t6-t8 the next), and
-            the leader has heard it (that heartbeat also listed the last part, still held)."""
-            started = {e.data["task"] for e in history.read_events()
-                       if e.kind == "started" and e.actor == "worker-1"}
-            for task in started:
-                rec = store.get_task(task)
-                if int(task[1:]) % 3 == 1 and rec is not None \
-                        and rec.state is TaskState.RUNNING and rec.worker == "worker-1":
-                    return True
-            return False
-
-        wait_for(holding, 30, "worker-1 to run the middle part of a bundle", sup.poll)
-        sup.pause("worker-1")
-        ends: dict[str, str] = {}
-        try:
-            while len(ends) < len(specs):
-                f = heard.get(timeout=60)
-                ends.setdefault(f.task_id, f.state)
-        finally:
-            sup.resume("worker-1")
-        assert set(ends.values()) == {"succeeded"}
-        handed_on = [e for e in history.read_events() if e.kind == "reassigned"
-                     and e.data.get("reason") == "held by a suspected worker"]
-        assert handed_on and {e.data["worker"] for e in handed_on} == {"worker-1"}
+        yield _Cluster(sup=sup, store=store, history=history, submitter=submitter, heard=heard)
     finally:
         if submitter is not None:
             submitter.close()
@@ -231,3 +177,54 @@ def test_parts_a_frozen_worker_held_are_handed_on_when_the_leader_suspects_it(
         store.close()
         history.client.close()
         delete_namespace(rabbitmq_url, ns, ["coordinator-1", "worker-1", "worker-2", "client"])
+
+
+@pytest.mark.rabbitmq
+def test_every_task_of_a_bundled_burst_succeeds_through_a_worker_kill(
+    rabbitmq_url: str, redis_url: str,
+) -> None:
+    with _cluster(rabbitmq_url, redis_url, concurrency=4) as c:
+        # Sleep tasks keep the burst in the workers long enough for the kill to land in it.
+        specs = [TaskSpec(id=f"t{i}", type="sleep", payload={"ms": 10})
+                 for i in range(256)]
+        c.submitter.submit(specs)
+        c.hear(20)
+        c.sup.kill("worker-1")
+        c.hear(len(specs))
+        assert set(c.ends.values()) == {"succeeded"}
+        records = [c.store.get_task(s.id) for s in specs]
+        assert all(r is not None and r.state is TaskState.SUCCEEDED for r in records)
+        assert all(c.store.get_result(s.id) is not None for s in specs)
+
+
+@pytest.mark.rabbitmq
+def test_parts_a_frozen_worker_held_are_handed_on_when_the_leader_suspects_it(
+    rabbitmq_url: str, redis_url: str,
+) -> None:
+    with _cluster(rabbitmq_url, redis_url, concurrency=1, heartbeat_ms=200,
+                  detector_timeout_ms=1000) as c:
+        specs = [TaskSpec(id=f"t{i}", type="sleep", payload={"ms": 60}) for i in range(48)]
+        c.submitter.submit(specs)  # 48 dispatches: 16 bundles of 3, one at a time per worker
+
+        def holding() -> bool:
+            """worker-1 runs the middle part of a bundle (t3-t5 is one, t6-t8 the next), and
+            the leader has heard it (that heartbeat also listed the last part, still held)."""
+            started = {e.data["task"] for e in c.history.read_events()
+                       if e.kind == "started" and e.actor == "worker-1"}
+            for task in started:
+                rec = c.store.get_task(task)
+                if int(task[1:]) % 3 == 1 and rec is not None \
+                        and rec.state is TaskState.RUNNING and rec.worker == "worker-1":
+                    return True
+            return False
+
+        wait_for(holding, 30, "worker-1 to run the middle part of a bundle", c.sup.poll)
+        c.sup.pause("worker-1")
+        try:
+            c.hear(len(specs))
+        finally:
+            c.sup.resume("worker-1")
+        assert set(c.ends.values()) == {"succeeded"}
+        handed_on = [e for e in c.history.read_events() if e.kind == "reassigned"
+                     and e.data.get("reason") == "held by a suspected worker"]
+        assert handed_on and {e.data["worker"] for e in handed_on} == {"worker-1"}

@@ -31,8 +31,8 @@ def bundled(
     messages: Sequence[Outgoing], *, work_queue: str, unbundled: Collection[str],
     work_bundle: int = 1,
 ) -> list[Outgoing]:
-    """`messages` with those bound for one queue in bundles, in publish order: no queue in
-    `unbundled` but the work queue, and that one only with `work_bundle` above 1, in bundles of
+    """`messages` with those bound for one queue in bundles, in publish order: none for a queue
+    in `unbundled`; for the work queue only with `work_bundle` above 1, in bundles of
     `work_bundle_size` parts kept apart by priority (the work queue reorders by priority anyway;
     other queues keep the publish order, so their bundles ignore it)."""
     per_work = 1
@@ -43,7 +43,7 @@ def bundled(
     open_bundles: dict[tuple[str, int], _Bundle] = {}
     for m in messages:
         work = m.queue == work_queue
-        if not _bundleable(m) or (m.queue in unbundled and not (work and per_work > 1)):
+        if not _bundleable(m) or m.queue in unbundled or (work and per_work == 1):
             out.append(m)
             continue
         key = (m.queue, m.priority if work else 0)

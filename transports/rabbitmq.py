@@ -139,7 +139,7 @@ class RabbitTransport:
         self._open_bundles: dict[int, int] = {}  # delivery tag -> parts not yet acked
         self.work_bundle = work_bundle
         self._work = queue_name(namespace, WORK_QUEUE)
-        self._unbundled = {self._work, queue_name(namespace, DEAD_QUEUE)}
+        self._unbundled = {queue_name(namespace, DEAD_QUEUE)}
 
     # --- life cycle ---------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dtq.bench.cpu import CpuMeter, service_pids
+from dtq.benchreal import percentile
 
 # --- bare pika, for the floor -----------------------------------------------------------------
 
@@ -83,9 +84,8 @@ def bare_round_trip(n: int = 300, warmup: int = 20) -> dict[str, Any]:
                 ch.queue_delete(q)
         with contextlib.suppress(Exception):
             conn.close()
-    samples.sort()
-    return {"n": n, "p50_ms": statistics.median(samples),
-            "p90_ms": samples[int(0.9 * (len(samples) - 1))], "cpu": cpu}
+    return {"n": n, "p50_ms": statistics.median(samples), "p90_ms": percentile(samples, 90),
+            "cpu": cpu}
 
 
 # --- the peers' round trips, for their CPU ------------------------------------------------------

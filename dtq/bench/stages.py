@@ -33,6 +33,7 @@ from typing import Any
 import attrs
 
 from dtq.bench.cpu import CpuMeter, service_pids
+from dtq.benchreal import percentile
 from dtq.envelope import Finished
 
 STAGES_ENV = "DTQ_BENCH_STAGES"
@@ -156,12 +157,14 @@ def round_trips(marks: Sequence[Mark]) -> list[dict[str, float | bool]]:
     """One dict per complete round trip: each segment in ms, the total, and whether the leader
     received another task's completion report while this task was at its stage."""
     starts = [i for i, m in enumerate(marks) if m.role == "client" and m.stage == "submit"]
+    bounds = [*starts, len(marks)]
     trips = []
-    for a, b in zip(starts, [*starts[1:], len(marks)], strict=True):
+    for k, a in enumerate(starts):
         # The worker's own end of its result write may come after the client has already
-        # heard the notice and submitted the next task: it is looked for past the window.
+        # heard the notice and submitted the next task: it is looked for in the next window.
+        b, c = bounds[k + 1], bounds[min(k + 2, len(starts))]
         end = marks[b].t if b < len(marks) else float("inf")
-        trip = _one_trip(marks[a:], end)
+        trip = _one_trip(marks[a:c], end)
         if trip is not None:
             trips.append(trip)
     return trips
@@ -169,7 +172,8 @@ def round_trips(marks: Sequence[Mark]) -> list[dict[str, float | bool]]:
 
 def _one_trip(w: Sequence[Mark], end: float) -> dict[str, float | bool] | None:
     """The round trip that starts with `w[0]` (a submit); every mark of it but the worker's
-    end of the result write comes before `end` (the next submit)."""
+    end of the result write comes before `end` (the next submit). `w` ends with the next
+    round trip."""
 
     def first(after: float, pred: Callable[[Mark], bool], until: float = end) -> Mark | None:
         for m in w:
@@ -229,12 +233,12 @@ def summarise(trips: Sequence[dict[str, float | bool]]) -> dict[str, Any]:
     for name, _ in (*SEGMENTS, ("total", ""), *DETAILS):
         values = sorted(float(t[name]) for t in trips)
         out["segments"][name] = {"p50_ms": statistics.median(values),
-                                 "p90_ms": values[int(0.9 * (len(values) - 1))],
+                                 "p90_ms": percentile(values, 90),
                                  "mean_ms": statistics.fmean(values)}
     busy = [t for t in trips if t["leader_busy_with_completion"]]
+    free = [t for t in trips if not t["leader_busy_with_completion"]]
     out["leader_busy_with_completion"] = len(busy) / len(trips)
-    for label, group in (("leader_p50_when_busy_ms", busy),
-                         ("leader_p50_when_free_ms", [t for t in trips if t not in busy])):
+    for label, group in (("leader_p50_when_busy_ms", busy), ("leader_p50_when_free_ms", free)):
         out[label] = statistics.median(float(t["leader"]) for t in group) if group else None
     return out
 
