@@ -1,9 +1,12 @@
 """The RabbitMQ transport (pika): durable queues, asynchronous confirms, manual acks.
 
 pika is not thread-safe, so one I/O thread owns the connection and runs pika's `SelectConnection`
-event loop (which also keeps AMQP heartbeats going while the actor works). Every call from
-other threads is marshalled onto that loop with `add_callback_threadsafe`. Deliveries go to a
-callback the runtime gives (it puts them on its inbox).
+event loop (which also keeps AMQP heartbeats going while the actor works). It holds an I/O lock
+except while it waits in epoll; another thread that publishes or acks takes that lock and calls
+pika itself, and the frames go straight to the socket (no hand-off to the I/O thread, no wait
+for its next turn). Where the loop cannot let go of the lock (a poller other than epoll), calls
+are marshalled onto the loop with `add_callback_threadsafe`. Deliveries go to a callback the
+runtime gives (it puts them on its inbox).
 
 Delivery contract (the same as the simulator's): at least once. A publish batch counts as sent
 when the broker has confirmed every message in it (confirms are asynchronous; the `then`
@@ -51,6 +54,12 @@ import pika.exceptions
 import pika.frame
 import pika.spec
 import structlog
+
+try:  # pika's own classes, for the direct writes below (without them, pika's usual path)
+    from pika.adapters.select_connection import EPollPoller
+    from pika.adapters.utils.io_services_utils import _AsyncPlaintextTransport
+except ImportError:  # pragma: no cover - a pika that moved them
+    EPollPoller = _AsyncPlaintextTransport = None
 
 from dtq.envelope import COORDINATOR_QUEUE, WORK_QUEUE
 from dtq.errors import ConnectionLost
@@ -100,6 +109,63 @@ def redact(url: str) -> str:
     return f"{parts.scheme}://{host}:{parts.port or 5672}{parts.path}"
 
 
+class _Connection(pika.SelectConnection):  # type: ignore[misc]
+    """pika's SelectConnection, writing a message's frames as one piece, straight to the socket.
+
+    pika buffers every frame and sends it on the loop's next turn, once the socket is reported
+    writable. Here the frames of one publish (method, header, body) go out together, and they
+    go out at once when nothing is buffered before them; only what the socket does not take
+    waits for writability.
+    """
+
+    def _output_marshaled_frames(self, marshaled_frames: Sequence[bytes]) -> None:
+        if len(marshaled_frames) == 1:
+            super()._output_marshaled_frames(marshaled_frames)
+            return
+        self.bytes_sent += sum(len(f) for f in marshaled_frames)
+        self.frames_sent += len(marshaled_frames)
+        self._adapter_emit_data(b"".join(marshaled_frames))
+
+    def _adapter_emit_data(self, data: bytes) -> None:
+        t = self._transport
+        sock = getattr(t, "_sock", None)
+        if _writes_through(t) and sock is not None:
+            try:
+                sent = sock.send(data)
+            except OSError:  # would block, or failed: the buffered path sees it through
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        super()._adapter_emit_data(data)
+
+
+def _writes_through(t: Any) -> bool:
+    """Whether data for pika transport `t` may go straight to its socket: a plain TCP one, up,
+    with nothing buffered that would have to go first."""
+    return (_AsyncPlaintextTransport is not None and isinstance(t, _AsyncPlaintextTransport)
+            and getattr(t, "_state", None) == getattr(t, "_STATE_ACTIVE", None)
+            and t.get_write_buffer_size() == 0)
+
+
+class _Unlocking:
+    """The event loop's poll object, releasing the transport's I/O lock while it waits."""
+
+    def __init__(self, inner: Any, lock: threading.RLock) -> None:
+        self._inner = inner
+        self._lock = lock
+
+    def poll(self, *args: Any) -> Any:
+        self._lock.release()
+        try:
+            return self._inner.poll(*args)
+        finally:
+            self._lock.acquire()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 class RabbitTransport:
     """A connection to RabbitMQ owned by one I/O thread; every public method is thread-safe."""
 
@@ -125,6 +191,11 @@ class RabbitTransport:
         self.ready = threading.Event()
         self.connects = 0
         self._lock = threading.Lock()
+        self._io = threading.RLock()
+        """Held by the I/O thread except while it waits for events; another thread holding it
+        may use pika directly (see `_call`)."""
+        self._io_guest: int | None = None
+        self._direct = False
         self._closing = False
         self._thread: threading.Thread | None = None
         self._conn: pika.SelectConnection | None = None
@@ -183,16 +254,30 @@ class RabbitTransport:
         params.heartbeat = self.heartbeat_s
         params.blocked_connection_timeout = 30
         params.client_properties = {"connection_name": connection_name(self.namespace, self.name)}
-        try:
-            conn = pika.SelectConnection(
-                params, on_open_callback=self._on_open, on_open_error_callback=self._on_error,
-                on_close_callback=self._on_closed)
-        except Exception as exc:  # DNS and similar errors surface here
-            self._last_error = exc
-            return
-        self._conn = conn
-        conn.ioloop.start()
-        self.ready.clear()
+        with self._io:
+            try:
+                conn = _Connection(
+                    params, on_open_callback=self._on_open, on_open_error_callback=self._on_error,
+                    on_close_callback=self._on_closed)
+            except Exception as exc:  # DNS and similar errors surface here
+                self._last_error = exc
+                return
+            self._direct = self._unlock_while_waiting(conn)
+            self._conn = conn
+            conn.ioloop.start()
+            self.ready.clear()
+
+    def _unlock_while_waiting(self, conn: pika.SelectConnection) -> bool:
+        """Have the loop let go of the I/O lock while it waits in epoll (the kernel lets another
+        thread change what it waits for meanwhile). With other pollers (kqueue, outside Linux)
+        every call goes through the loop's callback queue instead."""
+        poller = getattr(conn.ioloop, "_poller", None)
+        if EPollPoller is None or not isinstance(poller, EPollPoller) \
+                or not hasattr(poller, "_create_poller"):
+            return False
+        create = poller._create_poller
+        poller._create_poller = lambda: _Unlocking(create(), self._io)
+        return True
 
     def _on_error(self, conn: pika.SelectConnection, exc: BaseException) -> None:
         self._last_error = exc
@@ -247,11 +332,26 @@ class RabbitTransport:
     # --- marshalling onto the I/O thread ------------------------------------------------------
 
     def _call(self, fn: Callable[[], None]) -> None:
-        if threading.current_thread() is self._thread:  # already on the loop (a `then`)
+        """Run `fn` with the connection to itself: at once on the I/O thread (a `then`); on
+        another thread, at once too, under the I/O lock (the I/O thread holds it except while it
+        waits for events, so this waits at most for the loop's current turn) and without waking
+        the I/O thread. A thread inside such a call already (a signal handler that interrupted
+        it, or a `then` run from it) hands `fn` to the loop instead, as every thread does where
+        the loop cannot let go of the lock."""
+        if threading.current_thread() is self._thread:
             fn()
             return
         conn = self._conn
         if conn is None:
+            return
+        me = threading.get_ident()
+        if self._direct and self._io_guest != me:
+            with self._io:
+                self._io_guest = me
+                try:
+                    fn()
+                finally:
+                    self._io_guest = None
             return
         # If the loop is gone, the next connection replays what matters (consumers, outbox).
         with contextlib.suppress(Exception):
