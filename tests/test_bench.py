@@ -30,7 +30,7 @@ FAKE: dict[str, Any] = {
         "dtq": {"tasks": 5000, "tasks_per_s": 1234.5, "elapsed_s": 4.05, **_dist(300)},
         "celery": {"tasks": 5000, "tasks_per_s": 700.0, "elapsed_s": 7.1, "submit_s": 6.0},
         "dramatiq": {"error": "dramatiq is not installed"}}},
-    "latency": {"n": 200, "systems": {"dtq": {"n": 200, **_dist(5)},
+    "latency": {"n": 200, "block": 20, "systems": {"dtq": {"n": 200, **_dist(5)},
                                       "celery": {"n": 200, **_dist(2.3)}}},
     "failover": {"trials": 20, "lease_ttl_ms": 2000, "samples_ms": [1500.0, 1900.0],
                  "takeover": _dist(1490), **_dist(1500)},
@@ -135,3 +135,33 @@ def test_cluster_passes_worker_options_on() -> None:
     args = build_parser().parse_args(["cluster", "--prefetch", "5", "--result-ttl-ms", "900"])
     cfg = _node_config(args, "worker", "worker-1")
     assert (cfg.prefetch, cfg.result_ttl_ms) == (5, 900)  # type: ignore[attr-defined]
+
+
+class _Turns:
+    """A submit-and-wait client that notes, in a shared list, whose round trip ran when."""
+
+    def __init__(self, name: str, order: list[str]) -> None:
+        self.name, self.order = name, order
+
+    def submit(self) -> str:
+        self.order.append(self.name)
+        return self.name
+
+    def wait(self, handle: str, timeout_s: float) -> None:
+        assert handle == self.name and timeout_s > 0
+
+
+def test_latency_takes_the_systems_in_turns_until_each_made_n() -> None:
+    from dtq.bench.peers import interleaved_latency
+
+    order: list[str] = []
+    clients = {"a": _Turns("a", order), "b": _Turns("b", order)}
+    result = interleaved_latency(clients, 5, block=2, warmup=1)
+    assert order == ["a", "b", "a", "a", "b", "b", "a", "a", "b", "b", "a", "b"]
+    assert {name: r["n"] for name, r in result.items()} == {"a": 5, "b": 5}
+    assert all(0 <= r["p50_ms"] <= r["max_ms"] for r in result.values())
+
+
+def test_the_latency_table_says_the_systems_took_turns() -> None:
+    text = report.markdown(FAKE)
+    assert "200 sequential submit-and-wait, the systems taking turns of 20" in text

@@ -120,7 +120,8 @@ def configure(bsub: Sub) -> None:
     pe = ("tasks", "workers", "threads", "systems")
     _add(bsub, "throughput", "no-op tasks end to end: dtq, Celery, Dramatiq on RabbitMQ and "
          "Redis", *pe).set_defaults(func=_step("throughput"))
-    _add(bsub, "latency", "single-task latency over sequential submit-and-wait, each system",
+    _add(bsub, "latency", "single-task latency over sequential submit-and-wait: every system "
+         "up at once, taking turns of 20 round trips",
          "latency_n", "workers", "threads", "systems").set_defaults(func=_step("latency"))
     _add(bsub, "stages", "where dtq's single-task round trip spends its time: per-stage "
          "timings of sequential submit-and-wait and the CPU each process spends, beside bare "

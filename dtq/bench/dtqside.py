@@ -12,7 +12,6 @@ from typing import Any
 
 from dtq.bench.cluster import Cluster, dtq_cluster
 from dtq.bench.common import await_value, queue_counts, rss_kib
-from dtq.bench.peers import latency
 from dtq.benchreal import PREFETCH_PER_SLOT, bench_e2e
 from dtq.envelope import WORK_QUEUE, Finished
 from dtq.submitter import Submitter
@@ -59,11 +58,6 @@ def client(workers: int = 2, concurrency: int = 8) -> Iterator[DtqClient]:
             yield dc
         finally:
             dc.submitter.close()
-
-
-def dtq_latency(n: int = 200, workers: int = 2) -> dict[str, Any]:
-    with client(workers) as c:
-        return latency(c, n)
 
 
 def dtq_throughput(

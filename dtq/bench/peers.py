@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -234,11 +234,24 @@ def throughput(client: Client, tasks: int, timeout_s: float = 300) -> dict[str, 
 
 def latency(client: Client, n: int = 200, warmup: int = 5) -> dict[str, Any]:
     """`n` sequential submit-and-wait round trips, one task in flight at a time."""
-    for _ in range(warmup):
-        client.wait(client.submit(), 60)
-    samples = []
-    for _ in range(n):
-        t = time.perf_counter()
-        client.wait(client.submit(), 30)
-        samples.append((time.perf_counter() - t) * 1000)
-    return {"n": n, **summary(samples)}
+    return interleaved_latency({"one": client}, n, block=n, warmup=warmup)["one"]
+
+
+def interleaved_latency(
+    clients: Mapping[str, Client], n: int = 200, *, block: int = 20, warmup: int = 5,
+) -> dict[str, dict[str, Any]]:
+    """`n` sequential submit-and-wait round trips for each system, one task in flight at a
+    time, taken in turns of `block`: every system meets the machine as it is at that moment,
+    so a machine whose speed drifts during the run moves them all alike and their ratio holds."""
+    for client in clients.values():
+        for _ in range(warmup):
+            client.wait(client.submit(), 60)
+    samples: dict[str, list[float]] = {name: [] for name in clients}
+    while any(len(taken) < n for taken in samples.values()):
+        for name, client in clients.items():
+            taken = samples[name]
+            for _ in range(min(block, n - len(taken))):
+                t = time.perf_counter()
+                client.wait(client.submit(), 30)
+                taken.append((time.perf_counter() - t) * 1000)
+    return {name: {"n": n, **summary(taken)} for name, taken in samples.items()}

@@ -128,7 +128,8 @@ def _latency_md(lat: dict[str, Any]) -> list[str]:
     rows = [[LABELS[n], _f(r["p50_ms"], 2), _f(r["p99_ms"], 2), _f(r["mean_ms"], 2),
              _f(r["max_ms"], 2)] if "error" not in r else [LABELS[n], NA, NA, NA, r["error"]]
             for n in SYSTEMS if (r := lat.get("systems", {}).get(n)) is not None]
-    return [f"### Single-task latency: {lat.get('n', 200)} sequential submit-and-wait", "",
+    turns = f", the systems taking turns of {lat['block']}" if lat.get("block") else ""
+    return [f"### Single-task latency: {lat.get('n', 200)} sequential submit-and-wait{turns}", "",
             *_table(["system", "p50 ms", "p99 ms", "mean ms", "max ms"], rows)]
 
 

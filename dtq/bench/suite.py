@@ -6,6 +6,7 @@ A step returns a JSON-ready dict and prints one or a few lines of numbers to std
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -95,18 +96,33 @@ def _print_throughput(name: str, r: dict[str, Any]) -> None:
           f"({r['tasks']:,} tasks in {r['elapsed_s']:.2f} s)", flush=True)
 
 
-def latency(s: Sizes) -> dict[str, Any]:
-    def measure(name: str) -> dict[str, Any]:
-        if name == "dtq":
-            r = dtqside.dtq_latency(s.latency_n, s.workers)
-        else:
-            with _peer(name, s) as client:
-                r = peers.latency(client, s.latency_n)
-        print(f"latency    {LABELS[name]:8}: p50 {r['p50_ms']:6.2f} ms, p99 {r['p99_ms']:6.2f} ms"
-              f" ({r['n']} sequential)", flush=True)
-        return r
+LATENCY_BLOCK = 20
+"""Round trips each system makes in its turn: the systems take turns until each made n."""
 
-    return {"n": s.latency_n, "systems": _each_system(s, measure)}
+
+def latency(s: Sizes) -> dict[str, Any]:
+    """Every system up at once, their sequential round trips taken in turns (see
+    `peers.interleaved_latency`): one system's p50 against another's compares like with like."""
+    with contextlib.ExitStack() as stack:
+        clients: dict[str, Any] = {}
+
+        def start(name: str) -> dict[str, Any]:
+            context = dtqside.client(s.workers) if name == "dtq" else _peer(name, s)
+            clients[name] = stack.enter_context(context)
+            return {}
+
+        started = _each_system(s, start)
+        try:
+            measured = peers.interleaved_latency(clients, s.latency_n, block=LATENCY_BLOCK)
+        except Exception as exc:
+            traceback.print_exc()
+            measured = {name: {"error": f"{type(exc).__name__}: {exc}"} for name in clients}
+    for name, r in measured.items():
+        if "error" not in r:
+            print(f"latency    {LABELS[name]:8}: p50 {r['p50_ms']:6.2f} ms, p99 "
+                  f"{r['p99_ms']:6.2f} ms ({r['n']} sequential)", flush=True)
+    systems = {name: measured.get(name, r) for name, r in started.items()}
+    return {"n": s.latency_n, "block": LATENCY_BLOCK, "systems": systems}
 
 
 def stages(s: Sizes) -> dict[str, Any]:
