@@ -174,7 +174,7 @@ def _worker_args(p: argparse.ArgumentParser) -> None:
                    "unstarted (default: the concurrency). More speeds up short tasks. A worker "
                    "that freezes has them handed on as new attempts once the leader suspects "
                    "it, but one the broker gives it after that waits until the broker drops "
-                   "it")
+                   "it (about 15 s after it froze: three heartbeat timeouts)")
     p.add_argument("--result-ttl-ms", type=positive_int, default=None, metavar="MS",
                    help="keep results this long (default: forever)")
 

@@ -50,7 +50,7 @@ class RuntimeOptions:
     queue prefetch above the concurrency keeps the next dispatches at hand (they wait in the
     worker, not started, reported in its heartbeats so that the leader hands them on if it
     goes silent); but one the broker hands a frozen worker after that waits until the broker
-    drops its connection."""
+    drops its connection (about three heartbeat timeouts: `transports.rabbitmq.HEARTBEAT_S`)."""
     concurrency: int = 1
     batch_max: int = 256
     poison_limit: int = 3

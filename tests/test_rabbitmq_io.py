@@ -157,3 +157,23 @@ def test_other_threads_publish_and_ack_without_waking_the_io_thread(rabbitmq_url
     finally:
         t.close()
         delete_namespace(rabbitmq_url, ns, ["box"])
+
+
+@pytest.mark.rabbitmq
+def test_the_broker_holds_the_connection_to_the_heartbeat_timeout(rabbitmq_url: str) -> None:
+    """What bounds a frozen node's hold on its unacked deliveries is the timeout the broker
+    agreed to, as the broker itself reports it."""
+    import subprocess
+
+    ns = f"test-{uuid.uuid4().hex[:8]}"
+    t = RabbitTransport(rabbitmq_url, namespace=ns, name="beating")
+    t.start()
+    try:
+        listing = subprocess.run(
+            ["rabbitmqctl", "-q", "list_connections", "timeout", "client_properties"],
+            capture_output=True, text=True, timeout=60, check=True).stdout
+        ours = [line.split("\t", 1)[0] for line in listing.splitlines()
+                if rabbitmq.connection_name(ns, "beating") in line]
+        assert ours == [str(rabbitmq.HEARTBEAT_S)] and rabbitmq.HEARTBEAT_S == 5
+    finally:
+        t.close()
