@@ -276,7 +276,8 @@ def _bars_latency(ax: Any, lat: Any) -> None:
     ax.bar([x - 0.2 for x in xs], [systems[n]["p50_ms"] for n in names], 0.4, label="p50")
     ax.bar([x + 0.2 for x in xs], [systems[n]["p99_ms"] for n in names], 0.4, label="p99")
     ax.set_xticks(list(xs), [LABELS[n] for n in names])
-    ax.set_title(f"single-task latency, {lat.get('n', 0)} sequential round trips")
+    turns = f" in turns of {lat['block']}" if lat.get("block") else ""
+    ax.set_title(f"single-task latency, {lat.get('n', 0)} sequential round trips{turns}")
     ax.set_ylabel("ms")
     ax.legend()
 
