@@ -132,9 +132,8 @@ class _Connection(pika.SelectConnection):  # type: ignore[misc]
         self._adapter_emit_data(b"".join(marshaled_frames))
 
     def _adapter_emit_data(self, data: bytes) -> None:
-        t = self._transport
-        sock = getattr(t, "_sock", None)
-        if _writes_through(t) and sock is not None:
+        sock = _direct_socket(self._transport)
+        if sock is not None:
             try:
                 sent = sock.send(data)
             except OSError:  # would block, or failed: the buffered path sees it through
@@ -145,12 +144,14 @@ class _Connection(pika.SelectConnection):  # type: ignore[misc]
         super()._adapter_emit_data(data)
 
 
-def _writes_through(t: Any) -> bool:
-    """Whether data for pika transport `t` may go straight to its socket: a plain TCP one, up,
-    with nothing buffered that would have to go first."""
-    return (_AsyncPlaintextTransport is not None and isinstance(t, _AsyncPlaintextTransport)
-            and getattr(t, "_state", None) == getattr(t, "_STATE_ACTIVE", None)
-            and t.get_write_buffer_size() == 0)
+def _direct_socket(t: Any) -> Any:
+    """The socket that data for pika transport `t` may go straight to (a plain TCP one, up, with
+    nothing buffered that would have to go first), or None."""
+    if _AsyncPlaintextTransport is None or not isinstance(t, _AsyncPlaintextTransport) \
+            or getattr(t, "_state", None) != getattr(t, "_STATE_ACTIVE", None) \
+            or t.get_write_buffer_size() != 0:
+        return None
+    return getattr(t, "_sock", None)
 
 
 class _Unlocking:
