@@ -325,13 +325,25 @@ class RealRun:
 
     def _fault(self, index: int, f: FaultSpec) -> None:
         targets = self._targets(f.target)
+        if f.params.get("when") == "busy" and not self._busy(targets) \
+                and self._now_ms() < self.scenario.expect.deadline_ms:
+            # Not yet: look again at the next step (the workers' store entries list what
+            # they run from the moment they report a start).
+            self._at(self._now_ms() + 1, functools.partial(self._fault, index, f))
+            return
         self.progress.fault(f.at_ms, f.action, targets)
         self._record("runner", "fault", action=f.action, targets=targets,
                      duration_ms=f.duration_ms)
         undo = self._actions()[f.action](index, f, targets)
         end = fault_end_ms(f)
         if undo is not None and end is not None:
-            self._at(end, undo)
+            self._at(end + max(0, self._now_ms() - f.at_ms), undo)  # (from when it fired)
+
+    def _busy(self, targets: list[str]) -> bool:
+        """Every target's store entry lists a task it runs (written with each heartbeat, and
+        at once when it starts a task)."""
+        running = {w.name for w in self.store.workers() if w.running}
+        return bool(targets) and set(targets) <= running
 
     def _actions(self) -> dict[str, Callable[[int, FaultSpec, list[str]], Undo]]:
         link = self._link_fault

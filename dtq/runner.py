@@ -210,8 +210,22 @@ def resolve_target(sim: Simulation, target: str | None) -> list[str]:
     raise ScenarioError(f"unknown fault target {target!r}")
 
 
+def _busy(sim: Simulation, targets: list[str]) -> bool:
+    """Every target is alive and running a task (a worker's `running` table is not empty)."""
+    for t in targets:
+        node = sim.nodes.get(t)
+        actor = node.cell.actor if node is not None and node.alive and node.cell else None
+        if not getattr(actor, "running", None):
+            return False
+    return True
+
+
 def _play(sim: Simulation, scenario: Scenario, fault: FaultSpec) -> None:
     targets = resolve_target(sim, fault.target)
+    if fault.params.get("when") == "busy" and not _busy(sim, targets) \
+            and sim.now_ms < scenario.expect.deadline_ms:
+        sim.after(1, _play, sim, scenario, fault)  # look again after the next virtual ms
+        return
     sim.history.record("sim", "fault", VectorClock(), {"action": fault.action, "targets": targets,
                                                    "duration_ms": fault.duration_ms})
     action = _ACTIONS[fault.action]

@@ -124,7 +124,9 @@ EXPECT_KEYS = {"deadline_ms": int, "succeeded": int, "failed": int, "failover_ms
                "reassign_ms_max": int, "stale_writes_refused_min": int, "settle_ms": int}
 FAULT_KEYS = {"at": int, "action": str, "target": str, "duration": int, "from": list,
               "latency": int, "jitter": int, "probability": float, "rate": int,
-              "timeout": int, "average_size": int, "size_variation": int, "delay": int}
+              "timeout": int, "average_size": int, "size_variation": int, "delay": int,
+              "when": str}
+FAULT_WHEN = {"busy": "wait, from `at` on, until every target runs a task, then fire"}
 TOP_KEYS = {"name": str, "description": str, "seed": int, "cluster": dict, "network": dict,
             "crash_points": dict, "workload": dict, "fault": list, "expect": dict,
             "output": dict}
@@ -258,6 +260,9 @@ def _fault(ld: _Loader, i: int, d: Any) -> FaultSpec:
     if d["action"] not in FAULT_ACTIONS:
         raise ld.error(prefix + "action", f"unknown action {d['action']!r} (expected one of: "
                        f"{', '.join(sorted(FAULT_ACTIONS))})")
+    if "when" in d and d["when"] not in FAULT_WHEN:
+        raise ld.error(prefix + "when", f"unknown condition {d['when']!r} (expected one of: "
+                       f"{', '.join(sorted(FAULT_WHEN))})")
     params = {k: v for k, v in d.items() if k not in ("at", "action", "target", "duration")}
     return FaultSpec(at_ms=d["at"], action=d["action"], target=d.get("target"),
                      duration_ms=d.get("duration"), params=params)

@@ -26,6 +26,7 @@ def write(tmp_path: Path, text: str) -> Path:
     ("[network]\ndrop = 1.5\n", "network.drop", 2),
     ("[[fault]]\nat = 10\naction = 'explode'\n", "fault[0].action", 3),
     ("[[fault]]\naction = 'kill'\n", "fault[0].at", None),
+    ("[[fault]]\nat = 10\naction = 'kill'\nwhen = 'soon'\n", "fault[0].when", 4),
     ("[workload]\ncount = -1\n", "workload.count", 2),
     ("[workload]\ndag = 'spiral'\n", "workload.dag", 2),
     ("colour = 'red'\n", "colour", 1),
@@ -77,3 +78,22 @@ def test_every_shipped_scenario_loads() -> None:
     assert files
     for f in files:
         assert load(f).name
+
+
+def test_a_busy_fault_waits_until_its_target_runs_a_task(tmp_path: Path) -> None:
+    """`when = "busy"`: the kill fires at the first moment from `at` on when the worker runs a
+    task, however late that is (here the tasks are submitted only at 500 ms)."""
+    from dtq.runner import run_memory
+
+    path = write(tmp_path, "name = 'busy'\n[cluster]\nworkers = 2\n"
+                 "[workload]\ncount = 4\nstart_ms = 500\ntype = 'sleep'\npayload = { ms = 200 }\n"
+                 "[[fault]]\nat = 10\naction = 'kill'\ntarget = 'worker-1'\nwhen = 'busy'\n"
+                 "duration = 300\n")
+    result = run_memory(load(path))
+    assert result.summary["ok"], result.summary["violations"]
+    crash = next(e for e in result.events if e.kind == "crash" and e.actor == "worker-1")
+    first = min(e.time_ms for e in result.events
+                if e.kind == "started" and e.actor == "worker-1")
+    assert crash.time_ms >= first >= 500
+    restart = next(e for e in result.events if e.kind == "restart" and e.actor == "worker-1")
+    assert restart.time_ms - crash.time_ms == 300
