@@ -7,6 +7,10 @@ idempotency key or task id with a different body (409). The idempotency check is
 coordinator's own (`Store.claim_key` with the request's `fingerprint`) done before publishing,
 plus a look at the existing record, so a conflict is an answer and not a silent drop.
 
+What the broker confirmed is answered 202, whatever follows: a state read that fails after the
+publish answers `submitted`, never a retryable 503 (a client retrying it would queue the task
+twice).
+
 Ids this API process published but the leader has not recorded yet are remembered for a while
 (`RecentSubmissions`), so a task can depend on one submitted a moment ago, and reads of it answer
 `submitted` rather than 404.
@@ -24,6 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
+import structlog
 
 from dtq import dag
 from dtq.api_errors import (
@@ -45,6 +50,7 @@ CANCELLABLE = frozenset({TaskState.SUBMITTED, TaskState.PENDING, TaskState.READY
 _KEY_RE = re.compile(r"^[\x20-\x7e]{1,256}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _DAG_FIELDS = frozenset({"tasks"})
+log = structlog.get_logger("dtq.api")
 
 
 class RecentSubmissions:
@@ -120,7 +126,7 @@ class Submissions:
         self._claim(spec)
         if state is None:
             self._publish([spec])
-            state = self.state_of(spec.id)
+            state = self._state_after_publish(spec.id, TaskState.SUBMITTED.value)
         return Accepted(id=spec.id, state=state)
 
     def _merge_key(self, data: Mapping[str, Any], header_key: str | None) -> Any:
@@ -268,6 +274,17 @@ class Submissions:
         for spec in specs:
             self.recent.add(spec.id, fingerprint(spec))
 
+    def _state_after_publish(self, task_id: str, unread: str) -> str:
+        """The state of a task whose message the broker confirmed. What was published is queued
+        whatever the read after it does: a read that fails answers `unread` (the task is
+        queued), never an error a client would retry (and so queue the task twice)."""
+        try:
+            return self.state_of(task_id)
+        except Exception as exc:  # any failure of the read: the publish stands
+            log.warning("published, but its state could not be read", task=task_id,
+                        error=repr(exc))
+            return unread
+
     def state_of(self, task_id: str) -> str:
         rec = self.backend.store.get_task(task_id)
         if rec is not None:
@@ -287,7 +304,8 @@ class Submissions:
             raise conflict("not_cancellable", f"task {task_id} is {rec.state.value}: only "
                            "submitted, pending or ready tasks can be cancelled", "id")
         self.backend.cancel(task_id)
-        return Accepted(id=task_id, state=self.state_of(task_id))
+        before = rec.state.value if rec is not None else TaskState.SUBMITTED.value
+        return Accepted(id=task_id, state=self._state_after_publish(task_id, before))
 
 
 def _key_conflict(key: str, task_id: str) -> ApiError:

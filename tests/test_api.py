@@ -409,6 +409,58 @@ def test_readiness_fails_when_the_backend_is_down(down: Api) -> None:
     assert down.http.get("/healthz").status_code == 200
 
 
+class _ReadsFailAfterPublish:
+    """A simulated cluster (kept still) whose store stops answering reads once a message was
+    published to it: the publish is confirmed, the state read after it fails."""
+
+    def __init__(self) -> None:
+        self.inner = SimBackend(autorun=False)
+        self.broken = False
+        self.published: list[str] = []
+
+    @property
+    def store(self) -> Any:
+        return self if self.broken else self.inner.store
+
+    def get_task(self, task_id: str) -> Any:
+        raise StoreUnavailable("store unreachable (test)")
+
+    def submit(self, specs: Any) -> None:
+        self.inner.submit(specs)
+        self.published += [s.id for s in specs]
+        self.broken = True
+
+    def cancel(self, task_id: str) -> None:
+        self.inner.cancel(task_id)
+        self.published.append(f"cancel {task_id}")
+        self.broken = True
+
+    def queue_depths(self) -> dict[str, int]:
+        return self.inner.queue_depths()
+
+    def ready(self) -> bool:
+        return True
+
+    def now_ms(self) -> int:
+        return self.inner.now_ms()
+
+
+def test_a_queued_task_is_never_answered_a_retryable_error() -> None:
+    """The publish was confirmed and only the read after it failed: the answer is 202 with the
+    id (a 503 with Retry-After would have the client submit the task a second time)."""
+    backend = _ReadsFailAfterPublish()
+    api = api_on(backend, create_app(backend))
+    r = post(api, "/tasks", {"type": "echo", "payload": 1})
+    assert r.status_code == 202, r.text
+    tid = r.json()["id"]
+    assert r.json()["state"] == "submitted" and backend.published == [tid]
+    backend.broken = False
+    r = api.http.delete(f"/tasks/{tid}")
+    assert r.status_code == 202, r.text
+    assert r.json() == {"id": tid, "state": "submitted", "links": r.json()["links"]}
+    assert backend.published == [tid, f"cancel {tid}"]
+
+
 # --- refusals at the edge ----------------------------------------------------------------------
 
 
