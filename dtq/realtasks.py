@@ -1,22 +1,20 @@
 """Task execution on real processes: a `TaskContext` with real time, files and HTTP.
 
-Runs in a worker's task thread, never on the handler loop. Files are confined to an I/O root
-directory (`DTQ_IO_ROOT`, default the working directory): a path that escapes it is refused.
+Runs in a worker's task thread, never on the handler loop. Files and HTTP go through
+`dtq.runtime_io`: regular files inside the node's I/O root only, HTTP to public addresses only.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from dtq.actor import Execution
+from dtq.runtime_io import IoRoot, current_http_policy, http_get
 from dtq.store import Store
-from dtq.tasktypes import Executed, TaskError
+from dtq.tasktypes import Executed
 
 
 class RealTaskContext:
@@ -41,41 +39,17 @@ class RealTaskContext:
         """Real CPU time is already spent; nothing to account for."""
 
     @functools.cached_property
-    def _root(self) -> Path:
-        """The I/O root, resolved once per task, on its first file access."""
-        return Path(self._io_root).resolve()
-
-    def _path(self, path: str) -> Path:
-        root = self._root
-        full = (root / path.lstrip("/")).resolve()
-        if full != root and root not in full.parents:
-            raise TaskError(f"path {path!r} is outside the I/O root {root}")
-        return full
+    def _files(self) -> IoRoot:
+        return IoRoot(self._io_root)
 
     def read_file(self, path: str) -> bytes:
-        try:
-            return self._path(path).read_bytes()
-        except OSError as exc:
-            raise TaskError(f"cannot read {path}: {exc.strerror}") from exc
+        return self._files.read(path)
 
     def write_file(self, path: str, data: bytes) -> None:
-        target = self._path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(target)
+        self._files.write(path, data)
 
     def http_get(self, url: str) -> tuple[int, bytes]:
-        if not url.startswith(("http://", "https://")):
-            raise TaskError(f"only http and https URLs are fetched, not {url!r}")
-        timeout = max(0.1, self._deadline - time.monotonic())
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:  # scheme checked above
-                return int(resp.status), resp.read()
-        except urllib.error.HTTPError as exc:
-            return int(exc.code), exc.read()
-        except (urllib.error.URLError, TimeoutError) as exc:
-            raise TaskError(f"GET {url} failed: {exc}") from exc
+        return http_get(url, deadline=self._deadline, policy=current_http_policy())
 
     def once(self, key: str, fn: Callable[[], object]) -> bool:
         owner = f"{self._ex.input.task_id}#{self._ex.input.attempt}"
