@@ -1,12 +1,63 @@
 """Invariants over a recorded history: pure functions, the same for both backends.
 
+The rule: every invariant is a pure function of the recorded events (their kinds, data, vector
+clocks and history order); nothing here reads a store, a clock or the network. "Happened before"
+is decided by vector clocks, strictly (an event does not happen before itself); "history order"
+is the order events were recorded (the simulator's execution order; on the real backend, the
+order of the appends to the shared history list).
+
 Counts follow Jepsen's queue checker:
 
 * submitted: distinct tasks a client submitted;
 * lost: submitted tasks that never reached succeeded, failed or cancelled;
-* duplicated: tasks whose effect (stored result, or a `once` side effect) was applied twice;
+* duplicated: tasks whose effect was applied twice (a stored result, or a doubled once-effect);
 * unexpected: outcomes or effects for tasks nobody submitted;
 * recovered: tasks that finished although an earlier attempt was lost to a fault.
+
+The invariants (a violation names one of these):
+
+* `single_outcome`: a task ends once (succeeded, failed, rejected or cancelled), never two ways.
+* `no_lost_task` (complete runs): every submission ends in a record: succeeded, failed,
+  rejected or cancelled.
+* `rejection_reason`: every `rejected` event names its reason (a non-empty `reason`).
+* `no_duplicate_effect`: a task's result is applied (an `effect` event) at most once.
+* Once-effects, per key (events `once_begin`, `side_effect`, `once_done`, `once_skipped`, each
+  with `key`, `task`, `attempt`; `once_begin` and `side_effect` also `in_doubt`: the run found
+  the key begun by an earlier run that never marked it done):
+
+  * `once_lost`: a task ended succeeded while a key it began (`once_begin` or `once_skipped`
+    by that task) has no `side_effect` anywhere in the history;
+  * `once_doubled`: a key's `side_effect` comes from a run that began (its `once_begin` by the
+    same actor, task and attempt, else the `side_effect` itself) after a `once_done` of that key
+    in history order; or a key has two `side_effect`s neither of which was in doubt.
+
+  A `side_effect` run in doubt after an earlier `side_effect` of its key is an in-doubt redo:
+  counted (`once.in_doubt_redos`), not a violation; the README says what holds for effects
+  outside the store.
+* `no_unexpected_task`: no outcome or effect for a task nobody submitted.
+* `one_leader_per_epoch`, `epochs_grow`: each epoch is led by one actor, and each new leader's
+  epoch is above the previous one's.
+* `no_stale_write`: the store accepted no write from an epoch other than its own. A `persist`
+  event carries `current`, the epoch the store was at when it accepted the batch; accepted stale
+  writes are counted from it (`stale_writes.accepted`), on both backends. A `persist` without
+  `current` (an older history) counts when it happened after (by happens-before) a takeover of a
+  newer epoch. Refused ones (`stale_write_refused`) are counted as attempted.
+* `dependency_order` (worker side): every `started` of a task happens after some `effect` (stored
+  result) of each of its dependencies.
+* `dispatch_order` (leader side): every `dispatched` of a task, recorded by a leader, happens
+  after a `succeeded` of each of its dependencies recorded by a leader, or comes (in history
+  order) after a `succeeded` recorded by a leader of an older epoch than the dispatching one (a
+  new leader learns of earlier successes from the store, which carries no clock). This holds
+  whatever the workers do, so a worker holding an early dispatch back does not hide a leader
+  that sent it.
+* `causal_delivery`: a task is accepted only after each dependency was decided by a leader
+  (its `accepted`, or its `rejected`: a dependent of a rejected task is accepted and then ends
+  without running, and that is no violation).
+* `worker_epoch`: within one incarnation of a worker (from its `worker_started` to the next),
+  the `epoch` of its `started` events never goes down: a worker never starts a dispatch from an
+  epoch older than the newest epoch of a dispatch it started before.
+* `causality_detected`: every causality problem the simulator provoked (early dispatches, stale
+  dependency reads, submissions that overtook a dependency) was detected by an actor.
 """
 
 from __future__ import annotations
@@ -21,6 +72,8 @@ from dtq.history import Event
 
 TERMINAL = {"succeeded": "succeeded", "failed": "failed", "rejected": "failed",
             "cancelled": "cancelled"}
+WORKER_EPOCH_KINDS = frozenset({"started"})
+"""Worker events whose `epoch` is the epoch of a dispatch the worker started."""
 
 
 @attrs.frozen(kw_only=True)
@@ -51,6 +104,20 @@ class Counts:
         return attrs.asdict(self)
 
 
+@attrs.define(kw_only=True)
+class OnceCounts:
+    """Once-effects, per key: keys used, keys whose effect was lost or doubled, and runs of an
+    effect redone in doubt (allowed: the earlier run may or may not have done it)."""
+
+    keys: int = 0
+    lost: int = 0
+    doubled: int = 0
+    in_doubt_redos: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return attrs.asdict(self)
+
+
 @attrs.frozen(kw_only=True)
 class CheckResult:
     counts: Counts
@@ -61,6 +128,7 @@ class CheckResult:
     causality: dict[str, int] = attrs.field(factory=dict)
     """What the run provoked (early dispatches, stale reads, reordered submissions), what was
     detected and held back, and how many dependency-order violations got through."""
+    once: OnceCounts = attrs.field(factory=OnceCounts)
 
     @property
     def ok(self) -> bool:
@@ -77,14 +145,21 @@ def check(events: Sequence[Event], *, complete: bool = True) -> CheckResult:
     for outcome in outcomes.values():
         setattr(counts, outcome, getattr(counts, outcome) + 1)
     violations += _lost(submitted, outcomes, counts, complete)
-    violations += _duplicates(events, counts)
+    violations += _rejection_reasons(events)
+    duplicates = _duplicates(events)
+    once, once_violations = _once(events)
+    violations += duplicates + once_violations
+    counts.duplicated = len({v.task for v in duplicates if v.task is not None}
+                            | {v.task for v in once_violations
+                               if v.invariant == "once_doubled" and v.task is not None})
     violations += _unexpected(events, submitted, counts)
     counts.recovered = _recovered(events, outcomes)
     leaders, leader_violations = _leaders(events)
     violations += leader_violations
     stale, stale_violations = _stale_writes(events)
     violations += stale_violations
-    order = _dependency_order(events) + _causal_delivery(events)
+    violations += _worker_epochs(events)
+    order = _dependency_order(events) + _dispatch_order(events) + _causal_delivery(events)
     violations += order
     causality = _causality(events, order)
     if causality["detected"] < causality["provoked"]:
@@ -93,7 +168,7 @@ def check(events: Sequence[Event], *, complete: bool = True) -> CheckResult:
             detail=f"{causality['provoked'] - causality['detected']} provoked causality "
                    f"problem(s) went undetected"))
     return CheckResult(counts=counts, violations=tuple(violations), leaders=leaders,
-                       stale_writes=stale, causality=causality)
+                       stale_writes=stale, causality=causality, once=once)
 
 
 def _outcomes(events: Iterable[Event], violations: list[Violation]) -> dict[str, str]:
@@ -123,18 +198,73 @@ def _lost(
                       detail=f"{len(missing)} submitted task(s) never finished: {shown}")]
 
 
-def _duplicates(events: Iterable[Event], counts: Counts) -> list[Violation]:
+def _rejection_reasons(events: Iterable[Event]) -> list[Violation]:
+    return [Violation(invariant="rejection_reason", task=e.data["task"],
+                      detail=f"{e.actor} rejected {e.data['task']} without naming a reason")
+            for e in events if e.kind == "rejected" and not e.data.get("reason")]
+
+
+def _duplicates(events: Iterable[Event]) -> list[Violation]:
     effects = Counter(e.data["task"] for e in events if e.kind == "effect")
-    side = Counter(e.data["key"] for e in events if e.kind == "side_effect")
-    side_task = {e.data["key"]: e.data.get("task") for e in events if e.kind == "side_effect"}
-    out = [Violation(invariant="no_duplicate_effect", task=t,
-                     detail=f"the result of task {t} was applied {n} times")
-           for t, n in sorted(effects.items()) if n > 1]
-    out += [Violation(invariant="no_duplicate_effect", task=side_task[k],
-                      detail=f"side effect {k!r} ran {n} times")
-            for k, n in sorted(side.items()) if n > 1]
-    counts.duplicated = len({v.task for v in out})
-    return out
+    return [Violation(invariant="no_duplicate_effect", task=t,
+                      detail=f"the result of task {t} was applied {n} times")
+            for t, n in sorted(effects.items()) if n > 1]
+
+
+def _once(events: Sequence[Event]) -> tuple[OnceCounts, list[Violation]]:
+    """Lost and doubled once-effects, per key (see the module docstring)."""
+    begun: dict[str, set[str]] = defaultdict(set)
+    """task -> the once keys it began"""
+    runs: dict[tuple[str, str, str, Any], int] = {}
+    """(actor, key, task, attempt) -> history position of the latest `once_begin`"""
+    done: dict[str, int] = {}
+    """key -> history position of its first `once_done`"""
+    effects: dict[str, list[Event]] = defaultdict(list)
+    doubled: dict[str, str] = {}
+    redos = 0
+    keys: set[str] = set()
+    for i, e in enumerate(events):
+        if e.kind not in ("once_begin", "once_skipped", "side_effect", "once_done"):
+            continue
+        key, task = e.data["key"], e.data.get("task")
+        keys.add(key)
+        if e.kind in ("once_begin", "once_skipped"):
+            begun[str(task)].add(key)
+            if e.kind == "once_begin":
+                runs[(e.actor, key, str(task), e.data.get("attempt"))] = i
+        elif e.kind == "once_done":
+            done.setdefault(key, i)
+        else:
+            began = runs.get((e.actor, key, str(task), e.data.get("attempt")), i)
+            earlier = effects[key]
+            in_doubt = bool(e.data.get("in_doubt"))
+            if key in done and done[key] < began:
+                doubled.setdefault(key, f"once-effect {key!r} ran again (task {task}, attempt "
+                                        f"{e.data.get('attempt')}, on {e.actor}) after it was "
+                                        f"marked done")
+            elif not in_doubt and any(not s.data.get("in_doubt") for s in earlier):
+                doubled.setdefault(key, f"once-effect {key!r} ran twice, neither time in doubt "
+                                        f"(tasks {earlier[0].data.get('task')} and {task})")
+            elif earlier and in_doubt:
+                redos += 1
+            earlier.append(e)
+    out = [Violation(invariant="once_doubled", detail=detail,
+                     task=str(effects[key][-1].data.get("task")))
+           for key, detail in sorted(doubled.items())]
+    lost = _once_lost(events, begun, effects)
+    counts = OnceCounts(keys=len(keys), lost=len(lost), doubled=len(doubled),
+                        in_doubt_redos=redos)
+    return counts, out + lost
+
+
+def _once_lost(
+    events: Iterable[Event], begun: dict[str, set[str]], effects: dict[str, list[Event]],
+) -> list[Violation]:
+    succeeded = {e.data["task"] for e in events if e.kind == "succeeded"}
+    return [Violation(invariant="once_lost", task=task,
+                      detail=f"task {task} succeeded but its once-effect {key!r} never ran")
+            for task in sorted(succeeded) for key in sorted(begun.get(task, ()))
+            if not effects.get(key)]
 
 
 def _unexpected(events: Iterable[Event], submitted: set[str], counts: Counts) -> list[Violation]:
@@ -176,8 +306,9 @@ def _leaders(events: Iterable[Event]) -> tuple[tuple[tuple[int, str], ...], list
 
 
 def _stale_writes(events: Sequence[Event]) -> tuple[tuple[int, int], list[Violation]]:
-    """Writes from a superseded epoch: refused ones are counted; an accepted one is a write
-    that persisted at epoch e after (by happens-before) a leader of a later epoch took over."""
+    """Writes from a superseded epoch: refused ones are counted; an accepted one is a `persist`
+    whose `current` (the store's own epoch when it accepted) differs from the writer's epoch,
+    or, without `current`, one that happened after a newer epoch's takeover."""
     attempted = sum(1 for e in events if e.kind == "stale_write_refused")
     takeovers = [(int(e.data["epoch"]), e) for e in events if e.kind == "leader"]
     violations = []
@@ -185,11 +316,13 @@ def _stale_writes(events: Sequence[Event]) -> tuple[tuple[int, int], list[Violat
         if e.kind != "persist":
             continue
         epoch = int(e.data["epoch"])
-        if int(e.data.get("current", epoch)) > epoch:  # the store itself was at a newer epoch
-            violations.append(Violation(
-                invariant="no_stale_write",
-                detail=f"{e.actor}'s writes at epoch {epoch} were accepted while the store was "
-                       f"at epoch {e.data['current']}"))
+        if e.data.get("current") is not None:
+            current = int(e.data["current"])
+            if current != epoch:
+                violations.append(Violation(
+                    invariant="no_stale_write",
+                    detail=f"the store accepted {e.actor}'s writes at epoch {epoch} while it "
+                           f"was at epoch {current}"))
             continue
         newer = next((t for ep, t in takeovers if ep > epoch and t.clock.before(e.clock)), None)
         if newer is not None:
@@ -198,6 +331,26 @@ def _stale_writes(events: Sequence[Event]) -> tuple[tuple[int, int], list[Violat
                 detail=f"{e.actor} persisted writes at epoch {epoch} after {newer.actor} "
                        f"took over epoch {newer.data['epoch']}"))
     return (attempted, len(violations)), violations
+
+
+def _worker_epochs(events: Iterable[Event]) -> list[Violation]:
+    """Per worker incarnation, the epochs of the dispatches it starts never go down."""
+    highest: dict[str, int] = {}
+    out = []
+    for e in events:
+        if e.kind == "worker_started":
+            highest.pop(e.actor, None)
+        elif e.kind in WORKER_EPOCH_KINDS and e.data.get("epoch") is not None:
+            epoch = int(e.data["epoch"])
+            seen = highest.get(e.actor, epoch)
+            if epoch < seen:
+                out.append(Violation(
+                    invariant="worker_epoch", task=e.data.get("task"),
+                    detail=f"{e.actor} started {e.data.get('task')} (attempt "
+                           f"{e.data.get('attempt')}) from epoch {epoch} after starting a "
+                           f"dispatch from epoch {seen}"))
+            highest[e.actor] = max(seen, epoch)
+    return out
 
 
 def _accepted_deps(events: Iterable[Event]) -> dict[str, tuple[str, ...]]:
@@ -225,17 +378,47 @@ def _dependency_order(events: Sequence[Event]) -> list[Violation]:
     return out
 
 
-def _causal_delivery(events: Sequence[Event]) -> list[Violation]:
-    """A task was accepted only after each of its dependencies was (happens-before)."""
-    accepted = {e.data["task"]: e for e in events if e.kind == "accepted"}
+def _dispatch_order(events: Sequence[Event]) -> list[Violation]:
+    """Every leader dispatch of a task follows each dependency's success (see the docstring)."""
+    deps = _accepted_deps(events)
+    epoch_of: dict[str, int] = {}
+    succeeded: dict[str, list[tuple[Event, int]]] = defaultdict(list)
     out = []
-    for task, e in accepted.items():
+    for e in events:
+        if e.kind == "leader":
+            epoch_of[e.actor] = int(e.data["epoch"])
+        elif e.kind == "succeeded":
+            succeeded[e.data["task"]].append((e, epoch_of.get(e.actor, 0)))
+        elif e.kind == "dispatched":
+            epoch = epoch_of.get(e.actor, 0)
+            for dep in deps.get(e.data["task"], ()):
+                if not any(s.clock.before(e.clock) or s_epoch < epoch
+                           for s, s_epoch in succeeded.get(dep, ())):
+                    out.append(Violation(
+                        invariant="dispatch_order", task=e.data["task"],
+                        detail=f"{e.actor} dispatched {e.data['task']} (attempt "
+                               f"{e.data.get('attempt')}) before dependency {dep} succeeded"))
+    return out
+
+
+def _causal_delivery(events: Sequence[Event]) -> list[Violation]:
+    """A task was accepted only after each of its dependencies was decided (accepted or
+    rejected by a leader), by happens-before."""
+    decided: dict[str, list[Event]] = defaultdict(list)
+    for e in events:
+        if e.kind in ("accepted", "rejected"):
+            decided[e.data["task"]].append(e)
+    out = []
+    for e in events:
+        if e.kind != "accepted":
+            continue
+        task = e.data["task"]
         for dep in e.data.get("deps") or ():
-            before = accepted.get(dep)
-            if before is None or not before.clock.before(e.clock):
+            if not any(d.clock.before(e.clock) for d in decided.get(dep, ())):
                 out.append(Violation(
                     invariant="causal_delivery", task=task,
-                    detail=f"{task} was accepted without {dep}'s acceptance happening before"))
+                    detail=f"{task} was accepted without {dep}'s acceptance or rejection "
+                           f"happening before"))
     return out
 
 
@@ -243,7 +426,8 @@ def _causality(events: Sequence[Event], order: list[Violation]) -> dict[str, int
     """Provoked: early dispatches and stale dependency reads the simulator injected, and
     submissions that overtook a dependency. Detected: those a worker or the leader caught (an
     early dispatch is caught when a worker holds it back, or finds it a copy of a running or
-    finished task). Violations: runs that began before a dependency's result (must be 0)."""
+    finished task). Violations: dispatches and runs that came before a dependency's success,
+    and acceptances before a dependency's (must be 0)."""
     early = {e.data["msg"] for e in events if e.kind == "inject_early_dispatch"}
     caught: set[str] = set()
     for e in events:

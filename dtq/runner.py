@@ -344,6 +344,7 @@ def summarize(
         "stale_writes": {"attempted": result.stale_writes[0],
                          "accepted": result.stale_writes[1]},
         "causality": result.causality,
+        "once": result.once.to_json(),
         "history_digest": digest(events), "virtual_ms": virtual_ms, "wall_ms": wall_ms,
     }
 

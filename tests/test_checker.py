@@ -1,0 +1,313 @@
+"""The checker's invariants on hand-built histories: each fires on a bad one, stays quiet on a
+good one. The histories are built event by event with real vector clocks: an event names the
+events it heard of (`after`), as a message carries its sender's clock."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from dtq.checker import CheckResult, check
+from dtq.clock import VectorClock
+from dtq.history import Event
+
+
+class H:
+    """A history under construction."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.clocks: dict[str, VectorClock] = defaultdict(VectorClock)
+
+    def __call__(self, actor: str, kind: str, *, after: tuple[Event, ...] = (),
+                 **data: Any) -> Event:
+        clock = self.clocks[actor]
+        for e in after:
+            clock = clock.merge(e.clock)
+        clock = self.clocks[actor] = clock.tick(actor)
+        event = Event(len(self.events), len(self.events), actor, kind, clock, data)
+        self.events.append(event)
+        return event
+
+    def check(self, *, complete: bool = True) -> CheckResult:
+        return check(self.events, complete=complete)
+
+    def invariants(self, *, complete: bool = True) -> list[str]:
+        return [v.invariant for v in self.check(complete=complete).violations]
+
+
+L1, L2, W1, W2 = "coordinator-1", "coordinator-2", "worker-1", "worker-2"
+
+
+def _task(h: H, task: str, deps: tuple[str, ...] = (), *, leader: str = L1) -> Event:
+    sub = h("client", "submit", task=task)
+    return h(leader, "accepted", after=(sub,), task=task, deps=list(deps))
+
+
+def _runs(h: H, task: str, *, worker: str = W1, leader: str = L1, attempt: int = 1,
+          after: tuple[Event, ...] = ()) -> Event:
+    """Dispatch, start, result and success of one attempt; returns the leader's success."""
+    d = h(leader, "dispatched", after=after, task=task, attempt=attempt)
+    h(worker, "started", after=(d,), task=task, attempt=attempt, epoch=1)
+    eff = h(worker, "effect", task=task, attempt=attempt)
+    return h(leader, "succeeded", after=(eff,), task=task, attempt=attempt)
+
+
+# --- once-effects ---------------------------------------------------------------------------
+
+
+def _once_run(h: H, task: str, key: str, *, worker: str = W1, attempt: int = 1,
+              in_doubt: bool = False, effect: bool = True, done: bool = True) -> None:
+    h(worker, "once_begin", key=key, task=task, attempt=attempt, in_doubt=in_doubt)
+    if effect:
+        h(worker, "side_effect", key=key, task=task, attempt=attempt, in_doubt=in_doubt)
+    if done:
+        h(worker, "once_done", key=key, task=task, attempt=attempt)
+
+
+def test_a_succeeded_task_whose_once_effect_never_ran_is_a_lost_effect() -> None:
+    h = H()
+    _task(h, "t")
+    _once_run(h, "t", "k", effect=False, done=True)  # marked done, fn never ran
+    _runs(h, "t")
+    result = h.check()
+    assert [v.invariant for v in result.violations] == ["once_lost"]
+    assert result.once.lost == 1 and result.once.keys == 1
+
+
+def test_a_task_that_skipped_a_key_nobody_ran_lost_it_too() -> None:
+    h = H()
+    _task(h, "t")
+    h(W1, "once_skipped", key="k", task="t", attempt=2)
+    _runs(h, "t", attempt=2)
+    assert h.invariants() == ["once_lost"]
+
+
+def test_a_once_effect_that_ran_once_is_quiet() -> None:
+    h = H()
+    _task(h, "t")
+    _once_run(h, "t", "k")
+    h(W2, "once_skipped", key="k", task="t", attempt=2)  # a redelivery finds it done
+    _runs(h, "t")
+    result = h.check()
+    assert result.ok, result.violations
+    assert result.once.to_json() == {"keys": 1, "lost": 0, "doubled": 0, "in_doubt_redos": 0}
+
+
+def test_a_failed_task_without_its_effect_is_no_lost_effect() -> None:
+    h = H()
+    _task(h, "t")
+    _once_run(h, "t", "k", effect=False, done=False)
+    h(L1, "failed", task="t", reason="timed out")
+    assert h.check().ok
+
+
+def test_a_once_effect_run_again_after_it_was_marked_done_is_doubled() -> None:
+    h = H()
+    _task(h, "t")
+    _once_run(h, "t", "k", attempt=1)
+    _once_run(h, "t", "k", worker=W2, attempt=2, in_doubt=True)  # in doubt, but after done
+    _runs(h, "t", attempt=2)
+    result = h.check()
+    assert [v.invariant for v in result.violations] == ["once_doubled"]
+    assert result.once.doubled == 1 and result.counts.duplicated == 1
+
+
+def test_two_runs_of_a_once_effect_neither_in_doubt_are_doubled() -> None:
+    h = H()
+    _task(h, "t")
+    _once_run(h, "t", "k", attempt=1, done=False)
+    _once_run(h, "t", "k", worker=W2, attempt=2, done=False)
+    _runs(h, "t", attempt=2)
+    assert h.invariants() == ["once_doubled"]
+
+
+def test_a_redo_in_doubt_is_counted_not_a_violation() -> None:
+    h = H()
+    _task(h, "t")
+    _once_run(h, "t", "k", attempt=1, done=False)  # crashed after fn, before marking it done
+    h(W1, "crash", reason="injected")
+    _once_run(h, "t", "k", worker=W2, attempt=2, in_doubt=True)
+    _runs(h, "t", attempt=2)
+    result = h.check()
+    assert result.ok, result.violations
+    assert result.once.in_doubt_redos == 1 and result.once.doubled == 0
+
+
+def test_a_run_that_began_before_the_key_was_done_is_no_doubling() -> None:
+    h = H()
+    _task(h, "t")
+    h(W2, "once_begin", key="k", task="t", attempt=2, in_doubt=True)
+    _once_run(h, "t", "k", attempt=1)
+    h(W2, "side_effect", key="k", task="t", attempt=2, in_doubt=True)
+    _runs(h, "t", attempt=2)
+    result = h.check()
+    assert result.ok, result.violations
+    assert result.once.in_doubt_redos == 1
+
+
+# --- the leader dispatches only after every dependency succeeded ----------------------------
+
+
+def test_a_leader_dispatching_before_a_dependency_succeeded_is_caught_even_if_held_back() -> None:
+    h = H()
+    _task(h, "a")
+    _task(h, "b")
+    _task(h, "c", ("a", "b"))
+    ok_a = _runs(h, "a")
+    early = h(L1, "dispatched", after=(ok_a,), task="c", attempt=1)  # b has not succeeded
+    h(W2, "causality_violation", after=(early,), task="c", attempt=1, dep="b",
+      reason="dependency result not visible", msgs=[], tries=1)  # the worker holds it back
+    ok_b = _runs(h, "b")
+    _runs(h, "c", attempt=2, after=(ok_b,))
+    assert h.invariants() == ["dispatch_order"]
+
+
+def test_a_leader_dispatching_after_every_dependency_succeeded_is_quiet() -> None:
+    h = H()
+    _task(h, "a")
+    _task(h, "b")
+    _task(h, "c", ("a", "b"))
+    ok_a = _runs(h, "a")
+    ok_b = _runs(h, "b", worker=W2)
+    _runs(h, "c", after=(ok_a, ok_b))
+    assert h.check().ok, h.check().violations
+
+
+def test_a_new_leader_learns_of_earlier_successes_from_the_store() -> None:
+    h = H()
+    h(L1, "leader", epoch=1)
+    _task(h, "a")
+    _task(h, "c", ("a",))
+    _runs(h, "a")
+    h(L1, "crash", reason="killed")
+    h(L2, "leader", epoch=2)  # no message from coordinator-1: it read the records
+    _runs(h, "c", leader=L2)
+    assert h.check().ok, h.check().violations
+
+
+def test_a_new_leader_dispatching_before_any_success_is_caught() -> None:
+    h = H()
+    h(L1, "leader", epoch=1)
+    _task(h, "a")
+    _task(h, "c", ("a",))
+    h(L2, "leader", epoch=2)
+    h(L2, "dispatched", task="c", attempt=1)
+    _runs(h, "a", leader=L2)
+    assert "dispatch_order" in h.invariants(complete=False)
+
+
+def test_a_worker_starting_before_a_dependency_result_is_caught() -> None:
+    h = H()
+    _task(h, "a")
+    _task(h, "c", ("a",))
+    ok_a = _runs(h, "a")
+    d = h(L1, "dispatched", after=(ok_a,), task="c", attempt=1)
+    h(W2, "started", task="c", attempt=1, epoch=1)  # did not receive d's clock
+    eff = h(W2, "effect", after=(d,), task="c", attempt=1)
+    h(L1, "succeeded", after=(eff,), task="c", attempt=1)
+    assert h.invariants() == ["dependency_order"]
+
+
+# --- causal delivery of submissions -------------------------------------------------------
+
+
+def test_a_dependent_of_a_rejected_task_is_no_causal_delivery_violation() -> None:
+    h = H()
+    sub = h("client", "submit", task="bad")
+    rej = h(L1, "rejected", after=(sub,), task="bad", reason="invalid: priority 999")
+    sub2 = h("client", "submit", task="child")
+    h(L1, "accepted", after=(sub2, rej), task="child", deps=["bad"])
+    h(L1, "failed", task="child", reason="dependency bad failed")
+    assert h.check().ok, h.check().violations
+
+
+def test_a_task_accepted_before_its_dependency_was_decided_is_caught() -> None:
+    h = H()
+    sub = h("client", "submit", task="child")
+    h(L1, "accepted", after=(sub,), task="child", deps=["dep"])
+    h(L1, "failed", task="child", reason="dependency dep failed")
+    _task(h, "dep")
+    h(L1, "failed", task="dep", reason="x")
+    assert h.invariants() == ["causal_delivery"]
+
+
+# --- worker epochs --------------------------------------------------------------------------
+
+
+def _start(h: H, worker: str, task: str, epoch: int) -> None:
+    h(worker, "started", task=task, attempt=1, epoch=epoch)
+
+
+def test_a_worker_starting_an_older_epochs_dispatch_is_caught() -> None:
+    h = H()
+    h(W1, "worker_started")
+    _start(h, W1, "a", 2)
+    _start(h, W1, "b", 1)
+    assert [v.invariant for v in check(h.events, complete=False).violations] == ["worker_epoch"]
+
+
+def test_a_restarted_worker_starts_afresh_and_other_workers_are_separate() -> None:
+    h = H()
+    h(W1, "worker_started")
+    _start(h, W1, "a", 2)
+    _start(h, W2, "b", 1)
+    h(W1, "crash", reason="killed")
+    h(W1, "worker_started")
+    _start(h, W1, "c", 1)
+    _start(h, W1, "d", 3)
+    _start(h, W1, "e", 3)
+    assert check(h.events, complete=False).ok
+
+
+# --- stale writes ---------------------------------------------------------------------------
+
+
+def test_a_write_the_store_accepted_at_a_newer_epoch_is_counted_and_flagged() -> None:
+    h = H()
+    h(L1, "leader", epoch=1)
+    h(L2, "leader", epoch=2)
+    h(L1, "persist", epoch=1, writes=3, current=2)
+    h(L2, "persist", epoch=2, writes=1, current=2)
+    h(L1, "stale_write_refused", epoch=1, current=2)
+    result = h.check()
+    assert [v.invariant for v in result.violations] == ["no_stale_write"]
+    assert result.stale_writes == (1, 1)
+
+
+def test_persists_at_the_stores_own_epoch_are_quiet() -> None:
+    h = H()
+    h(L1, "leader", epoch=1)
+    h(L1, "persist", epoch=1, writes=3, current=1)
+    h(L2, "leader", epoch=2)
+    h(L1, "stale_write_refused", epoch=1, current=2)
+    h(L2, "persist", epoch=2, writes=1, current=2)
+    result = h.check()
+    assert result.ok and result.stale_writes == (1, 0)
+
+
+def test_without_current_a_persist_after_a_newer_takeover_is_flagged() -> None:
+    h = H()
+    h(L1, "leader", epoch=1)
+    took = h(L2, "leader", epoch=2)
+    h(L1, "persist", after=(took,), epoch=1, writes=1)
+    assert h.invariants() == ["no_stale_write"]
+
+
+# --- every submission ends in a record, and a rejection names its reason --------------------
+
+
+def test_a_rejection_without_a_reason_is_a_violation() -> None:
+    h = H()
+    sub = h("client", "submit", task="t")
+    h(L1, "rejected", after=(sub,), task="t")
+    assert h.invariants() == ["rejection_reason"]
+    h.events[-1] = h.events[-1]._replace(data={"task": "t", "reason": "unknown dependency x"})
+    assert h.check().ok
+
+
+def test_a_submission_that_never_ends_is_lost() -> None:
+    h = H()
+    _task(h, "t")
+    assert h.invariants() == ["no_lost_task"]
+    assert h.check(complete=False).ok
