@@ -15,6 +15,7 @@ a grace period), and exit cleanly.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import heapq
 import itertools
@@ -32,11 +33,18 @@ import structlog
 
 from dtq.actor import Actor, ActorCell, DeliveryRef, Effects, Execution
 from dtq.clock import VectorClock
-from dtq.envelope import COORDINATOR_QUEUE, WORK_QUEUE, Codec, Message
+from dtq.envelope import COORDINATOR_QUEUE, WORK_QUEUE, Codec, Completed, Dispatch, Message
 from dtq.errors import DecodeError, StaleEpoch, StoreError, StoreUnavailable
 from dtq.realtasks import run_task
 from dtq.store import Store
-from dtq.transport import FAILURES_HEADER, Delivery, Outgoing, Transport, queue_name
+from dtq.transport import (
+    BUNDLE_HEADER,
+    FAILURES_HEADER,
+    Delivery,
+    Outgoing,
+    Transport,
+    queue_name,
+)
 
 EXIT_OK, EXIT_FENCED, EXIT_STORE, EXIT_ACTOR = 0, 3, 4, 5
 Recorder = Callable[[str, str, VectorClock, Mapping[str, Any]], None]
@@ -79,6 +87,8 @@ class ProcessRuntime:
         backlog of a busy shared queue, so a flood of work never delays a heartbeat."""
         self._mailbox = queue_name(transport.namespace, actor.name)
         transport.on_delivery = self._on_delivery
+        if hasattr(transport, "on_refused"):
+            transport.on_refused = self._on_refused
         self.log = structlog.get_logger("dtq.runtime").bind(actor=self.name)
         self.record: Recorder = record or (lambda *_: None)
         boot = f"{random.getrandbits(32):08x}"
@@ -129,6 +139,20 @@ class ProcessRuntime:
 
     def _on_delivery(self, d: Delivery) -> None:
         self._enqueue(d, urgent=d.queue == self._mailbox)
+
+    def _on_refused(self, out: Outgoing, reason: str) -> None:
+        """The transport could not publish a message (it went to the dead queue): record it, and
+        fail the attempt of each dispatch in it, so that its task ends saying why rather than
+        waiting for a dispatch that never comes. Any thread."""
+        self.record(self.name, "dead_lettered", VectorClock(), {"reason": reason})
+        parts = out.body.split(b"\n") if BUNDLE_HEADER in (out.headers or {}) else [out.body]
+        for raw in parts:
+            with contextlib.suppress(DecodeError):
+                body = self.codec.decode(raw).body
+                if isinstance(body, Dispatch):
+                    self._enqueue(_Local(message=Completed(
+                        task_id=body.spec.id, attempt=body.attempt, worker=self.name, ok=False,
+                        error=f"its dispatch was refused: {reason}")), urgent=True)
 
     def _enqueue(self, payload: Any, *, urgent: bool) -> None:
         item = _Item(payload)

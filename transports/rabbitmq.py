@@ -28,6 +28,11 @@ it: each part is delivered on its own, and the broker message is acked once ever
 (a rejected part is re-published alone, to the dead queue or its own queue, and then counts as
 acked).
 
+Refusals: a message pika cannot encode (a priority above 255, a name or id over 255 bytes, a
+header of no AMQP type) is not published where it was bound; it goes to the dead queue, headed
+with why (`x-dtq-refused`) and where it was going (`x-dtq-queue`), counts as sent in its batch,
+and `on_refused` hears of it. A node never raises on it, so no input is handled again and again.
+
 Work bundles: a transport made with `work_bundle=N` (a leader's, `dtq coordinator
 --dispatch-bundle N`) also bundles the work queue, when one call publishes many dispatches:
 `work_bundle_size` parts per broker message (at most N, and only from 32 dispatches up, cut so
@@ -40,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import struct
 import threading
 import time
 from collections import deque
@@ -67,6 +73,14 @@ from dtq.transport import BUNDLE_HEADER, DEAD_QUEUE, Delivery, Outgoing, queue_n
 from transports.bundles import bundled
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+REFUSED_HEADER = "x-dtq-refused"
+"""On a message in the dead queue that could not be published where it was bound: why."""
+ORIGIN_HEADER = "x-dtq-queue"
+"""On such a message: the queue it was bound for."""
+_UNENCODABLE = (struct.error, TypeError, ValueError, OverflowError,
+                pika.exceptions.UnsupportedAMQPFieldException,
+                pika.exceptions.ShortStringTooLong)
+"""What pika raises for a message it cannot encode."""
 HEARTBEAT_S = 5
 """The AMQP heartbeat timeout asked for (the broker may only lower it). It bounds how long a frozen
 process (alive, connection open, silent) keeps the deliveries it has not acked: RabbitMQ drops
@@ -192,6 +206,9 @@ class RabbitTransport:
         self.heartbeat_s = min(heartbeat_s, HEARTBEAT_S)
         self.name = name
         self.on_delivery = on_delivery or (lambda d: None)
+        self.on_refused: Callable[[Outgoing, str], None] = lambda m, reason: None
+        """Called (under the I/O lock, on whichever thread flushed it) with a message that
+        could not be encoded and went to the dead queue instead, and why."""
         self.log = log or structlog.get_logger("dtq.rabbitmq").bind(actor=name)
         self.generation = 0
         self.ready = threading.Event()
@@ -507,13 +524,47 @@ class RabbitTransport:
                 if not self._outbox:
                     return
                 msg, batch = self._outbox.popleft()
-            self._declare(msg.queue)
-            self._seq += 1
-            self._unconfirmed[self._seq] = (msg, batch)
+            # Only the work queue has priorities; the others' messages (and bundles) need none.
+            priority = (msg.priority or None) if msg.queue == self._work else None
             props = pika.BasicProperties(
                 delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json",
-                priority=msg.priority or None, headers=msg.headers, message_id=msg.message_id)
-            ch.basic_publish("", msg.queue, msg.body, properties=props)
+                priority=priority, headers=msg.headers, message_id=msg.message_id)
+            try:  # pika encodes a message whole before it writes any of it
+                self._declare(msg.queue)
+                ch.basic_publish("", msg.queue, msg.body, properties=props)
+            except _UNENCODABLE as exc:
+                self._declared.discard(msg.queue)
+                self._refuse(msg, batch, exc)
+                continue
+            self._seq += 1
+            self._unconfirmed[self._seq] = (msg, batch)
+
+    def _refuse(self, msg: Outgoing, batch: _Batch, exc: Exception) -> None:
+        """A message pika cannot encode (a priority outside 0-255, a queue name or message id
+        over 255 bytes, a header of no AMQP type) is never sent where it was bound: it goes to
+        the dead queue instead, whole, with headers saying why and where it was going, and
+        counts as sent in its batch, so the input that caused it is acked and not handled
+        again (a node that raised here would be restarted only to raise again, forever).
+        `on_refused` hears of it."""
+        reason = f"refused by the broker client ({msg.queue[:100]}): {exc!r}"[:300]
+        self.log.error("a message cannot be published; it goes to the dead queue",
+                       queue=msg.queue[:100], error=repr(exc)[:200], size=len(msg.body))
+        dead = queue_name(self.namespace, DEAD_QUEUE)
+        headers = {k: v for k, v in (msg.headers or {}).items() if k == BUNDLE_HEADER}
+        if msg.queue == dead and REFUSED_HEADER in (msg.headers or {}):
+            self._count_sent(batch)  # not even its dead copy can be written: dropped, logged
+        else:
+            copy = Outgoing(queue=dead, body=msg.body, headers={
+                **headers, REFUSED_HEADER: reason, ORIGIN_HEADER: msg.queue[:255]})
+            with self._lock:
+                self._outbox.appendleft((copy, batch))
+        self.on_refused(msg, reason)
+
+    @staticmethod
+    def _count_sent(batch: _Batch) -> None:
+        batch.remaining -= 1
+        if batch.remaining == 0 and batch.then is not None:
+            batch.then()
 
     def _on_confirm(self, frame: pika.frame.Method) -> None:
         method = frame.method
@@ -530,9 +581,7 @@ class RabbitTransport:
                 with self._lock:
                     self._outbox.append((msg, batch))
                 continue
-            batch.remaining -= 1
-            if batch.remaining == 0 and batch.then is not None:
-                batch.then()
+            self._count_sent(batch)
         if nacked:
             self._flush()
 
