@@ -56,6 +56,12 @@ The invariants (a violation names one of these):
 * `worker_epoch`: within one incarnation of a worker (from its `worker_started` to the next),
   the `epoch` of its `started` events never goes down: a worker never starts a dispatch from an
   epoch older than the newest epoch of a dispatch it started before.
+* `clock_order`: an actor's clock never goes back: within one incarnation (an incarnation ends
+  at its `crash` or `restart`, and starts at its `worker_started` or `coordinator_started`), no
+  event an actor records happens before (strictly) an event it recorded earlier. Events that
+  share a clock (a `persist` and the handler event before it) are in order; events recorded
+  beside the actor's own sequence (a task run's once events, the simulator's injections) are
+  left out.
 * `causality_detected`: every causality problem the simulator provoked (early dispatches, stale
   dependency reads, submissions that overtook a dependency) was detected by an actor.
 """
@@ -72,6 +78,12 @@ from dtq.history import Event
 
 TERMINAL = {"succeeded": "succeeded", "failed": "failed", "rejected": "failed",
             "cancelled": "cancelled"}
+INCARNATION_ENDS = frozenset({"crash", "restart"})
+INCARNATION_STARTS = frozenset({"worker_started", "coordinator_started"})
+OFF_SEQUENCE_KINDS = frozenset({"once_begin", "once_skipped", "side_effect", "once_done",
+                                "inject_early_dispatch", "inject_stale_read"})
+"""Events recorded beside an actor's own sequence of events: by a task's thread on real
+processes, or by the simulator in the actor's name with a message's clock."""
 WORKER_EPOCH_KINDS = frozenset({"started"})
 """Worker events whose `epoch` is the epoch of a dispatch the worker started."""
 
@@ -159,6 +171,7 @@ def check(events: Sequence[Event], *, complete: bool = True) -> CheckResult:
     stale, stale_violations = _stale_writes(events)
     violations += stale_violations
     violations += _worker_epochs(events)
+    violations += _clock_order(events)
     order = _dependency_order(events) + _dispatch_order(events) + _causal_delivery(events)
     violations += order
     causality = _causality(events, order)
@@ -350,6 +363,27 @@ def _worker_epochs(events: Iterable[Event]) -> list[Violation]:
                            f"{e.data.get('attempt')}) from epoch {epoch} after starting a "
                            f"dispatch from epoch {seen}"))
             highest[e.actor] = max(seen, epoch)
+    return out
+
+
+def _clock_order(events: Iterable[Event]) -> list[Violation]:
+    """Within an actor's incarnation, no event happens before one it recorded earlier."""
+    last: dict[str, Event] = {}
+    out = []
+    for e in events:
+        if e.actor == "sim" or e.kind in OFF_SEQUENCE_KINDS:
+            continue
+        if e.kind in INCARNATION_ENDS or e.kind in INCARNATION_STARTS:
+            last.pop(e.actor, None)
+            if e.kind in INCARNATION_ENDS:
+                continue
+        before = last.get(e.actor)
+        if before is not None and e.clock.before(before.clock):
+            out.append(Violation(
+                invariant="clock_order", task=e.data.get("task"),
+                detail=f"{e.actor}'s {e.kind} (seq {e.seq}) happened before its earlier "
+                       f"{before.kind} (seq {before.seq}): its clock went back"))
+        last[e.actor] = e
     return out
 
 

@@ -311,3 +311,34 @@ def test_a_submission_that_never_ends_is_lost() -> None:
     _task(h, "t")
     assert h.invariants() == ["no_lost_task"]
     assert h.check(complete=False).ok
+
+
+# --- an actor's clock never goes back -------------------------------------------------------
+
+
+def _at(h: H, actor: str, kind: str, clock: VectorClock, **data: Any) -> Event:
+    """An event stamped with a given clock (as a runtime stamps a persist: no tick)."""
+    event = Event(len(h.events), len(h.events), actor, kind, clock, data)
+    h.events.append(event)
+    return event
+
+
+def test_an_event_that_happened_before_an_earlier_one_of_its_actor_is_caught() -> None:
+    h = H()
+    first = h(L1, "coordinator_started")
+    h(L1, "leader", epoch=1)
+    _at(h, L1, "persist", first.clock, epoch=1, writes=1, current=1)
+    assert h.invariants() == ["clock_order"]
+
+
+def test_equal_clocks_and_a_new_incarnation_are_in_order() -> None:
+    h = H()
+    h(L1, "coordinator_started")
+    last = h(L1, "leader", epoch=1)
+    _at(h, L1, "persist", last.clock, epoch=1, writes=1, current=1)  # the same clock: in order
+    _at(h, L1, "crash", last.clock, reason="killed")
+    _at(h, L1, "coordinator_started", VectorClock().tick(L1))  # a new process, a new clock
+    h(W1, "once_begin", key="k", task="t", attempt=1, in_doubt=False)
+    _at(h, W1, "side_effect", VectorClock(), key="k", task="t", attempt=1, in_doubt=False)
+    result = check(h.events, complete=False)
+    assert result.ok, result.violations
