@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dtq.errors import DtqError
+from dtq.process import EXIT_CONFIG, ConfigurationError
 
 EPILOG_SCENARIO = """examples:
   dtq scenario run scenarios/round-robin.toml
@@ -177,6 +178,14 @@ def _worker_args(p: argparse.ArgumentParser) -> None:
                    "it (about 15 s after it froze: three heartbeat timeouts)")
     p.add_argument("--result-ttl-ms", type=positive_int, default=None, metavar="MS",
                    help="keep results this long (default: forever)")
+    p.add_argument("--io-root", default=None, metavar="DIR",
+                   help="the only directory the io task reads and writes (default: "
+                   "$DTQ_IO_ROOT, else $XDG_DATA_HOME/dtq/io or ~/.local/share/dtq/io; never "
+                   "the working directory)")
+    p.add_argument("--io-http-allow", action="append", default=[], metavar="ADDR[:PORT]",
+                   help="let io http_get reach this non-public address (also NET/LEN, "
+                   "[V6]:PORT; comma-separated or repeated; added to $DTQ_IO_HTTP_ALLOW). By "
+                   "default only public addresses are fetched")
 
 
 def _coordinator_args(p: argparse.ArgumentParser) -> None:
@@ -212,8 +221,12 @@ def _add_services(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     wo.set_defaults(func=_run_service, role="worker")
     cl = sub.add_parser("cluster", help="run coordinators and workers under a supervisor",
                         description="Start coordinators and workers as separate processes and "
-                        "restart any that exits on its own. Ctrl-C stops them all cleanly.",
-                        epilog="example: dtq cluster --coordinators 2 --workers 3")
+                        "restart any that crashes. Ctrl-C or SIGTERM stops them all cleanly: "
+                        "each node gets one signal and finishes or hands back its running "
+                        "tasks (grace period 10 s). Nodes exit on their own if the supervisor "
+                        "dies. A node that exits with a configuration error stops the cluster "
+                        f"(exit status {EXIT_CONFIG}).",
+                        epilog="example: dtq cluster --coordinators 2 --workers 3 --tasks mytasks")
     cl.add_argument("--coordinators", type=int, default=2, help="how many (default 2)")
     cl.add_argument("--workers", type=int, default=3, help="how many (default 3)")
     cl.add_argument("--tasks", action="append", default=[], metavar="MODULE",
@@ -235,7 +248,8 @@ def _node_config(args: argparse.Namespace, role: str, name: str) -> object:
         task_modules=tuple(getattr(args, "tasks", ())),
         lease_ttl_ms=getattr(args, "lease_ttl_ms", 3000), log_level=args.log_level,
         result_ttl_ms=getattr(args, "result_ttl_ms", None), quorum=args.quorum,
-        **_given(args, "dispatch_bundle"))
+        io_http_allow=tuple(getattr(args, "io_http_allow", ())),
+        **_given(args, "dispatch_bundle", "io_root"))
 
 
 def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
@@ -254,26 +268,22 @@ def _run_service(args: argparse.Namespace) -> int:
 
 
 def _run_cluster(args: argparse.Namespace) -> int:
-    import time
+    from dtq.process import Supervisor, load_task_modules
 
-    from dtq.process import Supervisor
-
+    load_task_modules(args.tasks)  # a module that does not import stops us before any node
     configs = [_node_config(args, "coordinator", f"coordinator-{i}")
                for i in range(1, args.coordinators + 1)]
     configs += [_node_config(args, "worker", f"worker-{i}") for i in range(1, args.workers + 1)]
     sup = Supervisor(configs)  # type: ignore[arg-type]
-    sup.start()
-    print(f"dtq cluster: {args.coordinators} coordinator(s), {args.workers} worker(s) running; "
-          "Ctrl-C stops them", file=sys.stderr)
-    try:
-        while True:
-            sup.poll()
-            time.sleep(0.2)  # supervision period
-    except KeyboardInterrupt:
-        print("dtq cluster: stopping", file=sys.stderr)
-    finally:
-        sup.stop_all()
-    return 0
+    print(f"dtq cluster: {args.coordinators} coordinator(s), {args.workers} worker(s) running "
+          f"(supervisor pid {os.getpid()}); Ctrl-C or SIGTERM stops them", file=sys.stderr)
+    code = sup.run_until_stopped()
+    if code == EXIT_CONFIG:
+        print(f"dtq cluster: error: {sup.config_error}; stopped every node (see its message "
+              "above)", file=sys.stderr)
+    else:
+        print("dtq cluster: stopped", file=sys.stderr)
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -300,6 +310,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
+    except ConfigurationError as exc:
+        print(f"dtq: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except DtqError as exc:
         print(f"dtq: error: {exc}", file=sys.stderr)
         return 2

@@ -2,14 +2,25 @@
 
 `run_node` builds one actor (coordinator or worker) with its transport, store and history and
 runs it until it stops. `Supervisor` starts nodes as separate processes (multiprocessing, spawn),
-restarts those that exit on their own (crash-only: a fenced-out leader comes back as a standby),
-and can kill, pause, resume and restart them for scenarios.
+restarts those that crash (crash-only: a fenced-out leader comes back as a standby), and can
+kill, pause, resume and restart them for scenarios.
+
+The rules of stopping: a node runs in a process group of its own, so a Ctrl-C at a terminal
+reaches the supervisor alone, and each node gets exactly one signal (the supervisor's SIGTERM),
+which lets it finish or hand back its running tasks within the grace period. A node whose
+supervisor dies gets SIGTERM from the kernel (PR_SET_PDEATHSIG on Linux; elsewhere a thread
+watching the supervisor's pipe). A node that exits with status 0 was stopped on purpose and is
+not restarted; one that exits with `EXIT_CONFIG` (a task module that does not import, a bad I/O
+setting) would fail again the same way, so the supervisor stops and says why.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import importlib
 import multiprocessing
+import multiprocessing.connection
 import multiprocessing.process
 import os
 import signal
@@ -22,8 +33,16 @@ from typing import Any
 import attrs
 import structlog
 
+from dtq.errors import DtqError
+
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 DEFAULT_STORE_URL = "redis://127.0.0.1:6379/0"
+EXIT_CONFIG = 78
+"""A node's (and `dtq`'s) exit status for a configuration error (sysexits' EX_CONFIG)."""
+
+
+class ConfigurationError(DtqError):
+    """The node cannot run as configured; starting it again would fail the same way."""
 
 
 def broker_url(explicit: str | None = None) -> str:
@@ -50,7 +69,11 @@ class NodeConfig:
     detector_timeout_ms: int = 5000
     heartbeat_ms: int = 1000
     log_level: str | None = None
-    io_root: str = "."
+    io_root: str | None = None
+    """(Worker) the `io` task's root directory (default: $DTQ_IO_ROOT, else dtq's own data
+    directory; see `dtq.runtime_io`)."""
+    io_http_allow: tuple[str, ...] = ()
+    """(Worker) non-public addresses `io` http_get may reach, besides $DTQ_IO_HTTP_ALLOW."""
     result_ttl_ms: int | None = None
     dispatch_bundle: int = 8
     """(Leader) up to this many dispatches published together share one broker message (a
@@ -61,16 +84,42 @@ class NodeConfig:
     """Record every send and receive in the history too (for space-time diagrams)."""
 
 
+def load_task_modules(modules: Iterable[str]) -> dict[str, Any]:
+    """The built-in task types and those of `modules`, imported from the current directory
+    too (as `celery -A` does); any failure is one `ConfigurationError` line naming the module."""
+    from dtq.tasktypes import load_task_types
+
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # ImportError, SyntaxError, or anything the module raises
+            where = f" ({exc.filename}, line {exc.lineno})" if isinstance(exc, SyntaxError) \
+                else ""
+            raise ConfigurationError(f"cannot import task module {name!r}: "
+                                     f"{type(exc).__name__}: {_first_line(exc)}{where}") from None
+    try:
+        return load_task_types(tuple(modules))
+    except DtqError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc.msg if isinstance(exc, SyntaxError) else exc).strip()
+    return text.splitlines()[0] if text else "(no message)"
+
+
 def build_actor(cfg: NodeConfig) -> Any:
     from dtq.coordinator import Coordinator, CoordinatorConfig
-    from dtq.tasktypes import load_task_types
     from dtq.worker import Worker
 
     if cfg.role == "coordinator":
         return Coordinator(cfg.name, CoordinatorConfig(
             lease_ttl_ms=cfg.lease_ttl_ms, detector_timeout_ms=cfg.detector_timeout_ms))
     if cfg.role == "worker":
-        return Worker(cfg.name, load_task_types(cfg.task_modules),
+        return Worker(cfg.name, load_task_modules(cfg.task_modules),
                       result_ttl_ms=cfg.result_ttl_ms, heartbeat_ms=cfg.heartbeat_ms,
                       concurrency=cfg.concurrency)
     raise ValueError(f"unknown role {cfg.role!r}")
@@ -91,6 +140,8 @@ def run_node(cfg: NodeConfig) -> int:
 
     configure_logging(cfg.log_level, default="info")
     log = structlog.get_logger("dtq").bind(actor=cfg.name)
+    io_root = _io_settings(cfg) if cfg.role == "worker" else RuntimeOptions().io_root
+    built = build_actor(cfg)
     store = RedisStore.from_url(cfg.store_url, prefix=cfg.namespace)
     history = RedisHistory.from_url(cfg.store_url, prefix=cfg.namespace) if cfg.history else None
     lock = threading.Lock()
@@ -102,9 +153,9 @@ def run_node(cfg: NodeConfig) -> int:
 
     transport = RabbitTransport(cfg.broker_url, namespace=cfg.namespace, name=cfg.name, log=log,
                                 quorum=cfg.quorum, work_bundle=cfg.dispatch_bundle)
-    runtime = ProcessRuntime(build_actor(cfg), transport=transport, store=store, record=record,
+    runtime = ProcessRuntime(built, transport=transport, store=store, record=record,
                              options=RuntimeOptions(concurrency=cfg.concurrency,
-                                                    io_root=cfg.io_root, trace=cfg.trace,
+                                                    io_root=io_root, trace=cfg.trace,
                                                     prefetch=_prefetch(cfg)))
     log.info("starting", role=cfg.role, pid=os.getpid(), namespace=cfg.namespace)
     try:
@@ -115,17 +166,61 @@ def run_node(cfg: NodeConfig) -> int:
                 history.close()
 
 
+def _io_settings(cfg: NodeConfig) -> str:
+    """This node's I/O root (created) and HTTP policy (installed for its task threads)."""
+    from dtq.runtime_io import HttpPolicy, IoConfigError, resolve_io_root, use_http_policy
+
+    try:
+        use_http_policy(HttpPolicy.from_environment(cfg.io_http_allow))
+        return resolve_io_root(cfg.io_root)
+    except IoConfigError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
 def _child(cfg: NodeConfig) -> None:
     from dtq.bench.stages import install_from_environment
-    from dtq.errors import DtqError
 
+    _leave_terminal_group()
+    _exit_with_parent()
     install_from_environment()
     try:
         code = run_node(cfg)
+    except ConfigurationError as exc:
+        print(f"dtq {cfg.name}: configuration error: {exc}", file=sys.stderr)
+        code = EXIT_CONFIG
     except DtqError as exc:
         print(f"dtq {cfg.name}: error: {exc}", file=sys.stderr)
         code = 2
     sys.exit(code)
+
+
+def _leave_terminal_group() -> None:
+    """A process group of its own: a terminal's Ctrl-C (sent to the foreground group) reaches
+    the supervisor, which stops the node with one signal, not the node as well."""
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _exit_with_parent() -> None:
+    """SIGTERM this node when the supervisor that started it dies (even by SIGKILL)."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0:
+            if os.getppid() != parent.pid:  # it died before the request took effect
+                os.kill(os.getpid(), signal.SIGTERM)
+            return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 @attrs.define(eq=False)
@@ -149,6 +244,31 @@ class Supervisor:
         self.restart_delay_s = restart_delay_s
         self.log = structlog.get_logger("dtq.supervisor")
         self._exited_at: dict[str, float] = {}
+        self.config_error: str | None = None
+        """Set when a node exited with `EXIT_CONFIG`: why the cluster cannot run."""
+
+    def run_until_stopped(self, period_s: float = 0.2) -> int:
+        """Start every node and keep them running until SIGTERM or SIGINT (SIGINT only if this
+        process did not start with it ignored, as a script's background job does) or until a
+        node exits with a configuration error; then stop every node, with one SIGTERM each.
+        The exit status: 0, or `EXIT_CONFIG`."""
+        stop = threading.Event()
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                signal.signal(sig, on_signal)
+        try:
+            self.start()
+            while not stop.wait(period_s):  # the supervision period
+                self.poll()
+                if self.config_error is not None:
+                    break
+        finally:
+            self.stop_all()
+        return EXIT_CONFIG if self.config_error is not None else 0
 
     def start(self) -> None:
         for name in self.nodes:
@@ -173,12 +293,23 @@ class Supervisor:
         return p is not None and p.is_alive()
 
     def poll(self) -> list[str]:
-        """Restart nodes that exited on their own; return their names."""
+        """Restart nodes that crashed; return their names. A node that exited with status 0
+        was stopped on purpose (by a signal) and stays stopped; one that exited with
+        `EXIT_CONFIG` stays stopped and sets `config_error`."""
         restarted = []
         now = time.monotonic()
         for name, node in self.nodes.items():
             p = node.process
             if not node.wanted or p is None or p.is_alive():
+                continue
+            if p.exitcode in (0, EXIT_CONFIG):
+                node.wanted = False
+                if p.exitcode == EXIT_CONFIG:
+                    self.config_error = f"node {name} exited with a configuration error"
+                    self.log.error("node exited with a configuration error; not restarting",
+                                   node=name, status=p.exitcode)
+                else:
+                    self.log.warning("node stopped (status 0); not restarting", node=name)
                 continue
             first = self._exited_at.setdefault(name, now)
             if now - first < self._backoff_s(node):

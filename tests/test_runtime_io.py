@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -50,7 +51,7 @@ def test_files_inside_the_root_are_written_and_read(box: tuple[Path, Path]) -> N
 
 @pytest.mark.parametrize("path", ["../outside/x", "a/../../outside/x", "/../outside/x", "a/.."])
 def test_a_path_leaving_the_root_is_refused(box: tuple[Path, Path], path: str) -> None:
-    root, outside = box
+    root, _ = box
     before = _tree(root.parent)
     with pytest.raises(TaskError, match=r"'\.\.'"):
         IoRoot(str(root)).write(path, b"x")
@@ -157,6 +158,21 @@ def test_non_public_addresses_are_refused_before_connecting(
     assert connects == []
 
 
+def test_the_checked_address_is_the_one_connected_to(
+    server: tuple[int, type[_Handler]], connects: list[Any], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A name is resolved once; the connection goes to the answer that was checked, so a
+    second DNS answer (rebinding) cannot send it elsewhere."""
+    port, handler = server
+    handler.routes["/"] = (200, {}, b"pinned")
+    answers = iter([[(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]])
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: next(answers))
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("resolved"))
+    policy = HttpPolicy.from_entries([f"127.0.0.1:{port}"])
+    assert _get(f"http://rebind.test:{port}/", policy) == (200, b"pinned")
+    assert connects == ["127.0.0.1"]
+
+
 def test_only_http_urls_are_fetched(connects: list[Any]) -> None:
     for url in ("file:///etc/passwd", "gopher://127.0.0.1/", "http:///nohost", "ftp://x/"):
         with pytest.raises(TaskError):
@@ -165,11 +181,11 @@ def test_only_http_urls_are_fetched(connects: list[Any]) -> None:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
-    hits: list[str] = []
-    stall = threading.Event()
+    routes: ClassVar[dict[str, tuple[int, dict[str, str], bytes]]] = {}
+    hits: ClassVar[list[str]] = []
+    stall: ClassVar[threading.Event] = threading.Event()
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         type(self).hits.append(self.path)
         if self.path == "/stall":
             self.send_response(200)
@@ -192,8 +208,12 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server() -> Iterator[tuple[int, type[_Handler]]]:
-    handler = type("Handler", (_Handler,), {"routes": {}, "hits": [],
-                                            "stall": threading.Event()})
+    class Handler(_Handler):
+        routes: ClassVar[dict[str, tuple[int, dict[str, str], bytes]]] = {}
+        hits: ClassVar[list[str]] = []
+        stall: ClassVar[threading.Event] = threading.Event()
+
+    handler = Handler
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     httpd.daemon_threads = True
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
@@ -278,11 +298,11 @@ def test_a_response_over_the_size_limit_is_refused(server: tuple[int, type[_Hand
 
 
 def test_a_response_too_slow_is_cut_off(server: tuple[int, type[_Handler]]) -> None:
-    port, handler = server
+    port, _ = server
     policy = HttpPolicy(allow=HttpPolicy.from_entries([f"127.0.0.1:{port}"]).allow,
                         timeout_s=0.5)
     started = time.monotonic()
-    with pytest.raises(TaskError, match="out of time|timed out"):
+    with pytest.raises(TaskError, match=r"out of time|timed out"):
         _get(f"http://127.0.0.1:{port}/stall", policy)
     assert time.monotonic() - started < 10  # the server holds the answer for 30 s
 
