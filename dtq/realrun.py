@@ -25,6 +25,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TextIO
 
+import pika
+
 from dtq.chaosrun import (
     RABBITMQ_UNSUPPORTED,
     ProxiedSupervisor,
@@ -39,15 +41,17 @@ from dtq.chaosrun import (
 from dtq.clock import VectorClock
 from dtq.envelope import WORK_QUEUE
 from dtq.errors import ScenarioError
+from dtq.poison import injections, record_injection
 from dtq.process import NodeConfig, broker_url, store_url
 from dtq.runner import RunResult, check_supported, coordinator_names, summarize, worker_names
 from dtq.scenario import FaultSpec, Scenario
 from dtq.store import LEADER_LEASE
 from dtq.submitter import Submitter
 from dtq.task import TERMINAL
+from dtq.transport import queue_name
 from dtq.workload import Planned, plan
 from transports.memory import BROKER, STORE
-from transports.rabbitmq import consumer_count, delete_namespace
+from transports.rabbitmq import blocking, consumer_count, delete_namespace
 from transports.redis import RedisHistory, RedisStore
 
 POLL_S = 0.02
@@ -149,6 +153,7 @@ class RealRun:
         self._exited: set[int] = set()
         self._count: tuple[float, int] = (0.0, 0)
         self.total = 0
+        self._injected = 0
         self.t0 = time.monotonic()
         self.elapsed_ms = 0
 
@@ -350,6 +355,7 @@ class RealRun:
         return {"kill": self._kill, "crash": self._kill, "restart": self._restart,
                 "pause": self._pause, "resume": self._resume, "heal": self._heal,
                 "drop_connection": self._drop_connection, "partition": link, "latency": link,
+                "inject": self._inject,
                 "bandwidth": link, "slicer": link, "reset_peer": link}
 
     def _each(self, kind: str, fn: Callable[[str], None], targets: list[str]) -> None:
@@ -404,6 +410,22 @@ class RealRun:
         assert self.net is not None
         self.net.remove_all("partition-")
         self.net.remove_all("reset_peer-")
+        return None
+
+    def _inject(self, index: int, f: FaultSpec, targets: list[str]) -> Undo:
+        """Malformed and forged messages, published as bytes straight to the namespace's
+        queue (or the targets' mailboxes), confirmed and routed (mandatory: a queue that does
+        not exist fails the run instead of swallowing them)."""
+        batch = injections(f.params, targets, start=self._injected)
+        self._injected += len(batch)
+        self.total += sum(1 for _, forged in batch if forged.submits is not None)
+        with blocking(self.broker) as ch:
+            ch.confirm_delivery()
+            for address, forged in batch:
+                record_injection(self.history.record, address, forged)
+                ch.basic_publish("", queue_name(self.namespace, address), forged.body,
+                                 properties=pika.BasicProperties(delivery_mode=2),
+                                 mandatory=True)
         return None
 
     # --- stopping ---------------------------------------------------------------------------

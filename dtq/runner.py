@@ -20,6 +20,7 @@ from dtq.clock import VectorClock
 from dtq.coordinator import Coordinator, CoordinatorConfig
 from dtq.errors import ScenarioError
 from dtq.history import Event, History, digest
+from dtq.poison import injections, poison_summary, poison_violations, record_injection
 from dtq.scenario import TARGET_ROLES, FaultSpec, Scenario
 from dtq.tasktypes import load_task_types
 from dtq.worker import Worker
@@ -179,6 +180,8 @@ class _CompletionTap:
         for e in events[self.seen:]:
             if e.kind in TERMINAL_KINDS:
                 self.finished.add(e.data["task"])
+            elif e.kind == "inject" and "task" in e.data:  # a forged submission must end too
+                self.expected += 1
         self.seen = len(events)
         return len(self.finished) >= self.expected
 
@@ -298,6 +301,15 @@ def _slow_link(sim: Simulation, targets: list[str], f: FaultSpec) -> Callable[[]
     return SlowLinks.of(sim).add(Slowdown.of(f, _nodes(sim, targets, f)))
 
 
+def _inject(sim: Simulation, targets: list[str], f: FaultSpec) -> None:
+    """Malformed and forged messages, published as bytes to a queue or to the targets'
+    mailboxes; a node decodes them when they are delivered, as a process does."""
+    start = sum(1 for e in sim.history.events if e.kind == "inject")
+    for address, forged in injections(f.params, targets, start=start):
+        record_injection(sim.history.record, address, forged)
+        sim.send_bytes(address, forged.body)
+
+
 def _network_knob(field: str, param: str) -> Callable[..., Callable[[], None]]:
     def apply(sim: Simulation, targets: list[str], f: FaultSpec) -> Callable[[], None]:
         net = sim.network
@@ -316,6 +328,7 @@ _ACTIONS: dict[str, Callable[..., Callable[[], None] | None]] = {
     "duplicate": _network_knob("duplicate", "probability"),
     "drop": _network_knob("drop", "probability"),
     "reorder": _network_knob("reorder", "probability"),
+    "inject": _inject,
 }
 
 
@@ -331,6 +344,8 @@ def summarize(
     failover = failover_times(events)
     reassign = reassign_times(events)
     violations += _expectations(scenario, result.counts.to_json(), failover, reassign)
+    violations += poison_violations(events, dead_lettered_min=scenario.expect.dead_lettered_min,
+                                    crashes_max=scenario.expect.crashes_max)
     want_refused = scenario.expect.stale_writes_refused_min
     if want_refused is not None and result.stale_writes[0] < want_refused:
         violations.append({"invariant": "expectation",
@@ -346,6 +361,7 @@ def summarize(
         "causality": result.causality,
         "once": result.once.to_json(),
         "history_digest": digest(events), "virtual_ms": virtual_ms, "wall_ms": wall_ms,
+        **poison_summary(events),
     }
 
 

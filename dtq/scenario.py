@@ -16,7 +16,9 @@ from typing import Any
 
 import attrs
 
+from dtq.envelope import COORDINATOR_QUEUE
 from dtq.errors import ScenarioError
+from dtq.poison import DEFAULT_QUEUE, INJECT_KINDS, MAILBOX, QUEUES
 
 FAULT_ACTIONS = {
     "kill": "stop a node at once (SIGKILL); with `duration`, restart it afterwards",
@@ -34,6 +36,7 @@ FAULT_ACTIONS = {
     "bandwidth": "limit the target's links to `rate` KB/s (the simulator: a delay per message)",
     "slicer": "slice the target's TCP stream into small pieces (the simulator: a small delay)",
     "reset_peer": "reset the target's connections (the simulator: drops its connection)",
+    "inject": "publish `count` malformed or forged messages of kind `message` to `queue`",
 }
 TARGET_ROLES = ("leader", "standby", "any-worker", "any-coordinator", "all-workers")
 
@@ -91,6 +94,8 @@ class ExpectSpec:
     reassign_ms_max: int | None = None
     stale_writes_refused_min: int | None = None
     settle_ms: int = 1000
+    dead_lettered_min: int | None = None
+    crashes_max: int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -121,8 +126,10 @@ TASK_KEYS = {"id": str, "type": str, "payload": object, "deps": list, "max_attem
 WORKLOAD_KEYS = {"count": int, "interval_ms": int, "start_ms": int, "tasks": list,
                  "dag": str, "dag_size": int, "dag_seed": int, **TASK_KEYS}
 EXPECT_KEYS = {"deadline_ms": int, "succeeded": int, "failed": int, "failover_ms_max": int,
-               "reassign_ms_max": int, "stale_writes_refused_min": int, "settle_ms": int}
+               "reassign_ms_max": int, "stale_writes_refused_min": int, "settle_ms": int,
+               "dead_lettered_min": int, "crashes_max": int}
 FAULT_KEYS = {"at": int, "action": str, "target": str, "duration": int, "from": list,
+              "message": str, "queue": str, "count": int,
               "latency": int, "jitter": int, "probability": float, "rate": int,
               "timeout": int, "average_size": int, "size_variation": int, "delay": int,
               "when": str}
@@ -263,9 +270,34 @@ def _fault(ld: _Loader, i: int, d: Any) -> FaultSpec:
     if "when" in d and d["when"] not in FAULT_WHEN:
         raise ld.error(prefix + "when", f"unknown condition {d['when']!r} (expected one of: "
                        f"{', '.join(sorted(FAULT_WHEN))})")
+    if d["action"] == "inject":
+        _inject(ld, prefix, d)
     params = {k: v for k, v in d.items() if k not in ("at", "action", "target", "duration")}
     return FaultSpec(at_ms=d["at"], action=d["action"], target=d.get("target"),
                      duration_ms=d.get("duration"), params=params)
+
+
+def _inject(ld: _Loader, prefix: str, d: Mapping[str, Any]) -> None:
+    """`inject`: `message` names a kind of poison, `queue` where it goes (a mailbox is the
+    target's), `count` how many (at least 1)."""
+    kinds = "; ".join(f"{k} ({v})" for k, v in INJECT_KINDS.items())
+    if "message" not in d:
+        raise ld.error(prefix + "message", f"'inject' needs the kind of message: one of {kinds}")
+    if d["message"] not in INJECT_KINDS:
+        raise ld.error(prefix + "message", f"unknown kind {d['message']!r} (expected one of: "
+                       f"{', '.join(INJECT_KINDS)})")
+    queue = d.get("queue", DEFAULT_QUEUE.get(d["message"], COORDINATOR_QUEUE))
+    if queue not in QUEUES:
+        raise ld.error(prefix + "queue", f"unknown queue {queue!r} (expected one of: "
+                       f"{', '.join(QUEUES)}; \"mailbox\" is the target node's own)")
+    if queue == MAILBOX and "target" not in d:
+        raise ld.error(prefix + "target", "queue = \"mailbox\" needs a target: the node (or a "
+                       "role, like leader or all-workers) whose mailbox gets the messages")
+    if queue != MAILBOX and "target" in d:
+        raise ld.error(prefix + "target", f"the {queue} queue belongs to no node: leave the "
+                       "target out, or use queue = \"mailbox\" to reach a node's own")
+    if d.get("count", 1) < 1:
+        raise ld.error(prefix + "count", "must be at least 1")
 
 
 def _expect(ld: _Loader, d: Mapping[str, Any]) -> ExpectSpec:

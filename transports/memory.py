@@ -24,9 +24,10 @@ import structlog
 from dtq.actor import Actor, ActorCell, DeliveryRef, Effects
 from dtq.causal import check_deps
 from dtq.clock import VectorClock
-from dtq.envelope import COORDINATOR_QUEUE, Dispatch, Envelope, Message, Submit
+from dtq.envelope import COORDINATOR_QUEUE, Codec, Dispatch, Envelope, Message, Submit
 from dtq.errors import StaleEpoch, StoreError, StoreUnavailable
 from dtq.history import History
+from dtq.poison import INTRUDER, DeadLetter, WireBytes, decode_delivery
 from dtq.store import Store
 from dtq.task import TaskSpec
 from transports.memory_store import SimStore, StoreView
@@ -35,6 +36,8 @@ from transports.memory_tasks import SimIO, run_task
 BROKER = "broker"
 STORE = "store"
 CLIENT = "client"
+
+_CODEC = Codec()
 
 __all__ = ["BROKER", "CLIENT", "STORE", "NetworkConfig", "SimIO", "SimStore", "Simulation"]
 
@@ -356,6 +359,12 @@ class Simulation:
         """Inject a message as if `sender` had published it."""
         self._publish(Envelope(id=self.new_id(), sender=sender, target=target, body=body))
 
+    def send_bytes(self, target: str, data: bytes, *, sender: str = INTRUDER) -> None:
+        """Publish raw bytes to a queue: the node they are delivered to decodes them as a
+        process decodes a delivery (`dtq.poison.decode_delivery`), and dead-letters them, with
+        a record, if they do not decode."""
+        self.send(sender, target, WireBytes(data=data))
+
     def _stale_read(self, node: _Node, task_id: str) -> bool:
         p = self.network.stale_read
         if p and self.rng.random() < p:  # only ever asked about results that exist
@@ -454,6 +463,13 @@ class Simulation:
         if node.paused or node.blocked_since is not None:
             node.backlog.append(lambda: self._deliver(node, inc, tag, env))
             return
+        if isinstance(env.body, WireBytes):  # bytes off the wire: decoded as production does
+            decoded = decode_delivery(_CODEC, env.body.data, redelivered=env.redelivered)
+            if isinstance(decoded, DeadLetter):
+                self.history.record(node.name, "dead_lettered", node.clock, decoded.record)
+                self._ack(node, tag)
+                return
+            env = decoded
         self.delivered += 1
         self._run_handler(node, tag, lambda cell: cell.deliver(env, DeliveryRef(tag), self.now_ms))
 

@@ -1,0 +1,168 @@
+"""Poison: the `inject` fault sends malformed and forged messages on both backends; what does
+not decode is dead-lettered with a record through the production decoder, forged submissions
+end refused with a reason, and nothing crashes because of a message."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dtq.cli import main
+from dtq.clock import VectorClock
+from dtq.envelope import Cancel, Codec, Completed, Dispatch, Envelope, Heartbeat, Submit
+from dtq.errors import ScenarioError
+from dtq.history import History
+from dtq.poison import (
+    FORGED_EPOCH,
+    INJECT_KINDS,
+    DeadLetter,
+    decode_delivery,
+    forge,
+    poison_summary,
+    poison_violations,
+)
+from dtq.runner import run_memory
+from dtq.scenario import load
+
+ROOT = Path(__file__).resolve().parent.parent
+POISON = ROOT / "scenarios/poison-messages.toml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "inject.toml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize(("fault", "key", "says"), [
+    ("", "fault[0].message", "needs the kind of message"),
+    ("message = 'rude'", "fault[0].message", "unknown kind 'rude'"),
+    ("message = 'undecodable'\nqueue = 'dead'", "fault[0].queue", "unknown queue 'dead'"),
+    ("message = 'undecodable'\nqueue = 'mailbox'", "fault[0].target", "needs a target"),
+    ("message = 'undecodable'\ntarget = 'worker-1'", "fault[0].target", "belongs to no node"),
+    ("message = 'undecodable'\ncount = 0", "fault[0].count", "at least 1"),
+    ("message = 'undecodable'\ncount = 'two'", "fault[0].count", "must be int"),
+])
+def test_a_wrong_inject_fault_is_refused_naming_the_key(
+    tmp_path: Path, fault: str, key: str, says: str,
+) -> None:
+    path = write(tmp_path, f"[[fault]]\nat = 10\naction = 'inject'\n{fault}\n")
+    with pytest.raises(ScenarioError) as err:
+        load(path)
+    assert key in str(err.value) and says in str(err.value), str(err.value)
+
+
+def test_every_kind_is_forged_the_same_way_and_decodes_as_documented() -> None:
+    codec = Codec()
+    decoded = {k: decode_delivery(codec, forge(k, 1, target="coordinator").body,
+                                  redelivered=False) for k in INJECT_KINDS}
+    dead = {k for k, d in decoded.items() if isinstance(d, DeadLetter)}
+    assert dead == {"undecodable", "wrong_shape", "unknown_kind", "missing_body"}
+    bodies = {k: d.body for k, d in decoded.items() if isinstance(d, Envelope)}
+    assert bodies["submit_priority"] == Submit(spec=bodies["submit_priority"].spec)
+    specs = {k: b.spec for k, b in bodies.items() if isinstance(b, Submit)}
+    assert specs["submit_priority"].priority == 999
+    assert specs["submit_self_dependency"].deps == (specs["submit_self_dependency"].id,)
+    assert len(json.dumps(specs["submit_huge_payload"].payload)) > 1024 * 1024
+    assert isinstance(bodies["dispatch_epoch"], Dispatch)
+    dispatch = decoded["dispatch_epoch"]
+    assert isinstance(dispatch, Envelope) and dispatch.epoch == FORGED_EPOCH
+    assert isinstance(bodies["completed_unknown"], Completed)
+    assert isinstance(bodies["heartbeat_unknown"], Heartbeat)
+    assert isinstance(bodies["cancel_unknown"], Cancel)
+    assert forge("submit_priority", 3, target="coordinator") == \
+        forge("submit_priority", 3, target="coordinator")
+
+
+def test_the_simulator_dead_letters_undecodable_bytes_with_the_production_decoder(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, """
+[cluster]
+workers = 2
+[workload]
+count = 4
+interval_ms = 100
+[[fault]]
+at = 150
+action = "inject"
+message = "undecodable"
+queue = "work"
+[[fault]]
+at = 150
+action = "inject"
+message = "unknown_kind"
+queue = "mailbox"
+target = "worker-2"
+[expect]
+succeeded = 4
+dead_lettered_min = 2
+crashes_max = 0
+""")
+    result = run_memory(load(path))
+    assert result.ok, result.summary["violations"]
+    dead = [e for e in result.events if e.kind == "dead_lettered"]
+    codec = Codec()
+    want = {d.reason for k in ("undecodable", "unknown_kind")
+            if isinstance(d := decode_delivery(codec, forge(k, 1, target="work").body,
+                                               redelivered=False), DeadLetter)}
+    assert {e.data["reason"] for e in dead} == want
+    assert {e.actor for e in dead} <= {"worker-1", "worker-2"}
+    assert result.summary["injected"]["dead_lettered"] == 2
+
+
+def test_poison_messages_on_the_simulator() -> None:
+    result = run_memory(load(POISON))
+    s = result.summary
+    assert result.ok, s["violations"]
+    assert s["tasks"]["succeeded"] == 40 and s["tasks"]["failed"] == 4
+    injected = s["injected"]
+    assert injected["sent"] == 15 and injected["dead_lettered"] >= 5
+    assert all(end.startswith("rejected: ") for end in injected["submissions"].values())
+    assert not [e for e in result.events if e.kind in ("crash", "abdicated")]
+
+
+def _history(*events: tuple[str, str, dict[str, Any]]) -> History:
+    h = History(lambda: 0)
+    for actor, kind, data in events:
+        h.record(actor, kind, VectorClock(), data)
+    return h
+
+
+def test_a_forged_submission_that_succeeds_or_ends_without_a_reason_is_a_violation() -> None:
+    inject = ("intruder", "inject", {"message": "submit_priority", "task": "t"})
+    for end, bad in [(("leader", "succeeded", {"task": "t"}), True),
+                     (("leader", "rejected", {"task": "t"}), True),
+                     (("leader", "rejected", {"task": "t", "reason": "priority"}), False)]:
+        events = _history(inject, end).events
+        found = poison_violations(events, dead_lettered_min=None, crashes_max=None)
+        assert [v["invariant"] for v in found] == (["poison_refused"] if bad else []), end
+    assert poison_summary(_history(inject).events)["injected"]["submissions"] == {
+        "t": "never ended"}
+
+
+def test_dead_letters_and_crashes_are_held_to_their_bounds() -> None:
+    events = _history(("w", "dead_lettered", {"reason": "x"}),
+                      ("c1", "crash", {"reason": "killed by scenario"}),
+                      ("c2", "crash", {"reason": "exited with status 5"}),
+                      ("c2", "abdicated", {"reason": "lease lost"})).events
+    assert poison_violations(events, dead_lettered_min=1, crashes_max=2) == []
+    found = poison_violations(events, dead_lettered_min=2, crashes_max=1)
+    assert len(found) == 2 and "dead_lettered_min = 2, but 1" in found[0]["detail"]
+    assert "crashes_max = 1, but" in found[1]["detail"] and "c2" in found[1]["detail"]
+    assert "c1" not in found[1]["detail"]
+
+
+@pytest.mark.rabbitmq
+def test_poison_messages_on_rabbitmq(
+    rabbitmq_url: str, redis_url: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(["scenario", "run", str(POISON), "--transport", "rabbitmq", "--json"])
+    s = json.loads(capsys.readouterr().out)
+    assert code == 0, s["violations"]
+    assert s["tasks"]["succeeded"] == 40 and s["tasks"]["failed"] == 4
+    assert s["injected"]["sent"] == 15 and s["injected"]["dead_lettered"] >= 5
+    assert all(end.startswith("rejected: ") for end in s["injected"]["submissions"].values())
