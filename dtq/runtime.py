@@ -35,6 +35,7 @@ from dtq.actor import Actor, ActorCell, DeliveryRef, Effects, Execution
 from dtq.clock import VectorClock
 from dtq.envelope import COORDINATOR_QUEUE, WORK_QUEUE, Codec, Completed, Dispatch, Message
 from dtq.errors import DecodeError, StaleEpoch, StoreError, StoreUnavailable
+from dtq.poison import DeadLetter, decode_delivery
 from dtq.realtasks import run_task
 from dtq.store import Store
 from dtq.transport import (
@@ -195,12 +196,11 @@ class ProcessRuntime:
         return None, None
 
     def _handle_delivery(self, d: Delivery) -> Effects | None:
-        try:
-            env = self.codec.decode(d.body, redelivered=d.redelivered)
-        except DecodeError as exc:
+        env = decode_delivery(self.codec, d.body, redelivered=d.redelivered)
+        if isinstance(env, DeadLetter):
             self.log.error("dead-lettering an undecodable message", queue=d.queue,
-                           error=str(exc), size=len(d.body))
-            self.record(self.name, "dead_lettered", self.cell.clock, {"reason": str(exc)[:200]})
+                           error=env.reason, size=env.size)
+            self.record(self.name, "dead_lettered", self.cell.clock, env.record)
             self.transport.reject(d, requeue=False)
             return None
         token = next(self._tokens)
@@ -236,6 +236,9 @@ class ProcessRuntime:
         self.log.error("handler failed", queue=d.queue, failures=failures, error=repr(exc),
                        exc_info=exc)
         if failures >= self.options.poison_limit:
+            self.record(self.name, "dead_lettered", self.cell.clock, {
+                "reason": f"its handler failed {failures} times: {exc!r}"[:200],
+                "size": len(d.body)})
             self.transport.reject(d, requeue=False)
             return
         copy = Outgoing(queue=d.queue, body=d.body, priority=d.priority,

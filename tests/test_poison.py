@@ -5,14 +5,27 @@ end refused with a reason, and nothing crashes because of a message."""
 from __future__ import annotations
 
 import json
+import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
+from dtq.actor import Actor, Context, receive
 from dtq.cli import main
 from dtq.clock import VectorClock
-from dtq.envelope import Cancel, Codec, Completed, Dispatch, Envelope, Heartbeat, Submit
+from dtq.envelope import (
+    Cancel,
+    Codec,
+    Completed,
+    Dispatch,
+    Envelope,
+    Heartbeat,
+    Message,
+    Submit,
+)
 from dtq.errors import ScenarioError
 from dtq.history import History
 from dtq.poison import (
@@ -24,8 +37,13 @@ from dtq.poison import (
     poison_summary,
     poison_violations,
 )
+from dtq.realrun import wait_for
 from dtq.runner import run_memory
+from dtq.runtime import EXIT_ACTOR, ProcessRuntime
 from dtq.scenario import load
+from dtq.transport import DEAD_QUEUE, queue_name
+from transports.memory_store import SimStore
+from transports.rabbitmq import RabbitTransport, blocking, delete_namespace
 
 ROOT = Path(__file__).resolve().parent.parent
 POISON = ROOT / "scenarios/poison-messages.toml"
@@ -62,7 +80,6 @@ def test_every_kind_is_forged_the_same_way_and_decodes_as_documented() -> None:
     dead = {k for k, d in decoded.items() if isinstance(d, DeadLetter)}
     assert dead == {"undecodable", "wrong_shape", "unknown_kind", "missing_body"}
     bodies = {k: d.body for k, d in decoded.items() if isinstance(d, Envelope)}
-    assert bodies["submit_priority"] == Submit(spec=bodies["submit_priority"].spec)
     specs = {k: b.spec for k, b in bodies.items() if isinstance(b, Submit)}
     assert specs["submit_priority"].priority == 999
     assert specs["submit_self_dependency"].deps == (specs["submit_self_dependency"].id,)
@@ -154,6 +171,58 @@ def test_dead_letters_and_crashes_are_held_to_their_bounds() -> None:
     assert len(found) == 2 and "dead_lettered_min = 2, but 1" in found[0]["detail"]
     assert "crashes_max = 1, but" in found[1]["detail"] and "c2" in found[1]["detail"]
     assert "c1" not in found[1]["detail"]
+
+
+@attrs.frozen(kw_only=True)
+class Boom(Message):
+    """A message whose handler always raises."""
+
+
+@attrs.frozen(kw_only=True)
+class Stop(Message):
+    pass
+
+
+class _Fragile(Actor):
+    def on_start(self, ctx: Context) -> None:
+        ctx.send(self.name, Boom())
+
+    @receive(Boom)
+    def on_boom(self, msg: Boom, ctx: Context) -> None:
+        raise RuntimeError("this handler always fails")
+
+    @receive(Stop)
+    def on_stop(self, msg: Stop, ctx: Context) -> None:
+        ctx.exit("stopped")
+
+
+@pytest.mark.rabbitmq
+def test_a_message_whose_handler_keeps_failing_is_dead_lettered_with_a_record(
+    rabbitmq_url: str,
+) -> None:
+    ns = f"test-poison-{uuid.uuid4().hex[:8]}"
+    records: list[tuple[str, dict[str, Any]]] = []
+    runtime = ProcessRuntime(
+        _Fragile("fragile"), store=SimStore(),
+        transport=RabbitTransport(rabbitmq_url, namespace=ns, name="fragile"),
+        record=lambda actor, kind, clock, data: records.append((kind, dict(data))))
+    code: list[int] = []
+    thread = threading.Thread(target=lambda: code.append(runtime.run()), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: any(k == "dead_lettered" for k, _ in records), 30, "a dead letter")
+        dead = [data for kind, data in records if kind == "dead_lettered"]
+        assert len(dead) == 1 and "failed 3 times" in dead[0]["reason"]
+        assert "always fails" in dead[0]["reason"]
+        with blocking(rabbitmq_url) as ch:
+            _, _, body = ch.basic_get(queue_name(ns, DEAD_QUEUE), auto_ack=True)
+            assert body is not None and b'"Boom"' in body
+            env = Envelope(id="stop", sender="test", target="fragile", body=Stop())
+            ch.basic_publish("", queue_name(ns, "fragile"), Codec().encode(env))
+        thread.join(30)
+        assert code == [EXIT_ACTOR]
+    finally:
+        delete_namespace(rabbitmq_url, ns, ["fragile"])
 
 
 @pytest.mark.rabbitmq
