@@ -10,6 +10,9 @@
     GET    /healthz, /readyz    the process is up; the store and broker answer         200/503
     GET    /openapi.json, /docs the description and interactive documentation
 
+With tokens, every route but /healthz and /readyz needs `Authorization: Bearer <token>`, else 401
+(`dtq.api_auth`).
+
 The rule: every answer, error or not, is JSON, and no input produces a 500. Errors are raised as
 `ApiError`s (see `dtq.api_errors` for what each status means) and rendered by one handler;
 store and broker failures become 503. Request parsing lives in `dtq.api_body`, submissions in
@@ -18,7 +21,7 @@ store and broker failures become 503. Request parsing lives in `dtq.api_body`, s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
 import structlog
@@ -29,6 +32,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from dtq import api_views as views
+from dtq.api_auth import BearerAuth, openapi_security
 from dtq.api_body import check_media_type, parse_json, read_body
 from dtq.api_errors import ApiError, bad_request, not_found
 from dtq.api_schema import COMPONENTS, DESCRIPTION, request_body, responses
@@ -51,10 +55,11 @@ KeyHeader = Annotated[str | None, Header(
 
 def create_app(
     backend: ApiBackend, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    task_types: Mapping[str, TaskActor] | None = None,
+    task_types: Mapping[str, TaskActor] | None = None, tokens: Sequence[str] = (),
 ) -> FastAPI:
     """The API over `backend`. With `task_types`, unknown types and payloads those types refuse
-    are 422; without, any well-formed type name is accepted (workers fail unknown types)."""
+    are 422; without, any well-formed type name is accepted (workers fail unknown types). With
+    `tokens`, every request but the probes must bear one of them (without, the API is open)."""
     app = FastAPI(title="dtq", version=VERSION, description=DESCRIPTION,
                   openapi_url="/openapi.json", docs_url="/docs", redoc_url=None,
                   redirect_slashes=False)
@@ -64,6 +69,8 @@ def create_app(
     app.state.max_body_bytes = max_body_bytes
     _install_error_handlers(app)
     _install_openapi(app)
+    if tokens:
+        app.add_middleware(BearerAuth, tokens=tuple(tokens))
     _add_task_routes(app, subs)
     _add_read_routes(app, subs)
     _add_cluster_routes(app, backend)
@@ -223,6 +230,7 @@ def _install_openapi(app: FastAPI) -> None:
             schema = get_openapi(title=app.title, version=app.version,
                                  description=app.description, routes=app.routes)
             _drop_fastapi_422(schema)
+            openapi_security(schema)
             schema.setdefault("components", {}).setdefault("schemas", {}).update(COMPONENTS)
             app.openapi_schema = schema
         return app.openapi_schema

@@ -7,6 +7,9 @@ Every error response has one JSON body shape, `{"error": {"status", "code", "mes
     400 bad request       the request is not well formed (invalid JSON, bad query parameter or
                           header), or it refers to what does not exist or cannot be (unknown
                           dependencies, dependency cycles)
+    401 unauthorized      no bearer token (`missing_token`) or not a valid one
+                          (`invalid_token`), when the API has tokens (see `dtq.api_auth`);
+                          403 is not used: a valid token grants the whole API
     404 not found         no such task (or route)
     405 not allowed       the route exists, the method does not
     409 conflict          idempotency key reused with another body; task id taken; cancel of a
@@ -61,6 +64,10 @@ class InvalidRequest(ApiError):
     """400, 413, 415, 422: the request was refused as it stands; sending it again will not help."""
 
 
+class Unauthorized(ApiError):
+    """401 (or 403): the request lacks a valid credential; set the API token."""
+
+
 class NotFound(ApiError):
     """404 (no such task) or 410 (its result is gone)."""
 
@@ -78,7 +85,8 @@ class ServerError(ApiError):
 
 
 _CLASS_BY_STATUS: dict[int, type[ApiError]] = {
-    404: NotFound, 405: InvalidRequest, 409: Conflict, 410: NotFound, 503: Unavailable,
+    401: Unauthorized, 403: Unauthorized, 404: NotFound, 405: InvalidRequest, 409: Conflict,
+    410: NotFound, 503: Unavailable,
 }
 
 
@@ -92,6 +100,10 @@ def unprocessable(message: str, field: str | None = None) -> ApiError:
 
 def too_large(message: str, field: str | None = None) -> ApiError:
     return InvalidRequest(413, "too_large", message, field)
+
+
+def unauthorized(code: str, message: str) -> ApiError:
+    return Unauthorized(401, code, message)
 
 
 def not_found(task_id: str) -> ApiError:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from dtq.cli import positive_int
 from dtq.client import DEFAULT_URL, Client, WaitTimeout
+from dtq.errors import DtqError
 
 EXIT_OK, EXIT_TASK_FAILED, EXIT_BAD_INPUT, EXIT_TIMEOUT = 0, 1, 2, 3
 if TYPE_CHECKING:
@@ -25,10 +26,14 @@ if TYPE_CHECKING:
 
 EPILOG_API = """examples:
   dtq api                                  # http://127.0.0.1:8000, docs at /docs
-  dtq api --host 0.0.0.0 --port 8080 --tasks mypkg.tasks
-  DTQ_BROKER_URL=amqp://u:p@rabbit:5672/%2F DTQ_STORE_URL=redis://redis:6379/0 dtq api
+  dtq api --host 0.0.0.0 --port 8080 --token-file /run/secrets/dtq-api --tasks mypkg.tasks
+  DTQ_API_TOKENS=$TOKEN DTQ_BROKER_URL=amqp://u:p@rabbit:5672/dtq \\
+    DTQ_STORE_URL=redis://:pass@redis:6379/0 dtq api --host 0.0.0.0
 
-Run it next to `dtq cluster` (same --namespace, broker and store)."""
+Tokens ($DTQ_API_TOKENS, comma-separated; --token-file or $DTQ_API_TOKEN_FILE, one per line):
+every request but /healthz and /readyz must bear one (Authorization: Bearer <token>), else 401.
+Without a token the API is open, and served on loopback only. Run it next to `dtq cluster`
+(same --namespace, broker and store)."""
 
 EPILOG_SUBMIT = """examples:
   dtq submit echo --payload '{"message": "hello"}'
@@ -83,6 +88,9 @@ def _add_api(sub: Subparsers) -> None:
                    help="prefix of every queue and key, as given to the cluster (default: dtq)")
     p.add_argument("--log-level", default=None, type=str.lower,
                    choices=["debug", "info", "warning", "error"], help="default: info")
+    p.add_argument("--token-file", action="append", default=[], metavar="FILE",
+                   help="bearer tokens the API accepts, one per line (repeatable; with "
+                   "$DTQ_API_TOKENS and $DTQ_API_TOKEN_FILE, all are valid at once)")
     p.set_defaults(func=_run_api)
 
 
@@ -90,15 +98,21 @@ def _run_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from dtq.api import create_app
+    from dtq.api_auth import check_exposure, load_tokens
     from dtq.apibackend import RabbitBackend
     from dtq.tasktypes import load_task_types
 
+    tokens = load_tokens(args.token_file)
+    check_exposure(args.host, tokens)
     types = None if args.any_type else load_task_types(tuple(args.tasks))
     backend = RabbitBackend(args.broker_url, args.store_url, args.namespace)
     try:
-        app = create_app(backend, max_body_bytes=args.max_body_bytes, task_types=types)
+        app = create_app(backend, max_body_bytes=args.max_body_bytes, task_types=types,
+                         tokens=tokens)
+        auth = (f"{len(tokens)} bearer token(s) accepted" if tokens else
+                "NO TOKEN: open to anyone who can reach this address (set DTQ_API_TOKENS)")
         print(f"dtq api: http://{args.host}:{args.port} (docs at /docs), namespace "
-              f"{args.namespace!r}; Ctrl-C stops it", file=sys.stderr)
+              f"{args.namespace!r}, {auth}; Ctrl-C stops it", file=sys.stderr)
         uvicorn.run(app, host=args.host, port=args.port,
                     log_level=args.log_level or "info")
     finally:
@@ -112,10 +126,31 @@ def _run_api(args: argparse.Namespace) -> int:
 def _api_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api", default=None, metavar="URL",
                    help=f"the REST API (default: $DTQ_API_URL or {DEFAULT_URL})")
+    p.add_argument("--token-file", default=None, metavar="FILE",
+                   help="read the API's bearer token from FILE (default: $DTQ_API_TOKEN)")
+    p.add_argument("--token", default=None,
+                   help="the API's bearer token (other local users may see it in the process "
+                   "list: prefer $DTQ_API_TOKEN or --token-file)")
 
 
 def _client(args: argparse.Namespace) -> Client:
-    return Client(args.api or os.environ.get("DTQ_API_URL") or DEFAULT_URL)
+    return Client(args.api or os.environ.get("DTQ_API_URL") or DEFAULT_URL,
+                  token=_token(args))
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    """--token, else the first line of --token-file, else $DTQ_API_TOKEN (None: no token)."""
+    if args.token:
+        return str(args.token)
+    if args.token_file:
+        try:
+            lines = Path(args.token_file).read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DtqError(f"cannot read the token file {args.token_file!r}: "
+                           f"{getattr(exc, 'strerror', None) or exc}") from None
+        tokens = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+        return tokens[0] if tokens else None
+    return os.environ.get("DTQ_API_TOKEN") or None
 
 
 def _print(doc: Any) -> None:

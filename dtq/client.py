@@ -2,14 +2,15 @@
 
     from dtq.client import Client
 
-    with Client("http://127.0.0.1:8000") as client:
+    with Client("http://127.0.0.1:8000", token="...") as client:   # or $DTQ_API_TOKEN
         task_id = client.submit("echo", {"message": "hi"}, idempotency_key="order-42")
         client.wait(task_id, timeout_s=30)["state"]      # 'succeeded'
         client.result(task_id)                           # {'message': 'hi'}
 
 Errors are rooted in `dtq.errors.DtqError`. An error answer raises an `ApiError` subclass
 carrying the status, code, message and field of its body (`InvalidRequest` for 400, 413, 415,
-422; `NotFound` for 404 and 410; `Conflict` for 409; `Unavailable` for 503). `ApiUnreachable`
+422; `Unauthorized` for 401 (no token, or a wrong one); `NotFound` for 404 and 410; `Conflict`
+for 409; `Unavailable` for 503). `ApiUnreachable`
 means no answer at all, `WaitTimeout` that `wait` passed its deadline, `TaskFailed` that
 `result` was asked of a task that failed or was cancelled.
 
@@ -18,6 +19,7 @@ means no answer at all, `WaitTimeout` that `wait` passed its deadline, `TaskFail
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
@@ -32,13 +34,15 @@ from dtq.api_errors import (
     InvalidRequest,
     NotFound,
     ServerError,
+    Unauthorized,
     Unavailable,
 )
 from dtq.errors import DtqError, TransportError
 
 __all__ = [
     "DEFAULT_URL", "ApiError", "ApiUnreachable", "Client", "Conflict", "InProcessTransport",
-    "InvalidRequest", "NotFound", "ServerError", "TaskFailed", "Unavailable", "WaitTimeout",
+    "InvalidRequest", "NotFound", "ServerError", "TaskFailed", "Unauthorized", "Unavailable",
+    "WaitTimeout",
 ]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -88,18 +92,22 @@ class InProcessTransport(httpx.BaseTransport):
 
 
 class Client:
-    """A dtq REST API client. Thread-safe as httpx.Client is; close it (or use `with`)."""
+    """A dtq REST API client. Thread-safe as httpx.Client is; close it (or use `with`).
+
+    `token`: the API's bearer token (default: $DTQ_API_TOKEN; none if unset)."""
 
     def __init__(
         self, base_url: str = DEFAULT_URL, *, timeout_s: float = 10.0,
         transport: httpx.BaseTransport | None = None, poll_s: float = 0.05,
-        max_poll_s: float = 1.0,
+        max_poll_s: float = 1.0, token: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.poll_s = poll_s
         self.max_poll_s = max_poll_s
+        token = token if token is not None else os.environ.get("DTQ_API_TOKEN") or None
+        headers = {"Authorization": f"Bearer {token}"} if token else None
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s,
-                                  transport=transport)
+                                  transport=transport, headers=headers)
 
     def close(self) -> None:
         self._http.close()

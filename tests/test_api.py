@@ -17,7 +17,7 @@ from dtq.errors import ConnectionLost, StoreUnavailable
 from dtq.task import MAX_PAYLOAD_BYTES, id_for_key
 from dtq.tasktypes import load_task_types
 
-from .test_api_kit import Api, api_on, make_api
+from .test_api_kit import TOKEN, Api, api_on, make_api
 
 JSON_CT = {"content-type": "application/json"}
 
@@ -389,7 +389,7 @@ class _DownBackend:
 @pytest.fixture
 def down() -> Iterator[Api]:
     backend = _DownBackend()
-    yield api_on(backend, create_app(backend))
+    yield api_on(backend, create_app(backend, tokens=[TOKEN]))
 
 
 @pytest.mark.parametrize(("method", "path"), [
@@ -449,7 +449,7 @@ def test_a_queued_task_is_never_answered_a_retryable_error() -> None:
     """The publish was confirmed and only the read after it failed: the answer is 202 with the
     id (a 503 with Retry-After would have the client submit the task a second time)."""
     backend = _ReadsFailAfterPublish()
-    api = api_on(backend, create_app(backend))
+    api = api_on(backend, create_app(backend, tokens=[TOKEN]))
     r = post(api, "/tasks", {"type": "echo", "payload": 1})
     assert r.status_code == 202, r.text
     tid = r.json()["id"]

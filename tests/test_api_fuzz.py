@@ -5,7 +5,9 @@ Every answer must be: not a server error; a status that /openapi.json documents 
 operation; JSON; for an error, the `{"error": {...}}` body with the same status; for a success,
 a body that conforms to the documented response schema. Inputs range from valid requests to
 near-misses (one field wrong), arbitrary JSON, arbitrary bytes and media types, odd headers,
-ids and query strings.
+ids and query strings. Every request bears the API's token, but those of the last two
+properties: without a token, or with any wrong `Authorization` header, every route but the
+probes answers the documented 401.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from dtq.api_schema import documented_statuses
+from dtq.client import InProcessTransport
 from dtq.task import TaskState
 
-from .test_api_kit import Api, make_api
+from .test_api_kit import TOKEN, Api, make_api
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 STATES = [s.value for s in TaskState]
@@ -238,3 +241,56 @@ def test_any_route_answers_json_without_a_server_error(
     body = r.json()
     if r.status_code >= 400:
         assert body["error"]["status"] == r.status_code
+
+
+# --- without a token, or with a wrong one ----------------------------------------------------
+
+DOCUMENTED = [("POST", "/tasks", "/tasks"), ("POST", "/dags", "/dags"), ("GET", "/tasks", "/tasks"),
+              ("GET", "/tasks/{}", "/tasks/{task_id}"), ("DELETE", "/tasks/{}", "/tasks/{task_id}"),
+              ("GET", "/tasks/{}/result", "/tasks/{task_id}/result"),
+              ("GET", "/cluster", "/cluster"), ("GET", "/healthz", "/healthz"),
+              ("GET", "/readyz", "/readyz")]
+authorization = st.none() | header_values | header_values.map(lambda v: f"Bearer {v}") \
+    | st.sampled_from(["Bearer", "bearer ", "Basic Zm9vOmJhcg==", f"Bearer {TOKEN}x",
+                       f"Bearer {TOKEN.upper()}", f"Bearer {TOKEN[:-1]}"])
+
+
+@FUZZ
+@given(route=st.sampled_from(DOCUMENTED), task_id=ids, auth=authorization,
+       body=st.none() | json_values, media=media_types)
+def test_without_a_valid_token_only_the_probes_answer(
+    api: Api, openapi: dict[str, Any], route: tuple[str, str, str], task_id: str,
+    auth: str | None, body: Any, media: str,
+) -> None:
+    method, template, documented = route
+    assume(task_id not in ("", ".", "..") and auth != f"Bearer {TOKEN}")
+    path = template.format(quote(task_id, safe="", errors="surrogatepass"))
+    headers = _headers(media, None)
+    if auth is not None:
+        headers[b"Authorization"] = auth.encode("latin-1")
+    with httpx.Client(base_url="http://api.test",
+                      transport=InProcessTransport(api.app)) as anonymous:
+        r = anonymous.request(method, path, content=_encode(body), headers=headers)
+    check(r, openapi, documented, method)
+    if documented in ("/healthz", "/readyz"):
+        assert r.status_code in (200, 503)
+    else:
+        assert r.status_code == 401, r.text
+        assert r.json()["error"]["code"] in ("missing_token", "invalid_token")
+
+
+@FUZZ
+@given(method=st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]),
+       path=st.text(st.sampled_from(string.ascii_letters + string.digits + "/-_.%"), max_size=20),
+       auth=authorization)
+def test_without_a_valid_token_any_route_is_401(
+    api: Api, method: str, path: str, auth: str | None,
+) -> None:
+    assume(("/" + path) not in ("/healthz", "/readyz") and auth != f"Bearer {TOKEN}")
+    headers = {b"Authorization": auth.encode("latin-1")} if auth is not None else {}
+    with httpx.Client(base_url="http://api.test",
+                      transport=InProcessTransport(api.app)) as anonymous:
+        r = anonymous.request(method, "/" + path, headers=headers)
+    assert r.status_code == 401, r.text
+    if method != "HEAD":
+        assert r.json()["error"]["status"] == 401

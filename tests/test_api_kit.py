@@ -21,6 +21,8 @@ from dtq.history import Event
 from dtq.tasktypes import TaskActor
 
 USER_TASKS = "tests.fixtures.usertasks"
+TOKEN = "kit-token-0123456789abcdef"
+"""The bearer token of the test APIs (every request of `Api.http` and `Api.client` bears it)."""
 
 
 @attrs.define
@@ -49,14 +51,17 @@ def make_api(
 ) -> Api:
     backend_options.setdefault("task_modules", (USER_TASKS,))
     backend = SimBackend(**backend_options)
-    app = create_app(backend, max_body_bytes=max_body_bytes, task_types=task_types)
+    app = create_app(backend, max_body_bytes=max_body_bytes, task_types=task_types,
+                     tokens=[TOKEN])
     return api_on(backend, app)
 
 
-def api_on(backend: ApiBackend, app: FastAPI) -> Api:
+def api_on(backend: ApiBackend, app: FastAPI, token: str | None = TOKEN) -> Api:
     transport = InProcessTransport(app)
-    http = httpx.Client(base_url="http://api.test", transport=transport)
-    client = Client("http://api.test", transport=transport, poll_s=0.001, max_poll_s=0.01)
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
+    http = httpx.Client(base_url="http://api.test", transport=transport, headers=auth)
+    client = Client("http://api.test", transport=transport, poll_s=0.001, max_poll_s=0.01,
+                    token=token or "")
     return Api(backend=backend, app=app, http=http, client=client)
 
 

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 
 import attrs
+import httpx
 import pytest
 
 from dtq.api import create_app
@@ -20,7 +21,7 @@ from dtq.task import id_for_key
 from transports.rabbitmq import delete_namespace
 from transports.redis import RedisHistory, RedisStore
 
-from .test_api_kit import serving, wait_until
+from .test_api_kit import TOKEN, serving, wait_until
 
 pytestmark = pytest.mark.rabbitmq
 NODES = ["coordinator-1", "worker-1"]
@@ -57,8 +58,8 @@ def real(rabbitmq_url: str, redis_url: str) -> Iterator[RealApi]:
     sup.start()
     backend = RabbitBackend(rabbitmq_url, redis_url, ns, name="api-test")
     try:
-        with serving(create_app(backend)) as url, Client(url, poll_s=0.02,
-                                                         max_poll_s=0.2) as client:
+        with serving(create_app(backend, tokens=[TOKEN])) as url, \
+                Client(url, poll_s=0.02, max_poll_s=0.2, token=TOKEN) as client:
             yield RealApi(client=client, supervisor=sup, history=history)
     finally:
         backend.close()
@@ -110,3 +111,15 @@ def test_failure_reasons_and_cancellation_on_the_real_backend(real: RealApi) -> 
         c.result(broken)
     assert "unknown task type 'nope'" in (caught.value.reason or "")
     assert real.wait(slow) == "succeeded"
+
+
+def test_a_request_without_the_token_is_refused_over_http(real: RealApi) -> None:
+    url = real.client.base_url
+    with httpx.Client(base_url=url) as anonymous:
+        r = anonymous.post("/tasks", json={"type": "echo", "payload": 1})
+        assert r.status_code == 401 and r.json()["error"]["code"] == "missing_token"
+        assert r.headers["WWW-Authenticate"].startswith("Bearer")
+        r = anonymous.get("/tasks", headers={"Authorization": f"Bearer {TOKEN[:-1]}x"})
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_token"
+        assert anonymous.get("/healthz").status_code == 200
+    assert "workers" in real.client.cluster()  # the client bears the token: answered

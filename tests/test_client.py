@@ -27,7 +27,7 @@ from dtq.client import (
 from dtq.errors import ConflictError, DtqError
 from dtq.task import id_for_key
 
-from .test_api_kit import Api, make_api
+from .test_api_kit import TOKEN, Api, make_api
 
 
 @pytest.fixture
@@ -170,7 +170,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def run(api: Api, monkeypatch: pytest.MonkeyPatch, *argv: str) -> int:
     monkeypatch.setattr(cli_client, "_client", lambda args: Client(
-        "http://api.test", transport=InProcessTransport(api.app), poll_s=0.001))
+        "http://api.test", transport=InProcessTransport(api.app), poll_s=0.001, token=TOKEN))
     args = _parser().parse_args(list(argv))
     try:
         return int(args.func(args))
