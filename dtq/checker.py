@@ -42,8 +42,10 @@ The invariants (a violation names one of these):
   writes are counted from it (`stale_writes.accepted`), on both backends. A `persist` without
   `current` (an older history) counts when it happened after (by happens-before) a takeover of a
   newer epoch. Refused ones (`stale_write_refused`) are counted as attempted.
-* `dependency_order` (worker side): every `started` of a task happens after some `effect` (stored
-  result) of each of its dependencies.
+* `dependency_order` (worker side): every `started` of a task happens after a stored result of
+  each of its dependencies: the clock the result was stored with (`effect`'s `result_clock`;
+  anything after it is after the write, as a node sends nothing before its writes are applied),
+  or the `effect` event itself in histories without it.
 * `dispatch_order` (leader side): every `dispatched` of a task, recorded by a leader, happens
   after a `succeeded` of each of its dependencies recorded by a leader, or comes (in history
   order) after a `succeeded` recorded by a leader of an older epoch than the dispatching one (a
@@ -74,6 +76,7 @@ from typing import Any
 
 import attrs
 
+from dtq.clock import VectorClock
 from dtq.history import Event
 
 TERMINAL = {"succeeded": "succeeded", "failed": "failed", "rejected": "failed",
@@ -393,18 +396,21 @@ def _accepted_deps(events: Iterable[Event]) -> dict[str, tuple[str, ...]]:
 
 
 def _dependency_order(events: Sequence[Event]) -> list[Violation]:
-    """Every run of a task started after each dependency's effect happened before it."""
+    """Every run of a task started after each dependency's stored result happened before it:
+    the result's own clock (recorded with its `effect` as `result_clock`: a worker that lost the
+    result race reports the winner's result after merging that clock), else the `effect`."""
     deps = _accepted_deps(events)
-    effects: dict[str, list[Event]] = defaultdict(list)
+    stored: dict[str, list[VectorClock]] = defaultdict(list)
     for e in events:
         if e.kind == "effect":
-            effects[e.data["task"]].append(e)
+            made = e.data.get("result_clock")
+            stored[e.data["task"]].append(VectorClock.of(made) if made else e.clock)
     out = []
     for e in events:
         if e.kind != "started":
             continue
         for dep in deps.get(e.data["task"], ()):
-            if not any(done.clock.before(e.clock) for done in effects.get(dep, ())):
+            if not any(clock.before(e.clock) for clock in stored.get(dep, ())):
                 out.append(Violation(
                     invariant="dependency_order", task=e.data["task"],
                     detail=f"{e.actor} started {e.data['task']} (attempt {e.data['attempt']}) "

@@ -342,3 +342,25 @@ def test_equal_clocks_and_a_new_incarnation_are_in_order() -> None:
     _at(h, W1, "side_effect", VectorClock(), key="k", task="t", attempt=1, in_doubt=False)
     result = check(h.events, complete=False)
     assert result.ok, result.violations
+
+
+def test_a_start_after_the_stored_results_clock_is_in_order() -> None:
+    """A worker that lost the result race reports the winner's result, merging the clock the
+    result was stored with, not the winner's later `effect` event: that is enough."""
+    h = H()
+    _task(h, "a")
+    _task(h, "c", ("a",))
+    d = h(L1, "dispatched", task="a", attempt=1)
+    h(W1, "started", after=(d,), task="a", attempt=1, epoch=1)
+    made = h(W1, "executed", task="a")  # the result is made and written with this clock
+    h(W2, "started", after=(d,), task="a", attempt=1, epoch=1)  # a duplicate dispatch
+    lost = h(W2, "duplicate_refused", after=(made,), task="a", attempt=1, winner=1)
+    ok = h(L1, "succeeded", after=(lost,), task="a", attempt=1)
+    dc = h(L1, "dispatched", after=(ok,), task="c", attempt=1)
+    sc = h(W2, "started", after=(dc,), task="c", attempt=1, epoch=1)
+    h(W1, "effect", task="a", attempt=1, result_clock=made.clock.as_dict())
+    eff = h(W2, "effect", after=(sc,), task="c", attempt=1)
+    h(L1, "succeeded", after=(eff,), task="c", attempt=1)
+    assert h.check().ok, h.check().violations
+    h.events[-3] = h.events[-3]._replace(data={"task": "a", "attempt": 1})  # no result clock
+    assert h.invariants() == ["dependency_order"]
