@@ -26,18 +26,30 @@ class Problem:
 
 def check_deps(
     deps: Sequence[str], dispatch_clock: VectorClock, store: Store,
+    confirmed: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], Problem | None]:
-    """The dependencies' result values, or the first problem found."""
-    values: dict[str, Any] = {}
-    found = store.get_results(deps) if deps else {}
-    for dep in deps:
+    """The dependencies' result values, or the first problem found.
+
+    `confirmed` holds the values of dependencies already found visible and at or before the
+    dispatch (a dispatch's clock only grows, so they stay so): only the others are read, and
+    every one of them found good is added, so that each look makes progress even when most
+    reads are stale."""
+    confirmed = {} if confirmed is None else confirmed
+    rest = [d for d in deps if d not in confirmed]
+    found = store.get_results(rest) if rest else {}
+    problem = None
+    for dep in rest:
         stored = found.get(dep)
         if stored is None:
-            return values, Problem(dep=dep, reason="dependency result not visible")
-        if not VectorClock.of(stored.clock) <= dispatch_clock:
-            return values, Problem(dep=dep, reason="dependency result not before the dispatch")
-        values[dep] = stored.value
-    return values, None
+            problem = problem or Problem(dep=dep, reason="dependency result not visible")
+        elif not VectorClock.of(stored.clock) <= dispatch_clock:
+            problem = problem or Problem(dep=dep,
+                                         reason="dependency result not before the dispatch")
+        else:
+            confirmed[dep] = stored.value
+    if problem is not None:
+        return {}, problem
+    return {dep: confirmed[dep] for dep in deps}, None
 
 
 @attrs.define(kw_only=True)

@@ -7,11 +7,25 @@ renew in time stops acting and exits (crash-only); its supervisor restarts it as
 
 Handlers are idempotent: a redelivered submission or completion re-sends the dispatches it
 would have caused, because a crash may have come between persisting and sending.
+
+Every submission ends in a record. The leader checks each one with the API's rules
+(`dtq.task.check_submission`; the task type's too when `task_types` is configured): an invalid
+one, one whose dependency never comes, and every member of a dependency cycle closed among
+held-back submissions are rejected: a failed record (its offending fields made harmless) whose
+reason starts "rejected: ", a `rejected` event with that reason, and a notice to the waiting
+client. A record loaded at takeover that breaks the rules is failed the same way, never run.
+
+A dependent is dispatched only when every dependency succeeded, and its `dispatched` event
+happens after theirs `succeeded` events: a success's record carries the leader's clock, which a
+new leader merges when it loads it. A dependency that fails fails its waiting dependents with
+"dependency <id> failed"; one that is cancelled cancels them with "dependency <id> cancelled"
+(a worklist: chains of any length).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 
 import attrs
 
@@ -31,10 +45,28 @@ from dtq.envelope import (
     Refused,
     Submit,
 )
+from dtq.errors import ValidationError
 from dtq.store import AddDependents, Notify, PutTask
-from dtq.task import TaskRecord, TaskSpec, TaskState, fingerprint
+from dtq.task import (
+    PayloadRules,
+    TaskRecord,
+    TaskSpec,
+    TaskState,
+    check_submission,
+    fingerprint,
+    sanitized,
+)
 
 S = TaskState
+WAITING = frozenset({S.SUBMITTED, S.PENDING, S.READY})
+"""States of a task that has not been dispatched: a dependency's end ends it too."""
+
+
+def _after(dep: str, end: TaskState) -> tuple[TaskState, str]:
+    """What a waiting task becomes when its dependency `dep` ends `end` without success."""
+    if end is S.CANCELLED:
+        return S.CANCELLED, f"dependency {dep} cancelled"
+    return S.FAILED, f"dependency {dep} failed"
 
 
 @attrs.frozen(kw_only=True)
@@ -74,6 +106,10 @@ class CoordinatorConfig:
     causal_defer_ms: int = 100
     queue: str = COORDINATOR_QUEUE
     work_queue: str = WORK_QUEUE
+    task_types: Mapping[str, PayloadRules] | None = None
+    """The task types the workers run, if the leader knows them: a submission of another type,
+    or with a payload its type's `validate` refuses, is rejected on receipt. Without them,
+    workers refuse such a task when it is dispatched (a failure that is not retried)."""
 
 
 class Coordinator(Actor):
@@ -139,17 +175,34 @@ class Coordinator(Actor):
         ctx.schedule(self._detector_every_ms, DetectorTick())
 
     def _rebuild(self, ctx: Context) -> None:
-        """Load every record from the store and carry unfinished work on."""
+        """Load every record from the store and carry unfinished work on, after the successes
+        the records remember (their clocks). An unfinished record that breaks the submission
+        rules is failed, never dispatched (it would fail every leader that tried)."""
         after = None
+        seen: dict[str, int] = {}
+        invalid: list[tuple[TaskRecord, ValidationError]] = []
         while batch := ctx.store.scan_tasks(after=after, limit=1000):
+            after = batch[-1].id
             for rec in batch:
+                problem = None if rec.state.terminal else self._problem(rec.spec)
+                if problem is not None and problem.field == "id":
+                    ctx.record("invalid_record_skipped", task=repr(rec.id)[:200],
+                               reason=str(problem))
+                    continue
+                if problem is not None:
+                    invalid.append((rec, problem))
                 self.tasks[rec.id] = rec
                 for dep in rec.spec.deps:
                     self.dependents[dep].add(rec.id)
                 if rec.state is S.RUNNING and rec.worker:
                     self.running_on[rec.worker].add(rec.id)
                     self.started_at[rec.id] = 0
-            after = batch[-1].id
+                for actor, n in rec.clock.items():
+                    if n > seen.get(actor, 0):
+                        seen[actor] = n
+        ctx.merge_clock(seen)
+        for rec, problem in invalid:
+            self._fail(attrs.evolve(rec, spec=sanitized(rec.spec)), f"rejected: {problem}", ctx)
         for rec in list(self.tasks.values()):
             if rec.state is S.READY:
                 self._dispatch(rec, ctx)
@@ -264,12 +317,19 @@ class Coordinator(Actor):
         if not self._acting(ctx):
             return
         spec = msg.spec
+        problem = self._problem(spec)
+        if problem is not None and problem.field == "id":  # nothing can be looked up by it
+            self._reject(spec, f"rejected: {problem}", ctx, reply_to=msg.reply_to)
+            return
         known = self._get(spec.id, ctx)
         if known is not None:
             self._redrive(known, ctx)
             return
         if spec.id in self.buffer.held:
             return  # another copy of a submission that waits for its dependencies
+        if problem is not None:
+            self._reject(spec, f"rejected: {problem}", ctx, reply_to=msg.reply_to)
+            return
         missing = [d for d in spec.deps if self._get(d, ctx) is None]
         if missing:
             self._hold_back(msg, missing, ctx)
@@ -281,11 +341,18 @@ class Coordinator(Actor):
         self._accept(spec, ctx)
 
     def _hold_back(self, msg: Submit, missing: list[str], ctx: Context) -> None:
-        """Causal delivery: a submission that arrived before a dependency's waits for it."""
+        """Causal delivery: a submission that arrived before a dependency's waits for it,
+        unless it closes a cycle among the submissions held back."""
         spec, buffer = msg.spec, self.buffer
-        if buffer.expired(spec.id, ctx.now_ms):
+        cycle = dag.cycle_through(spec.id, lambda t: spec.deps if t == spec.id
+                                  else buffer.held[t].spec.deps if t in buffer.held else None)
+        if cycle is not None:
+            self._reject_cycle(msg, cycle, ctx)
+        elif buffer.expired(spec.id, ctx.now_ms):
             buffer.first_seen.pop(spec.id, None)
             ctx.record("causal_timeout", task=spec.id, missing=missing)
+            if msg.reply_to:
+                self.reply_to[spec.id] = msg.reply_to
             self._accept(spec, ctx)  # rejected, naming the dependency that never came
         elif buffer.full:
             buffer.seen(spec.id, ctx.now_ms)
@@ -298,6 +365,19 @@ class Coordinator(Actor):
             ctx.record("causal_buffered", task=spec.id, missing=missing)
             ctx.schedule(since + buffer.timeout_ms - ctx.now_ms, CausalTimeout(task_id=spec.id))
 
+    def _reject_cycle(self, msg: Submit, cycle: list[str], ctx: Context) -> None:
+        """Every member of a cycle among held-back submissions is rejected, naming the cycle
+        (all are taken out of the buffer first: none is released by another's rejection)."""
+        reason = "rejected: dependency cycle " + " -> ".join(cycle)
+        ctx.record("dependency_cycle", task=msg.spec.id, cycle=cycle)
+        members = [(msg.spec, msg.reply_to)]
+        for task_id in cycle[1:-1]:
+            entry = self.buffer.take(task_id)
+            ctx.ack(entry.ref)
+            members.append((entry.spec, entry.reply_to))
+        for spec, reply_to in members:
+            self._reject(spec, reason, ctx, reply_to=reply_to)
+
     @receive(CausalTimeout)
     def on_causal_timeout(self, msg: CausalTimeout, ctx: Context) -> None:
         if msg.task_id not in self.buffer.held or not self._acting(ctx):
@@ -306,6 +386,8 @@ class Coordinator(Actor):
         missing = [d for d in entry.spec.deps if d not in self.tasks]
         ctx.record("causal_timeout", task=entry.spec.id, missing=missing)
         ctx.ack(entry.ref)
+        if entry.reply_to:
+            self.reply_to[entry.spec.id] = entry.reply_to
         self._accept(entry.spec, ctx)
 
     def _release_buffered(self, task_id: str, ctx: Context) -> None:
@@ -338,21 +420,52 @@ class Coordinator(Actor):
         fp = fingerprint(spec)
         holder, held_fp = ctx.store.claim_key(spec.idempotency_key, spec.id, fp)
         if held_fp != fp or holder != spec.id:
-            self._ended("rejected", spec.id, ctx, reason="idempotency key conflict")
+            reason = f"rejected: idempotency key conflict (the key is held by task {holder})"
+            # The id's own record, if the key holds it, belongs to the submission that won.
+            self._reject(spec, reason, ctx, record=holder != spec.id)
             return False
         return True
 
+    def _problem(self, spec: TaskSpec) -> ValidationError | None:
+        """How a submission breaks the API's rules, or None."""
+        try:
+            check_submission(spec, self.config.task_types)
+        except ValidationError as exc:
+            return exc
+        return None
+
+    def _reject(
+        self, spec: TaskSpec, reason: str, ctx: Context, *, reply_to: str | None = None,
+        record: bool = True,
+    ) -> None:
+        """End a submission that will never run: a failed record (its fields that break a
+        rule made harmless), a `rejected` event and a notice. An invalid id gets no record:
+        no record can be kept under it."""
+        task_id = spec.id if isinstance(spec.id, str) else repr(spec.id)[:200]
+        if reply_to:
+            self.reply_to[task_id] = reply_to
+        try:
+            safe = sanitized(spec)
+        except ValueError:
+            record = False
+        if record:
+            self._put(TaskRecord(spec=safe, state=S.FAILED, updated_ms=ctx.now_ms,
+                                 reason=reason, epoch=ctx.epoch), ctx)
+        self._ended("rejected", task_id, ctx, reason=reason)
+        if record:
+            self._release_buffered(spec.id, ctx)  # what waited for it now fails
+
     def _accept(self, spec: TaskSpec, ctx: Context) -> None:
         missing = [d for d in spec.deps if self._get(d, ctx) is None]
-        rec = TaskRecord(spec=spec, updated_ms=ctx.now_ms, epoch=ctx.epoch)
         if missing:
-            rec = rec.moved_to(S.FAILED, now_ms=ctx.now_ms,
-                               reason=f"rejected: unknown dependency {missing[0]}")
-            self._put(rec, ctx)
-            self._ended("rejected", spec.id, ctx, reason=rec.reason)
+            self._reject(spec, f"rejected: unknown dependency {missing[0]}", ctx)
             return
-        state = dag.readiness(spec.deps, self._state_of)
-        reason = "dependency_failed" if state is S.FAILED else None
+        rec = TaskRecord(spec=spec, updated_ms=ctx.now_ms, epoch=ctx.epoch)
+        ended = dag.ended_dependency(spec.deps, self._state_of)
+        if ended is None:
+            state, reason = dag.readiness(spec.deps, self._state_of), None
+        else:
+            state, reason = _after(*ended)
         rec = rec.moved_to(state, now_ms=ctx.now_ms, reason=reason)
         if state is not S.READY:  # a ready task's record is written once, as dispatched
             self._put(rec, ctx)
@@ -360,8 +473,8 @@ class Coordinator(Actor):
             self.dependents[dep].add(spec.id)
             ctx.write(AddDependents(task_id=dep, dependents=(spec.id,)))
         ctx.record("accepted", task=spec.id, deps=list(spec.deps))
-        if state is S.FAILED:
-            self._ended("failed", spec.id, ctx, reason=reason)
+        if ended is not None:
+            self._ended(state.value, spec.id, ctx, reason=reason)
         elif state is S.READY:
             self._dispatch(rec, ctx)
         self._release_buffered(spec.id, ctx)
@@ -421,12 +534,15 @@ class Coordinator(Actor):
                        state=rec.state.value)
         elif msg.ok:
             rec = rec.moved_to(S.SUCCEEDED, now_ms=ctx.now_ms, epoch=ctx.epoch)
-            self._put(rec, ctx)
             if msg.notified:  # the worker's result write told the waiting client already
                 self.reply_to.pop(rec.id, None)
             self._ended("succeeded", rec.id, ctx, attempt=msg.attempt, worker=msg.worker)
+            rec = attrs.evolve(rec, clock=ctx.clock.as_dict())  # after the event above
+            self._put(rec, ctx)
             self._release(rec, ctx, redrive=False)
-        elif msg.attempt == rec.attempt and rec.state in (S.DISPATCHED, S.RUNNING):
+        elif msg.attempt == rec.attempt and msg.permanent:
+            self._fail(rec, msg.error or "rejected", ctx)  # it can never succeed: no retry
+        elif msg.attempt == rec.attempt:
             self._attempt_failed(rec, msg.error or "failed", ctx)
 
     def _attempt_failed(self, rec: TaskRecord, error: str, ctx: Context) -> None:
@@ -460,22 +576,29 @@ class Coordinator(Actor):
         if rec is None or rec.state not in (S.SUBMITTED, S.PENDING, S.READY):
             ctx.record("cancel_refused", task=msg.task_id)
             return
-        rec = rec.moved_to(S.CANCELLED, now_ms=ctx.now_ms, reason="cancelled")
-        self._put(rec, ctx)
-        self._ended("cancelled", rec.id, ctx)
-        self._propagate_failure(rec, ctx)
+        self._end(rec, S.CANCELLED, "cancelled", ctx)
 
     def _fail(self, rec: TaskRecord, reason: str, ctx: Context) -> None:
-        rec = rec.moved_to(S.FAILED, now_ms=ctx.now_ms, reason=reason)
-        self._put(rec, ctx)
-        self._ended("failed", rec.id, ctx, reason=reason)
-        self._propagate_failure(rec, ctx)
+        self._end(rec, S.FAILED, reason, ctx)
 
-    def _propagate_failure(self, rec: TaskRecord, ctx: Context) -> None:
-        for dep_id in sorted(self.dependents.get(rec.id, ())):
-            dependent = self.tasks.get(dep_id)
-            if dependent is not None and dependent.state in (S.SUBMITTED, S.PENDING, S.READY):
-                self._fail(dependent, "dependency_failed", ctx)
+    def _end(self, rec: TaskRecord, state: TaskState, reason: str, ctx: Context) -> None:
+        """End `rec` failed or cancelled, then every waiting task downstream of it the same
+        way, each naming the dependency it waited for (a worklist: chains of any length)."""
+        work: list[tuple[str, TaskState, str]] = []
+        while True:
+            rec = rec.moved_to(state, now_ms=ctx.now_ms, reason=reason)
+            self._put(rec, ctx)
+            self._ended(state.value, rec.id, ctx, reason=reason)
+            after = _after(rec.id, state)
+            work += [(d, *after) for d in sorted(self.dependents.get(rec.id, ()), reverse=True)]
+            while work:
+                dep_id, state, reason = work.pop()
+                dependent = self.tasks.get(dep_id)
+                if dependent is not None and dependent.state in WAITING:
+                    rec = dependent
+                    break
+            else:
+                return
 
     def _release(self, rec: TaskRecord, ctx: Context, *, redrive: bool) -> None:
         for dep_id in sorted(self.dependents.get(rec.id, ())):

@@ -1,8 +1,10 @@
 """Dependency graphs: readiness, cycles, unknown dependencies, failure propagation.
 
-Pure functions over task ids. A task can only depend on tasks that exist when it is submitted,
-or on tasks submitted with it in one DAG request, so cycles can only appear inside one request;
-`check_dag` finds them there, and names the cycle.
+Pure functions over task ids. A task the leader accepts depends only on tasks it already
+knows, so accepted tasks never form a cycle. Cycles can appear inside one DAG request
+(`check_dag` finds them there and names the cycle) and among submissions the leader holds back
+until their dependencies arrive (`cycle_through` finds the one a new submission closes). A
+dependency that ended without success ends its dependents (`ended_dependency` names it).
 """
 
 from __future__ import annotations
@@ -24,6 +26,41 @@ def readiness(deps: Iterable[str], state_of: Callable[[str], TaskState | None]) 
         if state is not TaskState.SUCCEEDED:
             pending = True
     return TaskState.PENDING if pending else TaskState.READY
+
+
+def ended_dependency(
+    deps: Iterable[str], state_of: Callable[[str], TaskState | None],
+) -> tuple[str, TaskState] | None:
+    """The first dependency that failed or was cancelled, with its state (None if none did)."""
+    for dep in deps:
+        state = state_of(dep)
+        if state in (TaskState.FAILED, TaskState.CANCELLED):
+            assert state is not None
+            return dep, state
+    return None
+
+
+def cycle_through(
+    start: str, deps_of: Callable[[str], Sequence[str] | None],
+) -> list[str] | None:
+    """A cycle through `start` as a path [start, ..., start], or None. `deps_of(node)` is the
+    node's dependencies, or None for a node outside the graph. Iterative (no recursion limit)."""
+    parent: dict[str, str] = {}
+    stack = [start]
+    seen = {start}
+    while stack:
+        node = stack.pop()
+        for dep in deps_of(node) or ():
+            if dep == start:
+                path = [node]
+                while path[-1] != start:
+                    path.append(parent[path[-1]])
+                return [start, *reversed(path[:-1]), start] if node != start else [start, start]
+            if dep not in seen and deps_of(dep) is not None:
+                seen.add(dep)
+                parent[dep] = node
+                stack.append(dep)
+    return None
 
 
 def find_cycle(graph: Mapping[str, Sequence[str]]) -> list[str] | None:

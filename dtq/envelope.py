@@ -77,6 +77,8 @@ class Completed(Message):
     error: str | None = None
     notified: bool = False
     """The worker's result write already told the waiting client."""
+    permanent: bool = False
+    """The task can never succeed (its spec breaks the submission rules): no retry."""
 
 
 @attrs.frozen(kw_only=True)

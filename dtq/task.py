@@ -3,6 +3,9 @@
 `TaskSpec` is what a client submits; `TaskRecord` is the coordinator's durable view of one task;
 `TaskResult` is the first-writer-wins outcome of an attempt. State changes go through
 `TaskRecord.moved_to`, which rejects transitions the life cycle does not allow.
+
+The limits of a submission are one set of rules (`check_spec`, `check_task_type`), applied by
+the API before it publishes and by the leader to every submission it receives.
 """
 
 from __future__ import annotations
@@ -11,8 +14,8 @@ import enum
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
 
 import attrs
 
@@ -111,7 +114,8 @@ class TaskSpec:
         cls, data: Mapping[str, Any], *, task_id: str, now_ms: int,
         max_payload_bytes: int = MAX_PAYLOAD_BYTES,
     ) -> TaskSpec:
-        """Validate untrusted input; a `ValidationError` names the field that is wrong."""
+        """Validate untrusted input; a `ValidationError` names the field that is wrong. The
+        rules are `check_spec`'s, the ones the leader applies to every submission too."""
         if not isinstance(data, Mapping):
             raise ValidationError("body", "must be a JSON object")
         known = {"id", "type", "payload", "deps", "idempotency_key", "max_attempts",
@@ -120,27 +124,24 @@ class TaskSpec:
             if field not in known:
                 raise ValidationError(str(field), "unknown field")
         key: Any = data.get("idempotency_key")
-        if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 256):
-            raise ValidationError("idempotency_key", "must be a string of 1 to 256 characters")
-        tid: Any = data.get("id") or (id_for_key(key) if key else task_id)
+        _check_key(key)
+        deps: Any = data.get("deps", ())
+        if not isinstance(deps, list | tuple):
+            raise ValidationError("deps", "must be a list of task ids")
+        metadata: Any = data.get("metadata", {})
         spec = cls(
-            id=_check_id("id", tid),
-            type=_check_type(data.get("type")),
+            id=data.get("id") or (id_for_key(key) if key else task_id),
+            type=data.get("type", ""),
             payload=data.get("payload"),
-            deps=_check_deps(data.get("deps", ())),
+            deps=deps,
             idempotency_key=key,
-            max_attempts=_check_int("max_attempts", data.get("max_attempts", 3), 1,
-                                    MAX_ATTEMPTS_LIMIT),
-            timeout_ms=_check_int("timeout_ms", data.get("timeout_ms", 60_000), 1,
-                                  MAX_TIMEOUT_MS),
-            priority=_check_int("priority", data.get("priority", 0), 0, MAX_PRIORITY),
-            metadata=_check_metadata(data.get("metadata", {})),
+            max_attempts=data.get("max_attempts", 3),
+            timeout_ms=data.get("timeout_ms", 60_000),
+            priority=data.get("priority", 0),
+            metadata=dict(metadata) if isinstance(metadata, Mapping) else metadata,
             created_ms=now_ms,
         )
-        if spec.id in spec.deps:
-            raise ValidationError("deps", f"task {spec.id} cannot depend on itself")
-        if _json_size(spec.payload) > max_payload_bytes:
-            raise ValidationError("payload", f"larger than the cap of {max_payload_bytes} bytes")
+        check_spec(spec, max_payload_bytes=max_payload_bytes)
         return spec
 
     @property
@@ -180,6 +181,11 @@ def _check_type(value: Any) -> str:
     return value
 
 
+def _check_key(value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 256):
+        raise ValidationError("idempotency_key", "must be a string of 1 to 256 characters")
+
+
 def _check_deps(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list | tuple):
         raise ValidationError("deps", "must be a list of task ids")
@@ -206,6 +212,109 @@ def _check_metadata(value: Any) -> dict[str, str]:
     return dict(value)
 
 
+def _check_not_self(spec: TaskSpec) -> None:
+    if spec.id in spec.deps:
+        raise ValidationError("deps", f"task {spec.id} cannot depend on itself")
+
+
+def _check_payload(value: Any, max_payload_bytes: int) -> None:
+    try:
+        size = _json_size(value)
+    except (TypeError, ValueError):
+        raise ValidationError("payload", "must be JSON") from None
+    if size > max_payload_bytes:
+        raise ValidationError("payload", f"larger than the cap of {max_payload_bytes} bytes")
+
+
+_MAX_MS = (1 << 63) - 1
+_SPEC_RULES: tuple[tuple[str, Callable[[TaskSpec, int], object]], ...] = (
+    ("id", lambda s, _: _check_id("id", s.id)),
+    ("type", lambda s, _: _check_type(s.type)),
+    ("deps", lambda s, _: _check_deps(s.deps)),
+    ("deps", lambda s, _: _check_not_self(s)),
+    ("idempotency_key", lambda s, _: _check_key(s.idempotency_key)),
+    ("max_attempts", lambda s, _: _check_int("max_attempts", s.max_attempts, 1,
+                                             MAX_ATTEMPTS_LIMIT)),
+    ("timeout_ms", lambda s, _: _check_int("timeout_ms", s.timeout_ms, 1, MAX_TIMEOUT_MS)),
+    ("priority", lambda s, _: _check_int("priority", s.priority, 0, MAX_PRIORITY)),
+    ("metadata", lambda s, _: _check_metadata(s.metadata)),
+    ("created_ms", lambda s, _: _check_int("created_ms", s.created_ms, 0, _MAX_MS)),
+    ("payload", lambda s, cap: _check_payload(s.payload, cap)),
+)
+"""Every rule a submission must keep: (the attribute it is about, the check)."""
+
+
+def spec_problems(
+    spec: TaskSpec, *, max_payload_bytes: int = MAX_PAYLOAD_BYTES,
+) -> list[tuple[str, ValidationError]]:
+    """Every rule `spec` breaks, in order: (the attribute, the error naming the field)."""
+    problems: list[tuple[str, ValidationError]] = []
+    for attr, rule in _SPEC_RULES:
+        if problems and problems[0][0] == "id":
+            break  # nothing else can be trusted to be looked at by id
+        try:
+            rule(spec, max_payload_bytes)
+        except ValidationError as exc:
+            problems.append((attr, exc))
+    return problems
+
+
+def check_spec(spec: TaskSpec, *, max_payload_bytes: int = MAX_PAYLOAD_BYTES) -> None:
+    """The limits every submission keeps, wherever it comes from: the API checks them before
+    publishing and the leader again on receipt (a client may publish to the broker itself).
+    Raises the first `ValidationError`."""
+    problems = spec_problems(spec, max_payload_bytes=max_payload_bytes)
+    if problems:
+        raise problems[0][1]
+
+
+class PayloadRules(Protocol):
+    """What a task type offers to validate a payload (`dtq.tasktypes.TaskActor`)."""
+
+    def validate(self, payload: JSON) -> None: ...
+
+
+def check_task_type(spec: TaskSpec, task_types: Mapping[str, PayloadRules]) -> None:
+    """The type's own rules: it must be one of `task_types`, and its `validate` must accept the
+    payload. A `validate` may raise anything: that refuses the payload too."""
+    rules = task_types.get(spec.type)
+    if rules is None:
+        raise ValidationError("type", f"unknown task type {spec.type!r}")
+    try:
+        rules.validate(spec.payload)
+    except ValidationError:
+        raise
+    except Exception as exc:
+        raise ValidationError("payload", f"refused by task type {spec.type}: {exc}") from None
+
+
+def check_submission(
+    spec: TaskSpec, task_types: Mapping[str, PayloadRules] | None = None, *,
+    max_payload_bytes: int = MAX_PAYLOAD_BYTES,
+) -> None:
+    """`check_spec`, then `check_task_type` where the task types are known."""
+    check_spec(spec, max_payload_bytes=max_payload_bytes)
+    if task_types is not None:
+        check_task_type(spec, task_types)
+
+
+_SAFE: Mapping[str, Any] = {
+    "type": "invalid", "deps": (), "idempotency_key": None, "max_attempts": 1,
+    "timeout_ms": 60_000, "priority": 0, "metadata": {}, "created_ms": 0, "payload": None,
+}
+
+
+def sanitized(spec: TaskSpec) -> TaskSpec:
+    """`spec` with every attribute that breaks a rule set to a harmless value, so that the
+    record of a rejected submission is well-formed wherever it goes (the store's indexes, the
+    API's views, a new leader's rebuild). Its id must be valid."""
+    attrs_wrong = [attr for attr, _ in spec_problems(spec)]
+    if "id" in attrs_wrong:
+        raise ValueError("a spec with an invalid id cannot be made safe")
+    changes = {attr: _SAFE[attr] for attr in attrs_wrong}
+    return attrs.evolve(spec, **changes) if changes else spec
+
+
 @attrs.frozen(kw_only=True)
 class TaskRecord:
     """The coordinator's durable view of a task."""
@@ -218,6 +327,9 @@ class TaskRecord:
     epoch: int = 0
     worker: str | None = None
     """The worker that reported starting the current attempt."""
+    clock: Mapping[str, int] = attrs.field(factory=dict)
+    """The leader's vector clock when it recorded the task's success (empty otherwise): a new
+    leader merges it, so what it does next happens after that success."""
 
     @property
     def id(self) -> str:
@@ -233,18 +345,22 @@ class TaskRecord:
             attempt=self.attempt if attempt is None else attempt,
             reason=reason if reason is not None else self.reason,
             epoch=self.epoch if epoch is None else epoch,
-            worker=worker if worker is not None else self.worker)
+            worker=worker if worker is not None else self.worker, clock=self.clock)
 
     def to_json(self) -> dict[str, JSON]:
-        return {"spec": self.spec.to_json(), "state": self.state.value, "attempt": self.attempt,
-                "updated_ms": self.updated_ms, "reason": self.reason, "epoch": self.epoch,
-                "worker": self.worker}
+        out = {"spec": self.spec.to_json(), "state": self.state.value, "attempt": self.attempt,
+               "updated_ms": self.updated_ms, "reason": self.reason, "epoch": self.epoch,
+               "worker": self.worker}
+        if self.clock:
+            out["clock"] = dict(self.clock)
+        return out
 
     @classmethod
     def from_json(cls, d: Mapping[str, JSON]) -> TaskRecord:
         return cls(spec=TaskSpec.from_json(d["spec"]), state=TaskState(d["state"]),
                    attempt=d["attempt"], updated_ms=d["updated_ms"], reason=d["reason"],
-                   epoch=d.get("epoch", 0), worker=d.get("worker"))
+                   epoch=d.get("epoch", 0), worker=d.get("worker"),
+                   clock=dict(d.get("clock") or {}))
 
 
 @attrs.frozen(kw_only=True)

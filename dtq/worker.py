@@ -3,8 +3,15 @@
 A dispatch is held (not acked) while its task runs off the handler loop; the result is stored
 with a first-writer-wins write keyed by task id, then reported to the leader, then the dispatch
 is acked. A redelivered or duplicated dispatch whose result already exists is not run again:
-its stored outcome is reported instead. Dispatches from an epoch older than the newest seen are
-refused.
+its stored outcome is reported instead.
+
+A dispatch's epoch is checked against the store's leader lease, not against the highest number
+a message claimed: the store is read only when a dispatch carries another epoch than the one
+last confirmed. One below the store's is stale; one above it is forged (never adopted). Both
+are acked and refused back to the leader, which hands the task out again under its epoch.
+
+A task whose spec breaks the submission rules (`dtq.task.check_spec`, its type's `validate`)
+fails for good without running.
 """
 
 from __future__ import annotations
@@ -26,9 +33,9 @@ from dtq.envelope import (
     Message,
     Refused,
 )
-from dtq.errors import StoreUnavailable
+from dtq.errors import StoreUnavailable, ValidationError
 from dtq.store import LEADER_LEASE, ResultWrite, WorkerInfo
-from dtq.task import TaskResult, TaskSpec
+from dtq.task import TaskResult, TaskSpec, check_spec, check_task_type
 from dtq.tasktypes import Executed, TaskActor, TaskInput
 
 MAX_RESULT_BYTES = 1024 * 1024
@@ -52,12 +59,15 @@ class _Waiting:
 
     spec: TaskSpec
     attempt: int
+    epoch: int = 0
     reply_to: str | None = None
     deliveries: list[DeliveryRef] = attrs.field(factory=list)
     clock: VectorClock = VectorClock()
     msgs: list[str] = attrs.field(factory=list)
     tries: int = 0
     timer: int | None = None
+    confirmed: dict[str, object] = attrs.field(factory=dict)
+    """Dependencies already seen visible and at or before the dispatch: not read again."""
 
     def add(self, ctx: Context) -> None:
         """Hold this delivery too; its clock joins what the dispatch has seen."""
@@ -109,7 +119,8 @@ class Worker(Actor):
         self.coordinator = coordinator
         self.max_result_bytes = max_result_bytes
         self.result_ttl_ms = result_ttl_ms
-        self.highest_epoch = 0
+        self.epoch = 0
+        """The epoch last confirmed against the store's leader lease."""
         self.running: dict[str, _Running] = {}
         self.heartbeat_ms = heartbeat_ms
         self.report_ms = min(50, heartbeat_ms)
@@ -128,7 +139,7 @@ class Worker(Actor):
         self.queued: dict[str, tuple[_Waiting, dict[str, object]]] = {}
 
     def on_start(self, ctx: Context) -> None:
-        self.highest_epoch = 0
+        self.epoch = 0
         self.running = {}
         self.waiting = {}
         self.queued = {}
@@ -182,13 +193,12 @@ class Worker(Actor):
     def on_dispatch(self, msg: Dispatch, ctx: Context) -> None:
         spec, attempt = msg.spec, msg.attempt
         epoch = ctx.envelope.epoch if ctx.envelope else 0
-        if epoch < self.highest_epoch:
-            ctx.record("stale_dispatch_refused", task=spec.id, attempt=attempt, epoch=epoch,
-                       msg=_msg_id(ctx))
-            ctx.send(self.coordinator, Refused(task_id=spec.id, attempt=attempt,
-                                               worker=self.name, epoch=epoch))
+        if epoch != self.epoch and not self._epoch_current(msg, epoch, ctx):
             return
-        self.highest_epoch = epoch
+        invalid = self._invalid(spec)
+        if invalid is not None:
+            self._refuse_invalid(spec, attempt, invalid, ctx)
+            return
         ref = f"{spec.id}#{attempt}"
         if ref in self.running:  # a redelivery of a dispatch this worker is running
             self.running[ref].deliveries.append(ctx.hold())
@@ -212,16 +222,63 @@ class Worker(Actor):
         if spec.type not in self.task_types:
             self._fail(spec.id, attempt, f"unknown task type {spec.type!r} on {self.name}", ctx)
             return
-        self.waiting[ref] = _Waiting(spec=spec, attempt=attempt, reply_to=msg.reply_to)
+        self.waiting[ref] = _Waiting(spec=spec, attempt=attempt, epoch=epoch,
+                                     reply_to=msg.reply_to)
         self.waiting[ref].add(ctx)
         self._try_start(ref, ctx)
 
+    def _epoch_current(self, msg: Dispatch, epoch: int, ctx: Context) -> bool:
+        """Is a dispatch's epoch (another than the one last confirmed) the store's? Below it:
+        stale. Above it: forged, as no leader held it (or the store lost its data and a leader
+        does not know yet): it is not adopted. Either way the dispatch is acked and refused back
+        to the leader, which hands the task out again if its record still wants it."""
+        spec, attempt = msg.spec, msg.attempt
+        current = ctx.store.epoch(LEADER_LEASE)
+        if epoch == current:
+            self.epoch = current
+            return True
+        if epoch > current:
+            ctx.record("forged_dispatch_refused", task=str(spec.id), attempt=attempt,
+                       epoch=epoch, store_epoch=current, msg=_msg_id(ctx))
+            ctx.log.warning("dispatch from an epoch above the store's refused",
+                            task=str(spec.id), dispatch_epoch=epoch, store_epoch=current)
+        else:
+            self.epoch = current
+            ctx.record("stale_dispatch_refused", task=str(spec.id), attempt=attempt,
+                       epoch=epoch, store_epoch=current, msg=_msg_id(ctx))
+        ctx.send(self.coordinator, Refused(task_id=str(spec.id), attempt=attempt,
+                                           worker=self.name, epoch=epoch))
+        return False
+
+    def _invalid(self, spec: TaskSpec) -> ValidationError | None:
+        """How `spec` breaks the submission rules or its type's `validate` (a type this worker
+        does not know is not a reason: another worker may know it), or None."""
+        try:
+            check_spec(spec)
+            if spec.type in self.task_types:
+                check_task_type(spec, self.task_types)
+        except ValidationError as exc:
+            return exc
+        return None
+
+    def _refuse_invalid(
+        self, spec: TaskSpec, attempt: int, invalid: ValidationError, ctx: Context,
+    ) -> None:
+        """A task that can never run fails for good; one whose id is not even valid is not
+        reported (no record can hold it): the dispatch is dropped, and recorded."""
+        if invalid.field == "id":
+            ctx.record("invalid_dispatch_dropped", task=repr(spec.id)[:200], attempt=attempt,
+                       reason=str(invalid), msg=_msg_id(ctx))
+            return
+        self._fail(spec.id, attempt, f"rejected: {invalid}", ctx, permanent=True)
+
     def _try_start(self, ref: str, ctx: Context) -> None:
         """Run the task if every dependency's result is visible at or before the dispatch's
-        clock; otherwise record a causality violation and look again later (never run early)."""
+        clock; otherwise record a causality violation and look again later (never run early).
+        Dependencies found good once are not read again."""
         w = self.waiting[ref]
-        values, problem = check_deps(w.spec.deps, w.clock, ctx.store) if self.check_causality \
-            else (self._dep_values(w.spec, ctx), None)
+        values, problem = check_deps(w.spec.deps, w.clock, ctx.store, w.confirmed) \
+            if self.check_causality else (self._dep_values(w.spec, ctx), None)
         if problem is None:
             del self.waiting[ref]
             self._start(ref, w, values, ctx)
@@ -251,7 +308,7 @@ class Worker(Actor):
         w = self.waiting.pop(ref)
         ctx.record("causality_gave_up", task=w.spec.id, attempt=w.attempt)
         ctx.send(self.coordinator, Refused(task_id=w.spec.id, attempt=w.attempt,
-                                           worker=self.name, epoch=self.highest_epoch))
+                                           worker=self.name, epoch=w.epoch))
         for delivery in w.deliveries:
             ctx.ack(delivery)
 
@@ -275,7 +332,8 @@ class Worker(Actor):
         timer = ctx.schedule(spec.timeout_ms, ExecutionTimeout(ref=ref))
         self.running[ref] = _Running(deliveries=w.deliveries, spec=spec, attempt=attempt,
                                      timer=timer, reply_to=w.reply_to)
-        ctx.record("started", task=spec.id, attempt=attempt, label=spec.label, msgs=w.msgs)
+        ctx.record("started", task=spec.id, attempt=attempt, label=spec.label, msgs=w.msgs,
+                   epoch=w.epoch)
         self._report_soon(ctx)
         task_input = TaskInput(task_id=spec.id, type=spec.type, payload=spec.payload,
                                attempt=attempt, timeout_ms=spec.timeout_ms, deps=values)
@@ -353,10 +411,13 @@ class Worker(Actor):
                                              worker=stored.worker, ok=stored.ok,
                                              error=stored.error, notified=notified))
 
-    def _fail(self, task_id: str, attempt: int, error: str, ctx: Context) -> None:
+    def _fail(
+        self, task_id: str, attempt: int, error: str, ctx: Context, *, permanent: bool = False,
+    ) -> None:
+        """Report a failed attempt; a `permanent` failure is not retried by the leader."""
         ctx.record("attempt_failed", task=task_id, attempt=attempt, error=error)
         ctx.send(self.coordinator, Completed(task_id=task_id, attempt=attempt, worker=self.name,
-                                             ok=False, error=error))
+                                             ok=False, error=error, permanent=permanent))
 
 
 def _msg_id(ctx: Context) -> str | None:

@@ -91,7 +91,8 @@ def test_a_failed_dependency_fails_its_dependents() -> None:
     result = run_until_done(sim, 3)
     assert result.counts.failed == 3
     reasons = {e.data["task"]: e.data["reason"] for e in events(sim, "failed")}
-    assert reasons["child"] == reasons["grandchild"] == "dependency_failed"
+    assert reasons["child"] == "dependency bad failed"
+    assert reasons["grandchild"] == "dependency child failed"
 
 
 def test_submissions_that_overtake_a_dependency_wait_for_it() -> None:

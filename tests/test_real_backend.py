@@ -15,7 +15,8 @@ import pika
 import pytest
 
 from dtq.cli import main
-from dtq.envelope import Finished
+from dtq.envelope import Codec, Dispatch, Envelope, Finished, Submit
+from dtq.history import Event
 from dtq.process import NodeConfig, Supervisor
 from dtq.realrun import wait_for
 from dtq.submitter import Submitter
@@ -130,3 +131,71 @@ def test_a_waiting_submitter_hears_each_end_once(
 def test_waiting_needs_the_store(rabbitmq_url: str) -> None:
     with pytest.raises(ValueError, match="store_url"):
         Submitter(rabbitmq_url, namespace="x", on_finished=lambda f: None)
+
+
+def _publish_raw(rabbitmq_url: str, queue: str, envelope: Envelope) -> None:
+    """Publish an envelope as anyone with the broker's credentials could, past every check
+    a dtq client makes."""
+    conn = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    try:
+        conn.channel().basic_publish("", queue, Codec().encode(envelope),
+                                     properties=pika.BasicProperties(delivery_mode=2))
+    finally:
+        conn.close()
+
+
+def _events(redis_url: str, ns: str, kind: str) -> list[Event]:
+    return [e for e in RedisHistory.from_url(redis_url, prefix=ns).read_events()
+            if e.kind == kind]
+
+
+def test_a_forged_high_epoch_dispatch_does_not_stop_a_worker(
+    cluster: tuple[str, Supervisor, RedisStore], rabbitmq_url: str, redis_url: str,
+) -> None:
+    ns, sup, store = cluster
+    wait_for(lambda: store.lease("coordinator") is not None, 30, "a leader", sup.poll)
+    submitter = Submitter(rabbitmq_url, namespace=ns)
+    try:
+        submitter.submit([TaskSpec(id="before", type="echo", payload=1)])
+        wait_for(lambda: _finished(store) == 1, 30, "the first task", sup.poll)
+        forged = Envelope(id="forged-1", sender="forger", target="work", epoch=10**9,
+                          body=Dispatch(spec=TaskSpec(id="forged", type="echo"), attempt=1))
+        _publish_raw(rabbitmq_url, queue_name(ns, "work"), forged)
+        wait_for(lambda: bool(_events(redis_url, ns, "forged_dispatch_refused")), 30,
+                 "the worker to refuse the forged dispatch", sup.poll)
+        submitter.submit([TaskSpec(id=f"after{i}", type="echo", payload=i) for i in range(3)])
+        wait_for(lambda: _finished(store) == 4, 30, "the tasks after the forgery", sup.poll)
+        [refused] = _events(redis_url, ns, "forged_dispatch_refused")
+        assert refused.data["epoch"] == 10**9 and refused.data["store_epoch"] == store.epoch()
+        assert {e.data["epoch"] for e in _events(redis_url, ns, "started")} == {store.epoch()}
+        assert store.get_task("forged") is None and store.get_result("forged") is None
+        assert sup.alive("worker-1")
+    finally:
+        submitter.close()
+
+
+def test_a_submission_that_breaks_the_rules_is_rejected_by_the_leader(
+    cluster: tuple[str, Supervisor, RedisStore], rabbitmq_url: str, redis_url: str,
+) -> None:
+    """A priority of 999, published straight to the leader's queue, used to be persisted and
+    then crash every leader that dispatched it."""
+    ns, sup, store = cluster
+    wait_for(lambda: store.lease("coordinator") is not None, 30, "a leader", sup.poll)
+    poison = Envelope(id="poison-1", sender="client", target="coordinator",
+                      body=Submit(spec=TaskSpec(id="poison", type="echo", priority=999)))
+    _publish_raw(rabbitmq_url, queue_name(ns, "coordinator"), poison)
+    submitter = Submitter(rabbitmq_url, namespace=ns)
+    try:
+        submitter.submit([TaskSpec(id="after", type="echo", payload=1)])
+        wait_for(lambda: _finished(store) == 2, 30, "the poison's record and the next task",
+                 sup.poll)
+        rec = store.get_task("poison")
+        assert rec is not None and rec.state.value == "failed"
+        assert rec.reason == "rejected: priority: must be an integer from 0 to 9"
+        after = store.get_result("after")
+        assert after is not None and after.value == 1
+        [rejected] = _events(redis_url, ns, "rejected")
+        assert rejected.data == {"task": "poison", "reason": rec.reason}
+        assert len(_events(redis_url, ns, "leader")) == 1, "the leader never restarted"
+    finally:
+        submitter.close()

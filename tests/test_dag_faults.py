@@ -1,0 +1,102 @@
+"""Dependency graphs under faults: long failure chains, wide fan-ins under stale reads,
+cancellation, and a worker's epoch check against forged dispatches."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dtq.envelope import WORK_QUEUE, Cancel, Dispatch, Envelope
+from dtq.task import TaskSpec, TaskState
+from dtq.worker import Worker
+
+from .simkit import events, make_sim, run_until_done
+
+
+def by_task(sim: Any, kind: str) -> dict[str, str]:
+    return {e.data["task"]: e.data.get("reason") for e in events(sim, kind)}
+
+
+def test_a_failure_at_the_head_of_a_long_chain_fails_every_task_without_recursion() -> None:
+    """500 overflowed the stack when failure propagation recursed; 1,000 would overflow it
+    even with one frame per task."""
+    n = 1000
+    sim = make_sim(1, workers=2)
+    sim.submit(TaskSpec(id="c0000", type="nope", max_attempts=1))
+    for i in range(1, n):
+        sim.submit(TaskSpec(id=f"c{i:04d}", type="echo", deps=(f"c{i - 1:04d}",)))
+    result = run_until_done(sim, n)
+    assert result.ok, result.violations
+    failed = by_task(sim, "failed")
+    assert len(failed) == n
+    assert all(failed[f"c{i:04d}"] == f"dependency c{i - 1:04d} failed" for i in range(1, n))
+
+
+def test_a_fan_in_of_200_runs_under_stale_reads() -> None:
+    sim = make_sim(1, workers=2, modules=("tests.fixtures.usertasks",), stale_read=0.1)
+    for i in range(200):
+        sim.submit(TaskSpec(id=f"leaf{i:03d}", type="echo", payload=i))
+    sim.submit(TaskSpec(id="sum", type="sum-deps",
+                        deps=tuple(f"leaf{i:03d}" for i in range(200))))
+    result = run_until_done(sim, 201, deadline_ms=120_000)
+    assert result.ok, result.violations
+    total = sim.store.get_result("sum")
+    assert total is not None and total.value == sum(range(200))
+    assert events(sim, "inject_stale_read")
+    tries = [e.data["tries"] for e in events(sim, "causality_violation", task="sum")]
+    assert tries and max(tries) <= 8, "it ran within the first dispatch's re-checks"
+
+
+def test_a_cancelled_dependency_cancels_its_dependents_naming_it() -> None:
+    sim = make_sim(1, workers=1)
+    sim.submit(TaskSpec(id="slow", type="sleep", payload={"ms": 2000}))
+    sim.submit(TaskSpec(id="mid", type="echo", deps=("slow",)))
+    sim.submit(TaskSpec(id="leaf", type="echo", deps=("mid",)))
+    sim.submit(TaskSpec(id="leaf2", type="echo", deps=("leaf",)))
+    sim.run(until_ms=500)
+    sim.send("client", "coordinator", Cancel(task_id="mid"))
+    sim.run(until_ms=1000)
+    sim.submit(TaskSpec(id="late", type="echo", deps=("mid",)))
+    result = run_until_done(sim, 5)
+    assert result.ok, result.violations
+    assert by_task(sim, "cancelled") == {
+        "mid": "cancelled", "leaf": "dependency mid cancelled",
+        "leaf2": "dependency leaf cancelled", "late": "dependency mid cancelled"}
+    for task_id in ("leaf", "leaf2", "late"):
+        rec = sim.store.get_task(task_id)
+        assert rec is not None and rec.state is TaskState.CANCELLED
+    assert events(sim, "succeeded", task="slow")
+
+
+def _forge(sim: Any, task_id: str, epoch: int) -> None:
+    sim._publish(Envelope(id=sim.new_id(), sender="forger", target=WORK_QUEUE, epoch=epoch,
+                          body=Dispatch(spec=TaskSpec(id=task_id, type="echo"), attempt=1)))
+
+
+def test_a_forged_high_epoch_dispatch_does_not_stop_a_worker() -> None:
+    sim = make_sim(1, workers=1)
+    sim.submit(TaskSpec(id="before", type="echo"))
+    sim.run(until_ms=1000)
+    _forge(sim, "forged", 10**9)
+    sim.run(until_ms=1500)
+    for i in range(5):
+        sim.submit(TaskSpec(id=f"after{i}", type="echo"))
+    result = run_until_done(sim, 6)
+    assert result.ok, result.violations
+    assert result.counts.succeeded == 6
+    [forged] = events(sim, "forged_dispatch_refused")
+    assert forged.data["epoch"] == 10**9 and forged.data["store_epoch"] == 1
+    assert {e.data["epoch"] for e in events(sim, "started")} == {1}
+    worker = sim.nodes["worker-1"].cell.actor  # type: ignore[union-attr]
+    assert isinstance(worker, Worker) and worker.epoch == 1, "the forged epoch not adopted"
+
+
+def test_a_dispatch_below_the_stores_epoch_is_refused_as_stale() -> None:
+    sim = make_sim(1, workers=1)
+    sim.submit(TaskSpec(id="before", type="echo"))
+    sim.run(until_ms=1000)
+    _forge(sim, "old", 0)
+    result = run_until_done(sim, 1)
+    assert result.ok, result.violations
+    [stale] = events(sim, "stale_dispatch_refused")
+    assert stale.data["epoch"] == 0 and stale.data["store_epoch"] == 1
+    assert not events(sim, "started", task="old")
