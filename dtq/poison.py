@@ -11,6 +11,7 @@ Pure: no I/O, no clock, no randomness.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -46,6 +47,7 @@ INJECT_KINDS: Mapping[str, str] = {
     "wrong_shape": "JSON that is not an envelope (an array)",
     "unknown_kind": "an envelope of a kind no actor knows",
     "missing_body": "a Submit envelope without its task",
+    "submit_wrong_types": "a Submit whose task fields have the wrong JSON types",
     "submit_priority": "a well-formed Submit with priority 999",
     "submit_self_dependency": "a Submit of a task that depends on itself",
     "submit_unknown_dependency": "a Submit of a task that depends on one nobody submitted",
@@ -110,6 +112,8 @@ def forge(kind: str, n: int, *, target: str, codec: Codec | None = None) -> Forg
     if raw is not None:
         return Forged(kind=kind, body=raw)
     task = injected_task_id(kind, n)
+    if kind == "submit_wrong_types":  # no TaskSpec holds these: the JSON is written by hand
+        return Forged(kind=kind, body=_wrong_types(task, n, target), submits=task)
     body, epoch, submits = _forged_body(kind, task)
     env = Envelope(id=f"{INTRUDER}.{kind}.{n}", sender=INTRUDER, target=target, body=body,
                    clock=VectorClock(), epoch=epoch, attempt=getattr(body, "attempt", 0))
@@ -125,6 +129,16 @@ _RAW = {
     "missing_body": (b'{"id":"intruder.y","sender":"intruder","target":"coordinator",'
                      b'"kind":"Submit","clock":{},"epoch":0,"attempt":0}'),
 }
+
+
+def _wrong_types(task: str, n: int, target: str) -> bytes:
+    """A Submit envelope whose task has a good id and every other field of a wrong type."""
+    spec = {"id": task, "type": 5, "payload": None, "deps": "abc", "idempotency_key": 7,
+            "max_attempts": "3", "timeout_ms": -1, "priority": [], "metadata": {},
+            "created_ms": 0}
+    return json.dumps({"id": f"{INTRUDER}.submit_wrong_types.{n}", "sender": INTRUDER,
+                       "target": target, "kind": "Submit", "clock": {}, "epoch": 0,
+                       "attempt": 0, "body": {"spec": spec}}).encode()
 
 
 def _forged_body(kind: str, task: str) -> tuple[Message, int, bool]:

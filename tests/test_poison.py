@@ -82,6 +82,7 @@ def test_every_kind_is_forged_the_same_way_and_decodes_as_documented() -> None:
     bodies = {k: d.body for k, d in decoded.items() if isinstance(d, Envelope)}
     specs = {k: b.spec for k, b in bodies.items() if isinstance(b, Submit)}
     assert specs["submit_priority"].priority == 999
+    assert specs["submit_wrong_types"].type == 5  # (the leader's checks refuse it)
     assert specs["submit_self_dependency"].deps == (specs["submit_self_dependency"].id,)
     assert len(json.dumps(specs["submit_huge_payload"].payload)) > 1024 * 1024
     assert isinstance(bodies["dispatch_epoch"], Dispatch)
@@ -135,9 +136,9 @@ def test_poison_messages_on_the_simulator() -> None:
     result = run_memory(load(POISON))
     s = result.summary
     assert result.ok, s["violations"]
-    assert s["tasks"]["succeeded"] == 40 and s["tasks"]["failed"] == 4
+    assert s["tasks"]["succeeded"] == 40 and s["tasks"]["failed"] == 5
     injected = s["injected"]
-    assert injected["sent"] == 15 and injected["dead_lettered"] >= 5
+    assert injected["sent"] == 16 and injected["dead_lettered"] >= 5
     assert all(end.startswith("rejected: ") for end in injected["submissions"].values())
     assert not [e for e in result.events if e.kind in ("crash", "abdicated")]
 
@@ -232,6 +233,6 @@ def test_poison_messages_on_rabbitmq(
     code = main(["scenario", "run", str(POISON), "--transport", "rabbitmq", "--json"])
     s = json.loads(capsys.readouterr().out)
     assert code == 0, s["violations"]
-    assert s["tasks"]["succeeded"] == 40 and s["tasks"]["failed"] == 4
-    assert s["injected"]["sent"] == 15 and s["injected"]["dead_lettered"] >= 5
+    assert s["tasks"]["succeeded"] == 40 and s["tasks"]["failed"] == 5
+    assert s["injected"]["sent"] == 16 and s["injected"]["dead_lettered"] >= 5
     assert all(end.startswith("rejected: ") for end in s["injected"]["submissions"].values())
