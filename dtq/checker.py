@@ -56,8 +56,10 @@ The invariants (a violation names one of these):
   (its `accepted`, or its `rejected`: a dependent of a rejected task is accepted and then ends
   without running, and that is no violation).
 * `worker_epoch`: within one incarnation of a worker (from its `worker_started` to the next),
-  the `epoch` of its `started` events never goes down: a worker never starts a dispatch from an
-  epoch older than the newest epoch of a dispatch it started before.
+  no `started` carries an `epoch` below the highest epoch the worker has seen before it: that of
+  a dispatch it started, or the store's leader epoch it read to refuse a dispatch (the
+  `store_epoch` of `stale_dispatch_refused` and `forged_dispatch_refused`). A dispatch accepted
+  under an older epoch and started after a newer one was seen counts: it must be refused then.
 * `clock_order`: an actor's clock never goes back: within one incarnation (an incarnation ends
   at its `crash` or `restart`, and starts at its `worker_started` or `coordinator_started`), no
   event an actor records happens before (strictly) an event it recorded earlier. Events that
@@ -87,8 +89,10 @@ OFF_SEQUENCE_KINDS = frozenset({"once_begin", "once_skipped", "side_effect", "on
                                 "inject_early_dispatch", "inject_stale_read"})
 """Events recorded beside an actor's own sequence of events: by a task's thread on real
 processes, or by the simulator in the actor's name with a message's clock."""
-WORKER_EPOCH_KINDS = frozenset({"started"})
-"""Worker events whose `epoch` is the epoch of a dispatch the worker started."""
+WORKER_EPOCHS_SEEN = {"started": "epoch", "stale_dispatch_refused": "store_epoch",
+                      "forged_dispatch_refused": "store_epoch"}
+"""Worker events, and the field naming an epoch the worker has seen: of a dispatch it started,
+or the store's leader epoch it read to refuse a dispatch."""
 
 
 @attrs.frozen(kw_only=True)
@@ -354,17 +358,18 @@ def _worker_epochs(events: Iterable[Event]) -> list[Violation]:
     highest: dict[str, int] = {}
     out = []
     for e in events:
+        field = WORKER_EPOCHS_SEEN.get(e.kind)
         if e.kind == "worker_started":
             highest.pop(e.actor, None)
-        elif e.kind in WORKER_EPOCH_KINDS and e.data.get("epoch") is not None:
-            epoch = int(e.data["epoch"])
+        elif field is not None and e.data.get(field) is not None:
+            epoch = int(e.data[field])
             seen = highest.get(e.actor, epoch)
-            if epoch < seen:
+            if e.kind == "started" and epoch < seen:
                 out.append(Violation(
                     invariant="worker_epoch", task=e.data.get("task"),
                     detail=f"{e.actor} started {e.data.get('task')} (attempt "
-                           f"{e.data.get('attempt')}) from epoch {epoch} after starting a "
-                           f"dispatch from epoch {seen}"))
+                           f"{e.data.get('attempt')}) from epoch {epoch} after it had seen "
+                           f"epoch {seen}"))
             highest[e.actor] = max(seen, epoch)
     return out
 

@@ -247,6 +247,15 @@ def test_a_worker_starting_an_older_epochs_dispatch_is_caught() -> None:
     assert [v.invariant for v in check(h.events, complete=False).violations] == ["worker_epoch"]
 
 
+def test_a_worker_starting_below_the_store_epoch_it_read_is_caught() -> None:
+    h = H()
+    h(W1, "worker_started")
+    _start(h, W1, "a", 1)
+    h(W1, "forged_dispatch_refused", task="x", attempt=1, epoch=10**9, store_epoch=2)
+    _start(h, W1, "b", 1)
+    assert [v.invariant for v in check(h.events, complete=False).violations] == ["worker_epoch"]
+
+
 def test_a_restarted_worker_starts_afresh_and_other_workers_are_separate() -> None:
     h = H()
     h(W1, "worker_started")
