@@ -265,3 +265,14 @@ def _ends(events: Sequence[Event], tasks: set[str]) -> dict[str, Event | None]:
 
 
 _TERMINAL = frozenset({"succeeded", "failed", "rejected", "cancelled"})
+
+
+def summary_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The `dtq scenario run` table's line about injections (none without them)."""
+    injected = summary.get("injected")
+    if not injected:
+        return []
+    ends = list(injected["submissions"].values())
+    refused = sum(1 for end in ends if end.startswith(("rejected", "failed")))
+    return [f"  injected {injected['sent']} messages, {injected['dead_lettered']} dead-lettered "
+            f"with a record; {refused} of {len(ends)} forged submissions refused with a reason"]

@@ -41,7 +41,7 @@ from dtq.chaosrun import (
 from dtq.clock import VectorClock
 from dtq.envelope import WORK_QUEUE
 from dtq.errors import ScenarioError
-from dtq.poison import injections, record_injection
+from dtq.poison import injections, record_injection, summary_lines
 from dtq.process import NodeConfig, broker_url, store_url
 from dtq.runner import RunResult, check_supported, coordinator_names, summarize, worker_names
 from dtq.scenario import FaultSpec, Scenario
@@ -488,6 +488,7 @@ def summary_table(scenario: Scenario, summary: dict[str, Any]) -> list[str]:
               f"{' (virtual)' if summary['transport'] == 'memory' else ''}, "
               f"{summary['wall_ms']} ms wall",
               f"  history  {summary['history_digest']}"]
+    lines += summary_lines(summary)
     if summary["violations"]:
         lines += ["", "why:"] + [f"  {v['invariant']}: {v['detail']}"
                                  for v in summary["violations"]]
@@ -500,7 +501,9 @@ def _result(label: str, names: tuple[str, ...], failed: set[str], scenario: Scen
     ex = scenario.expect
     bounds = {"failover bound": ex.failover_ms_max, "reassign bound": ex.reassign_ms_max,
               "expectations": next((x for x in (ex.succeeded, ex.failed,
-                                                ex.stale_writes_refused_min) if x is not None),
+                                                ex.stale_writes_refused_min,
+                                                ex.dead_lettered_min, ex.crashes_max)
+                                     if x is not None),
                                    None)}
     return "-" if label in bounds and bounds[label] is None else "ok"
 

@@ -36,6 +36,7 @@ from dtq.poison import (
     forge,
     poison_summary,
     poison_violations,
+    summary_lines,
 )
 from dtq.realrun import wait_for
 from dtq.runner import run_memory
@@ -141,6 +142,7 @@ def test_poison_messages_on_the_simulator() -> None:
     assert injected["sent"] == 16 and injected["dead_lettered"] >= 5
     assert all(end.startswith("rejected: ") for end in injected["submissions"].values())
     assert not [e for e in result.events if e.kind in ("crash", "abdicated")]
+    assert "5 of 5 forged submissions refused" in summary_lines(s)[0]
 
 
 def _history(*events: tuple[str, str, dict[str, Any]]) -> History:
