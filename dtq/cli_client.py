@@ -100,11 +100,11 @@ def _run_api(args: argparse.Namespace) -> int:
     from dtq.api import create_app
     from dtq.api_auth import check_exposure, load_tokens
     from dtq.apibackend import RabbitBackend
-    from dtq.tasktypes import load_task_types
+    from dtq.process import load_task_modules
 
     tokens = load_tokens(args.token_file)
     check_exposure(args.host, tokens)
-    types = None if args.any_type else load_task_types(tuple(args.tasks))
+    types = None if args.any_type else load_task_modules(args.tasks)
     backend = RabbitBackend(args.broker_url, args.store_url, args.namespace)
     try:
         app = create_app(backend, max_body_bytes=args.max_body_bytes, task_types=types,
