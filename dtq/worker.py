@@ -3,7 +3,8 @@
 A dispatch is held (not acked) while its task runs off the handler loop; the result is stored
 with a first-writer-wins write keyed by task id, then reported to the leader, then the dispatch
 is acked. A redelivered or duplicated dispatch whose result already exists is not run again:
-its stored outcome is reported instead.
+its stored outcome is reported instead, after the worker merged the clock that result was
+stored with (so the leader's next dispatch is not causally early).
 
 A dispatch's epoch is checked against the store's leader lease, not against the highest number
 a message claimed: the store is read only when a dispatch carries another epoch than the one
@@ -374,7 +375,8 @@ class Worker(Actor):
     def on_result_stored(self, msg: ResultStored, ctx: Context) -> None:
         write, task_id, attempt = msg.write, msg.result.task_id, msg.result.attempt
         if write.created:
-            ctx.record("effect", task=task_id, attempt=attempt)
+            ctx.record("effect", task=task_id, attempt=attempt,
+                       result_clock=dict(msg.result.clock))
         elif write.stale or write.stored is None:
             # The task was handed to another worker as a newer attempt: this result is late.
             ctx.record("late_result_refused", task=task_id, attempt=attempt)
@@ -405,8 +407,10 @@ class Worker(Actor):
             self._start(ref, w, values, ctx)
 
     def _report(self, stored: TaskResult, ctx: Context, *, notified: bool = False) -> None:
-        """Tell the leader the stored outcome. `notified`: the result write already told the
-        waiting client (a hop sooner than the leader could)."""
+        """Tell the leader the stored outcome, after what stored it (the stored result's
+        clock: another attempt's, when this one lost the race). `notified`: the result write
+        already told the waiting client (a hop sooner than the leader could)."""
+        ctx.merge_clock(stored.clock)
         ctx.send(self.coordinator, Completed(task_id=stored.task_id, attempt=stored.attempt,
                                              worker=stored.worker, ok=stored.ok,
                                              error=stored.error, notified=notified))

@@ -1,13 +1,19 @@
-"""Dependency graphs under faults: long failure chains, wide fan-ins under stale reads,
-cancellation, and a worker's epoch check against forged dispatches."""
+"""Dependency graphs under faults: long failure chains, wide fan-ins under stale reads, the
+result race's clock, cancellation, and a worker's epoch check against forged dispatches."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
-from dtq.envelope import WORK_QUEUE, Cancel, Dispatch, Envelope
-from dtq.task import TaskSpec, TaskState
-from dtq.worker import Worker
+from dtq.actor import ActorCell, DeliveryRef
+from dtq.clock import VectorClock
+from dtq.envelope import WORK_QUEUE, Cancel, Completed, Dispatch, Envelope
+from dtq.store import ResultWrite
+from dtq.task import TaskResult, TaskSpec, TaskState
+from dtq.tasktypes import load_task_types
+from dtq.worker import ResultStored, Worker
+from transports.memory import SimStore
 
 from .simkit import events, make_sim, run_until_done
 
@@ -44,6 +50,40 @@ def test_a_fan_in_of_200_runs_under_stale_reads() -> None:
     assert events(sim, "inject_stale_read")
     tries = [e.data["tries"] for e in events(sim, "causality_violation", task="sum")]
     assert tries and max(tries) <= 8, "it ran within the first dispatch's re-checks"
+
+
+def _worker_cell(store: SimStore) -> tuple[Worker, ActorCell]:
+    worker = Worker("worker-2", load_task_types())
+    cell = ActorCell(worker, store=store, rng=random.Random(0),
+                     record=lambda *a: None, new_id=lambda: "m1")
+    return worker, cell
+
+
+def test_a_worker_that_loses_the_result_race_reports_after_the_winners_clock() -> None:
+    winner = TaskResult(task_id="t", attempt=1, worker="worker-1", ok=True, value=1,
+                        clock={"worker-1": 40, "coordinator-1": 9})
+    _, cell = _worker_cell(SimStore())
+    mine = TaskResult(task_id="t", attempt=1, worker="worker-2", ok=True, value=1,
+                      clock={"worker-2": 3})
+    fx = cell.fire(ResultStored(result=mine, write=ResultWrite(stored=winner, created=False)),
+                   0)
+    [report] = fx.sends
+    assert isinstance(report.body, Completed) and report.body.worker == "worker-1"
+    assert VectorClock.of(winner.clock) <= report.clock
+
+
+def test_a_redelivered_dispatch_already_done_reports_after_the_stored_clock() -> None:
+    store = SimStore()
+    stored = TaskResult(task_id="t", attempt=1, worker="worker-1", ok=True, value=1,
+                        clock={"worker-1": 77})
+    store.results["t"] = (stored, None)
+    _, cell = _worker_cell(store)
+    env = Envelope(id="d1", sender="coordinator-1", target=WORK_QUEUE, redelivered=True,
+                   body=Dispatch(spec=TaskSpec(id="t", type="echo"), attempt=1))
+    fx = cell.deliver(env, DeliveryRef(1), 0)
+    [report] = fx.sends
+    assert isinstance(report.body, Completed)
+    assert VectorClock.of(stored.clock) <= report.clock
 
 
 def test_a_cancelled_dependency_cancels_its_dependents_naming_it() -> None:
