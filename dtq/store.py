@@ -5,8 +5,15 @@ Two kinds of operation:
 * immediate, atomic ones that answer (claim an idempotency key, first-writer-wins result,
   leases, `once` markers, reads);
 * fenced writes (`Write` values) that a handler records with `ctx.write`; the runtime applies a
-  handler's writes in one batch with `Store.apply(writes, epoch=...)`, which refuses the whole
-  batch with `StaleEpoch` when the epoch is older than the store's.
+  handler's writes in one batch with `Store.apply(writes, epoch=...)`, which applies the whole
+  batch only when `epoch` is the store's current epoch and the lease is held at that epoch, and
+  refuses it otherwise with `StaleEpoch` (`StoreDataLost` when the epoch or lease keys are gone).
+
+Epochs never go back: a lease is taken at max(the store's counter, the candidate's floor) + 1,
+the floor being the highest epoch the candidate has seen. A namespace carries an incarnation
+marker, a random id the first leader writes once (set-if-absent); every process remembers the
+marker it saw, and a missing or changed marker means the store lost its data (see
+`dtq.election` and the coordinator's recovery).
 
 `transports/memory.py` implements it in memory for the simulator, `transports/redis.py` on Redis.
 """
@@ -14,11 +21,12 @@ Two kinds of operation:
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
+from dtq.errors import StaleEpoch
 from dtq.task import TaskRecord, TaskResult, TaskState
 
 LEADER_LEASE = "coordinator"
@@ -50,7 +58,20 @@ class Notify:
     reason: str | None = None
 
 
-Write = PutTask | AddDependents | Notify
+@attrs.frozen(kw_only=True)
+class NoteDataLoss:
+    """Keep a report of a store data loss (what was lost, what was recovered) in the store, for
+    `GET /cluster`; written with the batch that re-seeds the store."""
+
+    report: Mapping[str, Any]
+
+
+Write = PutTask | AddDependents | Notify | NoteDataLoss
+
+
+class StoreDataLost(StaleEpoch):
+    """A fenced write found the store's epoch or lease keys missing: the store lost its data
+    (a restart without persistence). Nothing was written."""
 
 
 def finished_channel(prefix: str, client: str) -> str:
@@ -99,6 +120,11 @@ class WorkerInfo:
     last_heartbeat_ms: int
     state: str = "alive"
     running: tuple[str, ...] = ()
+    epoch: int = 0
+    """The highest leader epoch the worker has seen: a floor for the next lease after a data
+    loss, when the store's own epoch counter is gone."""
+    incarnation: str | None = None
+    """The store incarnation marker the worker knows (kept while the store shows none)."""
 
 
 @runtime_checkable
@@ -115,8 +141,11 @@ class Store(Protocol):
 
     def dependents(self, task_id: str) -> tuple[str, ...]: ...
 
-    def apply(self, writes: Sequence[Write], *, epoch: int, lease: str = LEADER_LEASE) -> None:
-        """Apply all writes atomically, or none with `StaleEpoch` if `epoch` is not current."""
+    def apply(self, writes: Sequence[Write], *, epoch: int, lease: str = LEADER_LEASE) -> int:
+        """Apply all writes atomically and return the epoch the store was at, or apply none:
+        `StaleEpoch` unless `epoch` equals the lease's current epoch and the lease is held at
+        it; `StoreDataLost` when `epoch` > 0 and the epoch or lease key is missing. Epoch 0
+        (never fenced) is accepted only while the store has no epoch for the lease."""
         ...
 
     # idempotency and exactly-once ---------------------------------------------------------
@@ -147,11 +176,41 @@ class Store(Protocol):
         ...
 
     # leases and fencing -------------------------------------------------------------------
-    def acquire_lease(self, name: str, holder: str, ttl_ms: int) -> int | None:
-        """Take a free or expired lease and bump its epoch; the new epoch, or None if held."""
+    def acquire_lease(
+        self, name: str, holder: str, ttl_ms: int, *, floor: int = 0,
+        incarnation: str | None = None,
+    ) -> int | None:
+        """Take a free or expired lease at epoch max(counter, `floor`) + 1; the new epoch, or
+        None if held, or (with `incarnation`) if the store's marker is not `incarnation`."""
         ...
 
-    def renew_lease(self, name: str, holder: str, epoch: int, ttl_ms: int) -> bool: ...
+    def renew_lease(
+        self, name: str, holder: str, epoch: int, ttl_ms: int, *,
+        incarnation: str | None = None,
+    ) -> bool:
+        """Extend the lease if `holder` holds it at `epoch` (and, with `incarnation`, the
+        store's marker is still `incarnation`)."""
+        ...
+
+    def recover_lease(
+        self, name: str, holder: str, ttl_ms: int, *, floor: int, lost: str, incarnation: str,
+    ) -> int | None:
+        """After a data loss: only if the store's marker is no longer `lost`, atomically set
+        the marker to `incarnation` and give `holder` the lease (whoever held it) at epoch
+        max(counter, `floor`) + 1, which is returned; None when the marker is still `lost`."""
+        ...
+
+    def incarnation(self) -> str | None:
+        """The namespace's incarnation marker (None: never written, or lost with the data)."""
+        ...
+
+    def claim_incarnation(self, candidate: str) -> str:
+        """Write the marker `candidate` unless one exists (set-if-absent); the one that holds."""
+        ...
+
+    def data_losses(self) -> list[dict[str, Any]]:
+        """The `NoteDataLoss` reports kept in the store, oldest first."""
+        ...
 
     def release_lease(self, name: str, holder: str, epoch: int) -> None: ...
 

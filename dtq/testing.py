@@ -8,6 +8,7 @@ passes by subclassing the suite in a test module and providing fixtures.
   `stale_writes_refused: int`; and `store_clock`, a `StoreClock` that lets the store's time pass:
   `ManualClock` for a store on a virtual clock, `PollingClock` for a real server. Tests never
   sleep to synchronise: they wait for a condition (a lease or result gone) with a deadline.
+  The store also needs `lose_data()`, which drops every key (a restart without persistence).
 
       class TestMyStore(StoreConformance):
           short_ttl_ms = 150
@@ -42,10 +43,12 @@ from dtq.errors import StaleEpoch
 from dtq.store import (
     LEADER_LEASE,
     AddDependents,
+    NoteDataLoss,
     PutTask,
     ResultItem,
     ResultWrite,
     Store,
+    StoreDataLost,
     WorkerInfo,
     Write,
 )
@@ -109,6 +112,10 @@ class _CountsStaleWrites(Protocol):
 
 def _refused(store: Store) -> int:
     return cast(_CountsStaleWrites, store).stale_writes_refused
+
+
+class _LosesData(Protocol):
+    def lose_data(self) -> None: ...
 
 
 def _record(
@@ -281,6 +288,91 @@ class StoreConformance:
             store.apply(_puts(_record("t-2")), epoch=1)
         assert _ids(store.scan_tasks()) == ["t-1"]
 
+    def test_apply_answers_the_epoch_it_was_accepted_at(self, store: Store) -> None:
+        assert store.apply(_puts(_record("t-0")), epoch=0) == 0
+        epoch = store.acquire_lease(LEADER_LEASE, "c1", self.long_ttl_ms, floor=6)
+        assert epoch == 7
+        assert store.apply(_puts(_record("t-1")), epoch=7) == 7
+
+    def test_lower_or_higher_epochs_are_refused(self, store: Store) -> None:
+        store.acquire_lease(LEADER_LEASE, "c1", self.long_ttl_ms)
+        store.release_lease(LEADER_LEASE, "c1", 1)
+        assert store.acquire_lease(LEADER_LEASE, "c2", self.long_ttl_ms) == 2
+        for epoch in (0, 1, 3):
+            with pytest.raises(StaleEpoch) as err:
+                store.apply(_puts(_record(f"t-{epoch}")), epoch=epoch)
+            assert (err.value.attempted, err.value.current) == (epoch, 2)
+            assert not isinstance(err.value, StoreDataLost)
+        assert store.scan_tasks() == [] and _refused(store) == 3
+
+    def test_apply_needs_the_lease_held_at_its_epoch(
+        self, store: Store, store_clock: StoreClock,
+    ) -> None:
+        epoch = store.acquire_lease(LEADER_LEASE, "c1", self.short_ttl_ms)
+        assert epoch == 1
+        self._wait_gone(store_clock, lambda: store.lease(LEADER_LEASE) is None, "lease expiry")
+        with pytest.raises(StaleEpoch):
+            store.apply(_puts(_record("t-1")), epoch=epoch)
+        assert store.get_task("t-1") is None
+
+    def test_apply_is_refused_when_the_data_is_gone(self, store: Store) -> None:
+        epoch = store.acquire_lease(LEADER_LEASE, "c1", self.long_ttl_ms)
+        assert epoch is not None
+        store.apply(_puts(_record("t-1")), epoch=epoch)
+        self.lose_data(store)
+        with pytest.raises(StoreDataLost) as err:
+            store.apply(_puts(_record("t-2")), epoch=epoch)
+        assert err.value.attempted == epoch
+        assert store.scan_tasks() == [] and store.epoch() == 0
+
+    def test_acquire_takes_the_floor_so_epochs_never_go_back(self, store: Store) -> None:
+        assert store.acquire_lease(LEADER_LEASE, "c1", self.long_ttl_ms) == 1
+        store.release_lease(LEADER_LEASE, "c1", 1)
+        assert store.acquire_lease(LEADER_LEASE, "c1", self.long_ttl_ms, floor=5) == 6
+        store.release_lease(LEADER_LEASE, "c1", 6)
+        assert store.acquire_lease(LEADER_LEASE, "c2", self.long_ttl_ms, floor=2) == 7
+        self.lose_data(store)
+        assert store.acquire_lease(LEADER_LEASE, "c2", self.long_ttl_ms, floor=7) == 8
+        assert store.epoch() == 8
+
+    def test_incarnation_is_written_once(self, store: Store) -> None:
+        assert store.incarnation() is None
+        assert store.claim_incarnation("a") == "a"
+        assert store.claim_incarnation("b") == "a"
+        assert store.incarnation() == "a"
+        self.lose_data(store)
+        assert store.incarnation() is None
+
+    def test_leases_check_the_incarnation(self, store: Store) -> None:
+        store.claim_incarnation("a")
+        assert store.acquire_lease(LEADER_LEASE, "c1", self.long_ttl_ms, incarnation="b") is None
+        epoch = store.acquire_lease(LEADER_LEASE, "c1", self.long_ttl_ms, incarnation="a")
+        assert epoch == 1
+        assert store.renew_lease(LEADER_LEASE, "c1", 1, self.long_ttl_ms, incarnation="a")
+        assert not store.renew_lease(LEADER_LEASE, "c1", 1, self.long_ttl_ms, incarnation="b")
+
+    def test_recover_lease_only_after_a_loss(self, store: Store) -> None:
+        store.claim_incarnation("a")
+        assert store.acquire_lease(LEADER_LEASE, "c1", self.long_ttl_ms, floor=3) == 4
+        assert store.recover_lease(LEADER_LEASE, "c1", self.long_ttl_ms, floor=4, lost="a",
+                                   incarnation="b") is None
+        self.lose_data(store)
+        assert store.acquire_lease(LEADER_LEASE, "c2", self.long_ttl_ms) == 1  # no floor known
+        epoch = store.recover_lease(LEADER_LEASE, "c1", self.long_ttl_ms, floor=4, lost="a",
+                                    incarnation="b")
+        assert epoch == 5 and store.incarnation() == "b"
+        held = store.lease(LEADER_LEASE)
+        assert held is not None and (held.holder, held.epoch) == ("c1", 5)
+        report = {"lost": "a", "incarnation": "b", "tasks_kept": 1}
+        assert store.apply([NoteDataLoss(report=report), *_puts(_record("t-1"))], epoch=5) == 5
+        with pytest.raises(StaleEpoch):
+            store.apply(_puts(_record("t-2")), epoch=1)
+        assert store.data_losses() == [report]
+
+    def lose_data(self, store: Store) -> None:
+        """Drop every key, as a restart without persistence does (override for your store)."""
+        cast(_LosesData, store).lose_data()
+
     # leases ---------------------------------------------------------------------------------
     def test_acquire_free_lease(self, store: Store) -> None:
         assert store.lease(LEADER_LEASE) is None
@@ -424,7 +516,8 @@ class StoreConformance:
         store.put_worker(w2)
         store.put_worker(w1)
         assert store.workers() == [w1, w2]
-        w1b = WorkerInfo(name="w1", last_heartbeat_ms=8, running=("t-3",))
+        w1b = WorkerInfo(name="w1", last_heartbeat_ms=8, running=("t-3",), epoch=4,
+                         incarnation="a")
         store.put_worker(w1b)
         assert store.workers() == [w1b, w2]
 

@@ -56,8 +56,8 @@ def test_a_killed_leader_is_replaced_within_the_bound(run: Run) -> None:
 class Unfenced(SimStore):
     """A broken store: it applies writes whatever their epoch."""
 
-    def apply(self, writes: Sequence[Write], *, epoch: int, lease: str = LEADER_LEASE) -> None:
-        super().apply(writes, epoch=self.epoch(lease), lease=lease)
+    def apply(self, writes: Sequence[Write], *, epoch: int, lease: str = LEADER_LEASE) -> int:
+        return super().apply(writes, epoch=self.epoch(lease), lease=lease)
 
 
 def test_the_checker_catches_a_store_that_accepts_stale_writes() -> None:

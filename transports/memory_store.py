@@ -2,13 +2,15 @@
 
 Time comes from the simulator's virtual clock. `StoreView` is one node's door to the store: it
 raises `StoreUnavailable` while that node is partitioned from the store, and can serve stale
-reads when the simulator injects them.
+reads when the simulator injects them. `lose_data` plays a restart without persistence: every
+key is gone at once, the incarnation marker and the epoch counters with them.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Collection, Sequence
+from typing import Any
 
 import attrs
 
@@ -17,10 +19,12 @@ from dtq.store import (
     LEADER_LEASE,
     AddDependents,
     Lease,
+    NoteDataLoss,
     Notify,
     PutTask,
     ResultItem,
     ResultWrite,
+    StoreDataLost,
     WorkerInfo,
     Write,
 )
@@ -41,6 +45,8 @@ class SimStore:
         self.leases: dict[str, Lease] = {}
         self.epochs: dict[str, int] = {}
         self.worker_info: dict[str, WorkerInfo] = {}
+        self.marker: str | None = None
+        self.loss_reports: list[dict[str, Any]] = []
         self.stale_writes_refused = 0
         self.notices: list[Notify] = []
         """Every notice sent to a waiting client (nothing listens in the simulator)."""
@@ -67,11 +73,19 @@ class SimStore:
     def dependents(self, task_id: str) -> tuple[str, ...]:
         return self.edges.get(task_id, ())
 
-    def apply(self, writes: Sequence[Write], *, epoch: int, lease: str = LEADER_LEASE) -> None:
-        current = self.epochs.get(lease, 0)
-        if epoch != current:
+    def lose_data(self) -> None:
+        """A restart without persistence: every key of the namespace is gone."""
+        self.__dict__.update(SimStore(self.now_ms).__dict__)
+
+    def apply(self, writes: Sequence[Write], *, epoch: int, lease: str = LEADER_LEASE) -> int:
+        current = self.epochs.get(lease)
+        if epoch > 0 and current is None:
             self.stale_writes_refused += 1
-            raise StaleEpoch(epoch, current)
+            raise StoreDataLost(epoch, 0)
+        held = self.lease(lease)
+        if epoch != (current or 0) or (epoch > 0 and (held is None or held.epoch != epoch)):
+            self.stale_writes_refused += 1
+            raise StaleEpoch(epoch, current or 0)
         for w in writes:
             if isinstance(w, PutTask):
                 if w.record.id not in self.tasks:
@@ -82,6 +96,9 @@ class SimStore:
                 self.edges[w.task_id] = old + tuple(d for d in w.dependents if d not in old)
             elif isinstance(w, Notify):
                 self.notices.append(w)
+            elif isinstance(w, NoteDataLoss):
+                self.loss_reports.append(dict(w.report))
+        return epoch
 
     # idempotency and exactly-once -----------------------------------------------------------
     def claim_key(self, key: str, task_id: str, fingerprint: str) -> tuple[str, str]:
@@ -126,20 +143,32 @@ class SimStore:
         return owner, True
 
     # leases and fencing ---------------------------------------------------------------------
-    def acquire_lease(self, name: str, holder: str, ttl_ms: int) -> int | None:
-        now = self.now_ms()
-        held = self.leases.get(name)
-        if held is not None and held.expires_ms > now:
+    def acquire_lease(
+        self, name: str, holder: str, ttl_ms: int, *, floor: int = 0,
+        incarnation: str | None = None,
+    ) -> int | None:
+        if incarnation is not None and self.marker != incarnation:
             return None
-        epoch = self.epochs.get(name, 0) + 1
+        if self.lease(name) is not None:
+            return None
+        return self._grant(name, holder, ttl_ms, floor)
+
+    def _grant(self, name: str, holder: str, ttl_ms: int, floor: int) -> int:
+        epoch = max(self.epochs.get(name, 0), floor) + 1
         self.epochs[name] = epoch
-        self.leases[name] = Lease(name=name, holder=holder, epoch=epoch, expires_ms=now + ttl_ms)
+        self.leases[name] = Lease(name=name, holder=holder, epoch=epoch,
+                                  expires_ms=self.now_ms() + ttl_ms)
         return epoch
 
-    def renew_lease(self, name: str, holder: str, epoch: int, ttl_ms: int) -> bool:
+    def renew_lease(
+        self, name: str, holder: str, epoch: int, ttl_ms: int, *,
+        incarnation: str | None = None,
+    ) -> bool:
         now = self.now_ms()
         held = self.leases.get(name)
         if held is None or held.holder != holder or held.epoch != epoch or held.expires_ms <= now:
+            return False
+        if incarnation is not None and self.marker != incarnation:
             return False
         self.leases[name] = attrs.evolve(held, expires_ms=now + ttl_ms)
         return True
@@ -155,6 +184,25 @@ class SimStore:
 
     def epoch(self, name: str = LEADER_LEASE) -> int:
         return self.epochs.get(name, 0)
+
+    def recover_lease(
+        self, name: str, holder: str, ttl_ms: int, *, floor: int, lost: str, incarnation: str,
+    ) -> int | None:
+        if self.marker == lost:
+            return None
+        self.marker = incarnation
+        return self._grant(name, holder, ttl_ms, floor)
+
+    def incarnation(self) -> str | None:
+        return self.marker
+
+    def claim_incarnation(self, candidate: str) -> str:
+        if self.marker is None:
+            self.marker = candidate
+        return self.marker
+
+    def data_losses(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.loss_reports]
 
     # workers --------------------------------------------------------------------------------
     def put_worker(self, info: WorkerInfo) -> None:

@@ -17,6 +17,8 @@ Redis server, not Redis Cluster):
     deps:ID                  zset  dependents of ID, score = insertion index
     key:K, result:ID, once:K string first-writer-wins values
     lease:N, epoch:N         string lease {"holder", "epoch"} with PX; epoch counter
+    incarnation              string the namespace's incarnation marker (set once, if absent)
+    data_loss                list  NoteDataLoss reports (JSON), oldest first
     workers                  hash  name -> WorkerInfo JSON
     stale_writes_refused     string counter of refused fenced batches
     history                  list  RedisHistory events; seq is the position in the list
@@ -46,10 +48,12 @@ from dtq.store import (
     LEADER_LEASE,
     AddDependents,
     Lease,
+    NoteDataLoss,
     Notify,
     PutTask,
     ResultItem,
     ResultWrite,
+    StoreDataLost,
     WorkerInfo,
     Write,
     finished_channel,
@@ -71,14 +75,29 @@ _HMGET_CHUNK = 1000
 _SCAN_COUNT = 1000
 
 # Fenced batch write. Refuses the whole batch (and counts it) unless ARGV[1] is the lease's
-# current epoch; otherwise applies every write, moving a replaced task between the indexes.
-# KEYS[1] epoch counter, KEYS[2] refusal counter. ARGV[2] the key prefix with its ':', then ops:
+# current epoch and the lease KEYS[3] is held at that epoch (epoch 0: only while no epoch
+# exists); otherwise applies every write, moving a replaced task between the indexes.
+# KEYS[1] epoch counter, KEYS[2] refusal counter, KEYS[3] the lease. ARGV[2] the key prefix
+# with its ':', then ops:
 #   'put', id, state, type, attempt, record_json   |   'deps', task_id, n, dependent_1 .. _n
 #   | 'notify', channel, notice_json (published once every write is applied)
-# Returns {1} when applied, {0, current_epoch} when refused.
+#   | 'loss', report_json (appended to the data_loss list)
+# Returns {1, epoch} when applied, {0, current_epoch} when refused, {0, 0, 1} when refused
+# because the epoch counter is missing (the store lost its data).
 APPLY_LUA = """
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tonumber(ARGV[1]) ~= current then
+local raw = redis.call('GET', KEYS[1])
+local want = tonumber(ARGV[1])
+if not raw and want > 0 then
+  redis.call('INCR', KEYS[2])
+  return {0, 0, 1}
+end
+local current = tonumber(raw or '0')
+local ok = want == current
+if ok and want > 0 then
+  local lease = redis.call('GET', KEYS[3])
+  ok = lease and cjson.decode(lease).epoch == want
+end
+if not ok then
   redis.call('INCR', KEYS[2])
   return {0, current}
 end
@@ -119,6 +138,9 @@ while i <= #ARGV do
   elseif ARGV[i] == 'notify' then
     notices[#notices + 1] = {ARGV[i + 1], ARGV[i + 2]}
     i = i + 3
+  elseif ARGV[i] == 'loss' then
+    redis.call('RPUSH', p .. 'data_loss', ARGV[i + 1])
+    i = i + 2
   else
     local n = tonumber(ARGV[i + 2])
     add_deps(ARGV[i + 1], i + 3, n)
@@ -126,7 +148,7 @@ while i <= #ARGV do
   end
 end
 for _, n in ipairs(notices) do redis.call('PUBLISH', n[1], n[2]) end
-return {1}
+return {1, current}
 """
 
 # Records of the first ARGV[2] ids after the cursor ARGV[1] ('-' or '(' .. id) across the index
@@ -210,12 +232,16 @@ end
 return out
 """
 
-# Take the lease KEYS[1] unless held (SET NX PX semantics) and bump its epoch KEYS[2] in the same
-# step, so no two holders ever share an epoch. ARGV[1] holder, ARGV[2] ttl ms.
-# Returns the new epoch, or nil when held. A ttl <= 0 gives a lease that has already expired.
+# Take the lease KEYS[1] unless held (SET NX PX semantics) and set its epoch KEYS[2] to
+# max(counter, floor ARGV[3]) + 1 in the same step, so no two holders ever share an epoch and
+# epochs never go back. ARGV[1] holder, ARGV[2] ttl ms, ARGV[4] the incarnation the candidate
+# knows ('' for none): refused unless the marker KEYS[3] is that one.
+# Returns the new epoch, or nil when refused. A ttl <= 0 gives a lease that has already expired.
 ACQUIRE_LUA = """
+if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[4] then return false end
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
-local epoch = redis.call('INCR', KEYS[2])
+local epoch = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), tonumber(ARGV[3])) + 1
+redis.call('SET', KEYS[2], epoch)
 local ttl = tonumber(ARGV[2])
 if ttl > 0 then
   redis.call('SET', KEYS[1], cjson.encode({holder = ARGV[1], epoch = epoch}), 'PX', ttl)
@@ -224,14 +250,28 @@ return epoch
 """
 
 # Compare-and-extend: reset the TTL of lease KEYS[1] to ARGV[3] ms only if it is still held by
-# holder ARGV[1] at epoch ARGV[2] (PEXPIRE with a ttl <= 0 deletes it). Returns 1 or 0.
+# holder ARGV[1] at epoch ARGV[2] (PEXPIRE with a ttl <= 0 deletes it) and, unless ARGV[4] is
+# '', the incarnation marker KEYS[2] is ARGV[4]. Returns 1 or 0.
 RENEW_LUA = """
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 0 end
 local lease = cjson.decode(raw)
 if lease.holder ~= ARGV[1] or lease.epoch ~= tonumber(ARGV[2]) then return 0 end
+if ARGV[4] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[4] then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
+"""
+
+# After a data loss: unless the marker KEYS[3] is still the lost one ARGV[4], set it to ARGV[5]
+# and give the lease KEYS[1] to ARGV[1] (whoever held it) for ARGV[2] ms at epoch
+# max(counter KEYS[2], floor ARGV[3]) + 1. Returns the epoch, or nil when nothing was lost.
+RECOVER_LUA = """
+if redis.call('GET', KEYS[3]) == ARGV[4] then return false end
+redis.call('SET', KEYS[3], ARGV[5])
+local epoch = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), tonumber(ARGV[3])) + 1
+redis.call('SET', KEYS[2], epoch)
+redis.call('SET', KEYS[1], cjson.encode({holder = ARGV[1], epoch = epoch}), 'PX', ARGV[2])
+return epoch
 """
 
 # Compare-and-delete: drop lease KEYS[1] only if held by holder ARGV[1] at epoch ARGV[2].
@@ -315,6 +355,8 @@ def _encode_writes(writes: Sequence[Write], prefix: str) -> list[str]:
         elif isinstance(w, Notify):
             args += ["notify", finished_channel(prefix, w.client),
                      notice_json(w.task_id, w.state, w.reason)]
+        elif isinstance(w, NoteDataLoss):
+            args += ["loss", _dumps(dict(w.report))]
         else:
             raise TypeError(f"not a store write: {w!r}")
     return args
@@ -322,13 +364,15 @@ def _encode_writes(writes: Sequence[Write], prefix: str) -> list[str]:
 
 def _worker_json(info: WorkerInfo) -> str:
     return _dumps({"name": info.name, "last_heartbeat_ms": info.last_heartbeat_ms,
-                   "state": info.state, "running": list(info.running)})
+                   "state": info.state, "running": list(info.running), "epoch": info.epoch,
+                   "incarnation": info.incarnation})
 
 
 def _worker_from(raw: bytes | str) -> WorkerInfo:
     d = json.loads(raw)
     return WorkerInfo(name=d["name"], last_heartbeat_ms=d["last_heartbeat_ms"],
-                      state=d["state"], running=tuple(d["running"]))
+                      state=d["state"], running=tuple(d["running"]),
+                      epoch=int(d.get("epoch", 0)), incarnation=d.get("incarnation"))
 
 
 class RedisStore:
@@ -356,12 +400,15 @@ class RedisStore:
         self._put_results = client.register_script(PUT_RESULTS_LUA)
         self._acquire = self.lease_client.register_script(ACQUIRE_LUA)
         self._renew = self.lease_client.register_script(RENEW_LUA)
+        self._recover = self.lease_client.register_script(RECOVER_LUA)
         self._release = client.register_script(RELEASE_LUA)
         self._lease = client.register_script(LEASE_LUA)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = DEFAULT_PREFIX, **kwargs: Any) -> RedisStore:
-        """Connect to `url` (redis://host:port/db); kwargs go to `redis.Redis.from_url`."""
+        """Connect to `url` (redis://host:port/db); kwargs go to `redis.Redis.from_url`. The
+        connections are named `client_name(prefix)` unless kwargs name them."""
+        kwargs.setdefault("client_name", client_name(prefix))
         lease_client = _client_from_url(url, **{"socket_timeout": 0.25, **kwargs})
         return cls(_client_from_url(url, **kwargs), prefix=prefix, lease_client=lease_client)
 
@@ -373,6 +420,10 @@ class RedisStore:
     def delete_all(self) -> int:
         """Remove every key under the prefix (SCAN + UNLINK); the number of keys removed."""
         return _delete_under(self.client, self._p)
+
+    def lose_data(self) -> None:
+        """What a restart without persistence does to the namespace: every key gone."""
+        self.delete_all()
 
     def _k(self, *parts: str) -> str:
         return self._p + ":".join(parts)
@@ -414,15 +465,18 @@ class RedisStore:
                          lambda _: self.client.zrange(self._k("deps", task_id), 0, -1))
         return tuple(_text(r) for r in cast(list[bytes | str], rows))
 
-    def apply(self, writes: Sequence[Write], *, epoch: int, lease: str = LEADER_LEASE) -> None:
-        keys = [self._k("epoch", lease), self._k("stale_writes_refused")]
+    def apply(self, writes: Sequence[Write], *, epoch: int, lease: str = LEADER_LEASE) -> int:
+        keys = [self._k("epoch", lease), self._k("stale_writes_refused"), self._k("lease", lease)]
         args = [str(epoch), self._p, *_encode_writes(writes, self.prefix)]
         # A retry after a lost reply that did apply rewrites the same values: harmless. If the
         # epoch moved in between, the retry reports StaleEpoch for writes made while current.
         reply = _retrying("apply", lambda _: self._apply(keys, args))
-        applied, *current = cast(list[int], reply)
+        applied, current, *lost = cast(list[int], reply)
+        if lost:
+            raise StoreDataLost(epoch, 0)
         if not applied:
-            raise StaleEpoch(epoch, int(current[0]))
+            raise StaleEpoch(epoch, int(current))
+        return int(current)
 
     # idempotency and exactly-once -----------------------------------------------------------
     def _write_first(self, key: str, value: str, ttl_ms: int = 0) -> tuple[str, bool]:
@@ -482,17 +536,43 @@ class RedisStore:
         return self._write_first(self._k("once", key), owner)
 
     # leases and fencing ---------------------------------------------------------------------
-    def acquire_lease(self, name: str, holder: str, ttl_ms: int) -> int | None:
+    def acquire_lease(
+        self, name: str, holder: str, ttl_ms: int, *, floor: int = 0,
+        incarnation: str | None = None,
+    ) -> int | None:
         # Not idempotent: a retry after a lost reply that did acquire finds the lease held and
         # answers None, so the caller stays a standby until the orphaned lease expires. Safe.
-        keys = [self._k("lease", name), self._k("epoch", name)]
-        epoch = _retrying("acquire_lease", lambda _: self._acquire(keys, [holder, ttl_ms]),
-                          tries=1)
+        keys = [self._k("lease", name), self._k("epoch", name), self._k("incarnation")]
+        args: list[str | int] = [holder, ttl_ms, floor, incarnation or ""]
+        epoch = _retrying("acquire_lease", lambda _: self._acquire(keys, args), tries=1)
         return int(epoch) if epoch is not None else None
 
-    def renew_lease(self, name: str, holder: str, epoch: int, ttl_ms: int) -> bool:
-        keys, args = [self._k("lease", name)], [holder, str(epoch), str(ttl_ms)]
+    def renew_lease(
+        self, name: str, holder: str, epoch: int, ttl_ms: int, *,
+        incarnation: str | None = None,
+    ) -> bool:
+        keys = [self._k("lease", name), self._k("incarnation")]
+        args = [holder, str(epoch), str(ttl_ms), incarnation or ""]
         return bool(_retrying("renew_lease", lambda _: self._renew(keys, args), tries=1))
+
+    def recover_lease(
+        self, name: str, holder: str, ttl_ms: int, *, floor: int, lost: str, incarnation: str,
+    ) -> int | None:
+        keys = [self._k("lease", name), self._k("epoch", name), self._k("incarnation")]
+        args: list[str | int] = [holder, ttl_ms, floor, lost, incarnation]
+        epoch = _retrying("recover_lease", lambda _: self._recover(keys, args), tries=1)
+        return int(epoch) if epoch is not None else None
+
+    def incarnation(self) -> str | None:
+        raw = _retrying("incarnation", lambda _: self.client.get(self._k("incarnation")))
+        return _text(raw) if raw is not None else None
+
+    def claim_incarnation(self, candidate: str) -> str:
+        return self._write_first(self._k("incarnation"), candidate)[0]
+
+    def data_losses(self) -> list[dict[str, Any]]:
+        rows = _retrying("data_losses", lambda _: self.client.lrange(self._k("data_loss"), 0, -1))
+        return [json.loads(r) for r in rows]
 
     def release_lease(self, name: str, holder: str, epoch: int) -> None:
         keys, args = [self._k("lease", name)], [holder, str(epoch)]
@@ -520,6 +600,45 @@ class RedisStore:
         rows = _retrying("workers", lambda _: self.client.hgetall(self._k("workers")))
         infos = [_worker_from(v) for v in cast(dict[Any, bytes | str], rows).values()]
         return sorted(infos, key=lambda w: w.name)
+
+
+def client_name(prefix: str) -> str:
+    """The name a namespace's store connections carry (CLIENT LIST shows it)."""
+    return f"dtq:{prefix}"
+
+
+# Drop every key matching ARGV[1] but the keys named in ARGV[2..], in one atomic step.
+_LOSE_LUA = """
+local keep = {}
+for i = 2, #ARGV do keep[ARGV[i]] = true end
+local n = 0
+for _, k in ipairs(redis.call('KEYS', ARGV[1])) do
+  if not keep[k] then redis.call('UNLINK', k); n = n + 1 end
+end
+return n
+"""
+
+
+def lose_namespace_data(client: redis.Redis, prefix: str, *, keep: Sequence[str] = ()) -> int:
+    """Play a restart without persistence on one namespace of a shared server: every key under
+    `prefix:` is gone at once (but the `keep` suffixes, such as an observer's history), and the
+    namespace's store connections are dropped (they reconnect to the emptied store). The
+    number of keys dropped."""
+    kill_clients(client, client_name(prefix))
+    args = [_glob_escape(prefix + ":") + "*", *(f"{prefix}:{k}" for k in keep)]
+    dropped = int(_retrying("lose data", lambda _: client.eval(_LOSE_LUA, 0, *args)))
+    kill_clients(client, client_name(prefix))  # any that reconnected in between
+    return dropped
+
+
+def kill_clients(client: redis.Redis, name: str) -> int:
+    """CLIENT KILL every connection named `name`; how many."""
+    rows = _retrying("client list", lambda _: client.client_list())
+    ids = [str(row["id"]) for row in rows if row.get("name") == name]
+    for cid in ids:
+        with contextlib.suppress(RedisError):  # gone already
+            client.client_kill_filter(_id=cid)
+    return len(ids)
 
 
 def _glob_escape(text: str) -> str:
