@@ -140,3 +140,21 @@ def test_a_dispatch_below_the_stores_epoch_is_refused_as_stale() -> None:
     [stale] = events(sim, "stale_dispatch_refused")
     assert stale.data["epoch"] == 0 and stale.data["store_epoch"] == 1
     assert not events(sim, "started", task="old")
+
+
+def test_a_new_leaders_dispatch_happens_after_the_success_it_learnt_from_the_store() -> None:
+    """The dependent waits for its retry when the leader dies; the new leader dispatches it
+    from the records it loads, and that dispatch happens after the old leader's `succeeded` of
+    the dependency: the success's record carries the old leader's clock."""
+    sim = make_sim(1, workers=1, coordinators=2, modules=("tests.fixtures.usertasks",))
+    sim.submit(TaskSpec(id="dep", type="echo", payload=1))
+    sim.submit(TaskSpec(id="child", type="flaky", payload={"fail_until": 2}, deps=("dep",)))
+    sim.run(until_ms=30_000, stop=lambda: bool(events(sim, "retry_scheduled", task="child")))
+    [first] = events(sim, "leader")
+    sim.crash(first.actor)
+    result = run_until_done(sim, 2)
+    assert result.ok, result.violations
+    [succeeded] = events(sim, "succeeded", task="dep")
+    again = next(e for e in events(sim, "dispatched", task="child") if e.actor != first.actor)
+    assert succeeded.actor == first.actor
+    assert succeeded.clock.before(again.clock)
