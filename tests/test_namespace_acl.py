@@ -53,8 +53,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
                     raise
                 time.sleep(0.05)  # polling period of a bounded wait
         for ns in ("ns-a", "ns-b"):
-            admin.execute_command("ACL", "SETUSER", ns, "on", f">{PASSWORD}", f"~{ns}:*",
-                                  f"&{ns}:*", "+@all", "-@admin", "-@dangerous")
+            admin.execute_command(  # type: ignore[no-untyped-call]
+                "ACL", "SETUSER", ns, "on", f">{PASSWORD}", f"~{ns}:*", f"&{ns}:*", "+@all",
+                "-@admin", "-@dangerous")
         admin.set("ns-b:secret", "b's")
         yield port
     finally:
