@@ -205,7 +205,9 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _exit_with_parent() -> None:
-    """SIGTERM this node when the supervisor that started it dies (even by SIGKILL)."""
+    """SIGTERM this node when the supervisor that started it dies (even by SIGKILL). On Linux
+    the kernel sends it when the supervisor's thread that started the node ends: start nodes
+    from a thread that outlives them (the main thread, as `dtq cluster` does)."""
     parent = multiprocessing.parent_process()
     if parent is None:
         return
