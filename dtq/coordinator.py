@@ -29,7 +29,7 @@ from collections.abc import Mapping
 
 import attrs
 
-from dtq import dag
+from dtq import dag, recovery
 from dtq.actor import Actor, Context, receive
 from dtq.causal import Held, SubmitBuffer
 from dtq.detector import FailureDetector
@@ -154,10 +154,14 @@ class Coordinator(Actor):
         self._elect(ctx)
 
     def _elect(self, ctx: Context) -> None:
-        step = self.election.step(ctx.store, ctx.now_ms)
+        step = self.election.step(ctx.store, ctx.now_ms, lambda: recovery.new_marker(ctx))
         if step is Step.LOST:
             self._abdicate(ctx, "lease lost")
             return
+        if step is Step.DATA_LOST:
+            recovery.detected(self, ctx, "lease")  # re-seeds, reports, or steps down
+            if ctx.effects.exit is not None:
+                return
         if step is Step.TOOK_OVER:
             self._take_over(ctx)
         elif step is Step.UNREACHABLE and self.leading:
@@ -170,6 +174,9 @@ class Coordinator(Actor):
         ctx.record("leader", epoch=epoch)
         ctx.log.info("became leader", epoch=epoch)
         self._rebuild(ctx)
+        if self.election.took_over_lost is not None:
+            recovery.took_over_empty(self, ctx, self.election.took_over_lost)
+            self.election.took_over_lost = None
         self.detector.grace([w.name for w in ctx.store.workers()], ctx.now_ms)
         ctx.subscribe(self.config.queue)
         ctx.schedule(self._detector_every_ms, DetectorTick())
@@ -206,6 +213,15 @@ class Coordinator(Actor):
         for rec in list(self.tasks.values()):
             if rec.state is S.READY:
                 self._dispatch(rec, ctx)
+
+    @receive(recovery.StoreLost)
+    def on_store_lost(self, msg: recovery.StoreLost, ctx: Context) -> None:
+        """A write was refused because the store lost its data: re-seed it (`dtq.recovery`)."""
+        recovery.write_refused(self, ctx)
+
+    @receive(recovery.RecoverySweep)
+    def on_recovery_sweep(self, msg: recovery.RecoverySweep, ctx: Context) -> None:
+        recovery.sweep(self, msg, ctx)
 
     def _abdicate(self, ctx: Context, reason: str) -> None:
         ctx.record("abdicated", epoch=ctx.epoch, reason=reason)

@@ -25,6 +25,7 @@ import attrs
 from dtq.actor import Actor, Context, DeliveryRef, receive
 from dtq.causal import check_deps
 from dtq.clock import VectorClock
+from dtq.election import IncarnationWatch
 from dtq.envelope import (
     COORDINATOR_QUEUE,
     WORK_QUEUE,
@@ -180,15 +181,32 @@ class Worker(Actor):
         finished, self.finished = tuple(self.finished), []
         try:
             lease = ctx.store.lease(LEADER_LEASE)
+            self._watch_store(ctx)
             ctx.store.put_worker(WorkerInfo(name=self.name, last_heartbeat_ms=ctx.wall_ms,
                                             state="alive",
                                             running=tuple(sorted(r.spec.id for r in
-                                                                 self.running.values()))))
+                                                                 self.running.values())),
+                                            epoch=self.epoch,
+                                            incarnation=self.store_watch.known
+                                            if self.store_watch else None))
         except StoreUnavailable:
             return  # the leader hears nothing from us while the store is unreachable
         if lease is not None:
             ctx.send(lease.holder, Heartbeat(worker=self.name, seq=self.beats, running=running,
                                              finished=finished, held=tuple(self.queued)))
+
+    store_watch: IncarnationWatch | None = None
+
+    def _watch_store(self, ctx: Context) -> None:
+        """The store's incarnation marker gone or changed means the store lost its data: said
+        once per loss (history and error log); the leader re-seeds it (`dtq.recovery`)."""
+        if self.store_watch is None:
+            self.store_watch = IncarnationWatch()
+        lost = self.store_watch.see(ctx.store.incarnation())
+        if lost is not None:
+            ctx.record("store_data_lost", lost=lost, role="worker",
+                       incarnation=None if self.store_watch.missing else self.store_watch.known)
+            ctx.log.error("the store lost its data (restarted without persistence?)", lost=lost)
 
     @receive(Dispatch)
     def on_dispatch(self, msg: Dispatch, ctx: Context) -> None:

@@ -1,0 +1,165 @@
+"""What the leader does when the store lost its data (a Redis restarted without persistence).
+
+The rule: an accepted task is either kept or reported lost, never silently stuck.
+
+* A leader that detects the loss (its lease renewal finds the incarnation marker missing or
+  changed, or a fenced write is refused because the epoch and lease keys are gone: the runtime
+  then hands it `StoreLost`) and is still within its validity window re-seeds the store from
+  its view: a new incarnation marker, the lease at an epoch above anything it saw, every task
+  record and dependency edge rewritten, idempotency keys claimed again, and a `NoteDataLoss`
+  report, all in the one fenced batch the re-seed makes (the batch whose write was refused is
+  covered by it: the view already holds its changes). Ready tasks are dispatched; dispatched
+  and running ones are left to their dispatches (the broker kept them), and a sweep after the
+  task's timeout hands out a new attempt of any that made no progress, so nothing waits for a
+  dispatch that is gone. What cannot be kept is reported: results of tasks that had succeeded
+  (their records stay succeeded; `GET /tasks/{id}/result` answers 410), and waiting tasks that
+  needed such a result, which fail naming the dependency.
+* A leader past its validity window steps down instead (its view may be stale).
+* When no leader re-seeded within the grace period (`dtq.election`), a standby takes over an
+  empty namespace under a new marker and reports everything the old one held as lost.
+
+Every detection is recorded as a `store_data_lost` history event and logged as an error; the
+reports kept in the store are what `GET /cluster` and `/readyz` show.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from dtq.actor import Context
+from dtq.envelope import Message
+from dtq.store import AddDependents, NoteDataLoss, PutTask
+from dtq.task import TaskRecord, TaskState, fingerprint
+
+if TYPE_CHECKING:
+    from dtq.coordinator import Coordinator
+
+S = TaskState
+IN_FLIGHT = (S.DISPATCHED, S.RUNNING)
+
+
+@attrs.frozen(kw_only=True)
+class StoreLost(Message):
+    """Local: a fenced write at `epoch` was refused because the store's epoch and lease keys
+    are gone. An actor whose handler re-seeds the store (its writes, at a new epoch, stand for
+    everything it wrote before) lets the runtime carry on with the refused batch as persisted;
+    otherwise the actor is fenced out as for any refused write."""
+
+    epoch: int
+
+
+@attrs.frozen(kw_only=True)
+class RecoverySweep(Message):
+    """Timer: after a re-seed, a task in flight that made no progress gets a new attempt."""
+
+    task_id: str
+    attempt: int
+
+
+def new_marker(ctx: Context) -> str:
+    """A fresh incarnation marker (from the actor's seeded randomness)."""
+    return f"{ctx.name}-{ctx.rng.getrandbits(64):016x}"
+
+
+def detected(coord: Coordinator, ctx: Context, where: str) -> None:
+    """The election found the marker gone (`where` = "lease") or a write was refused for
+    missing keys (`where` = "write"): re-seed if leading, else report."""
+    election = coord.election
+    lost = election.lost
+    if not election.leading:
+        _report(ctx, {"lost": lost, "detected_by": where, "role": "standby",
+                      "note": "waiting for the leader to re-seed the store"})
+        return
+    if not coord._acting(ctx):
+        return  # stepped down: its view may be stale
+    marker = new_marker(ctx)
+    epoch = election.recover(ctx.store, ctx.now_ms, marker)
+    if epoch is None:
+        coord._abdicate(ctx, "the store lost its data and could not be re-seeded")
+        return
+    _reseed(coord, ctx, epoch, {"lost": lost, "incarnation": marker, "detected_by": where})
+
+
+def took_over_empty(coord: Coordinator, ctx: Context, lost: str) -> None:
+    """A standby took the lease after a loss nobody re-seeded: what was held is lost."""
+    report: dict[str, Any] = {
+        "lost": lost, "incarnation": coord.election.watch.known, "epoch": ctx.epoch,
+        "recovered": False, "tasks_kept": 0, "tasks_lost": "unknown",
+        "note": "no leader held a view of the lost data: every task accepted before the loss "
+                "is lost, unless a client submits it again"}
+    ctx.write(NoteDataLoss(report=report))
+    _report(ctx, report)
+
+
+def _report(ctx: Context, report: dict[str, Any]) -> None:
+    ctx.record("store_data_lost", **report)
+    ctx.log.error("the store lost its data (restarted without persistence?)", **report)
+
+
+def _reseed(coord: Coordinator, ctx: Context, epoch: int, report: dict[str, Any]) -> None:
+    ctx.set_epoch(epoch)
+    ctx.record("leader", epoch=epoch, reseeded=True)
+    tasks = coord.tasks
+    for task_id in sorted(tasks):
+        rec = tasks[task_id] = attrs.evolve(tasks[task_id], epoch=epoch)
+        ctx.write(PutTask(record=rec))
+    for dep in sorted(coord.dependents):
+        if coord.dependents[dep]:
+            ctx.write(AddDependents(task_id=dep, dependents=tuple(sorted(coord.dependents[dep]))))
+    for rec in tasks.values():
+        key = rec.spec.idempotency_key
+        if key is not None:
+            ctx.store.claim_key(key, rec.id, fingerprint(rec.spec))
+    succeeded = {t for t, r in tasks.items() if r.state is S.SUCCEEDED}
+    failed = _fail_orphans(coord, ctx, succeeded)
+    full = {**report, "epoch": epoch, "recovered": True, "tasks_kept": len(tasks),
+            "results_lost": len(succeeded), "failed_for_lost_results": failed,
+            "in_flight": sum(r.state in IN_FLIGHT for r in tasks.values())}
+    ctx.write(NoteDataLoss(report=full))
+    _report(ctx, full)
+    for rec in sorted(tasks.values(), key=lambda r: r.id):
+        if rec.state is S.READY:
+            coord._dispatch(rec, ctx)
+        elif rec.state in IN_FLIGHT:
+            ctx.schedule(rec.spec.timeout_ms + coord.config.detector_timeout_ms,
+                         RecoverySweep(task_id=rec.id, attempt=rec.attempt))
+
+
+def _fail_orphans(coord: Coordinator, ctx: Context, succeeded: set[str]) -> int:
+    """Tasks not yet started that need a result the loss took: they can never run."""
+    failed = 0
+    for rec in sorted(coord.tasks.values(), key=lambda r: r.id):
+        if rec.state.terminal or rec.state is S.RUNNING:
+            continue
+        dep = next((d for d in rec.spec.deps if d in succeeded), None)
+        if dep is not None and not coord.tasks[rec.id].state.terminal:
+            coord._fail(coord.tasks[rec.id], f"the result of dependency {dep} was lost with "
+                        "the store's data", ctx)
+            failed += 1
+    return failed
+
+
+def sweep(coord: Coordinator, msg: RecoverySweep, ctx: Context) -> None:
+    rec: TaskRecord | None = coord.tasks.get(msg.task_id)
+    if rec is None or rec.state not in IN_FLIGHT or rec.attempt != msg.attempt \
+            or not coord._acting(ctx):
+        return
+    worker = rec.worker or "unknown"
+    ctx.record("reassigned", task=rec.id, attempt=rec.attempt + 1, worker=worker,
+               reason="no progress since the store lost its data")
+    coord._reassign(rec, worker, ctx)
+
+
+def write_refused(coord: Coordinator, ctx: Context) -> None:
+    """`StoreLost`: re-seed when the store shows the loss; otherwise do nothing (the runtime
+    then fences this actor out, as for any refused write)."""
+    election = coord.election
+    if not election.leading:
+        return
+    lost = election.check(ctx.store)
+    if lost is None and election.watch.missing:
+        lost = election.lost  # seen missing already (by a renewal that could not re-seed)
+    if lost is not None:
+        detected(coord, ctx, "write")
