@@ -141,10 +141,12 @@ def _add_read_routes(app: FastAPI, subs: Submissions) -> None:
 
 
 def _add_cluster_routes(app: FastAPI, backend: ApiBackend) -> None:
+    watch = views.StoreWatch()  # what this process saw of the store's incarnation
+
     @app.get("/cluster", summary="Leader, epoch, workers, queue depths", tags=["cluster"],
              responses=responses(200, "Cluster", "The cluster now", 503))
     def cluster() -> JSONResponse:
-        return JSONResponse(views.cluster_json(backend))
+        return JSONResponse(views.cluster_json(backend, watch))
 
     @app.get("/healthz", summary="The API process is alive", tags=["cluster"],
              responses=responses(200, "Status", "Alive"))
@@ -154,12 +156,10 @@ def _add_cluster_routes(app: FastAPI, backend: ApiBackend) -> None:
     @app.get("/readyz", summary="The store and the broker can be reached", tags=["cluster"],
              responses=responses(200, "Status", "Ready", 503))
     def readyz() -> JSONResponse:
-        try:
-            ok = backend.ready()
-        except Exception:  # a readiness probe answers; it does not fail
-            ok = False
-        if not ok:
-            raise ApiError(503, "not_ready", "the store or the broker cannot be reached")
+        why = views.not_ready(backend, watch)
+        if why is not None:
+            lost = why.startswith("the store lost its data")
+            raise ApiError(503, "store_data_lost" if lost else "not_ready", why)
         return JSONResponse({"status": "ready"})
 
     @app.get("/", include_in_schema=False)

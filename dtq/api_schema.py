@@ -124,7 +124,14 @@ COMPONENTS: dict[str, Any] = {
             "state": {"type": "string"}, "running": {"type": "array",
                                                      "items": {"type": "string"}}}}},
         "queues": {"type": "object", "additionalProperties": {"type": "integer"}},
-        "now_ms": {"type": "integer"}}},
+        "now_ms": {"type": "integer"},
+        "store": {"type": "object", "properties": {
+            "incarnation": {"type": ["string", "null"]},
+            "data_lost": {"type": ["string", "null"],
+                          "description": "why the store's data counts as lost and not yet "
+                                         "recovered (null: whole)"},
+            "data_losses": {"type": "array", "items": {"type": "object"},
+                            "description": "reports of data losses: what was kept and lost"}}}}},
     "Status": {"type": "object", "properties": {"status": {"type": "string"}}},
 }
 

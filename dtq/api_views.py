@@ -2,13 +2,24 @@
 
 The rule: these functions read (through the backend's store) and render; they never change
 anything. Not-found and not-finished answers are raised as `ApiError`s.
+
+Store data loss (`StoreWatch`): the API process remembers the store's incarnation marker. The
+store's data counts as lost and unrecovered while the marker this process saw is missing, or
+has changed and no data-loss report in the store names the new one (a re-seeding leader writes
+its report with the re-seed, a standby that starts the namespace again empty writes one too).
+`GET /cluster` shows the marker, that state and every report kept; `/readyz` answers 503
+`store_data_lost` while the loss is unrecovered, and ready again once a leader re-seeded or
+restarted the namespace (the reports stay in `GET /cluster`, saying what was kept and lost).
 """
 
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Collection
 from typing import Any
+
+import structlog
 
 from dtq.api_errors import NotFound, bad_request, conflict, not_found
 from dtq.api_submit import RecentSubmissions
@@ -16,6 +27,7 @@ from dtq.apibackend import ApiBackend
 from dtq.store import LEADER_LEASE, WorkerInfo
 from dtq.task import TaskRecord, TaskResult, TaskState
 
+log = structlog.get_logger("dtq.api")
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -113,11 +125,58 @@ def worker_json(info: WorkerInfo) -> dict[str, Any]:
             "state": info.state, "running": list(info.running)}
 
 
-def cluster_json(backend: ApiBackend) -> dict[str, Any]:
+class StoreWatch:
+    """What this API process saw of the store's incarnation (shared by request threads)."""
+
+    def __init__(self) -> None:
+        self.known: str | None = None
+        """The last marker seen while the store was whole."""
+        self.lost: str | None = None
+        """The marker found gone, until a data-loss report names its successor."""
+        self._lock = threading.Lock()
+
+    def state(self, backend: ApiBackend) -> dict[str, Any]:
+        """{"incarnation", "data_lost" (why the loss is unrecovered, or None), "data_losses"}"""
+        store = backend.store
+        marker = store.incarnation()
+        reports = store.data_losses()
+        with self._lock:
+            if self.lost is None and self.known is not None and marker != self.known:
+                self.lost = self.known
+                log.error("the store lost its data (restarted without persistence?)",
+                          lost=self.lost, incarnation=marker)
+            if self.lost is not None and marker is not None \
+                    and any(r.get("incarnation") == marker for r in reports):
+                self.lost = None
+            if self.lost is None and marker is not None:
+                self.known = marker
+            lost = self.lost
+        why = None
+        if lost is not None:
+            now = "its incarnation marker is gone" if marker is None \
+                else f"incarnation {lost} replaced by {marker}"
+            why = f"the store lost its data ({now}); no leader has re-seeded it yet"
+        return {"incarnation": marker, "data_lost": why, "data_losses": reports}
+
+
+def cluster_json(backend: ApiBackend, watch: StoreWatch | None = None) -> dict[str, Any]:
     store = backend.store
     lease = store.lease(LEADER_LEASE)
     leader = None if lease is None else {"name": lease.holder, "epoch": lease.epoch,
                                          "lease_expires_ms": lease.expires_ms}
     return {"leader": leader, "epoch": store.epoch(LEADER_LEASE),
             "workers": [worker_json(w) for w in store.workers()],
-            "queues": backend.queue_depths(), "now_ms": backend.now_ms()}
+            "queues": backend.queue_depths(), "now_ms": backend.now_ms(),
+            "store": (watch or StoreWatch()).state(backend)}
+
+
+def not_ready(backend: ApiBackend, watch: StoreWatch) -> str | None:
+    """Why the cluster is not ready (None: ready): the store or the broker cannot be reached,
+    or the store's data was lost and nobody has recovered it yet."""
+    try:
+        if not backend.ready():
+            return "the store or the broker cannot be reached"
+        why: str | None = watch.state(backend)["data_lost"]
+        return why
+    except Exception:  # a readiness probe answers; it does not fail
+        return "the store or the broker cannot be reached"
