@@ -52,7 +52,7 @@ from dtq.transport import queue_name
 from dtq.workload import Planned, plan
 from transports.memory import BROKER, STORE
 from transports.rabbitmq import blocking, consumer_count, delete_namespace
-from transports.redis import RedisHistory, RedisStore
+from transports.redis import RedisHistory, RedisStore, lose_namespace_data
 
 POLL_S = 0.02
 COUNT_EVERY_S = 0.1
@@ -142,7 +142,8 @@ class RealRun:
         self.namespace = f"dtq-run-{scenario.name}-{uuid.uuid4().hex[:8]}"
         self.broker = broker_url()
         self.store_url = store_url()
-        self.store = RedisStore.from_url(self.store_url, prefix=self.namespace)
+        self.store = RedisStore.from_url(self.store_url, prefix=self.namespace,
+                                         client_name=f"dtq-observer:{self.namespace}")
         self.history = RedisHistory.from_url(self.store_url, prefix=self.namespace)
         self.names = coordinator_names(scenario) + worker_names(scenario)
         self.net: ProxyNet | None = None
@@ -356,7 +357,17 @@ class RealRun:
                 "pause": self._pause, "resume": self._resume, "heal": self._heal,
                 "drop_connection": self._drop_connection, "partition": link, "latency": link,
                 "inject": self._inject,
-                "bandwidth": link, "slicer": link, "reset_peer": link}
+                "bandwidth": link, "slicer": link, "reset_peer": link,
+                "lose_store_data": self._lose_store_data}
+
+    def _lose_store_data(self, index: int, f: FaultSpec, targets: list[str]) -> Undo:
+        """A restart of Redis without persistence, for this run's namespace only (the shared
+        server keeps running): every key of the namespace is dropped at once, but the history
+        (the observer's record, not under test), and the nodes' store connections are killed
+        (CLIENT KILL by their name), so each reconnects to the emptied store."""
+        dropped = lose_namespace_data(self.store.client, self.namespace, keep=("history",))
+        self.progress.line(f"  {dropped} keys of {self.namespace} dropped")
+        return None
 
     def _each(self, kind: str, fn: Callable[[str], None], targets: list[str]) -> None:
         for t in targets:

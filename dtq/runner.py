@@ -100,6 +100,8 @@ def _bad_params(f: FaultSpec) -> tuple[str, str] | None:
     """A (key, problem) pair for a fault whose parameters make no sense on any backend."""
     if f.action in NEEDS_TARGET and f.target is None:
         return "target", f"{f.action!r} needs a target (a node name, or a role like leader)"
+    if f.action == "lose_store_data" and f.target is not None:
+        return "target", "'lose_store_data' acts on the whole store: it takes no target"
     for key in REQUIRED_PARAMS.get(f.action, ()):
         if key not in f.params:
             return key, f"{f.action!r} needs `{key}`"
@@ -301,6 +303,10 @@ def _slow_link(sim: Simulation, targets: list[str], f: FaultSpec) -> Callable[[]
     return SlowLinks.of(sim).add(Slowdown.of(f, _nodes(sim, targets, f)))
 
 
+def _lose_store_data(sim: Simulation, targets: list[str], f: FaultSpec) -> None:
+    sim.lose_store_data()
+
+
 def _inject(sim: Simulation, targets: list[str], f: FaultSpec) -> None:
     """Malformed and forged messages, published as bytes to a queue or to the targets'
     mailboxes; a node decodes them when they are delivered, as a process does."""
@@ -329,6 +335,7 @@ _ACTIONS: dict[str, Callable[..., Callable[[], None] | None]] = {
     "drop": _network_knob("drop", "probability"),
     "reorder": _network_knob("reorder", "probability"),
     "inject": _inject,
+    "lose_store_data": _lose_store_data,
 }
 
 

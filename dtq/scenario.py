@@ -36,6 +36,8 @@ FAULT_ACTIONS = {
     "bandwidth": "limit the target's links to `rate` KB/s (the simulator: a delay per message)",
     "slicer": "slice the target's TCP stream into small pieces (the simulator: a small delay)",
     "reset_peer": "reset the target's connections (the simulator: drops its connection)",
+    "lose_store_data": "the store restarts without persistence: every key of the run's namespace "
+                       "is gone and its store connections are dropped (no target)",
     "inject": "publish `count` malformed or forged messages of kind `message` to `queue`",
 }
 TARGET_ROLES = ("leader", "standby", "any-worker", "any-coordinator", "all-workers")

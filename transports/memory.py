@@ -278,6 +278,13 @@ class Simulation:
         self._disconnect(node)
         self.after(reconnect_ms, self._reconnect, node)
 
+    def lose_store_data(self) -> None:
+        """The store restarts without persistence: every key is gone at once (records, results,
+        leases, epochs, the incarnation marker). Store calls are atomic here, so no connection
+        is caught in the middle of one; the next call of every node finds the store empty."""
+        self.history.record("sim", "store_data_wiped", VectorClock(), {})
+        self.store.lose_data()
+
     def _disconnect(self, node: _Node) -> None:
         """The broker drops the node's connection: unacked deliveries go back to their queues."""
         if not node.connected:
