@@ -54,11 +54,14 @@ INJECT_KINDS: Mapping[str, str] = {
     "submit_huge_payload": f"a Submit whose payload is over the {MAX_PAYLOAD_BYTES}-byte cap",
     "dispatch_epoch": f"a forged Dispatch of a task nobody submitted, from epoch {FORGED_EPOCH}",
     "completed_unknown": "a Completed for a task nobody submitted",
+    "completed_forged": "a Completed (success) for the workload's task `task`, from no worker",
     "heartbeat_unknown": "a Heartbeat from a worker that does not exist",
     "cancel_unknown": "a Cancel of a task nobody submitted",
 }
 """What `inject` can send (`message = "..."`), and what each one is."""
 QUEUES = (COORDINATOR_QUEUE, WORK_QUEUE, MAILBOX)
+NAMES_A_TASK = frozenset({"completed_forged"})
+"""Kinds about a real task, named by the fault's `task`."""
 DEFAULT_QUEUE = {"dispatch_epoch": WORK_QUEUE}
 """Where a kind goes without `queue`: a forged dispatch to the work queue, the rest to the
 leader's queue."""
@@ -91,6 +94,8 @@ class Forged:
     kind: str
     body: bytes
     submits: str | None = None
+    about: str | None = None
+    """The real task it lies about (a kind in `NAMES_A_TASK`)."""
 
 
 def decode_delivery(codec: Codec, raw: bytes, *, redelivered: bool) -> Envelope | DeadLetter:
@@ -105,12 +110,19 @@ def injected_task_id(kind: str, n: int) -> str:
     return f"injected-{kind.replace('_', '-')}-{n}"
 
 
-def forge(kind: str, n: int, *, target: str, codec: Codec | None = None) -> Forged:
+def forge(
+    kind: str, n: int, *, target: str, codec: Codec | None = None, task: str | None = None,
+) -> Forged:
     """The `n`th injected message of `kind` (see `INJECT_KINDS`), bound for `target` (an actor
-    address: the leader's queue, the work queue or a node's mailbox)."""
+    address: the leader's queue, the work queue or a node's mailbox); `task` is the real task
+    a kind in `NAMES_A_TASK` is about."""
     raw = _RAW.get(kind)
     if raw is not None:
         return Forged(kind=kind, body=raw)
+    if kind in NAMES_A_TASK:
+        claim = Completed(task_id=str(task), attempt=1, worker=INTRUDER, ok=True)
+        env = Envelope(id=f"{INTRUDER}.{kind}.{n}", sender=INTRUDER, target=target, body=claim)
+        return Forged(kind=kind, body=(codec or Codec()).encode(env), about=task)
     task = injected_task_id(kind, n)
     if kind == "submit_wrong_types":  # no TaskSpec holds these: the JSON is written by hand
         return Forged(kind=kind, body=_wrong_types(task, n, target), submits=task)
@@ -183,7 +195,8 @@ def injections(
     addresses = list(targets) if queue == MAILBOX else [queue]
     count = int(params.get("count", 1))
     codec = Codec()
-    return [(address, forge(kind, start + i + 1, target=address, codec=codec))
+    return [(address, forge(kind, start + i + 1, target=address, codec=codec,
+                            task=params.get("task")))
             for i, address in enumerate(a for a in addresses for _ in range(count))]
 
 
@@ -193,6 +206,8 @@ def record_injection(record: Recorder, address: str, forged: Forged) -> None:
     data: dict[str, Any] = {"message": forged.kind, "queue": address}
     if forged.submits is not None:
         data["task"] = forged.submits
+    if forged.about is not None:
+        data["about"] = forged.about
     record(INTRUDER, "inject", VectorClock(), data)
     if forged.submits is not None:
         record(INTRUDER, "submit", VectorClock(), {"task": forged.submits,
@@ -228,6 +243,7 @@ def poison_violations(
                 f"{INJECT_KINDS[injected[task]]}) ended {end.kind}"
                 f"{'' if end.kind == 'succeeded' else ' without a reason'}: the leader must "
                 f"refuse what the API refuses, and say why")})
+    out += _forged_successes(events)
     dead = sum(1 for e in events if e.kind == "dead_lettered")
     if dead_lettered_min is not None and dead < dead_lettered_min:
         out.append({"invariant": "expectation", "detail": (
@@ -240,6 +256,32 @@ def poison_violations(
             f"[expect] crashes_max = {crashes_max}, but nodes crashed or stepped down "
             f"{len(crashes)} time(s) on their own: {shown}")})
     return out
+
+
+def _forged_successes(events: Sequence[Event]) -> list[dict[str, Any]]:
+    """A task a forged completion lied about may be recorded succeeded only after (by
+    happens-before) a worker stored its result."""
+    about = {e.data["about"] for e in events if e.kind == "inject" and "about" in e.data}
+    stored: dict[str, list[Event]] = {}
+    out = []
+    for e in events:
+        task = e.data.get("task")
+        if not isinstance(task, str) or task not in about:
+            continue
+        if e.kind == "effect":
+            stored.setdefault(task, []).append(e)
+        elif e.kind == "succeeded" and not any(_stored_clock(r).before(e.clock)
+                                               for r in stored.get(task, ())):
+            out.append({"invariant": "poison_refused", "task": task, "detail": (
+                f"{e.actor} recorded task {task} succeeded on a forged completion: no result "
+                f"of it was stored before (by happens-before)")})
+    return out
+
+
+def _stored_clock(effect: Event) -> VectorClock:
+    """The clock a result was stored with (the event's own where it does not say)."""
+    stored = effect.data.get("result_clock")
+    return VectorClock.of(stored) if isinstance(stored, Mapping) else effect.clock
 
 
 def unplanned_crashes(events: Sequence[Event]) -> list[str]:

@@ -18,7 +18,7 @@ import attrs
 
 from dtq.envelope import COORDINATOR_QUEUE
 from dtq.errors import ScenarioError
-from dtq.poison import DEFAULT_QUEUE, INJECT_KINDS, MAILBOX, QUEUES
+from dtq.poison import DEFAULT_QUEUE, INJECT_KINDS, MAILBOX, NAMES_A_TASK, QUEUES
 
 FAULT_ACTIONS = {
     "kill": "stop a node at once (SIGKILL); with `duration`, restart it afterwards",
@@ -131,7 +131,7 @@ EXPECT_KEYS = {"deadline_ms": int, "succeeded": int, "failed": int, "failover_ms
                "reassign_ms_max": int, "stale_writes_refused_min": int, "settle_ms": int,
                "dead_lettered_min": int, "crashes_max": int}
 FAULT_KEYS = {"at": int, "action": str, "target": str, "duration": int, "from": list,
-              "message": str, "queue": str, "count": int,
+              "message": str, "queue": str, "count": int, "task": str,
               "latency": int, "jitter": int, "probability": float, "rate": int,
               "timeout": int, "average_size": int, "size_variation": int, "delay": int,
               "when": str}
@@ -300,6 +300,9 @@ def _inject(ld: _Loader, prefix: str, d: Mapping[str, Any]) -> None:
                        "target out, or use queue = \"mailbox\" to reach a node's own")
     if d.get("count", 1) < 1:
         raise ld.error(prefix + "count", "must be at least 1")
+    if (d["message"] in NAMES_A_TASK) != ("task" in d):
+        raise ld.error(prefix + "task", f"{d['message']!r} names no task" if "task" in d else
+                       f"{d['message']!r} needs the id of a task of the workload (task = ...)")
 
 
 def _expect(ld: _Loader, d: Mapping[str, Any]) -> ExpectSpec:

@@ -64,6 +64,8 @@ def write(tmp_path: Path, text: str) -> Path:
     ("message = 'undecodable'\ntarget = 'worker-1'", "fault[0].target", "belongs to no node"),
     ("message = 'undecodable'\ncount = 0", "fault[0].count", "at least 1"),
     ("message = 'undecodable'\ncount = 'two'", "fault[0].count", "must be int"),
+    ("message = 'completed_forged'", "fault[0].task", "needs the id of a task"),
+    ("message = 'cancel_unknown'\ntask = 'task-00001'", "fault[0].task", "names no task"),
 ])
 def test_a_wrong_inject_fault_is_refused_naming_the_key(
     tmp_path: Path, fault: str, key: str, says: str,
@@ -83,7 +85,7 @@ def test_every_kind_is_forged_the_same_way_and_decodes_as_documented() -> None:
     bodies = {k: d.body for k, d in decoded.items() if isinstance(d, Envelope)}
     specs = {k: b.spec for k, b in bodies.items() if isinstance(b, Submit)}
     assert specs["submit_priority"].priority == 999
-    assert specs["submit_wrong_types"].type == 5  # (the leader's checks refuse it)
+    assert specs["submit_wrong_types"].to_json()["type"] == 5  # (the leader refuses it)
     assert specs["submit_self_dependency"].deps == (specs["submit_self_dependency"].id,)
     assert len(json.dumps(specs["submit_huge_payload"].payload)) > 1024 * 1024
     assert isinstance(bodies["dispatch_epoch"], Dispatch)
@@ -162,6 +164,42 @@ def test_a_forged_submission_that_succeeds_or_ends_without_a_reason_is_a_violati
         assert [v["invariant"] for v in found] == (["poison_refused"] if bad else []), end
     assert poison_summary(_history(inject).events)["injected"]["submissions"] == {
         "t": "never ended"}
+
+
+def test_a_success_recorded_on_a_forged_completion_is_a_violation() -> None:
+    inject = ("intruder", "inject", {"message": "completed_forged", "about": "t"})
+    forged = _history(inject, ("leader", "succeeded", {"task": "t"}),
+                      ("w", "effect", {"task": "t"})).events
+    found = poison_violations(forged, dead_lettered_min=None, crashes_max=None)
+    assert [v["invariant"] for v in found] == ["poison_refused"], found
+    h = History(lambda: 0)
+    h.record("intruder", "inject", VectorClock(), inject[2])
+    h.record("w", "effect", VectorClock.of({"w": 1}), {"task": "t"})
+    h.record("leader", "succeeded", VectorClock.of({"w": 1, "leader": 1}), {"task": "t"})
+    assert poison_violations(h.events, dead_lettered_min=None, crashes_max=None) == []
+
+
+@pytest.mark.xfail(strict=True, reason="the leader takes a worker's word for a success: a "
+                   "forged Completed makes a task succeeded before any worker ran it")
+def test_a_forged_completion_of_a_real_task_is_not_believed(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+[cluster]
+workers = 2
+[workload]
+count = 6
+type = "sleep"
+payload = { ms = 500 }
+interval_ms = 10
+[[fault]]
+at = 100
+action = "inject"
+message = "completed_forged"
+task = "task-00006"
+[expect]
+succeeded = 6
+""")
+    result = run_memory(load(path))
+    assert result.ok, result.summary["violations"]
 
 
 def test_dead_letters_and_crashes_are_held_to_their_bounds() -> None:
