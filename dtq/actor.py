@@ -2,9 +2,10 @@
 
 The rule: actor code is pure. A handler gets a message and a `Context`; the context is its only
 door to the world. Handlers *record* effects (fenced store writes, result writes, sends, timers,
-acks, task executions) and the runtime applies them in a fixed order: persist, then send, then
-ack. A result write answers: the runtime writes every result of a batch in one round trip and
-hands each answer back to the actor as a message, whose handler runs before the batch's sends leave.
+acks, task executions) and every runtime applies them by one plan (`dtq.effectplan`): persist,
+then results, then send, then ack. A result write answers: the runtime writes every result of a
+batch in one round trip and hands each answer back to the actor as a message, whose handler runs
+before the batch's sends leave. Task code runs through `dtq.taskrun`.
 
 `ActorCell` is shared by every runtime: it owns an actor's vector clock and epoch, chooses the
 handler by message class and collects the effects. The simulator and the process runtime only

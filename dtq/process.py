@@ -134,7 +134,7 @@ def _prefetch(cfg: NodeConfig) -> dict[str, int]:
 def run_node(cfg: NodeConfig) -> int:
     """Run one node in this process until it stops; return its exit status."""
     from dtq.logs import configure_logging
-    from dtq.runtime import ProcessRuntime, RuntimeOptions
+    from dtq.runtime import ProcessRuntime, RuntimeOptions, kill_at
     from transports.rabbitmq import RabbitTransport
     from transports.redis import RedisHistory, RedisStore
 
@@ -156,7 +156,9 @@ def run_node(cfg: NodeConfig) -> int:
     runtime = ProcessRuntime(built, transport=transport, store=store, record=record,
                              options=RuntimeOptions(concurrency=cfg.concurrency,
                                                     io_root=io_root, trace=cfg.trace,
-                                                    prefetch=_prefetch(cfg)))
+                                                    prefetch=_prefetch(cfg),
+                                                    crash=kill_at(os.environ.get(
+                                                        "DTQ_CRASH_AT", ""))))
     log.info("starting", role=cfg.role, pid=os.getpid(), namespace=cfg.namespace)
     try:
         return runtime.run()

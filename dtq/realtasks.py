@@ -1,4 +1,4 @@
-"""Task execution on real processes: a `TaskContext` with real time, files and HTTP.
+"""Task execution on real processes: the real world (time, files, HTTP) of `dtq.taskrun`.
 
 Runs in a worker's task thread, never on the handler loop. Files and HTTP go through
 `dtq.runtime_io`: regular files inside the node's I/O root only, HTTP to public addresses only.
@@ -8,25 +8,23 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
 
+from dtq import taskrun
 from dtq.actor import Execution
 from dtq.runtime_io import IoRoot, current_http_policy, http_get
 from dtq.store import Store
+from dtq.taskrun import CrashHook, TaskRecorder, no_crash
 from dtq.tasktypes import Executed
 
 
 class RealTaskContext:
-    def __init__(
-        self, ex: Execution, *, store: Store, record: Callable[[str, Mapping[str, Any]], None],
-        io_root: str,
-    ) -> None:
-        self._ex = ex
-        self._store = store
-        self._record = record
+    """The world of a task on a real process (`dtq.taskrun.TaskWorld`): real time, files under
+    the I/O root, HTTP. What a task's context does beyond that is `dtq.taskrun`'s."""
+
+    def __init__(self, ex: Execution, *, io_root: str) -> None:
         self._io_root = io_root
-        self._deadline = time.monotonic() + ex.input.timeout_ms / 1000
+        self._started = time.monotonic()
+        self._deadline = self._started + ex.input.timeout_ms / 1000
 
     @property
     def now_ms(self) -> int:
@@ -37,6 +35,9 @@ class RealTaskContext:
 
     def charge(self, ms: int) -> None:
         """Real CPU time is already spent; nothing to account for."""
+
+    def elapsed_ms(self) -> int:
+        return int((time.monotonic() - self._started) * 1000)
 
     @functools.cached_property
     def _files(self) -> IoRoot:
@@ -51,25 +52,11 @@ class RealTaskContext:
     def http_get(self, url: str) -> tuple[int, bytes]:
         return http_get(url, deadline=self._deadline, policy=current_http_policy())
 
-    def once(self, key: str, fn: Callable[[], object]) -> bool:
-        owner = f"{self._ex.input.task_id}#{self._ex.input.attempt}"
-        _, new = self._store.once(key, owner)
-        if new:
-            fn()
-            self._record("side_effect", {"key": key, "task": self._ex.input.task_id})
-        return new
-
 
 def run_task(
-    ex: Execution, *, store: Store, record: Callable[[str, Mapping[str, Any]], None],
-    actor: str, io_root: str,
+    ex: Execution, *, store: Store, record: TaskRecorder, io_root: str,
+    crash: CrashHook = no_crash,
 ) -> Executed:
-    ctx = RealTaskContext(ex, store=store, record=record, io_root=io_root)
-    started = time.monotonic()
-    try:
-        value = ex.task_actor.run(ex.input, ctx)
-        ok, error = True, None
-    except Exception as exc:  # task code may raise anything; it fails the attempt
-        value, ok, error = None, False, f"{type(exc).__name__}: {exc}"
-    elapsed = int((time.monotonic() - started) * 1000)
-    return Executed(ref=ex.ref, ok=ok, value=value, error=error, elapsed_ms=elapsed)
+    """Run a task in this thread, in the real world (`dtq.taskrun.run_task`)."""
+    world = RealTaskContext(ex, io_root=io_root)
+    return taskrun.run_task(ex, world=world, store=store, record=record, crash=crash)

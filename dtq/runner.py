@@ -122,10 +122,7 @@ def build_simulation(
     scenario: Scenario, seed: int, *, trace: bool = False, store: SimStore | None = None,
 ) -> Simulation:
     net = NetworkConfig(**scenario.network)
-    points = scenario.crash_points
-    crash_points = CrashPoints(after_persist=float(points.get("after_persist", 0.0)),
-                               after_send=float(points.get("after_send", 0.0)),
-                               until_ms=int(points["until_ms"]) if "until_ms" in points else None)
+    crash_points = CrashPoints.from_mapping(scenario.crash_points)
     sim = Simulation(seed, network=net, crash_points=crash_points, trace=trace, store=store)
     types = load_task_types(scenario.cluster.task_modules)
     c = scenario.cluster

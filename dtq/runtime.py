@@ -1,10 +1,12 @@
 """Drives one actor in one OS process against RabbitMQ and a store.
 
 The actor's handlers run on this process's main thread, one batch of deliveries at a time. The
-effects of a batch are applied in the fixed order: persist (all fenced writes of the batch in one
-store call), send (published with asynchronous confirms), ack (only when every send of the batch
-is confirmed). Task code runs in a thread pool, off the handler loop, so timers and heartbeats
-keep running during a long task. Timers are a heap on the main thread.
+effects of a batch are applied by the one plan of `dtq.effectplan`, as in the simulator: persist
+(the fenced writes of the batch, one store call per epoch), results, send (published with
+asynchronous confirms), ack (only when every send of the batch is confirmed); this module gives
+it only primitives (`_ProcessEffects`). Task code runs through `dtq.taskrun` in a thread pool,
+off the handler loop, so timers and heartbeats keep running during a long task. Timers are a
+heap on the main thread.
 
 Crash-only: a refused fenced write, an unreachable store or an actor's `ctx.exit` ends the
 process with a non-zero status; its unacked deliveries go back to their queues and the
@@ -19,25 +21,36 @@ import contextlib
 import functools
 import heapq
 import itertools
+import os
 import queue
 import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import attrs
 import structlog
 
-from dtq.actor import Actor, ActorCell, DeliveryRef, Effects, Execution
+from dtq.actor import Actor, ActorCell, DeliveryRef, Effects, Execution, Timer
 from dtq.clock import VectorClock
-from dtq.envelope import COORDINATOR_QUEUE, WORK_QUEUE, Codec, Completed, Dispatch, Message
+from dtq.effectplan import CRASH_AFTER, Plan
+from dtq.envelope import (
+    COORDINATOR_QUEUE,
+    WORK_QUEUE,
+    Codec,
+    Completed,
+    Dispatch,
+    Envelope,
+    Message,
+)
 from dtq.errors import DecodeError, StaleEpoch, StoreError, StoreUnavailable
 from dtq.poison import DeadLetter, decode_delivery
 from dtq.realtasks import run_task
-from dtq.store import Store
+from dtq.store import ResultItem, ResultWrite, Store, Write
+from dtq.taskrun import CRASH_POINTS, CrashHook, no_crash
 from dtq.transport import (
     BUNDLE_HEADER,
     FAILURES_HEADER,
@@ -67,6 +80,36 @@ class RuntimeOptions:
     io_root: str = "."
     trace: bool = False
     store_wait_s: float = 10.0
+    crash: CrashHook = no_crash
+    """Called at every crash point (after each step of the effect plan, `after_persist`...,
+    and at `dtq.taskrun.CRASH_POINTS`); production's goes on. `dtq.process` installs one that
+    kills the process at a point named in `DTQ_CRASH_AT`, for tests."""
+
+
+def kill_at(spec: str) -> CrashHook:
+    """The crash hook of a process started with `DTQ_CRASH_AT=spec` (for tests; "" in
+    production: `no_crash`): SIGKILL this process at the named crash points, `point[,point...]`
+    (see `RuntimeOptions.crash`). With `@flag-file` after them, only the first process of a run
+    that gets there dies (it creates the file just before), so a restarted node goes on."""
+    points, _, flag = spec.partition("@")
+    names = {p.strip() for p in points.split(",") if p.strip()}
+    if not names:
+        return no_crash
+    unknown = names - {*CRASH_AFTER, *CRASH_POINTS}
+    if unknown:
+        raise ValueError(f"DTQ_CRASH_AT names no crash point: {', '.join(sorted(unknown))}")
+
+    def hook(point: str) -> None:
+        if point not in names:
+            return
+        if flag:
+            try:
+                os.close(os.open(flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                return
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
 
 
 class ProcessRuntime:
@@ -248,78 +291,21 @@ class ProcessRuntime:
     # --- applying effects -------------------------------------------------------------------
 
     def _apply(self, results: list[tuple[Effects | None, Delivery | None]]) -> None:
+        """Apply a batch's effects by the one plan (`dtq.effectplan`)."""
         done = [(fx, d) for fx, d in results if fx is not None]
-        if not done or self._exit is not None:
-            return
-        pending = done
-        while pending:  # result writes answer with messages, whose handlers may write more
-            if not self._persist([fx for fx, _ in pending]):
-                return
-            answered = self._store_results([fx for fx, _ in pending])
-            pending = [(fx, None) for fx in answered if fx is not None]
-            if self._exit is not None:
-                return
-            done += pending
-        outgoing = [self._outgoing(env) for fx, _ in done for env in fx.sends]
-        outgoing += [Outgoing(queue=d.queue, body=d.body, priority=d.priority, headers=d.headers)
-                     for fx, d in done if d is not None and fx.defer_ms is not None]
-        # An actor that exits did not handle its input: nothing of the batch is acked, so the
-        # broker hands it all out again (handlers are idempotent).
-        exiting = any(fx.exit is not None for fx, _ in done)
-        acks = [] if exiting else [d for fx, d in done if d is not None and not fx.hold]
-        acks += [held for fx, _ in done for ref in fx.acks
-                 if (held := self._deliveries.pop(ref.token, None)) is not None]
-        if outgoing or acks:  # (an empty round would only wake the I/O thread for nothing)
-            self.transport.publish(outgoing, then=lambda: self._ack_all(acks))
-        for fx, _ in done:
-            self._apply_local(fx)
+        if done and self._exit is None:
+            Plan(_ProcessEffects(self), done).run()
 
-    def _persist(self, effects: list[Effects]) -> bool:
-        writes = [(fx.epoch, w) for fx in effects for w in fx.writes]
-        if not writes:
-            return True
-        try:
-            for epoch, group in itertools.groupby(writes, key=lambda x: x[0]):
-                batch = [w for _, w in group]
-                self._apply_waiting(batch, epoch)
-                self.record(self.name, "persist", self.cell.clock,
-                            {"epoch": epoch, "writes": len(batch)})
-            return True
-        except StaleEpoch as exc:
-            self.record(self.name, "stale_write_refused", self.cell.clock,
-                        {"epoch": exc.attempted, "current": exc.current})
-            self.log.error("fenced out: a newer leader exists; exiting", error=str(exc))
-            self._exit = EXIT_FENCED
-        except StoreError as exc:
-            self.log.error("store failed; exiting", error=str(exc))
-            self._exit = EXIT_STORE
-        return False
-
-    def _store_results(self, effects: list[Effects]) -> list[Effects | None]:
-        """Write the batch's results in one round trip; run the handlers of the answers."""
-        pending = [p for fx in effects for p in fx.results]
-        if not pending:
-            return []
-        try:
-            answers = self.store.put_results([p.item for p in pending])
-        except StoreError as exc:
-            self.log.error("store failed; exiting", error=str(exc))
-            self._exit = EXIT_STORE
-            return []
-        now = self._now()
-        return [self._guard(functools.partial(self.cell.fire, p.then(answer), now))
-                for p, answer in zip(pending, answers, strict=True)]
-
-    def _apply_waiting(self, batch: list[Any], epoch: int) -> None:
+    def _apply_waiting(self, batch: Sequence[Write], epoch: int) -> object:
         """Apply fenced writes; while the store is unreachable, wait and try again (handling
         nothing else) for up to `store_wait_s`. A leader that waited past its lease finds its
-        writes refused (StaleEpoch) once the store answers again."""
+        writes refused (StaleEpoch) once the store answers again. The store's answer."""
         deadline = time.monotonic() + self.options.store_wait_s
         delay = 0.05
+        apply: Callable[..., object] = self.store.apply
         while True:
             try:
-                self.store.apply(batch, epoch=epoch)
-                return
+                return apply(batch, epoch=epoch)
             except StoreUnavailable:
                 if time.monotonic() + delay > deadline:
                     raise
@@ -338,21 +324,6 @@ class ProcessRuntime:
         for d in deliveries:
             self.transport.ack(d)
 
-    def _apply_local(self, fx: Effects) -> None:
-        now = time.monotonic()
-        self._cancelled.update(fx.cancelled_timers)
-        for t in fx.timers:
-            heapq.heappush(self._timers, (now + t.delay_ms / 1000, t.id, t.id, t.message))
-        for ex in fx.executions:
-            self._execute(ex)
-        for address in fx.subscribe:
-            self._subscribe(address)
-        for address in fx.unsubscribe:
-            self.transport.cancel(address)
-        if fx.exit is not None:
-            self.log.warning("actor asked to exit", reason=fx.exit)
-            self._exit = EXIT_ACTOR
-
     def _subscribe(self, address: str) -> None:
         if address not in self.subscriptions:
             self.subscriptions.append(address)
@@ -364,7 +335,7 @@ class ProcessRuntime:
 
         def run() -> _Local:
             done = run_task(ex, store=self.store, record=self._record_threadsafe,
-                            actor=self.name, io_root=self.options.io_root)
+                            io_root=self.options.io_root, crash=self.options.crash)
             return _Local(message=done, execution=True)
 
         if ex.task_actor.inline:  # microseconds of work, on this thread: no hand-offs
@@ -436,3 +407,76 @@ class _Local:
 
     message: Message
     execution: bool = False
+
+
+class _ProcessEffects:
+    """The process runtime's primitives for the effect plan (`dtq.effectplan`), for one batch.
+    Sends and acks go to the transport together: the acks once the sends are confirmed."""
+
+    __slots__ = ("outgoing", "rt")
+
+    def __init__(self, rt: ProcessRuntime) -> None:
+        self.rt = rt
+        self.outgoing: list[Outgoing] = []
+
+    def write(self, writes: Sequence[Write], epoch: int) -> object:
+        return self.rt._apply_waiting(writes, epoch)
+
+    def put_results(self, items: Sequence[ResultItem]) -> list[ResultWrite]:
+        return self.rt.store.put_results(items)
+
+    def fire(self, message: Message) -> Effects | None:
+        rt = self.rt
+        return rt._guard(functools.partial(rt.cell.fire, message, rt._now()))
+
+    def record(self, kind: str, data: Mapping[str, Any]) -> None:
+        self.rt.record(self.rt.name, kind, self.rt.cell.clock, data)
+
+    def fenced(self, exc: StaleEpoch) -> None:
+        self.rt.log.error("fenced out: a newer leader exists; exiting", error=str(exc))
+        self.rt._exit = EXIT_FENCED
+
+    def store_failed(self, exc: StoreError, step: str) -> None:
+        self.rt.log.error("store failed; exiting", error=str(exc), step=step)
+        self.rt._exit = EXIT_STORE
+
+    def alive(self) -> bool:
+        return self.rt._exit is None
+
+    def crash_after(self, step: str) -> bool:
+        self.rt.options.crash(f"after_{step}")
+        return False
+
+    def publish(self, sends: Sequence[Envelope], defers: Sequence[tuple[Delivery, int]]) -> None:
+        rt = self.rt
+        self.outgoing = [rt._outgoing(env) for env in sends]
+        self.outgoing += [Outgoing(queue=d.queue, body=d.body, priority=d.priority,
+                                   headers=d.headers) for d, _ in defers]
+
+    def resolve(self, ref: DeliveryRef) -> Delivery | None:
+        return self.rt._deliveries.pop(ref.token, None)
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        rt, acks = self.rt, list(deliveries)
+        if self.outgoing or acks:  # (an empty round would only wake the I/O thread for nothing)
+            rt.transport.publish(self.outgoing, then=lambda: rt._ack_all(acks))
+
+    def schedule(self, timer: Timer) -> None:
+        due = time.monotonic() + timer.delay_ms / 1000
+        heapq.heappush(self.rt._timers, (due, timer.id, timer.id, timer.message))
+
+    def cancel(self, timer_id: int) -> None:
+        self.rt._cancelled.add(timer_id)
+
+    def execute(self, execution: Execution) -> None:
+        self.rt._execute(execution)
+
+    def subscribe(self, address: str) -> None:
+        self.rt._subscribe(address)
+
+    def unsubscribe(self, address: str) -> None:
+        self.rt.transport.cancel(address)
+
+    def exit(self, reason: str) -> None:
+        self.rt.log.warning("actor asked to exit", reason=reason)
+        self.rt._exit = EXIT_ACTOR

@@ -16,9 +16,11 @@ from typing import Any
 
 import attrs
 
+from dtq.effectplan import CRASH_AFTER
 from dtq.envelope import COORDINATOR_QUEUE
 from dtq.errors import ScenarioError
 from dtq.poison import DEFAULT_QUEUE, INJECT_KINDS, MAILBOX, NAMES_A_TASK, QUEUES
+from dtq.taskrun import CRASH_POINTS
 
 FAULT_ACTIONS = {
     "kill": "stop a node at once (SIGKILL); with `duration`, restart it afterwards",
@@ -173,9 +175,8 @@ class _Loader:
             return
         if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
             if not 0.0 <= float(value) <= 1.0 and key.split(".")[-1] in (
-                    "drop", "duplicate", "reorder", "probability", "after_persist", "stale_read",
-                    "early_dispatch",
-                    "after_send"):
+                    "drop", "duplicate", "reorder", "probability", "stale_read",
+                    "early_dispatch", *CRASH_AFTER, *CRASH_POINTS):
                 raise self.error(key, f"must be a probability from 0 to 1, not {value}")
             return
         if kind is bool:
@@ -234,7 +235,8 @@ def _network(ld: _Loader, d: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _crash_points(ld: _Loader, d: Mapping[str, Any]) -> dict[str, float]:
-    ld.table(d, {"after_persist": float, "after_send": float, "until_ms": int}, "crash_points.")
+    ld.table(d, {**dict.fromkeys((*CRASH_AFTER, *CRASH_POINTS), float), "until_ms": int},
+             "crash_points.")
     return {k: (int(v) if k == "until_ms" else float(v)) for k, v in d.items()}
 
 

@@ -3,7 +3,7 @@
 Two kinds of operation:
 
 * immediate, atomic ones that answer (claim an idempotency key, first-writer-wins result,
-  leases, `once` markers, reads);
+  leases, `once` markers begun then done, reads);
 * fenced writes (`Write` values) that a handler records with `ctx.write`; the runtime applies a
   handler's writes in one batch with `Store.apply(writes, epoch=...)`, which applies the whole
   batch only when `epoch` is the store's current epoch and the lease is held at that epoch, and
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
 
@@ -106,6 +106,10 @@ class ResultWrite:
     """Refused because the task was re-dispatched as a newer attempt (a late result)."""
 
 
+OnceState = Literal["new", "in_doubt", "done"]
+"""What `Store.once_begin` found: no mark, a run's begun mark never recorded done, done."""
+
+
 @attrs.frozen(kw_only=True)
 class Lease:
     name: str
@@ -171,8 +175,17 @@ class Store(Protocol):
         """The stored results among `task_ids` (one round trip), by task id."""
         ...
 
-    def once(self, key: str, owner: str) -> tuple[str, bool]:
-        """Mark `key` done by `owner` unless already marked; return (owner that holds, new)."""
+    def once_begin(self, key: str, owner: str) -> OnceState:
+        """Begin the once-effect `key` for `owner` (a run, "task#attempt"), atomically.
+
+        "done" when the effect was recorded done: nothing changes. Otherwise the key is marked
+        begun by `owner` and the answer says what was there: "new" (nothing) or "in_doubt"
+        (begun by a run that never recorded it done, which may or may not have run it)."""
+        ...
+
+    def once_done(self, key: str, owner: str) -> None:
+        """Record the once-effect `key` done by `owner` (whatever run began it). A done mark is
+        final: it is never undone, and a second `once_done` leaves the first owner."""
         ...
 
     # leases and fencing -------------------------------------------------------------------

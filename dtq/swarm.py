@@ -3,7 +3,8 @@
 As in swarm testing (Groce et al.), every seed first decides which fault kinds it uses at all
 (each on with probability 1/2), then scatters a few of each over the run: crashes and restarts,
 pauses, partitions from the broker or the store, dropped connections, a lossy, duplicating and
-reordering network, crashes between effect steps. Every fault heals before the horizon, so the
+reordering network, crashes between effect steps, crashes inside task runs (around the
+`ctx.once` marker, before the result write). Every fault heals before the horizon, so the
 run must finish; the check is the invariants (no lost task, no duplicated effect, one leader per
 epoch, no stale write) and liveness, not the scenario's timing expectations.
 """
@@ -72,7 +73,12 @@ def swarm(scenario: Scenario, seed: int) -> tuple[Scenario, list[str]]:
     crash_points = dict(scenario.crash_points)
     if rng.random() < 0.5:
         kinds.append("crash-points")
-        crash_points.update(after_persist=0.01, after_send=0.01, until_ms=horizon)
+        crash_points.update(after_persist=0.01, after_results=0.01, after_send=0.01,
+                            after_ack=0.01, until_ms=horizon)
+    if rng.random() < 0.5:
+        kinds.append("task-crash-points")
+        crash_points.update(once_before_begin=0.05, once_before_fn=0.05, once_after_fn=0.05,
+                            before_result=0.01, until_ms=horizon)
     expect = ExpectSpec(deadline_ms=max(scenario.expect.deadline_ms, horizon + 60_000),
                         settle_ms=scenario.expect.settle_ms)
     return attrs.evolve(scenario, faults=tuple(faults), network=network,

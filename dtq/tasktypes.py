@@ -61,10 +61,24 @@ class TaskContext(Protocol):
     def http_get(self, url: str) -> tuple[int, bytes]: ...
 
     def once(self, key: str, fn: Callable[[], object]) -> bool:
-        """Run `fn` at most once per key across all attempts and workers (True if it ran now).
+        """Run `fn` for `key` until one run of it is recorded done, across all attempts and
+        workers; True if it ran now, False if it was skipped.
 
-        The marker is set before `fn` runs, so a crash inside `fn` skips it on retry: at most
-        once, never twice."""
+        A key's marker in the store goes from absent to "begun by task#attempt" to "done":
+
+        * done: `fn` is skipped. Once a run is recorded done, `fn` never runs again for the key.
+        * absent, or begun but never done (in doubt: the run that began it crashed, or was
+          presumed dead and its task handed on, before it recorded done): the marker is set
+          begun by this run, `fn` runs, then the marker is set done.
+
+        So a task never reports success while one of its once-effects did not run (`once`
+        returns only after the done marker is written, and raises if `fn` or the store does).
+        What may happen: `fn` runs more than once for a key only when an earlier run of it
+        began and was never recorded done, i.e. its worker died (or was presumed dead) between
+        the start of `fn` and the done marker; in the worst case `fn` ran to its end and the
+        crash fell between its end and the done marker. Make `fn` safe to redo (as the `io`
+        write is: an atomic rename of the same bytes), or make it record its own effect in a
+        store it can check. If `fn` raises, the marker stays begun: the next attempt runs it."""
         ...
 
     def charge(self, ms: int) -> None:
@@ -155,7 +169,9 @@ class Sleep(TaskActor):
 class Io(TaskActor):
     """File or HTTP work: `{"op": "read"|"write"|"http_get", "path"|"url": ..., "data": ...}`.
 
-    Writes go through `ctx.once`, so a retried attempt never writes a file twice.
+    Writes go through `ctx.once`: a write recorded done is never made again; one whose worker
+    died before recording it is made again, which is safe (the same bytes, renamed into place
+    atomically).
     """
 
     type_name = "io"

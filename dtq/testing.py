@@ -502,11 +502,29 @@ class StoreConformance:
         assert store.claim_key("k1", "t-1", "fp2") == ("t-1", "fp1")
         assert store.claim_key("k2", "t-2", "fp2") == ("t-2", "fp2")
 
-    def test_once_marks_the_first_owner(self, store: Store) -> None:
-        assert store.once("k", "a") == ("a", True)
-        assert store.once("k", "b") == ("a", False)
-        assert store.once("k", "a") == ("a", False)
-        assert store.once("other", "b") == ("b", True)
+    def test_once_begun_and_never_done_is_in_doubt(self, store: Store) -> None:
+        assert store.once_begin("k", "t#1") == "new"
+        assert store.once_begin("k", "t#1") == "in_doubt"  # the same run, delivered again
+        assert store.once_begin("k", "t#2") == "in_doubt"
+        assert store.once_begin("other", "t#2") == "new"
+
+    def test_once_done_is_final(self, store: Store) -> None:
+        assert store.once_begin("k", "t#1") == "new"
+        store.once_done("k", "t#1")
+        for owner in ("t#1", "t#2"):
+            assert store.once_begin("k", owner) == "done"
+        store.once_done("k", "t#2")
+        assert store.once_begin("k", "t#3") == "done"
+        assert store.once_begin("other", "t#3") == "new"
+
+    def test_once_done_by_a_run_that_was_overtaken(self, store: Store) -> None:
+        """A slow run ends after another began in doubt: done all the same (it ran)."""
+        assert store.once_begin("k", "t#1") == "new"
+        assert store.once_begin("k", "t#2") == "in_doubt"
+        store.once_done("k", "t#1")
+        assert store.once_begin("k", "t#2") == "done"
+        store.once_done("k", "t#2")
+        assert store.once_begin("k", "t#3") == "done"
 
     # workers --------------------------------------------------------------------------------
     def test_workers_sorted_by_name_and_replaced(self, store: Store) -> None:

@@ -11,11 +11,10 @@ the same history, event for event.
 
 from __future__ import annotations
 
-import functools
 import heapq
 import random
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
 import attrs
@@ -25,13 +24,13 @@ from dtq.actor import Actor, ActorCell, DeliveryRef, Effects
 from dtq.causal import check_deps
 from dtq.clock import VectorClock
 from dtq.envelope import COORDINATOR_QUEUE, Codec, Dispatch, Envelope, Message, Submit
-from dtq.errors import StaleEpoch, StoreError, StoreUnavailable
 from dtq.history import History
 from dtq.poison import INTRUDER, DeadLetter, WireBytes, decode_delivery
 from dtq.store import Store
 from dtq.task import TaskSpec
+from transports.memory_effects import SimEffects
 from transports.memory_store import SimStore, StoreView
-from transports.memory_tasks import SimIO, run_task
+from transports.memory_tasks import SimIO
 
 BROKER = "broker"
 STORE = "store"
@@ -65,12 +64,32 @@ class NetworkConfig:
 
 @attrs.define(kw_only=True)
 class CrashPoints:
-    """Probabilities of crashing a node between the effect steps of one handler run."""
+    """Probabilities of crashing a node at each crash point: after a step of the effect plan
+    (`dtq.effectplan`: `after_persist`, `after_results`, `after_send`, `after_ack`), or at a
+    point of a task's run (`dtq.taskrun.CRASH_POINTS`: inside `ctx.once` before its marker is
+    begun, before `fn`, after `fn` before the done marker; before the result is written)."""
 
     after_persist: float = 0.0
+    after_results: float = 0.0
     after_send: float = 0.0
+    after_ack: float = 0.0
+    once_before_begin: float = 0.0
+    once_before_fn: float = 0.0
+    once_after_fn: float = 0.0
+    before_result: float = 0.0
     until_ms: int | None = None
     """Stop injecting at this virtual time (None: for the whole run)."""
+
+    @classmethod
+    def from_mapping(cls, points: Mapping[str, Any]) -> CrashPoints:
+        """From a scenario's `[crash_points]` table: probabilities by point, and `until_ms`."""
+        until = points.get("until_ms")
+        return cls(**{k: float(v) for k, v in points.items() if k != "until_ms"},
+                   until_ms=int(until) if until is not None else None)
+
+    def probability(self, point: str) -> float:
+        value: float = getattr(self, point)
+        return value
 
 
 @attrs.define(eq=False)
@@ -104,10 +123,6 @@ class _Node:
     auto_restart: bool = True
     blocked_since: int | None = None
     """When the node started waiting for the store to take its writes (None: not waiting)."""
-
-
-def _fire(message: Message, now_ms: int, cell: ActorCell) -> Effects:
-    return cell.fire(message, now_ms)
 
 
 def _default_log() -> Any:
@@ -508,120 +523,29 @@ class Simulation:
     def _run_handler(
         self, node: _Node, tag: int | None, run: Callable[[ActorCell], Effects],
     ) -> None:
-        cell = node.cell
-        assert cell is not None
-        try:
-            effects = run(cell)
-        except StoreError as exc:
-            node.clock = cell.clock
-            self._fail(node, f"store error: {exc}")
-            return
-        node.clock = cell.clock
-        self._apply(node, tag, effects)
+        """Run a handler, then apply its effects by the one plan (`dtq.effectplan`)."""
+        world = SimEffects(self, node)
+        fx = world.handle(run)
+        if fx is not None:
+            world.apply(tag, fx)
 
     def _fail(self, node: _Node, reason: str) -> None:
         """Crash-only: an actor that cannot go on exits, and its supervisor restarts it."""
         self.crash(node.name, reason, restart=node.auto_restart)
 
-    def _apply(self, node: _Node, tag: int | None, fx: Effects) -> None:
-        if fx.writes and not self._persist(node, tag, fx):
-            return
-        if self._crash_point(node, self.crash_points.after_persist, "after_persist"):
-            return
-        if fx.results and not self._store_results(node, fx):
-            return
-        for env in fx.sends:
-            self._publish(env)
-        if self._crash_point(node, self.crash_points.after_send, "after_send"):
-            return
-        if fx.exit is not None:  # crash-only: the input was not handled; it must come back
-            self._apply_local(node, fx)
-            return
-        if tag is not None and fx.defer_ms is not None and tag in self._inflight:
-            self.after(fx.defer_ms, self._enqueue, self._inflight[tag], True)
-        if tag is not None and not fx.hold:
-            self._ack(node, tag)
-        for ref in fx.acks:
-            self._ack(node, ref.token)
-        self._apply_local(node, fx)
-
-    def _store_results(self, node: _Node, fx: Effects) -> bool:
-        """Write a run's results; each answer's handler runs (and its effects apply) before the
-        run's own sends. False when the node did not survive it."""
-        cell, inc = node.cell, node.incarnation
-        assert cell is not None
-        try:
-            answers = cell.store.put_results([p.item for p in fx.results])
-        except StoreError as exc:
-            self._fail(node, f"store error: {exc}")
-            return False
-        for p, answer in zip(fx.results, answers, strict=True):
-            self._run_handler(node, None, functools.partial(_fire, p.then(answer), self.now_ms))
-            if node.incarnation != inc or not node.alive:
-                return False
-        return True
-
-    def _persist(self, node: _Node, tag: int | None, fx: Effects) -> bool:
-        """Apply a run's fenced writes. While the store is unreachable the node waits (it
-        handles nothing else) and tries again, for up to `store_wait_ms`, then crashes."""
-        try:
-            if self._store_cut(node.name):
-                raise StoreUnavailable("store unreachable (partitioned)")
-            self.store.apply(fx.writes, epoch=fx.epoch)
-        except StaleEpoch as exc:
-            node.blocked_since = None
-            self.history.record(node.name, "stale_write_refused", node.clock,
-                                {"epoch": exc.attempted, "current": exc.current})
-            self._fail(node, str(exc))
-            return False
-        except StoreError as exc:
-            return self._wait_for_store(node, tag, fx, exc)
-        node.blocked_since = None
-        if fx.epoch < self.store.epoch():
-            # Only a store that breaks fencing gets here; the checker flags the write. (The
-            # process runtime records every persist: it cannot see the store's epoch.)
-            self.history.record(node.name, "persist", node.clock,
-                                {"epoch": fx.epoch, "writes": len(fx.writes),
-                                 "current": self.store.epoch()})
-        return True
-
-    def _wait_for_store(self, node: _Node, tag: int | None, fx: Effects, exc: Exception) -> bool:
-        if node.blocked_since is None:
-            node.blocked_since = self.now_ms
-            self.history.record(node.name, "store_wait", node.clock, {"error": str(exc)})
-        if self.now_ms - node.blocked_since >= self.store_wait_ms:
-            node.blocked_since = None
-            self._fail(node, f"store error: {exc}")
-            return False
-        inc = node.incarnation
-        self.after(self.store_retry_ms, self._retry_apply, node, inc, tag, fx)
-        return False
-
-    def _retry_apply(self, node: _Node, inc: int, tag: int | None, fx: Effects) -> None:
+    def _retry_apply(self, node: _Node, inc: int, world: SimEffects) -> None:
+        """Try again to apply the effects of a node waiting for the store; then handle what
+        waited meanwhile."""
         if node.incarnation != inc or not node.alive:
             return
         if node.paused:  # frozen: try again later (the wait for the store goes on)
-            self.after(self.store_retry_ms, self._retry_apply, node, inc, tag, fx)
+            self.after(self.store_retry_ms, self._retry_apply, node, inc, world)
             return
-        self._apply(node, tag, fx)
+        assert world.plan is not None
+        world.plan.run()
         while (node.incarnation == inc and node.alive and not node.paused
                and node.blocked_since is None and node.backlog):
             node.backlog.popleft()()
-
-    def _apply_local(self, node: _Node, fx: Effects) -> None:
-        inc = node.incarnation
-        node.cancelled_timers.update(fx.cancelled_timers)
-        for timer in fx.timers:
-            self.after(timer.delay_ms, self._fire, node, inc, timer.id, timer.message)
-        for ex in fx.executions:
-            done, elapsed_ms = run_task(self, node.name, ex)
-            self.after(elapsed_ms, self._fire, node, inc, 0, done)
-        for qname in fx.subscribe:
-            self._subscribe(node, qname)
-        for qname in fx.unsubscribe:
-            self._unsubscribe(node, qname)
-        if fx.exit is not None:
-            self._fail(node, fx.exit)
 
     def _fire(self, node: _Node, inc: int, timer_id: int, message: Message) -> None:
         if node.incarnation != inc or not node.alive:
@@ -634,9 +558,14 @@ class Simulation:
             return
         self._run_handler(node, None, lambda cell: cell.fire(message, self.now_ms))
 
-    def _crash_point(self, node: _Node, p: float, where: str) -> bool:
-        until = self.crash_points.until_ms
-        if p and (until is None or self.now_ms < until) and self.rng.random() < p:
-            self.crash(node.name, f"injected crash {where}", restart=node.auto_restart)
+    def _crash_drawn(self, point: str) -> bool:
+        """Whether a node crashes at `point` now, as `crash_points` draws it."""
+        p, until = self.crash_points.probability(point), self.crash_points.until_ms
+        return bool(p) and (until is None or self.now_ms < until) and self.rng.random() < p
+
+    def _crash_point(self, node: _Node, point: str) -> bool:
+        """Crash `node` at `point` if drawn; True when it crashed."""
+        if self._crash_drawn(point):
+            self.crash(node.name, f"injected crash {point}", restart=node.auto_restart)
             return True
         return False

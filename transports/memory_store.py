@@ -21,6 +21,7 @@ from dtq.store import (
     Lease,
     NoteDataLoss,
     Notify,
+    OnceState,
     PutTask,
     ResultItem,
     ResultWrite,
@@ -41,7 +42,8 @@ class SimStore:
         self.edges: dict[str, tuple[str, ...]] = {}
         self.keys: dict[str, tuple[str, str]] = {}
         self.results: dict[str, tuple[TaskResult, int | None]] = {}
-        self.once_marks: dict[str, str] = {}
+        self.once_marks: dict[str, tuple[str, str]] = {}
+        """once key -> ("begun" or "done", the run that marked it)"""
         self.leases: dict[str, Lease] = {}
         self.epochs: dict[str, int] = {}
         self.worker_info: dict[str, WorkerInfo] = {}
@@ -136,11 +138,17 @@ class SimStore:
         found = {t: self.get_result(t) for t in task_ids}
         return {t: r for t, r in found.items() if r is not None}
 
-    def once(self, key: str, owner: str) -> tuple[str, bool]:
-        if key in self.once_marks:
-            return self.once_marks[key], False
-        self.once_marks[key] = owner
-        return owner, True
+    def once_begin(self, key: str, owner: str) -> OnceState:
+        held = self.once_marks.get(key)
+        if held is not None and held[0] == "done":
+            return "done"
+        self.once_marks[key] = ("begun", owner)
+        return "new" if held is None else "in_doubt"
+
+    def once_done(self, key: str, owner: str) -> None:
+        held = self.once_marks.get(key)
+        if held is None or held[0] != "done":
+            self.once_marks[key] = ("done", owner)
 
     # leases and fencing ---------------------------------------------------------------------
     def acquire_lease(

@@ -1,18 +1,23 @@
-"""Task execution inside the simulator: virtual sleep, faked files and HTTP, `once` markers.
+"""Task execution inside the simulator: the simulated world of `dtq.taskrun`, and its crashes.
 
-Task code runs synchronously (compute does its real CPU work), but time it spends sleeping,
-waiting on I/O or charged as CPU is virtual: the `Executed` message comes back that much later.
+The rule: the simulator supplies only a task's world (virtual sleep, faked files and HTTP); what
+a task's context does beyond that (`once`, the answer, the error text, the crash points) is
+`dtq.taskrun`'s, exactly as on real processes. Task code runs synchronously (compute does its
+real CPU work), but time it spends sleeping, waiting on I/O or charged as CPU is virtual: the
+`Executed` message comes back that much later. A crash point the simulator draws stops the
+task's code where it is (`TaskCrash`), leaving the store as it was at that point.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from dtq import taskrun
 from dtq.actor import Execution
-from dtq.clock import VectorClock
+from dtq.store import Store
 from dtq.tasktypes import Executed, TaskError
 
 if TYPE_CHECKING:
@@ -28,55 +33,66 @@ class SimIO:
     latency_ms: int = 5
 
 
-class SimTaskContext:
-    def __init__(self, sim: Simulation, node: str, ex: Execution) -> None:
+class SimWorld:
+    """A task's world in the simulator (`dtq.taskrun.TaskWorld`): time passes virtually."""
+
+    def __init__(self, sim: Simulation) -> None:
         self._sim = sim
-        self._node = node
-        self._ex = ex
-        self.elapsed_ms = 0
+        self._elapsed_ms = 0
 
     @property
     def now_ms(self) -> int:
-        return self._sim.now_ms + self.elapsed_ms
+        return self._sim.now_ms + self._elapsed_ms
+
+    def elapsed_ms(self) -> int:
+        return self._elapsed_ms
 
     def sleep(self, ms: int) -> None:
-        self.elapsed_ms += max(0, int(ms))
+        self._elapsed_ms += max(0, int(ms))
 
     def charge(self, ms: int) -> None:
-        self.elapsed_ms += max(0, int(ms))
+        self._elapsed_ms += max(0, int(ms))
 
     def read_file(self, path: str) -> bytes:
-        self.elapsed_ms += self._sim.io.latency_ms
+        self._elapsed_ms += self._sim.io.latency_ms
         try:
             return self._sim.io.files[path]
         except KeyError:
             raise TaskError(f"no such file: {path}") from None
 
     def write_file(self, path: str, data: bytes) -> None:
-        self.elapsed_ms += self._sim.io.latency_ms
+        self._elapsed_ms += self._sim.io.latency_ms
         self._sim.io.files[path] = bytes(data)
 
     def http_get(self, url: str) -> tuple[int, bytes]:
-        self.elapsed_ms += self._sim.io.latency_ms
+        self._elapsed_ms += self._sim.io.latency_ms
         return self._sim.io.http.get(url, (404, b"not found"))
 
-    def once(self, key: str, fn: Callable[[], Any]) -> bool:
-        owner = f"{self._ex.input.task_id}#{self._ex.input.attempt}"
-        _, new = self._sim.store.once(key, owner)
-        if new:
-            fn()
-            self._sim.history.record(self._node, "side_effect", VectorClock(),
-                                     {"key": key, "task": self._ex.input.task_id})
-        return new
+
+class TaskCrash(BaseException):
+    """The node crashes at this point of a task's run (not an `Exception`: task code that
+    catches every error still cannot swallow it)."""
+
+    def __init__(self, point: str, elapsed_ms: int) -> None:
+        super().__init__(point)
+        self.point = point
+        self.elapsed_ms = elapsed_ms
+        """Virtual time the task had taken when it reached the point."""
 
 
-def run_task(sim: Simulation, node: str, ex: Execution) -> tuple[Executed, int]:
-    """Run a task's code now; return its `Executed` message and the virtual time it took."""
-    ctx = SimTaskContext(sim, node, ex)
-    try:
-        value = ex.task_actor.run(ex.input, ctx)
-        done = Executed(ref=ex.ref, ok=True, value=value, elapsed_ms=ctx.elapsed_ms)
-    except Exception as exc:  # task code may raise anything; it fails the attempt
-        done = Executed(ref=ex.ref, ok=False, error=f"{type(exc).__name__}: {exc}",
-                        elapsed_ms=ctx.elapsed_ms)
-    return done, ctx.elapsed_ms
+def run_task(
+    sim: Simulation, node: str, ex: Execution, *, store: Store, crash: Callable[[str], bool],
+) -> tuple[Executed, int]:
+    """Run a task's code now; its `Executed` message and the virtual time it took. Raises
+    `TaskCrash` where `crash(point)` says the node crashes."""
+    world = SimWorld(sim)
+
+    def hook(point: str) -> None:
+        if crash(point):
+            raise TaskCrash(point, world.elapsed_ms())
+
+    def record(kind: str, data: Mapping[str, Any]) -> None:
+        sim.history.record(node, kind, sim.nodes[node].clock, data)
+
+    done = taskrun.run_task(ex, world=world, store=store, record=record, crash=hook)
+    return done, world.elapsed_ms()
