@@ -72,11 +72,13 @@ class _Waiting:
     """Dependencies already seen visible and at or before the dispatch: not read again."""
 
     def add(self, ctx: Context) -> None:
-        """Hold this delivery too; its clock joins what the dispatch has seen."""
+        """Hold this delivery too; its clock joins what the dispatch has seen, and the
+        dispatch counts as from the newest epoch among its copies."""
         self.deliveries.append(ctx.hold())
         if ctx.envelope is not None:
             self.clock = self.clock.merge(ctx.envelope.clock)
             self.msgs.append(ctx.envelope.id)
+            self.epoch = max(self.epoch, ctx.envelope.epoch)
 
 
 @attrs.frozen(kw_only=True)
@@ -224,7 +226,7 @@ class Worker(Actor):
             ctx.record("copy_held", task=spec.id, attempt=attempt, msg=_msg_id(ctx))
             return
         if ref in self.queued:  # another copy of a dispatch waiting for a free slot
-            self.queued[ref][0].deliveries.append(ctx.hold())
+            self.queued[ref][0].add(ctx)
             return
         if ref in self.waiting:  # another copy of a dispatch waiting on its dependencies
             self.waiting[ref].add(ctx)
@@ -257,17 +259,25 @@ class Worker(Actor):
             self.epoch = current
             return True
         if epoch > current:
-            ctx.record("forged_dispatch_refused", task=str(spec.id), attempt=attempt,
-                       epoch=epoch, store_epoch=current, msg=_msg_id(ctx))
+            self._refuse("forged_dispatch_refused", str(spec.id), attempt, epoch, current,
+                         _msg_id(ctx), ctx)
             ctx.log.warning("dispatch from an epoch above the store's refused",
                             task=str(spec.id), dispatch_epoch=epoch, store_epoch=current)
         else:
             self.epoch = current
-            ctx.record("stale_dispatch_refused", task=str(spec.id), attempt=attempt,
-                       epoch=epoch, store_epoch=current, msg=_msg_id(ctx))
-        ctx.send(self.coordinator, Refused(task_id=str(spec.id), attempt=attempt,
-                                           worker=self.name, epoch=epoch))
+            self._refuse("stale_dispatch_refused", str(spec.id), attempt, epoch, current,
+                         _msg_id(ctx), ctx)
         return False
+
+    def _refuse(
+        self, kind: str, task_id: str, attempt: int, epoch: int, store_epoch: int,
+        msg: str | None, ctx: Context,
+    ) -> None:
+        """Record a refused dispatch and hand it back to the leader."""
+        ctx.record(kind, task=task_id, attempt=attempt, epoch=epoch, store_epoch=store_epoch,
+                   msg=msg)
+        ctx.send(self.coordinator, Refused(task_id=task_id, attempt=attempt, worker=self.name,
+                                           epoch=epoch))
 
     def _invalid(self, spec: TaskSpec) -> ValidationError | None:
         """How `spec` breaks the submission rules or its type's `validate` (a type this worker
@@ -341,12 +351,20 @@ class Worker(Actor):
     def _busy(self) -> int:
         return sum(not self.task_types[r.spec.type].inline for r in self.running.values())
 
-    def _start(self, ref: str, w: _Waiting, values: dict[str, object], ctx: Context) -> None:
+    def _start(self, ref: str, w: _Waiting, values: dict[str, object], ctx: Context) -> bool:
+        """Start a dispatch (or queue it for a slot): False when it is refused instead, as the
+        worker confirmed a newer epoch than any of its copies' while it waited."""
+        if w.epoch < self.epoch:
+            self._refuse("stale_dispatch_refused", w.spec.id, w.attempt, w.epoch, self.epoch,
+                         w.msgs[-1] if w.msgs else None, ctx)
+            for delivery in w.deliveries:
+                ctx.ack(delivery)
+            return False
         if self.concurrency is not None and not self.task_types[w.spec.type].inline \
                 and self._busy() >= self.concurrency:
             self.queued[ref] = (w, values)
             self._report_soon(ctx)  # the leader hands it on if this worker goes silent
-            return
+            return True
         spec, attempt = w.spec, w.attempt
         timer = ctx.schedule(spec.timeout_ms, ExecutionTimeout(ref=ref))
         self.running[ref] = _Running(deliveries=w.deliveries, spec=spec, attempt=attempt,
@@ -357,6 +375,7 @@ class Worker(Actor):
         task_input = TaskInput(task_id=spec.id, type=spec.type, payload=spec.payload,
                                attempt=attempt, timeout_ms=spec.timeout_ms, deps=values)
         ctx.execute(ref, self.task_types[spec.type], task_input)
+        return True
 
     @receive(Executed)
     def on_executed(self, msg: Executed, ctx: Context) -> None:
@@ -418,11 +437,12 @@ class Worker(Actor):
             ctx.ack(delivery)
 
     def _start_queued(self, ctx: Context) -> None:
-        """A slot is free: start the dispatch that waited longest for one."""
-        if self.queued:
+        """A slot is free: start the dispatch that waited longest for one (and not refused)."""
+        while self.queued:
             ref = next(iter(self.queued))
             w, values = self.queued.pop(ref)
-            self._start(ref, w, values, ctx)
+            if self._start(ref, w, values, ctx):
+                return
 
     def _report(self, stored: TaskResult, ctx: Context, *, notified: bool = False) -> None:
         """Tell the leader the stored outcome, after what stored it (the stored result's

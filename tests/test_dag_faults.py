@@ -8,11 +8,11 @@ from typing import Any
 
 from dtq.actor import ActorCell, DeliveryRef
 from dtq.clock import VectorClock
-from dtq.envelope import WORK_QUEUE, Cancel, Completed, Dispatch, Envelope
+from dtq.envelope import WORK_QUEUE, Cancel, Completed, Dispatch, Envelope, Refused
 from dtq.store import ResultWrite
 from dtq.task import TaskResult, TaskSpec, TaskState
 from dtq.tasktypes import load_task_types
-from dtq.worker import ResultStored, Worker
+from dtq.worker import RecheckDeps, ResultStored, Worker
 from transports.memory import SimStore
 
 from .simkit import events, make_sim, run_until_done
@@ -158,3 +158,32 @@ def test_a_new_leaders_dispatch_happens_after_the_success_it_learnt_from_the_sto
     again = next(e for e in events(sim, "dispatched", task="child") if e.actor != first.actor)
     assert succeeded.actor == first.actor
     assert succeeded.clock.before(again.clock)
+
+
+def test_a_dispatch_that_waited_while_a_newer_epoch_came_is_refused_not_started() -> None:
+    """Held for its dependency, an epoch-1 dispatch must not start once the worker has taken
+    an epoch-2 dispatch: it goes back to the leader as stale."""
+    store = SimStore()
+    store.epochs["coordinator"] = 1
+    seen: list[tuple[str, dict[str, Any]]] = []
+    worker = Worker("worker-1", load_task_types())
+    cell = ActorCell(worker, store=store, rng=random.Random(0), new_id=lambda: "m",
+                     record=lambda actor, kind, clock, data: seen.append((kind, dict(data))))
+
+    def dispatch(tag: int, task: TaskSpec, epoch: int) -> list[Envelope]:
+        env = Envelope(id=f"d{tag}", sender="coordinator-1", target=WORK_QUEUE, epoch=epoch,
+                       body=Dispatch(spec=task, attempt=1))
+        return cell.deliver(env, DeliveryRef(tag), 0).sends
+
+    dispatch(1, TaskSpec(id="late", type="echo", deps=("dep",)), epoch=1)
+    assert ("causality_violation", "late") in [(k, d.get("task")) for k, d in seen]
+    store.epochs["coordinator"] = 2
+    dispatch(2, TaskSpec(id="new", type="echo"), epoch=2)
+    store.results["dep"] = (TaskResult(task_id="dep", attempt=1, worker="w", ok=True), None)
+    fx = cell.fire(RecheckDeps(ref="late#1"), 0)
+    started = [d["task"] for k, d in seen if k == "started"]
+    assert started == ["new"]
+    assert ("stale_dispatch_refused", "late") in [(k, d.get("task")) for k, d in seen]
+    [refused] = fx.sends
+    assert isinstance(refused.body, Refused) and refused.body.task_id == "late"
+    assert fx.acks == [DeliveryRef(1)]
