@@ -224,6 +224,7 @@ def poison_summary(events: Sequence[Event]) -> dict[str, Any]:
     return {"injected": {
         "sent": len(sent), "kinds": dict(sorted(Counter(e.data["message"] for e in sent).items())),
         "dead_lettered": sum(1 for e in events if e.kind == "dead_lettered"),
+        "crashes": len(unplanned_crashes(events)),
         "submissions": {task: _end_text(end) for task, end in sorted(ends.items())},
     }}
 
@@ -307,6 +308,20 @@ def _ends(events: Sequence[Event], tasks: set[str]) -> dict[str, Event | None]:
 
 
 _TERMINAL = frozenset({"succeeded", "failed", "rejected", "cancelled"})
+
+
+def expectation_texts(
+    summary: Mapping[str, Any], dead_lettered_min: int | None, crashes_max: int | None,
+) -> list[str]:
+    """What the table's expectations row says of `dead_lettered_min` and `crashes_max`."""
+    injected = summary.get("injected") or {}
+    out = []
+    if dead_lettered_min is not None:
+        out.append(f"dead-lettered {injected.get('dead_lettered', 0)} (expected at least "
+                   f"{dead_lettered_min})")
+    if crashes_max is not None:
+        out.append(f"crashes {injected.get('crashes', 0)} (at most {crashes_max})")
+    return out
 
 
 def summary_lines(summary: Mapping[str, Any]) -> list[str]:

@@ -41,7 +41,7 @@ from dtq.chaosrun import (
 from dtq.clock import VectorClock
 from dtq.envelope import WORK_QUEUE
 from dtq.errors import ScenarioError
-from dtq.poison import injections, record_injection, summary_lines
+from dtq.poison import expectation_texts, injections, record_injection, summary_lines
 from dtq.process import NodeConfig, broker_url, store_url
 from dtq.runner import RunResult, check_supported, coordinator_names, summarize, worker_names
 from dtq.scenario import FaultSpec, Scenario
@@ -532,6 +532,7 @@ def _measured(label: str, scenario: Scenario, s: dict[str, Any]) -> str:
     if ex.stale_writes_refused_min is not None:
         wanted.append(f"stale writes refused {stale.get('attempted', 0)} "
                       f"(expected at least {ex.stale_writes_refused_min})")
+    wanted += expectation_texts(s, ex.dead_lettered_min, ex.crashes_max)
     causal = s.get("causality") or {}
     measured = {
         "no lost task": f"{t['submitted'] - t['lost']} of {t['submitted']} submitted finished",

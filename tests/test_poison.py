@@ -33,6 +33,7 @@ from dtq.poison import (
     INJECT_KINDS,
     DeadLetter,
     decode_delivery,
+    expectation_texts,
     forge,
     poison_summary,
     poison_violations,
@@ -145,6 +146,9 @@ def test_poison_messages_on_the_simulator() -> None:
     assert all(end.startswith("rejected: ") for end in injected["submissions"].values())
     assert not [e for e in result.events if e.kind in ("crash", "abdicated")]
     assert "5 of 5 forged submissions refused" in summary_lines(s)[0]
+    assert injected["crashes"] == 0
+    assert expectation_texts(s, 5, 0) == ["dead-lettered 5 (expected at least 5)",
+                                          "crashes 0 (at most 0)"]
 
 
 def _history(*events: tuple[str, str, dict[str, Any]]) -> History:
