@@ -16,6 +16,8 @@ import pytest
 from dtq.history import Event
 from dtq.process import NodeConfig, Supervisor
 from dtq.realrun import wait_for
+from dtq.runner import run_memory
+from dtq.scenario import load
 from dtq.store import OnceState
 from dtq.submitter import Submitter
 from dtq.task import TaskSpec, TaskState
@@ -25,6 +27,7 @@ from transports.memory import CrashPoints, SimStore, Simulation
 from transports.rabbitmq import delete_namespace
 from transports.redis import RedisHistory, RedisStore
 
+ROOT = Path(__file__).resolve().parent.parent
 TASKS = 10
 """io writes, each with 10 attempts: a worker that crashes and restarts loses its task's attempt
 (the leader hands it on), and crashes at 30% per point can take several in a row."""
@@ -114,6 +117,20 @@ def test_the_checks_catch_a_once_that_loses_or_redoes_effects(
             assert not result.ok  # the checker sees it too
             break
     assert caught
+
+
+@pytest.mark.parametrize(("store", "invariant"), [(MarkerIsDone, "once_lost"),
+                                                  (DoneIsForgotten, "once_doubled")])
+def test_the_once_window_scenario_catches_a_broken_once(
+    store: type[SimStore], invariant: str,
+) -> None:
+    scenario = load(ROOT / "scenarios" / "once-window.toml")
+    assert run_memory(scenario, 1).summary["ok"]
+    for seed in range(1, 6):
+        summary = run_memory(scenario, seed, store=store()).summary
+        if any(v["invariant"] == invariant for v in summary["violations"]):
+            return
+    pytest.fail(f"no seed of 1-5 caught {invariant}")
 
 
 # -- real processes --------------------------------------------------------------------------
