@@ -191,7 +191,7 @@ class Coordinator(Actor):
         while batch := ctx.store.scan_tasks(after=after, limit=1000):
             after = batch[-1].id
             for rec in batch:
-                problem = None if rec.state.terminal else self._problem(rec.spec)
+                problem = None if rec.state.terminal else self._problem(rec.spec, types=False)
                 if problem is not None and problem.field == "id":
                     ctx.record("invalid_record_skipped", task=repr(rec.id)[:200],
                                reason=str(problem))
@@ -442,10 +442,12 @@ class Coordinator(Actor):
             return False
         return True
 
-    def _problem(self, spec: TaskSpec) -> ValidationError | None:
-        """How a submission breaks the API's rules, or None."""
+    def _problem(self, spec: TaskSpec, *, types: bool = True) -> ValidationError | None:
+        """How a submission breaks the API's rules, or None. Without `types`, the limits of its
+        fields only (a record loaded at takeover: the task types deployed may have changed
+        since it was accepted, and a worker that does not know its type says so)."""
         try:
-            check_submission(spec, self.config.task_types)
+            check_submission(spec, self.config.task_types if types else None)
         except ValidationError as exc:
             return exc
         return None

@@ -195,3 +195,17 @@ def test_an_idempotency_key_conflict_is_rejected_with_its_holder() -> None:
     rec = sim.store.get_task("second")
     assert rec is not None and rec.reason == why
 
+
+
+def test_at_takeover_a_record_is_held_to_the_field_limits_not_to_todays_task_types() -> None:
+    store = SimStore()
+    old = TaskRecord(spec=TaskSpec(id="retired", type="retired", max_attempts=1),
+                     state=TaskState.READY)
+    store.apply([PutTask(record=old)], epoch=0)
+    sim = make_sim(1, workers=1, coordinators=0, store=store)
+    cfg = CoordinatorConfig(task_types=load_task_types())
+    sim.spawn("coordinator-1", lambda: Coordinator("coordinator-1", cfg))
+    sim.run(until_ms=5000, stop=lambda: bool(events(sim, "failed", task="retired")))
+    [failed] = events(sim, "failed", task="retired")
+    assert failed.data["reason"].startswith("failed after 1 attempts: unknown task type")
+    assert events(sim, "dispatched", task="retired") and not events(sim, "rejected")
