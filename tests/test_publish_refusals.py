@@ -48,7 +48,6 @@ def test_an_unencodable_message_goes_to_the_dead_queue_and_its_batch_completes(
                    Outgoing(queue=work, body=b"after")], then=done.set)
         assert done.wait(10), "the batch with a refused message never completed"
         assert sorted([inbox.get().body, inbox.get().body]) == [b"after", b"first"]
-        assert inbox.poll(0.3) is None
         assert len(refused) == 1 and refused[0][0] == work and "255" in refused[0][1]
         again = threading.Event()  # confirms still match their messages
         box = queue_name(namespace, "box")  # a queue without priorities: they are not sent
