@@ -74,11 +74,12 @@ class TaskContext(Protocol):
         So a task never reports success while one of its once-effects did not run (`once`
         returns only after the done marker is written, and raises if `fn` or the store does).
         What may happen: `fn` runs more than once for a key only when an earlier run of it
-        began and was never recorded done, i.e. its worker died (or was presumed dead) between
-        the start of `fn` and the done marker; in the worst case `fn` ran to its end and the
-        crash fell between its end and the done marker. Make `fn` safe to redo (as the `io`
-        write is: an atomic rename of the same bytes), or make it record its own effect in a
-        store it can check. If `fn` raises, the marker stays begun: the next attempt runs it."""
+        began and was never recorded done: that run raised (the marker stays begun, the attempt
+        fails, the next attempt runs `fn` again), or its worker died (or was presumed dead)
+        between the start of `fn` and the done marker; in the worst case `fn` ran to its end
+        and the crash fell between its end and the done marker. Make `fn` safe to redo (as the
+        `io` write is: an atomic rename of the same bytes), or make it record its own effect in
+        a store it can check. A store that loses its data loses its markers too."""
         ...
 
     def charge(self, ms: int) -> None:
