@@ -83,7 +83,8 @@ class RuntimeOptions:
     crash: CrashHook = no_crash
     """Called at every crash point (after each step of the effect plan, `after_persist`...,
     and at `dtq.taskrun.CRASH_POINTS`); production's goes on. `dtq.process` installs one that
-    kills the process at a point named in `DTQ_CRASH_AT`, for tests."""
+    kills the process at a point named in `DTQ_CRASH_AT`, for tests. Here a batch's sends go to
+    the transport with its acks, in the ack step: a kill `after_send` comes before they leave."""
 
 
 def kill_at(spec: str) -> CrashHook:
