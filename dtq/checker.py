@@ -60,6 +60,12 @@ The invariants (a violation names one of these):
   a dispatch it started, or the store's leader epoch it read to refuse a dispatch (the
   `store_epoch` of `stale_dispatch_refused` and `forged_dispatch_refused`). A dispatch accepted
   under an older epoch and started after a newer one was seen counts: it must be refused then.
+* `persist_before_send`: nothing leaves a leader's batch whose writes were not persisted. A
+  `dispatched` belongs to the batch resolved by its actor's next `persist` (persisted), or
+  `stale_write_refused` or `crash` (not persisted); no event of another actor may happen after
+  (by happens-before) a `dispatched` of a batch that was not persisted, unless it heard of the
+  actor's next incarnation (its entry for the actor reaches that of the actor's next
+  `worker_started` or `coordinator_started`: a restarted simulated node keeps its clock).
 * `clock_order`: an actor's clock never goes back: within one incarnation (an incarnation ends
   at its `crash` or `restart`, and starts at its `worker_started` or `coordinator_started`), no
   event an actor records happens before (strictly) an event it recorded earlier. Events that
@@ -179,6 +185,7 @@ def check(events: Sequence[Event], *, complete: bool = True) -> CheckResult:
     violations += stale_violations
     violations += _worker_epochs(events)
     violations += _clock_order(events)
+    violations += _persist_before_send(events)
     order = _dependency_order(events) + _dispatch_order(events) + _causal_delivery(events)
     violations += order
     causality = _causality(events, order)
@@ -392,6 +399,38 @@ def _clock_order(events: Iterable[Event]) -> list[Violation]:
                 detail=f"{e.actor}'s {e.kind} (seq {e.seq}) happened before its earlier "
                        f"{before.kind} (seq {before.seq}): its clock went back"))
         last[e.actor] = e
+    return out
+
+
+def _persist_before_send(events: Sequence[Event]) -> list[Violation]:
+    """No other actor hears of a dispatch whose batch was not persisted (see the docstring)."""
+    pending: dict[str, list[Event]] = defaultdict(list)
+    void: list[Event] = []
+    persisting = {e.actor for e in events if e.kind == "persist"}
+    """Actors that record their persists (histories from before persists were recorded have
+    none: their dispatches are not judged)."""
+    for e in events:
+        if e.kind == "dispatched" and e.actor in persisting:
+            pending[e.actor].append(e)
+        elif e.kind == "persist":
+            pending.pop(e.actor, None)
+        elif e.kind in ("stale_write_refused", "crash"):
+            void += pending.pop(e.actor, [])
+    out = []
+    for v in void:
+        later = events[v.seq + 1:] if events[v.seq] is v else [e for e in events if e.seq > v.seq]
+        reborn = next((e.clock[v.actor] for e in later
+                       if e.actor == v.actor and e.kind in INCARNATION_STARTS), None)
+        tick = v.clock[v.actor]
+        heard = next((e for e in later if e.actor not in (v.actor, "sim")
+                      and tick <= e.clock[v.actor] < (reborn or 1 << 62)
+                      and v.clock.before(e.clock)), None)
+        if heard is not None:
+            out.append(Violation(
+                invariant="persist_before_send", task=v.data.get("task"),
+                detail=f"{heard.actor}'s {heard.kind} happened after {v.actor} dispatched "
+                       f"{v.data.get('task')} (attempt {v.data.get('attempt')}) in a batch "
+                       f"whose writes the store never took"))
     return out
 
 

@@ -373,3 +373,33 @@ def test_a_start_after_the_stored_results_clock_is_in_order() -> None:
     assert h.check().ok, h.check().violations
     h.events[-3] = h.events[-3]._replace(data={"task": "a", "attempt": 1})  # no result clock
     assert h.invariants() == ["dependency_order"]
+
+
+# --- nothing leaves a batch the store did not take ------------------------------------------
+
+
+def _zombie(h: H, *, sent: bool) -> None:
+    h(L1, "coordinator_started")
+    took = h(L1, "leader", epoch=1)
+    _at(h, L1, "persist", took.clock, epoch=1, writes=1, current=1)
+    _task(h, "t")
+    d = h(L1, "dispatched", task="t", attempt=1)
+    if sent:  # the dispatch left before the batch's writes were refused
+        h(W1, "started", after=(d,), task="t", attempt=1, epoch=1)
+    _at(h, L1, "stale_write_refused", d.clock, epoch=1, current=2)
+    _at(h, L1, "crash", d.clock, reason="stale epoch")
+    back = h(L1, "coordinator_started")  # the simulator restarts it with its clock
+    h(W2, "heartbeat_seen", after=(back,))
+
+
+def test_a_dispatch_heard_of_from_a_refused_batch_is_caught() -> None:
+    h = H()
+    _zombie(h, sent=True)
+    assert "persist_before_send" in h.invariants(complete=False)
+
+
+def test_a_refused_batch_that_sent_nothing_is_quiet() -> None:
+    h = H()
+    _zombie(h, sent=False)
+    result = check(h.events, complete=False)
+    assert result.ok, result.violations

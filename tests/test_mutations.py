@@ -216,6 +216,26 @@ def test_ack_before_persist_caught_within_3_seeds(monkeypatch: pytest.MonkeyPatc
     _caught(monkeypatch, lambda m: m.setattr(Plan, "run", ack_first), _run(ZOMBIE), SEEDS)
 
 
+def test_send_before_persist_caught_within_3_seeds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plan sends a batch's messages before persisting its writes: the zombie leader's
+    dispatches reach workers although the store refuses the records that decided them."""
+    plan_run = Plan.run
+
+    def send_first(self: Plan[Any]) -> bool:
+        w = self.world
+        sends = [env for fx, _ in self.done for env in fx.sends]
+        if sends:
+            w.publish(sends, [])
+            for fx, _ in self.done:
+                fx.sends.clear()
+            if w.crash_after("send"):
+                return False
+        return plan_run(self)
+
+    _caught(monkeypatch, lambda m: m.setattr(Plan, "run", send_first), _run(ZOMBIE), SEEDS,
+            expect="persist_before_send")
+
+
 # --- once -----------------------------------------------------------------------------------
 
 ONCE = _scenario("""
