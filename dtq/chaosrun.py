@@ -159,7 +159,14 @@ def with_address(url: str, address: str) -> str:
 
 
 def address_of(url: str, default_port: int) -> str:
+    """The one `host:port` a URL names. A Toxiproxy link stands in front of one server, so a
+    URL naming several (a `redis+sentinel://` URL, a list of hosts) is refused."""
     parts = urlsplit(url)
+    if "," in parts.netloc or parts.scheme.lower().endswith("+sentinel"):
+        raise process.ConfigurationError(
+            f"a {parts.scheme}:// URL naming several servers cannot be put behind a fault "
+            "proxy: real scenarios need one Redis and one RabbitMQ address (Sentinel "
+            "failovers are tried on `dtq testbed` instead)")
     return f"{parts.hostname or '127.0.0.1'}:{parts.port or default_port}"
 
 

@@ -117,6 +117,18 @@ def _scenario_explore(args: argparse.Namespace) -> int:
                    swarm_mode=args.swarm)
 
 
+def _add_testbed(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from dtq import testbed
+
+    p = sub.add_parser("testbed", help="a local RabbitMQ cluster and Redis with Sentinels",
+                       description="Start, inspect or stop a 3-node RabbitMQ cluster and a "
+                       "Redis primary + replica + 3 Sentinels on loopback ports, each with its "
+                       "own data directory.",
+                       epilog='example: eval "$(dtq testbed up)"; dtq cluster ...; '
+                       "dtq testbed down")
+    testbed.configure(p)
+
+
 def _add_toxiproxy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from dtq.chaos import cli as chaos_cli
 
@@ -159,7 +171,8 @@ def _service_args(p: argparse.ArgumentParser) -> None:
                    help="RabbitMQ URL (default: $DTQ_BROKER_URL or amqp://guest:guest@127.0.0.1"
                    ":5672/%%2F)")
     p.add_argument("--store-url", default=None,
-                   help="Redis URL (default: $DTQ_STORE_URL or redis://127.0.0.1:6379/0)")
+                   help="Redis URL (default: $DTQ_STORE_URL or redis://127.0.0.1:6379/0); "
+                   "redis+sentinel://host:port,.../SERVICE/DB follows Sentinel failovers")
     p.add_argument("--namespace", default="dtq",
                    help="prefix of every queue and key (default: dtq)")
     p.add_argument("--log-level", default=None, help="debug, info (default), warning, error")
@@ -295,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_services(sub)
     _add_toxiproxy(sub)
     _add_bench(sub)
+    _add_testbed(sub)
     from dtq.cli_client import add_parsers
 
     add_parsers(sub)

@@ -3,8 +3,10 @@
 The rule: every Store operation is one round trip (a Lua script or a single command) and behaves
 exactly like `transports.memory_store.SimStore`; every key lives under `prefix:`. This module and
 the rabbitmq transport are the only ones that import their client library: redis-py errors are
-wrapped here, after bounded retries, into `StoreUnavailable` (connection, timeout) or
-`StoreError` (anything else).
+wrapped here, after bounded retries, into `StoreUnavailable` (connection, timeout, a write
+refused by a read-only replica) or `StoreError` (anything else). URLs are `redis://`,
+`rediss://`, or `redis+sentinel://` (`SentinelUrl`: the primary the Sentinels name, followed
+across failovers without a restart).
 
 Key layout under `prefix:` (scripts build index keys from the prefix, so this targets a single
 Redis server, not Redis Cluster):
@@ -34,13 +36,17 @@ import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast
+from urllib.parse import parse_qsl, unquote, urlsplit
 
+import attrs
 import redis
 from redis.backoff import NoBackoff
+from redis.connection import SSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
 from dtq.clock import VectorClock
 from dtq.errors import StaleEpoch, StoreError, StoreUnavailable
@@ -71,7 +77,10 @@ DEFAULT_PREFIX = "dtq"
 TRIES = 3
 BACKOFF_S = 0.05
 """First pause between tries; doubled each time (3 tries sleep 0.15 s in all)."""
-_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError)
+_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError)
+"""Errors worth another try. ReadOnlyError: a primary demoted to a replica refuses writes; a
+Sentinel client reconnects to the new primary (redis-py turns the refusal into a dropped
+connection), a plain one keeps trying the address it was given."""
 _HMGET_CHUNK = 1000
 """Lua's unpack() has a small stack: read records in chunks of this many."""
 _SCAN_COUNT = 1000
@@ -345,22 +354,168 @@ def _retrying(what: str, op: Callable[[int], T], tries: int = TRIES) -> T:
     while True:
         try:
             return op(attempt)
-        except _UNAVAILABLE as exc:
+        except RedisError as exc:
+            if not _unavailable(exc):
+                raise StoreError(f"redis {what}: {exc}") from exc
             attempt += 1
             if attempt >= tries:
                 raise StoreUnavailable(f"redis {what}: {exc} (after {tries} tries)") from exc
-        except RedisError as exc:
-            raise StoreError(f"redis {what}: {exc}") from exc
         time.sleep(BACKOFF_S * 2 ** (attempt - 1))
 
 
+def _unavailable(exc: RedisError) -> bool:
+    """Worth another try: `_UNAVAILABLE`, or a NOREPLICAS refusal (a primary with
+    `min-replicas-to-write` that cannot reach enough replicas, as a demoted one cannot)."""
+    return isinstance(exc, _UNAVAILABLE) or str(exc).startswith("NOREPLICAS")
+
+
 def _client_from_url(url: str, **kwargs: Any) -> redis.Redis:
-    """A client that fails fast and leaves retrying to us (its own retries would be blind)."""
+    """A client that fails fast and leaves retrying to us (its own retries would be blind).
+
+    A `redis+sentinel://` URL gives a client of the primary that the Sentinels name: its
+    connections ask them again whenever they (re)connect, and a write refused by a demoted
+    primary drops the connection (see `SentinelUrl`)."""
     options: dict[str, Any] = {
         "socket_connect_timeout": 0.25, "socket_timeout": 1.0,
         "retry": Retry(NoBackoff(), 0), **kwargs,
     }
+    if is_sentinel_url(url):
+        return SentinelUrl.parse(url).primary(**options)
     return redis.Redis.from_url(url, **options)
+
+
+SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
+"""URL scheme -> TLS to the Sentinels and the servers."""
+SENTINEL_PORT = 26379
+_SENTINEL_QUERY = ("sentinel_username", "sentinel_password", "ssl_ca_certs")
+
+
+def is_sentinel_url(url: str) -> bool:
+    return url.partition("://")[0].lower() in SENTINEL_SCHEMES
+
+
+@attrs.frozen
+class SentinelUrl:
+    """`redis+sentinel://[[user]:password@]host1[:port1],host2[:port2]/service[/db][?query]`.
+
+    The hosts are Sentinels (port 26379 unless given); `service` is the name they monitor (the
+    `mymaster` of `sentinel monitor mymaster ...`), `db` the database number (default 0). The
+    user and password are the Redis servers' (the primary's and its replicas'); Sentinels that
+    need a password of their own take `?sentinel_password=...` (and `sentinel_username=...`).
+    `rediss+sentinel://` speaks TLS to the Sentinels and the servers (`?ssl_ca_certs=FILE`)."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    ssl: bool = False
+    query: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def parse(cls, url: str) -> SentinelUrl:
+        from dtq.process import ConfigurationError
+
+        def bad(why: str) -> ConfigurationError:
+            return ConfigurationError(f"store URL {_redact(url)}: {why} (expected "
+                                      "redis+sentinel://[:password@]host:port,.../service/db)")
+
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in SENTINEL_SCHEMES:
+            raise bad(f"not a Sentinel URL scheme {parts.scheme!r}")
+        userinfo, at, hosts = parts.netloc.rpartition("@")
+        user, _, password = userinfo.partition(":")
+        sentinels = tuple(_host_port(h, bad) for h in hosts.split(",") if h)
+        if not sentinels:
+            raise bad("no Sentinel address")
+        path = [unquote(p) for p in parts.path.split("/") if p]
+        if not path or len(path) > 2:
+            raise bad("the path must be /service or /service/db")
+        if len(path) == 2 and not path[1].isdigit():
+            raise bad(f"database {path[1]!r} is not a number")
+        query = tuple(parse_qsl(parts.query, keep_blank_values=True))
+        unknown = sorted({k for k, _ in query} - set(_SENTINEL_QUERY))
+        if unknown:
+            raise bad(f"unknown parameter(s) {', '.join(unknown)}; known: "
+                      f"{', '.join(_SENTINEL_QUERY)}")
+        return cls(sentinels, path[0], int(path[1]) if len(path) == 2 else 0,
+                   unquote(user) or None if at else None,
+                   unquote(password) or None if at else None,
+                   SENTINEL_SCHEMES[parts.scheme.lower()], query)
+
+    def primary(self, **options: Any) -> redis.Redis:
+        """A client of the current primary; `options` go to its connections. The Sentinels are
+        asked with short timeouts of their own (never `socket_timeout=None`)."""
+        q = dict(self.query)
+        ca = {"ssl_ca_certs": q["ssl_ca_certs"]} if self.ssl and "ssl_ca_certs" in q else {}
+        asking = {"socket_connect_timeout": options.get("socket_connect_timeout") or 0.25,
+                  "socket_timeout": 0.5, "username": q.get("sentinel_username"),
+                  "password": q.get("sentinel_password"), "ssl": self.ssl, **ca}
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            list(self.sentinels), sentinel_kwargs=asking)
+        return cast(redis.Redis, sentinel.master_for(  # type: ignore[no-untyped-call]
+            self.service, db=self.db, username=self.username, password=self.password,
+            connection_pool_class=_PrimaryPool,
+            connection_class=_PrimarySSLConnection if self.ssl else _PrimaryConnection,
+            **ca, **options))
+
+
+class _PrimaryConnection(SentinelManagedConnection):
+    """A connection to the Sentinels' primary. Besides redis-py's own rule (a READONLY refusal
+    drops the connection, so the next one asks the Sentinels), a NOREPLICAS refusal does too: a
+    primary with `min-replicas-to-write` refuses writes once cut from its replicas, as a demoted
+    one is until the Sentinels reconfigure it."""
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().read_response(*args, **kwargs)
+        except ResponseError as exc:
+            if str(exc).startswith("NOREPLICAS") and self.connection_pool.is_master:
+                self.disconnect()  # type: ignore[no-untyped-call]
+                raise RedisConnectionError(f"the primary refused a write: {exc}") from exc
+            raise
+
+
+class _PrimarySSLConnection(_PrimaryConnection, SSLConnection):
+    pass
+
+
+class _PrimaryPool(SentinelConnectionPool):
+    """Asks the Sentinels which server is primary, at most every `RECHECK_S`, before lending a
+    connection, and drops idle connections to any other (in-use ones are dropped when given
+    back). After `SENTINEL FAILOVER` the old primary keeps accepting writes until the Sentinels
+    reconfigure it (about 10 s): without this a client would keep writing there, and lose it.
+    Sentinels that do not answer leave the connections as they are."""
+
+    RECHECK_S = 0.5
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._checked = -self.RECHECK_S
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        now = time.monotonic()
+        if now - self._checked >= self.RECHECK_S:
+            self._checked = now
+            with contextlib.suppress(RedisError):
+                self.proxy.get_master_address()  # type: ignore[no-untyped-call]
+        return super().get_connection(*args, **kwargs)
+
+
+def _host_port(text: str, bad: Callable[[str], Exception]) -> tuple[str, int]:
+    host, colon, port = text.rpartition(":") if not text.endswith("]") else (text, "", "")
+    if not colon:
+        host, port = text, str(SENTINEL_PORT)
+    if not port.isdigit() or not host:
+        raise bad(f"bad Sentinel address {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _redact(url: str) -> str:
+    """`url` without its password, for messages."""
+    head, at, tail = url.rpartition("@")
+    scheme, sep, userinfo = head.partition("://")
+    return f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{tail}" if at else url
 
 
 def _encode_writes(writes: Sequence[Write], prefix: str) -> list[str]:

@@ -1,0 +1,227 @@
+"""Redis Sentinel URLs and the local cluster testbed (`dtq testbed`).
+
+URL parsing runs anywhere. The rest starts its own servers on a free block of loopback ports
+(never the shared 6379/5672): Redis-only tests start a primary, a replica and three Sentinels;
+they skip locally when redis-server is missing and fail under CI. What they pin: a store built
+from a `redis+sentinel://` URL works, follows `SENTINEL FAILOVER` to the new primary as soon as
+the Sentinels name it (not the ~10 s the old primary keeps accepting writes), and a write refused
+by a read-only replica or a primary without its replicas is "unavailable, try again", never a
+plain store error. The RabbitMQ cluster test (slow) starts the whole testbed.
+
+Run them alone: `.venv/bin/pytest -p no:randomly -n 0 tests/test_testbed.py`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from dtq.chaosrun import address_of
+from dtq.errors import StoreError, StoreUnavailable
+from dtq.process import ConfigurationError
+from dtq.store import WorkerInfo
+from dtq.testbed import (
+    Layout,
+    Testbed,
+    alive,
+    free_base_port,
+    have_rabbitmq,
+    have_redis,
+    running,
+    until,
+)
+from tests.conftest import require_service
+from transports.redis import RedisStore, SentinelUrl
+
+
+def _worker(name: str) -> WorkerInfo:
+    return WorkerInfo(name=name, last_heartbeat_ms=1, state="idle", running=())
+
+
+# URLs -----------------------------------------------------------------------------------------
+def test_a_sentinel_url_names_the_sentinels_the_service_and_the_database() -> None:
+    u = SentinelUrl.parse("redis+sentinel://:s%40cret@h1:26380,h2,[::1]:26381/mymaster/3"
+                          "?sentinel_password=x")
+    assert u.sentinels == (("h1", 26380), ("h2", 26379), ("::1", 26381))
+    assert (u.service, u.db, u.username, u.password, u.ssl) == ("mymaster", 3, None, "s@cret",
+                                                                 False)
+    assert dict(u.query) == {"sentinel_password": "x"}
+    tls = SentinelUrl.parse("rediss+sentinel://app:pw@h1/svc")
+    assert (tls.db, tls.username, tls.password, tls.ssl) == (0, "app", "pw", True)
+
+
+@pytest.mark.parametrize("url", [
+    "redis+sentinel://:pw@h1:26379/", "redis+sentinel://:pw@/svc/0",
+    "redis+sentinel://:pw@h1:x/svc", "redis+sentinel://:pw@h1/svc/db",
+    "redis+sentinel://:pw@h1/svc/0/extra", "redis+sentinel://:pw@h1/svc?bogus=1"])
+def test_a_broken_sentinel_url_is_a_configuration_error_without_its_password(url: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        SentinelUrl.parse(url)
+    assert "pw" not in str(caught.value) and "redis+sentinel://" in str(caught.value)
+
+
+def test_fault_proxies_refuse_a_url_naming_several_servers() -> None:
+    assert address_of("redis://127.0.0.1:6380/0", 6379) == "127.0.0.1:6380"
+    with pytest.raises(ConfigurationError, match="several servers"):
+        address_of("redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/mymaster/0", 6379)
+
+
+# Redis with a replica and Sentinels -------------------------------------------------------------
+def _require(what: str, present: bool) -> None:
+    def check() -> None:
+        if not present:
+            raise FileNotFoundError(f"{what} is not installed")
+
+    require_service(what, check)
+
+
+@pytest.fixture(scope="module")
+def sentinels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
+    _require("redis-server", have_redis())
+    with running(Layout(tmp_path_factory.mktemp("testbed"), base_port=free_base_port(),
+                        rabbit=False)) as bed:
+        yield bed
+
+
+@pytest.fixture
+def store(sentinels: Testbed) -> Iterator[RedisStore]:
+    s = RedisStore.from_url(sentinels.layout.store_url, prefix=f"tb-{uuid.uuid4().hex[:8]}")
+    try:
+        yield s
+    finally:
+        s.delete_all()
+        s.close()
+
+
+def _plain(port: int) -> redis.Redis:
+    return redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
+
+
+def test_a_store_from_a_sentinel_url_works(sentinels: Testbed, store: RedisStore) -> None:
+    assert store.acquire_lease("coordinator", "c1", 5000) == 1
+    lease = store.lease("coordinator")
+    assert lease is not None and (lease.holder, lease.epoch) == ("c1", 1)
+    assert store.claim_key("k", "t1", "f1") == ("t1", "f1")
+    assert store.claim_key("k", "t2", "f2") == ("t1", "f1")
+    store.put_worker(_worker("w1"))
+    assert [w.name for w in store.workers()] == ["w1"]
+    primary = sentinels.primary_port()
+    assert primary is not None and _plain(primary).hexists(store._k("workers"), "w1")
+
+
+def test_a_store_follows_a_sentinel_failover_without_a_restart(
+    sentinels: Testbed, store: RedisStore,
+) -> None:
+    store.put_worker(_worker("before"))
+    primary = sentinels.primary_port()
+    assert primary is not None
+    until("the replica to hold the write", lambda: _plain(primary).wait(1, 1000) >= 1)
+    old, new = sentinels.failover()
+    # The old primary still accepts writes until the Sentinels reconfigure it (about 10 s): a
+    # store still talking to it would write there and lose it when it resyncs.
+    assert _plain(old).info("replication")["role"] == "master"
+    store.put_worker(_worker("after"))
+    key = store._k("workers")
+    assert _plain(new).hexists(key, "after") and not _plain(old).hexists(key, "after")
+    sentinels.wait_demoted(old)
+    store.put_worker(_worker("demoted"))
+    assert [w.name for w in store.workers()] == ["after", "before", "demoted"]
+    assert store.acquire_lease("coordinator", "c1", 5000) == 1
+    assert sentinels.redis_ready()
+
+
+def test_a_write_refused_by_a_read_only_replica_is_unavailable_not_an_error(
+    sentinels: Testbed,
+) -> None:
+    primary = sentinels.primary_port()
+    replica = next(p for p in sentinels.layout.redis_ports if p != primary)
+    assert _plain(replica).info("replication")["role"] == "slave"
+    stuck = RedisStore.from_url(f"redis://127.0.0.1:{replica}/0", prefix="tb-ro")
+    try:
+        assert stuck.workers() == []  # reads answer
+        with pytest.raises(StoreUnavailable, match="read only replica"):
+            stuck.put_worker(_worker("w1"))
+        with pytest.raises(StoreUnavailable):
+            stuck.acquire_lease("coordinator", "c1", 5000)  # a Lua script that writes
+    finally:
+        stuck.close()
+
+
+def test_a_primary_short_of_replicas_is_unavailable_until_they_return(
+    sentinels: Testbed, store: RedisStore,
+) -> None:
+    primary = sentinels.primary_port()
+    assert primary is not None
+    _plain(primary).config_set("min-replicas-to-write", 2)  # one replica: short of two
+    try:
+        with pytest.raises(StoreUnavailable, match="NOREPLICAS"):
+            store.put_worker(_worker("w1"))
+        with pytest.raises(StoreUnavailable):
+            store.claim_key("k", "t1", "f1")
+    finally:
+        _plain(primary).config_set("min-replicas-to-write", 0)
+    store.put_worker(_worker("w1"))
+    assert [w.name for w in store.workers()] == ["w1"]
+
+
+def test_other_refusals_stay_store_errors(store: RedisStore) -> None:
+    store.client.set(store._k("workers"), "not a hash")
+    with pytest.raises(StoreError) as caught:
+        store.put_worker(_worker("w1"))
+    assert not isinstance(caught.value, StoreUnavailable)
+
+
+# the whole testbed ----------------------------------------------------------------------------
+@pytest.mark.slow
+def test_the_testbed_command_runs_a_three_node_rabbitmq_cluster(tmp_path: Path) -> None:
+    _require("redis-server", have_redis())
+    _require("rabbitmq-server", have_rabbitmq())
+    import pika
+
+    base = free_base_port()
+    dtq = [sys.executable, "-m", "dtq.cli", "testbed"]
+    where = ["--dir", str(tmp_path)]
+    up = subprocess.run([*dtq, "up", "--base-port", str(base), *where], capture_output=True,
+                        text=True, timeout=300, check=False)
+    bed = Testbed.load(tmp_path)
+    try:
+        assert up.returncode == 0, up.stderr
+        assert bed is not None and bed.rabbit_ready()
+        exports = dict(line.removeprefix("export ").split("=", 1)
+                       for line in up.stdout.splitlines())
+        brokers = exports["DTQ_BROKER_URL"].split(",")
+        assert brokers == bed.layout.broker_urls and len(brokers) == 3
+        assert exports["DTQ_STORE_URL"] == bed.layout.store_url
+        # A quorum queue declared through one node is replicated: read through another.
+        first = pika.BlockingConnection(pika.URLParameters(brokers[0]))
+        channel = first.channel()
+        channel.queue_declare("testbed-q", durable=True, arguments={"x-queue-type": "quorum"})
+        channel.basic_publish("", "testbed-q", b"hello")
+        last = pika.BlockingConnection(pika.URLParameters(brokers[2]))
+        other = last.channel()
+        until("the message through another node",
+              lambda: other.basic_get("testbed-q", auto_ack=True)[2] == b"hello", 30)
+        first.close()
+        last.close()
+        status = subprocess.run([*dtq, "status", *where], capture_output=True, text=True,
+                                timeout=60, check=False)
+        assert status.returncode == 0, status.stdout
+    finally:
+        down = subprocess.run([*dtq, "down", *where], capture_output=True, text=True,
+                              timeout=120, check=False)
+    assert down.returncode == 0, down.stderr
+    assert Testbed.load(tmp_path) is None
+    assert bed is not None and not any(alive(pid) for pid in bed.pids.values())
+
+
+def test_down_with_nothing_recorded_is_quiet(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "dtq.cli", "testbed", "down", "--dir",
+                           str(tmp_path)], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0 and "nothing recorded" in done.stderr
