@@ -33,7 +33,8 @@ from typing import Any, Generic, Protocol, TypeVar
 from dtq.actor import DeliveryRef, Effects, Execution, Timer
 from dtq.envelope import Envelope, Message
 from dtq.errors import StaleEpoch, StoreError
-from dtq.store import ResultItem, ResultWrite, Write
+from dtq.recovery import StoreLost
+from dtq.store import ResultItem, ResultWrite, StoreDataLost, Write
 
 STEPS = ("persist", "results", "send", "ack", "local")
 """The steps of the plan, in order; `crash_after` may be asked after each of the first four."""
@@ -160,6 +161,10 @@ class Plan(Generic[D]):
             epoch, batch = self._groups[0]
             try:
                 accepted = w.write(batch, epoch)
+            except StoreDataLost as exc:
+                if not self._reseeded(exc):
+                    return False
+                continue
             except StaleEpoch as exc:
                 w.record("stale_write_refused", {"epoch": exc.attempted, "current": exc.current})
                 w.fenced(exc)
@@ -173,6 +178,23 @@ class Plan(Generic[D]):
                 data["current"] = accepted  # the epoch the store was at when it accepted them
             w.record("persist", data)
         self._groups = None
+        return True
+
+    def _reseeded(self, exc: StoreDataLost) -> bool:
+        """The store lost its data (`dtq.recovery`): the actor's `StoreLost` handler may re-seed
+        it. Its writes, at a new epoch, stand for every write of the batch not applied yet and
+        are applied in their place; the batch then goes on as persisted. If it did not re-seed,
+        the node is fenced out as for any refused write."""
+        w = self.world
+        fx = w.fire(StoreLost(epoch=exc.attempted))
+        if not w.alive():
+            return False
+        if fx is None or not fx.writes or fx.epoch == exc.attempted:
+            w.record("stale_write_refused", {"epoch": exc.attempted, "current": exc.current})
+            w.fenced(exc)
+            return False
+        self.done.append((fx, None))
+        self._groups = [(fx.epoch, list(fx.writes))]
         return True
 
     def _results(self) -> list[Effects] | None:

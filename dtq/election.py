@@ -13,12 +13,15 @@ incarnation marker tells. Every coordinator remembers the marker it saw (`Incarn
 the first leader of a namespace writes it (set-if-absent), and leases are taken and renewed
 only while the marker is the one the coordinator knows. When it is missing or changed:
 
-* a leader reports `Step.DATA_LOST`; one still within its validity window re-seeds the store
-  from its view (`recover`: a new marker, the lease at an epoch above anything it saw);
+* a leader reports `Step.DATA_LOST`; one whose lease would still be held (`may_reseed`)
+  re-seeds the store from its view (`recover`: a new marker, the lease at an epoch above
+  anything it saw), which the store allows only while nobody has started the namespace again;
 * a standby reports it too, and while the marker stays missing it does not take the lease for
   `recovery_grace_ms` (2 x ttl), leaving the leader that holds the view time to re-seed; after
-  that it takes the lease and writes a new marker itself (`took_over_lost` then holds: the
-  namespace starts again empty, and what it held is reported lost).
+  that it takes the lease at an epoch above the store's clock in ms (the leader that knew the
+  last epoch may be gone, and every epoch before is below that) and writes a new marker
+  itself (`took_over_lost` then holds: the namespace starts again empty, and what it held is
+  reported lost).
 """
 
 from __future__ import annotations
@@ -163,8 +166,11 @@ class Election:
             if now_ms - self.missing_since_ms < self.recovery_grace_ms:
                 return Step.STANDBY  # leave the leader that holds the view time to re-seed
             expect = None
+        # Starting the namespace again, nobody may know the last epoch (the leader that held it
+        # may have died with the data): the store's clock in ms is above any epoch before.
         epoch = store.acquire_lease(LEADER_LEASE, self.name, self.lease_ttl_ms,
-                                    floor=self.seen_epoch, incarnation=expect)
+                                    floor=self.seen_epoch, incarnation=expect,
+                                    above_clock=self.watch.missing)
         if epoch is None:
             return Step.STANDBY
         if self.watch.known is None or self.watch.missing:
@@ -177,10 +183,20 @@ class Election:
         self._valid_from(now_ms)
         return Step.TOOK_OVER
 
+    def may_reseed(self, now_ms: int) -> bool:
+        """A leader may re-seed the lost store from its view while its lease, had the store
+        kept it, would still be held (0.9 x ttl after the last renew it sent): no standby can
+        have taken over before the loss, so its view is the latest. (After the loss, standbys
+        that saw the marker wait `recovery_grace_ms`, and the store refuses the re-seed once
+        anyone has started the namespace again.) Stops acting is earlier, at 0.8 x ttl: a
+        store restart that held up the leader's renewals should not cost the view."""
+        return self.leading and now_ms < self.valid_until_ms + self.lease_ttl_ms // 10
+
     def recover(self, store: Store, now_ms: int, marker: str) -> int | None:
         """Re-seed after a data loss: take the lease at an epoch above anything seen under the
-        new incarnation `marker`; the epoch, or None when the store shows no loss."""
-        if self.lost is None:
+        new incarnation `marker`; the epoch, or None when the store refuses (somebody started
+        the namespace again) or cannot be reached."""
+        if self.lost is None or not self.may_reseed(now_ms):
             return None
         try:
             epoch = store.recover_lease(LEADER_LEASE, self.name, self.lease_ttl_ms,

@@ -4,17 +4,18 @@ The rule: an accepted task is either kept or reported lost, never silently stuck
 
 * A leader that detects the loss (its lease renewal finds the incarnation marker missing or
   changed, or a fenced write is refused because the epoch and lease keys are gone: the runtime
-  then hands it `StoreLost`) and is still within its validity window re-seeds the store from
-  its view: a new incarnation marker, the lease at an epoch above anything it saw, every task
-  record and dependency edge rewritten, idempotency keys claimed again, and a `NoteDataLoss`
-  report, all in the one fenced batch the re-seed makes (the batch whose write was refused is
-  covered by it: the view already holds its changes). Ready tasks are dispatched; dispatched
-  and running ones are left to their dispatches (the broker kept them), and a sweep after the
-  task's timeout hands out a new attempt of any that made no progress, so nothing waits for a
-  dispatch that is gone. What cannot be kept is reported: results of tasks that had succeeded
-  (their records stay succeeded; `GET /tasks/{id}/result` answers 410), and waiting tasks that
-  needed such a result, which fail naming the dependency.
-* A leader past its validity window steps down instead (its view may be stale).
+  then hands it `StoreLost`) and whose lease would still be held re-seeds the store from its
+  view (`Election.may_reseed`): a new incarnation marker, the lease at an epoch above anything
+  it saw, every task record and dependency edge rewritten, idempotency keys claimed again, and
+  a `NoteDataLoss` report, all in the one fenced batch the re-seed makes (the batch whose write
+  was refused is covered by it: the view already holds its changes). Ready tasks are
+  dispatched; dispatched and running ones are left to their dispatches (the broker kept them),
+  and a sweep after the task's timeout hands out a new attempt of any that made no progress,
+  so nothing waits for a dispatch that is gone. What cannot be kept is reported: results of
+  tasks that had succeeded (their records stay succeeded; `GET /tasks/{id}/result` answers
+  410), and waiting tasks that needed such a result, which fail naming the dependency.
+* A leader whose lease, had the store kept it, would have run out steps down instead (its
+  view may be stale), as does one that finds the namespace already started again.
 * When no leader re-seeded within the grace period (`dtq.election`), a standby takes over an
   empty namespace under a new marker and reports everything the old one held as lost.
 
@@ -72,12 +73,11 @@ def detected(coord: Coordinator, ctx: Context, where: str) -> None:
         _report(ctx, {"lost": lost, "detected_by": where, "role": "standby",
                       "note": "waiting for the leader to re-seed the store"})
         return
-    if not coord._acting(ctx):
-        return  # stepped down: its view may be stale
     marker = new_marker(ctx)
     epoch = election.recover(ctx.store, ctx.now_ms, marker)
     if epoch is None:
-        coord._abdicate(ctx, "the store lost its data and could not be re-seeded")
+        coord._abdicate(ctx, "the store lost its data and could not be re-seeded (lease too old "
+                        "or the namespace already started again)")
         return
     _reseed(coord, ctx, epoch, {"lost": lost, "incarnation": marker, "detected_by": where})
 

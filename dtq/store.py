@@ -191,10 +191,12 @@ class Store(Protocol):
     # leases and fencing -------------------------------------------------------------------
     def acquire_lease(
         self, name: str, holder: str, ttl_ms: int, *, floor: int = 0,
-        incarnation: str | None = None,
+        incarnation: str | None = None, above_clock: bool = False,
     ) -> int | None:
         """Take a free or expired lease at epoch max(counter, `floor`) + 1; the new epoch, or
-        None if held, or (with `incarnation`) if the store's marker is not `incarnation`."""
+        None if held, or (with `incarnation`) if the store's marker is not `incarnation`. With
+        `above_clock` (a namespace starting again after a loss nobody recovered), the epoch is
+        also above the store's clock in ms: above every epoch that can have existed before."""
         ...
 
     def renew_lease(
@@ -208,9 +210,10 @@ class Store(Protocol):
     def recover_lease(
         self, name: str, holder: str, ttl_ms: int, *, floor: int, lost: str, incarnation: str,
     ) -> int | None:
-        """After a data loss: only if the store's marker is no longer `lost`, atomically set
-        the marker to `incarnation` and give `holder` the lease (whoever held it) at epoch
-        max(counter, `floor`) + 1, which is returned; None when the marker is still `lost`."""
+        """After a data loss (`lost`, the marker `holder` knew, is gone): only while the store
+        has no marker (nobody started the namespace again), atomically set it to `incarnation`
+        and give `holder` the lease (whoever held it) at epoch max(counter, `floor`) + 1,
+        which is returned; None otherwise."""
         ...
 
     def incarnation(self) -> str | None:

@@ -335,6 +335,17 @@ class StoreConformance:
         assert store.acquire_lease(LEADER_LEASE, "c2", self.long_ttl_ms, floor=7) == 8
         assert store.epoch() == 8
 
+    def test_a_namespace_started_again_takes_an_epoch_above_the_clock(self, store: Store) -> None:
+        for expected in (1, 2, 3):
+            assert store.acquire_lease(LEADER_LEASE, "c1", self.long_ttl_ms) == expected
+            store.release_lease(LEADER_LEASE, "c1", expected)
+        epoch = store.acquire_lease(LEADER_LEASE, "c1", self.long_ttl_ms, above_clock=True)
+        held = store.lease(LEADER_LEASE)
+        assert epoch is not None and held is not None and epoch > 3
+        assert epoch >= held.expires_ms - self.long_ttl_ms - 1000  # the store's clock then
+        store.release_lease(LEADER_LEASE, "c1", epoch)
+        assert store.acquire_lease(LEADER_LEASE, "c1", self.long_ttl_ms) == epoch + 1
+
     def test_incarnation_is_written_once(self, store: Store) -> None:
         assert store.incarnation() is None
         assert store.claim_incarnation("a") == "a"
@@ -354,6 +365,10 @@ class StoreConformance:
     def test_recover_lease_only_after_a_loss(self, store: Store) -> None:
         store.claim_incarnation("a")
         assert store.acquire_lease(LEADER_LEASE, "c1", self.long_ttl_ms, floor=3) == 4
+        assert store.recover_lease(LEADER_LEASE, "c1", self.long_ttl_ms, floor=4, lost="a",
+                                   incarnation="b") is None
+        self.lose_data(store)
+        store.claim_incarnation("z")  # somebody started the namespace again: too late
         assert store.recover_lease(LEADER_LEASE, "c1", self.long_ttl_ms, floor=4, lost="a",
                                    incarnation="b") is None
         self.lose_data(store)

@@ -46,6 +46,9 @@ SHOWS: dict[str, tuple[str, Callable[[RunResult], bool]]] = {
     "zombie-leader": ("a standby took over", lambda r: len(r.summary["leaders"]) >= 2),
     "store-restart": ("a leader was elected again", lambda r: len(r.summary["leaders"]) >= 2),
     "duplicate-delivery": ("some task ran on two workers", _ran_twice),
+    "store-data-loss": ("the leader re-seeded the emptied store",
+                        lambda r: any(e.kind == "store_data_lost" and e.data.get("recovered")
+                                      for e in r.events)),
 }
 
 

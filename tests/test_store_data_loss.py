@@ -62,7 +62,8 @@ def test_with_nobody_to_reseed_a_standby_starts_the_namespace_again_above_the_fl
     grace = standby.recovery_grace_ms
     assert standby.step(store, _at(store, 20 + grace - 1), lambda: "x") is Step.STANDBY
     assert standby.step(store, _at(store, 20 + grace), lambda: "m9") is Step.TOOK_OVER
-    assert standby.epoch == 3 and standby.took_over_lost == "m1"
+    assert standby.epoch == 20 + grace + 1  # above the store's clock: above any epoch before
+    assert standby.took_over_lost == "m1"
     assert store.incarnation() == "m9"
 
 
@@ -76,9 +77,11 @@ def test_a_coordinator_that_never_saw_the_marker_learns_it_and_the_floor_from_wo
     fresh = Election(name="c3")
     assert fresh.step(store, _at(store, 0), lambda: "x") is Step.DATA_LOST
     assert fresh.lost == "m1" and fresh.seen_epoch == 5
+    assert fresh.step(store, _at(store, 3), lambda: "m2") is Step.STANDBY  # the grace
+    store.put_worker(WorkerInfo(name="w2", last_heartbeat_ms=0, epoch=9000, incarnation="m1"))
     assert fresh.step(store, _at(store, fresh.recovery_grace_ms), lambda: "m2") \
         is Step.TOOK_OVER
-    assert fresh.epoch == 6
+    assert fresh.epoch == 9001  # the workers' floor, above the store's clock (4000) here
 
 
 def test_a_fresh_namespace_is_not_a_loss(store: SimStore) -> None:

@@ -153,13 +153,14 @@ class SimStore:
     # leases and fencing ---------------------------------------------------------------------
     def acquire_lease(
         self, name: str, holder: str, ttl_ms: int, *, floor: int = 0,
-        incarnation: str | None = None,
+        incarnation: str | None = None, above_clock: bool = False,
     ) -> int | None:
         if incarnation is not None and self.marker != incarnation:
             return None
         if self.lease(name) is not None:
             return None
-        return self._grant(name, holder, ttl_ms, floor)
+        return self._grant(name, holder, ttl_ms, max(floor, self.now_ms()) if above_clock
+                           else floor)
 
     def _grant(self, name: str, holder: str, ttl_ms: int, floor: int) -> int:
         epoch = max(self.epochs.get(name, 0), floor) + 1
@@ -196,7 +197,7 @@ class SimStore:
     def recover_lease(
         self, name: str, holder: str, ttl_ms: int, *, floor: int, lost: str, incarnation: str,
     ) -> int | None:
-        if self.marker == lost:
+        if self.marker is not None:
             return None
         self.marker = incarnation
         return self._grant(name, holder, ttl_ms, floor)

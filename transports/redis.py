@@ -77,10 +77,10 @@ DEFAULT_PREFIX = "dtq"
 TRIES = 3
 BACKOFF_S = 0.05
 """First pause between tries; doubled each time (3 tries sleep 0.15 s in all)."""
-_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError)
-"""Errors worth another try. ReadOnlyError: a primary demoted to a replica refuses writes; a
-Sentinel client reconnects to the new primary (redis-py turns the refusal into a dropped
-connection), a plain one keeps trying the address it was given."""
+_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError)
+LEASE_TRIES = 2
+"""A second try for lease calls: the first one after Redis restarted meets a dead pooled
+connection (the request never left), and one lost renewal is a third of the validity window."""
 _HMGET_CHUNK = 1000
 """Lua's unpack() has a small stack: read records in chunks of this many."""
 _SCAN_COUNT = 1000
@@ -264,12 +264,18 @@ return out
 # Take the lease KEYS[1] unless held (SET NX PX semantics) and set its epoch KEYS[2] to
 # max(counter, floor ARGV[3]) + 1 in the same step, so no two holders ever share an epoch and
 # epochs never go back. ARGV[1] holder, ARGV[2] ttl ms, ARGV[4] the incarnation the candidate
-# knows ('' for none): refused unless the marker KEYS[3] is that one.
+# knows ('' for none): refused unless the marker KEYS[3] is that one. ARGV[5] '1': the epoch is
+# also above the server's clock in ms (TIME).
 # Returns the new epoch, or nil when refused. A ttl <= 0 gives a lease that has already expired.
 ACQUIRE_LUA = """
 if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[4] then return false end
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
-local epoch = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), tonumber(ARGV[3])) + 1
+local floor = tonumber(ARGV[3])
+if ARGV[5] == '1' then
+  local t = redis.call('TIME')
+  floor = math.max(floor, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+end
+local epoch = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), floor) + 1
 redis.call('SET', KEYS[2], epoch)
 local ttl = tonumber(ARGV[2])
 if ttl > 0 then
@@ -291,11 +297,11 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """
 
-# After a data loss: unless the marker KEYS[3] is still the lost one ARGV[4], set it to ARGV[5]
-# and give the lease KEYS[1] to ARGV[1] (whoever held it) for ARGV[2] ms at epoch
-# max(counter KEYS[2], floor ARGV[3]) + 1. Returns the epoch, or nil when nothing was lost.
+# After a data loss (ARGV[4], the marker the caller knew, is gone): only while there is no
+# marker KEYS[3], set it to ARGV[5] and give the lease KEYS[1] to ARGV[1] (whoever held it) for
+# ARGV[2] ms at epoch max(counter KEYS[2], floor ARGV[3]) + 1. Returns the epoch, or nil.
 RECOVER_LUA = """
-if redis.call('GET', KEYS[3]) == ARGV[4] then return false end
+if redis.call('EXISTS', KEYS[3]) == 1 then return false end
 redis.call('SET', KEYS[3], ARGV[5])
 local epoch = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), tonumber(ARGV[3])) + 1
 redis.call('SET', KEYS[2], epoch)
@@ -565,8 +571,8 @@ class RedisStore:
     ) -> None:
         self.client = client
         self.lease_client = lease_client or client
-        """Lease calls fail fast (a short socket timeout, one try): a leader cut from Redis must
-        learn it quickly, not block past its own validity window."""
+        """Lease calls fail fast (a short socket timeout, `LEASE_TRIES` tries): a leader cut from
+        Redis must learn it quickly, not block past its own validity window."""
         self.prefix = prefix
         self._p = prefix + ":"
         self._apply = client.register_script(APPLY_LUA)
@@ -724,13 +730,15 @@ class RedisStore:
     # leases and fencing ---------------------------------------------------------------------
     def acquire_lease(
         self, name: str, holder: str, ttl_ms: int, *, floor: int = 0,
-        incarnation: str | None = None,
+        incarnation: str | None = None, above_clock: bool = False,
     ) -> int | None:
         # Not idempotent: a retry after a lost reply that did acquire finds the lease held and
         # answers None, so the caller stays a standby until the orphaned lease expires. Safe.
         keys = [self._k("lease", name), self._k("epoch", name), self._k("incarnation")]
-        args: list[str | int] = [holder, ttl_ms, floor, incarnation or ""]
-        epoch = _retrying("acquire_lease", lambda _: self._acquire(keys, args), tries=1)
+        args: list[str | int] = [holder, ttl_ms, floor, incarnation or "",
+                                 "1" if above_clock else "0"]
+        epoch = _retrying("acquire_lease", lambda _: self._acquire(keys, args),
+                          tries=LEASE_TRIES)
         return int(epoch) if epoch is not None else None
 
     def renew_lease(
@@ -739,14 +747,16 @@ class RedisStore:
     ) -> bool:
         keys = [self._k("lease", name), self._k("incarnation")]
         args = [holder, str(epoch), str(ttl_ms), incarnation or ""]
-        return bool(_retrying("renew_lease", lambda _: self._renew(keys, args), tries=1))
+        return bool(_retrying("renew_lease", lambda _: self._renew(keys, args),
+                              tries=LEASE_TRIES))
 
     def recover_lease(
         self, name: str, holder: str, ttl_ms: int, *, floor: int, lost: str, incarnation: str,
     ) -> int | None:
         keys = [self._k("lease", name), self._k("epoch", name), self._k("incarnation")]
         args: list[str | int] = [holder, ttl_ms, floor, lost, incarnation]
-        epoch = _retrying("recover_lease", lambda _: self._recover(keys, args), tries=1)
+        epoch = _retrying("recover_lease", lambda _: self._recover(keys, args),
+                          tries=LEASE_TRIES)
         return int(epoch) if epoch is not None else None
 
     def incarnation(self) -> str | None:
