@@ -62,16 +62,18 @@ The invariants (a violation names one of these):
   under an older epoch and started after a newer one was seen counts: it must be refused then.
 * `persist_before_send`: nothing leaves a leader's batch whose writes were not persisted. A
   `dispatched` belongs to the batch resolved by its actor's next `persist` (persisted), or
-  `stale_write_refused` or `crash` (not persisted); no event of another actor may happen after
-  (by happens-before) a `dispatched` of a batch that was not persisted, unless it heard of the
-  actor's next incarnation (its entry for the actor reaches that of the actor's next
-  `worker_started` or `coordinator_started`: a restarted simulated node keeps its clock).
+  `stale_write_refused` or `crash` recorded with the actor's clock (not persisted; a process
+  runner's record of a crash carries no clock, and the batch stays undecided); no event of
+  another actor may happen after (by happens-before) a `dispatched` of a batch that was not
+  persisted, unless it heard of the actor's next incarnation (its entry for the actor reaches
+  that of the actor's next `worker_started` or `coordinator_started`: a restarted simulated
+  node keeps its clock).
 * `clock_order`: an actor's clock never goes back: within one incarnation (an incarnation ends
   at its `crash` or `restart`, and starts at its `worker_started` or `coordinator_started`), no
   event an actor records happens before (strictly) an event it recorded earlier. Events that
   share a clock (a `persist` and the handler event before it) are in order; events recorded
-  beside the actor's own sequence (a task run's once events, the simulator's injections) are
-  left out.
+  beside the actor's own sequence (a task run's once events, the simulator's injections, and
+  what a runner records in the actor's name without a clock: a pause, a resume) are left out.
 * `causality_detected`: every causality problem the simulator provoked (early dispatches, stale
   dependency reads, submissions that overtook a dependency) was detected by an actor.
 """
@@ -388,6 +390,8 @@ def _clock_order(events: Iterable[Event]) -> list[Violation]:
     for e in events:
         if e.actor == "sim" or e.kind in OFF_SEQUENCE_KINDS:
             continue
+        if not e.clock and e.kind not in INCARNATION_ENDS:
+            continue  # recorded in the actor's name by an observer (a runner's pause, resume)
         if e.kind in INCARNATION_ENDS or e.kind in INCARNATION_STARTS:
             last.pop(e.actor, None)
             if e.kind in INCARNATION_ENDS:
@@ -414,8 +418,8 @@ def _persist_before_send(events: Sequence[Event]) -> list[Violation]:
             pending[e.actor].append(e)
         elif e.kind == "persist":
             pending.pop(e.actor, None)
-        elif e.kind in ("stale_write_refused", "crash"):
-            void += pending.pop(e.actor, [])
+        elif e.kind == "stale_write_refused" or (e.kind == "crash" and e.clock):
+            void += pending.pop(e.actor, [])  # (a runner's record of a crash has no clock)
     out = []
     for v in void:
         later = events[v.seq + 1:] if events[v.seq] is v else [e for e in events if e.seq > v.seq]

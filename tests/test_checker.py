@@ -403,3 +403,13 @@ def test_a_refused_batch_that_sent_nothing_is_quiet() -> None:
     _zombie(h, sent=False)
     result = check(h.events, complete=False)
     assert result.ok, result.violations
+
+
+def test_what_a_runner_records_in_an_actors_name_without_a_clock_is_left_out() -> None:
+    h = H()
+    h(W1, "worker_started")
+    h(W1, "started", task="t", attempt=1, epoch=1)
+    _at(h, W1, "pause", VectorClock())  # a real run's observer: it knows no clock
+    _at(h, W1, "resume", VectorClock())
+    h(W1, "heartbeat_sent")
+    assert check(h.events, complete=False).ok
