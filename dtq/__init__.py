@@ -2,7 +2,12 @@
 
 Actors (coordinators, workers) talk only through a transport and keep durable state only in a
 store; the same actor code runs on the deterministic simulator and on RabbitMQ + Redis.
+
+Applications submit with `dtq.connect(...)` (or `dtq.simulate()` in tests) and `dtq.Client` talks
+to the REST API; those are imported on first use, so a node importing dtq does not load them.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from dtq.actor import Actor, ActorCell, Context, DeliveryRef, Effects, receive
 from dtq.clock import Order, VectorClock
@@ -25,10 +30,34 @@ from dtq.task import TaskRecord, TaskResult, TaskSpec, TaskState
 from dtq.tasktypes import TaskActor, TaskContext, TaskError, TaskInput
 from dtq.worker import Worker
 
+if TYPE_CHECKING:
+    from dtq.app import App, Dag, SimApp, TaskHandle, connect, simulate
+    from dtq.client import Client, TaskFailed, WaitTimeout
+
+_LAZY = {
+    "App": "dtq.app", "Client": "dtq.client", "Dag": "dtq.app", "SimApp": "dtq.app",
+    "TaskFailed": "dtq.client", "TaskHandle": "dtq.app", "WaitTimeout": "dtq.client",
+    "connect": "dtq.app", "simulate": "dtq.app",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dtq' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
 __all__ = [
-    "Actor", "ActorCell", "ConflictError", "ConnectionLost", "Context", "Coordinator",
-    "CoordinatorConfig", "DeliveryRef", "DtqError", "Effects", "Envelope", "IllegalTransition",
-    "Message", "Order", "ScenarioError", "StaleEpoch", "Store", "StoreError", "StoreUnavailable",
-    "TaskActor", "TaskContext", "TaskError", "TaskInput", "TaskRecord", "TaskResult", "TaskSpec",
-    "TaskState", "TransportError", "ValidationError", "VectorClock", "Worker", "receive",
+    "Actor", "ActorCell", "App", "Client", "ConflictError", "ConnectionLost", "Context",
+    "Coordinator", "CoordinatorConfig", "Dag", "DeliveryRef", "DtqError", "Effects", "Envelope",
+    "IllegalTransition", "Message", "Order", "ScenarioError", "SimApp", "StaleEpoch", "Store",
+    "StoreError", "StoreUnavailable", "TaskActor", "TaskContext", "TaskError", "TaskFailed",
+    "TaskHandle", "TaskInput", "TaskRecord", "TaskResult", "TaskSpec", "TaskState",
+    "TransportError", "ValidationError", "VectorClock", "WaitTimeout", "Worker", "connect",
+    "receive", "simulate",
 ]

@@ -12,12 +12,15 @@ from __future__ import annotations
 import hashlib
 import importlib
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import attrs
 
 from dtq.envelope import Message
 from dtq.errors import UnknownTaskType, ValidationError
+
+if TYPE_CHECKING:
+    from dtq.app import TaskHandle
 
 JSON = Any
 
@@ -109,6 +112,14 @@ class TaskActor:
 
     def run(self, task: TaskInput, ctx: TaskContext) -> JSON:
         raise NotImplementedError
+
+    @classmethod
+    def submit(cls, payload: JSON = None, /, **fields: Any) -> TaskHandle:
+        """Submit a task of this type with the default app (`dtq.connect`, `dtq.simulate`, the
+        `dtq_sim` fixture): `WordCount.submit(text="a b")`. See `dtq.app.App.submit`."""
+        from dtq.app import default_app
+
+        return default_app().submit(cls, payload, **fields)
 
 
 def _field(payload: JSON, name: str, kind: type, default: Any = None) -> Any:
