@@ -386,6 +386,7 @@ class Coordinator(Actor):
         (all are taken out of the buffer first: none is released by another's rejection)."""
         reason = "rejected: dependency cycle " + " -> ".join(cycle)
         ctx.record("dependency_cycle", task=msg.spec.id, cycle=cycle)
+        self.buffer.first_seen.pop(msg.spec.id, None)  # seen before, if it was deferred
         members = [(msg.spec, msg.reply_to)]
         for task_id in cycle[1:-1]:
             entry = self.buffer.take(task_id)
@@ -591,7 +592,7 @@ class Coordinator(Actor):
         if not self._acting(ctx):
             return
         rec = self._get(msg.task_id, ctx)
-        if rec is None or rec.state not in (S.SUBMITTED, S.PENDING, S.READY):
+        if rec is None or rec.state not in WAITING:
             ctx.record("cancel_refused", task=msg.task_id)
             return
         self._end(rec, S.CANCELLED, "cancelled", ctx)
