@@ -77,7 +77,9 @@ class RuntimeOptions:
     batch_max: int = 256
     poison_limit: int = 3
     grace_s: float = 10.0
-    io_root: str = "."
+    io_root: str | None = None
+    """The io task's root (None: `dtq.runtime_io.resolve_io_root()`, never the working
+    directory)."""
     trace: bool = False
     store_wait_s: float = 10.0
     crash: CrashHook = no_crash
@@ -152,6 +154,10 @@ class ProcessRuntime:
                                         thread_name_prefix=f"task-{self.name}")
         self._running = 0
         self._draining = False
+        self._unsettled = 0
+        """Batches published whose acks wait for the broker's confirms (a draining process
+        waits for them too: stopping before would hand their deliveries out again)."""
+        self._settle_lock = threading.Lock()
         self._exit: int | None = None
         self.subscriptions: list[str] = []
 
@@ -167,7 +173,8 @@ class ProcessRuntime:
         while self._exit is None:
             if self._draining:
                 drain_deadline = drain_deadline or time.monotonic() + self.options.grace_s
-                if self._running == 0 or time.monotonic() > drain_deadline:
+                if (self._running == 0 and not self._unsettled) \
+                        or time.monotonic() > drain_deadline:
                     break
             batch = self._take(self._timeout())
             self._apply([self._handle(item) for item in batch])
@@ -287,7 +294,22 @@ class ProcessRuntime:
             return
         copy = Outgoing(queue=d.queue, body=d.body, priority=d.priority,
                         headers={**d.headers, FAILURES_HEADER: failures})
-        self.transport.publish([copy], then=lambda: self.transport.ack(d))
+        self._publish_then([copy], [d])
+
+    def _publish_then(self, outgoing: list[Outgoing], acks: list[Delivery]) -> None:
+        """Publish, and ack `acks` once the broker confirmed every message; counted as
+        unsettled until then."""
+        with self._settle_lock:
+            self._unsettled += 1
+
+        def settled() -> None:
+            self._ack_all(acks)
+            with self._settle_lock:
+                self._unsettled -= 1
+            if self._draining:
+                self._enqueue(None, urgent=False)  # wake the loop: it may stop now
+
+        self.transport.publish(outgoing, then=settled)
 
     # --- applying effects -------------------------------------------------------------------
 
@@ -336,13 +358,20 @@ class ProcessRuntime:
 
         def run() -> _Local:
             done = run_task(ex, store=self.store, record=self._record_threadsafe,
-                            io_root=self.options.io_root, crash=self.options.crash)
+                            io_root=self._io_root(), crash=self.options.crash)
             return _Local(message=done, execution=True)
 
         if ex.task_actor.inline:  # microseconds of work, on this thread: no hand-offs
             self.urgent.append(_Item(run()))
         else:
             self._pool.submit(lambda: self._enqueue(run(), urgent=True))
+
+    def _io_root(self) -> str:
+        if self.options.io_root is None:
+            from dtq.runtime_io import resolve_io_root  # the worker's first task makes it
+
+            self.options.io_root = resolve_io_root()
+        return self.options.io_root
 
     def _record_threadsafe(self, kind: str, data: Mapping[str, Any]) -> None:
         self.record(self.name, kind, VectorClock(), data)
@@ -460,7 +489,7 @@ class _ProcessEffects:
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         rt, acks = self.rt, list(deliveries)
         if self.outgoing or acks:  # (an empty round would only wake the I/O thread for nothing)
-            rt.transport.publish(self.outgoing, then=lambda: rt._ack_all(acks))
+            rt._publish_then(self.outgoing, acks)
 
     def schedule(self, timer: Timer) -> None:
         due = time.monotonic() + timer.delay_ms / 1000

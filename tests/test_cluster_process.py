@@ -23,9 +23,12 @@ from pathlib import Path
 
 import pytest
 
+from dtq.bench.common import queue_counts
+from dtq.envelope import WORK_QUEUE
 from dtq.process import EXIT_CONFIG
 from dtq.submitter import Submitter
 from dtq.task import TaskSpec
+from dtq.transport import queue_name
 from transports.rabbitmq import delete_namespace
 from transports.redis import RedisStore
 
@@ -186,6 +189,10 @@ def test_a_stop_signal_lets_running_tasks_finish_and_leaves_no_process(
         # one signal: the worker stopped once its task was done (a second signal would have
         # stopped it at once, abandoning the task's acknowledgement)
         assert stopped and lines.index("hold: done") < stopped[0], after
+        # ...and once the broker had confirmed its report, so it acked the dispatch: nothing
+        # is left to hand out again (every node is gone: a message left would be ready)
+        ready, _ = queue_counts(cluster.broker, queue_name(cluster.ns, WORK_QUEUE))
+        assert ready == 0, "the stopped worker left its dispatch unacknowledged"
     finally:
         store.close()
 
