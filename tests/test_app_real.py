@@ -5,14 +5,20 @@ its handle's result comes back (the end heard as a notice on the store); a DAG b
 hands its dependents their dependencies' results; a failed task's `result()` raises its reason; a
 wait past its timeout names the task; a task cancelled before it started ends cancelled; and
 refused submissions publish nothing on the broker (shown on a namespace no cluster consumes, where
-a valid submission does stay queued). Skipped locally when RabbitMQ or Redis is down; failures
-under CI=1.
+a valid submission does stay queued); and the README's quick start, run as written in a new
+folder (`dtq cluster --tasks wordcount`, then its `python -c` line), prints what it says.
+Skipped locally when RabbitMQ or Redis is down; failures under CI=1.
 """
 
 from __future__ import annotations
 
+import re
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +29,8 @@ from dtq.envelope import COORDINATOR_QUEUE
 from dtq.process import NodeConfig, Supervisor
 from dtq.realrun import wait_for
 from tests.fixtures.usertasks import Flaky, Reverse, SumDeps
+from tests.test_app import README, _readme_block
+from tests.test_cluster_process import Cluster
 from transports.rabbitmq import delete_namespace
 from transports.redis import RedisStore
 
@@ -121,3 +129,33 @@ def test_refusals_publish_nothing_on_the_broker(rabbitmq_url: str, redis_url: st
         store.delete_all()
         store.close()
         delete_namespace(rabbitmq_url, ns, [])
+
+
+def test_the_readme_quick_start_runs_as_written_in_a_new_folder(
+    tmp_path: Path, rabbitmq_url: str, redis_url: str,
+) -> None:
+    (tmp_path / "wordcount.py").write_text(_readme_block("# wordcount.py"))
+    quick_start = re.search(r"^(python -c '.*')\n# (.*)$", README, re.MULTILINE)
+    assert quick_start is not None, "the README's quick start submits with python -c"
+    command, printed = quick_start.groups()
+    assert "dtq cluster --tasks wordcount &" in README
+    code = command.removeprefix("python -c '").removesuffix("'")
+    cluster = Cluster(tmp_path, f"test-app-qs-{uuid.uuid4().hex[:8]}", rabbitmq_url, redis_url)
+    store = RedisStore.from_url(redis_url, prefix=cluster.ns)
+    cluster.start("--tasks", "wordcount")
+    try:
+        wait_for(lambda: store.lease("coordinator") is not None, 30, "a leader")
+        # The README's line, on this test's namespace (the README's cluster uses the default).
+        code = code.replace("dtq.connect()", f"dtq.connect({rabbitmq_url!r}, {redis_url!r}, "
+                            f"namespace={cluster.ns!r})")
+        done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == printed
+    finally:
+        if cluster.proc is not None and cluster.proc.poll() is None:
+            cluster.proc.send_signal(signal.SIGTERM)
+            cluster.wait()
+        store.delete_all()
+        store.close()
+        delete_namespace(rabbitmq_url, cluster.ns, ["coordinator-1", "worker-1"])
