@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import threading
 import time
@@ -89,13 +90,20 @@ def type_name(task: TaskRef) -> str:
 
 
 def _payload(payload: JSON, fields: Mapping[str, JSON]) -> JSON:
-    if not fields:
-        return payload
-    if payload is None:
-        return dict(fields)
-    if isinstance(payload, Mapping):
-        return {**payload, **fields}
-    raise ValidationError("payload", "keyword fields need an object payload (or none)")
+    """`payload` with the keyword fields, as JSON carries it (tuples become lists, as they do
+    on the broker, so the simulator sees what real workers see)."""
+    if fields and payload is not None and not isinstance(payload, Mapping):
+        raise ValidationError("payload", "keyword fields need an object payload (or none)")
+    if fields:
+        payload = {**(payload or {}), **fields}
+    return _as_json(payload, "payload")
+
+
+def _as_json(value: JSON, field: str) -> JSON:
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(field, f"must be JSON: {exc}") from None
 
 
 def _body(task: TaskRef, payload: JSON, fields: Mapping[str, Any],
@@ -109,13 +117,15 @@ def _body(task: TaskRef, payload: JSON, fields: Mapping[str, Any],
     if "task_id" in options:
         body["id"] = options.pop("task_id")
     body["deps"] = [dep(d) for d in _listed(options.pop("deps", ()))]
-    if "metadata" in options:
-        options["metadata"] = dict(options["metadata"])
     return {**body, **options}
 
 
 def _listed(deps: Any) -> list[Any]:
-    return [deps] if isinstance(deps, str | TaskHandle | DagTask) else list(deps)
+    if isinstance(deps, str | TaskHandle | DagTask):
+        return [deps]
+    if not isinstance(deps, Iterable):
+        raise ValidationError("deps", "must be a list of task handles or ids")
+    return list(deps)
 
 
 def _handle_id(d: Any) -> str:
@@ -235,7 +245,7 @@ class TaskHandle:
         res = self.app.store.get_result(self.id)
         if res is None:
             raise ResultGone(f"task {self.id} succeeded, but its result has expired")
-        return res.value
+        return self.app._value(res.value)
 
     def cancel(self) -> str:
         """Ask the leader to cancel the task if it has not started; its state then. Raises
@@ -424,6 +434,10 @@ class App:
     def _register(self, types: Mapping[str, TaskActor]) -> None:
         """A hook for clusters that can run a class as soon as it is submitted (the simulator)."""
 
+    def _value(self, stored: JSON) -> JSON:
+        """A stored result as the caller gets it (the simulator's store keeps Python objects)."""
+        return stored
+
     def _checked(self, fn: Callable[[], T]) -> T:
         try:
             return fn()
@@ -561,6 +575,9 @@ class SimApp(App):
                 cell = self.sim.nodes[worker].cell
                 if cell is not None and isinstance(cell.actor, Worker):
                     cell.actor.task_types.update(new)
+
+    def _value(self, stored: JSON) -> JSON:
+        return _as_json(stored, "result")  # as it comes from Redis: tuples are lists
 
     def _run_until_end(self, task_id: str, timeout_s: float | None) -> End | None:
         budget_ms = int(1000 * (SIM_WAIT_S if timeout_s is None else timeout_s))

@@ -56,6 +56,13 @@ class Fails(TaskActor):
         raise RuntimeError(f"cannot do {task.payload['what']}")
 
 
+class Pair(TaskActor):
+    type_name = "test-pair"
+
+    def run(self, task: TaskInput, ctx: TaskContext) -> Any:
+        return (task.payload["a"], task.payload["b"])
+
+
 @pytest.fixture
 def app() -> Any:
     with dtq.simulate(seed=3) as app:
@@ -78,6 +85,15 @@ def test_a_task_class_submits_at_the_call_site_and_its_handle_gives_the_result(
     again = app.submit(WordCount, {"text": "c"}, priority=5)
     assert again.result() == {"c": 1}
     assert app.store.get_task(again.id).spec.priority == 5  # type: ignore[union-attr]
+
+
+def test_payloads_and_results_arrive_as_json_carries_them_as_on_real_workers(
+    app: SimApp,
+) -> None:
+    handle = app.submit("echo", {"pair": (1, 2)})
+    assert handle.result() == {"pair": [1, 2]}
+    assert app.store.get_task(handle.id).spec.payload == {"pair": [1, 2]}  # type: ignore[union-attr]
+    assert app.submit(Pair, a=1, b=2).result() == [1, 2]
 
 
 def test_then_and_a_dag_run_dependents_on_their_dependencies_results(app: SimApp) -> None:
@@ -103,6 +119,7 @@ def test_then_and_a_dag_run_dependents_on_their_dependencies_results(app: SimApp
     (lambda app: WordCount.submit(text="a", priority=10), "priority", "from 0 to 9"),
     (lambda app: WordCount.submit(text="a", deps=["t-unknown"]), "deps", "t-unknown"),
     (lambda app: app.submit("echo", {"x": 1}, max_attempts=0), "max_attempts", "from 1"),
+    (lambda app: app.submit("echo", {"x": {1, 2}}), "payload", "must be JSON"),
 ])
 def test_a_refused_submission_raises_naming_the_field_and_publishes_nothing(
     app: SimApp, call: Any, field: str, words: str,
