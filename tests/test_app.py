@@ -195,6 +195,22 @@ def test_a_worker_crash_mid_task_does_not_change_the_results() -> None:
         assert any(e.kind == "crash" for e in app.sim.history.events)
 
 
+@pytest.mark.dtq_sim(seed=4, workers=3)
+def test_the_fixture_takes_the_marker_and_offers_faults(dtq_sim: SimApp) -> None:
+    assert (dtq_sim.seed, dtq_sim.workers) == (4, ["worker-1", "worker-2", "worker-3"])
+    assert default_app() is dtq_sim
+    dtq_sim.pause("worker-2")
+    dtq_sim.partition(["worker-1"], ["broker", "store"])
+    handles = [WordCount.submit(text=f"w{i} x") for i in range(6)]
+    assert [h.result() for h in handles] == [{f"w{i}": 1, "x": 1} for i in range(6)]
+    started = {e.actor for e in dtq_sim.sim.history.events if e.kind == "started"}
+    assert started == {"worker-3"}  # worker-2 is frozen, worker-1 cut off
+    dtq_sim.heal()
+    dtq_sim.resume("worker-2")
+    assert WordCount.submit(text="after").result() == {"after": 1}
+    assert dtq_sim.check().ok
+
+
 def test_the_same_seed_gives_the_same_history() -> None:
     def run(seed: int) -> list[tuple[int, str, str]]:
         with dtq.simulate(seed=seed, default=False) as app:
