@@ -8,8 +8,11 @@ store's data counts as lost and unrecovered while the marker this process saw is
 has changed and no data-loss report in the store names the new one (a re-seeding leader writes
 its report with the re-seed, a standby that starts the namespace again empty writes one too).
 `GET /cluster` shows the marker, that state and every report kept; `/readyz` answers 503
-`store_data_lost` while the loss is unrecovered, and ready again once a leader re-seeded or
-restarted the namespace (the reports stay in `GET /cluster`, saying what was kept and lost).
+`store_data_lost` while the marker is missing, or changed with no report and no leader: ready
+again once a leader re-seeded or restarted the namespace (the reports stay in `GET /cluster`,
+saying what was kept and lost). A leader running under a new marker nobody reported (every
+process that held the data restarted meanwhile, so none knew) makes the cluster ready, and
+`GET /cluster` says, for as long as this process runs, that the tasks accepted before are lost.
 """
 
 from __future__ import annotations
@@ -136,7 +139,16 @@ class StoreWatch:
         self._lock = threading.Lock()
 
     def state(self, backend: ApiBackend) -> dict[str, Any]:
-        """{"incarnation", "data_lost" (why the loss is unrecovered, or None), "data_losses"}"""
+        """{"incarnation", "data_lost" (what this process knows of a loss not recovered, or
+        None), "data_losses" (the reports kept in the store)}"""
+        return self._assess(backend)[0]
+
+    def blocks_readiness(self, backend: ApiBackend) -> str | None:
+        """Why the store's loss keeps the cluster from being ready (None: it does not)."""
+        state, blocking = self._assess(backend)
+        return state["data_lost"] if blocking else None
+
+    def _assess(self, backend: ApiBackend) -> tuple[dict[str, Any], bool]:
         store = backend.store
         marker = store.incarnation()
         reports = store.data_losses()
@@ -151,12 +163,24 @@ class StoreWatch:
             if self.lost is None and marker is not None:
                 self.known = marker
             lost = self.lost
-        why = None
-        if lost is not None:
-            now = "its incarnation marker is gone" if marker is None \
-                else f"incarnation {lost} replaced by {marker}"
-            why = f"the store lost its data ({now}); no leader has re-seeded it yet"
-        return {"incarnation": marker, "data_lost": why, "data_losses": reports}
+        state: dict[str, Any] = {"incarnation": marker, "data_lost": None,
+                                 "data_losses": reports}
+        if lost is None:
+            return state, False
+        if marker is None:
+            state["data_lost"] = f"the store lost its data (incarnation {lost} is gone); " \
+                                 "waiting for the leader to re-seed it"
+            return state, True
+        if store.lease(LEADER_LEASE) is None:
+            state["data_lost"] = f"the store lost its data (incarnation {lost} replaced by " \
+                                 f"{marker}); no leader has re-seeded it yet"
+            return state, True
+        # A leader runs under a marker nobody reported: every process that held the data
+        # restarted meanwhile, and the namespace was started again as new.
+        state["data_lost"] = f"the store lost its data (incarnation {lost} replaced by " \
+                             f"{marker}) and was started again by a leader that did not know " \
+                             "it: the tasks accepted before are lost"
+        return state, False
 
 
 def cluster_json(backend: ApiBackend, watch: StoreWatch | None = None) -> dict[str, Any]:
@@ -176,7 +200,6 @@ def not_ready(backend: ApiBackend, watch: StoreWatch) -> str | None:
     try:
         if not backend.ready():
             return "the store or the broker cannot be reached"
-        why: str | None = watch.state(backend)["data_lost"]
-        return why
+        return watch.blocks_readiness(backend)
     except Exception:  # a readiness probe answers; it does not fail
         return "the store or the broker cannot be reached"

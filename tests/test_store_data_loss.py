@@ -111,3 +111,24 @@ def test_cluster_and_readyz_report_the_loss_until_the_leader_reseeds() -> None:
     assert after["data_losses"][0]["recovered"] is True
     assert after["data_losses"][0]["lost"] == store["incarnation"]
     assert api.http.get("/readyz").status_code == 200
+
+
+def test_a_namespace_started_again_unreported_is_ready_and_said_lost() -> None:
+    """Every process that held the data restarted (none knew of the loss) and a new leader
+    runs under a marker nobody reported: the cluster works, so it is ready, and only this API
+    process, which saw the old marker, can say that the tasks accepted before are lost."""
+    api = make_api()
+    api.backend.advance(500)
+    before = api.http.get("/cluster").json()["store"]["incarnation"]
+    with api.backend.lock:
+        store = api.backend.sim.store
+        store.lose_data()
+        store.claim_incarnation("started-again")
+    ready = api.http.get("/readyz")
+    assert ready.status_code == 503 and "replaced by started-again" in ready.json()["error"][
+        "message"]
+    with api.backend.lock:
+        assert store.acquire_lease(LEADER_LEASE, "unaware", 60_000) is not None
+    assert api.http.get("/readyz").status_code == 200
+    said = api.http.get("/cluster").json()["store"]["data_lost"]
+    assert before in said and "accepted before are lost" in said
