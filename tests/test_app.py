@@ -222,7 +222,10 @@ def test_the_same_seed_gives_the_same_history() -> None:
     assert run(11) == run(11)
 
 
-def test_without_an_app_submitting_at_the_call_site_says_what_to_do() -> None:
+def test_without_an_app_submitting_at_the_call_site_says_what_to_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(dtq.app, "_default", None)  # whatever other tests left open
     app = dtq.simulate(default=False)
     with app.as_default():
         assert default_app() is app
