@@ -4,7 +4,8 @@ A task type is a `TaskActor` subclass with a `type_name` and a `run(task, ctx)` 
 time, files and the network only through its `TaskContext`, which the simulator fakes (sleep
 and I/O advance virtual time) and the process runtime implements for real, in a thread off the
 worker's handler loop. Users add types by subclassing in their own module and naming it:
-`dtq worker --tasks mypkg.tasks`.
+`dtq worker --tasks mypkg.tasks`; `Type.submit(...)` submits one with the default app
+(`dtq.app`).
 """
 
 from __future__ import annotations
