@@ -379,8 +379,8 @@ class Testbed:
     # status and down --------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """What is up: every recorded process alive or not, the primary, the cluster's nodes."""
-        alive = {name: alive(pid) for name, pid in self.pids.items()}
-        out: dict[str, Any] = {"dir": str(self.dir), "processes": alive,
+        states = {name: alive(pid) for name, pid in self.pids.items()}
+        out: dict[str, Any] = {"dir": str(self.dir), "processes": states,
                                "store_url": self.layout.store_url,
                                "redis_primary_port": self.primary_port()}
         if self.layout.rabbit:
