@@ -341,16 +341,21 @@ class Supervisor:
             node.process.join(5)
 
     def pause(self, name: str) -> None:
+        """SIGSTOP the node's process; nothing for a node that is not running (killed and not
+        restarted yet), as in the simulator."""
         node = self.nodes[name]
-        if node.process is not None and node.process.pid and not node.paused:
-            os.kill(node.process.pid, signal.SIGSTOP)
-            node.paused = True
+        if node.process is not None and node.process.pid and not node.paused \
+                and node.process.is_alive():
+            with contextlib.suppress(ProcessLookupError):  # it may die between check and kill
+                os.kill(node.process.pid, signal.SIGSTOP)
+                node.paused = True
 
     def resume(self, name: str) -> None:
         node = self.nodes[name]
         if node.process is not None and node.process.pid and node.paused:
-            os.kill(node.process.pid, signal.SIGCONT)
             node.paused = False
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(node.process.pid, signal.SIGCONT)
 
     def restart(self, name: str) -> None:
         if not self.alive(name):
