@@ -177,3 +177,42 @@ def test_the_broker_holds_the_connection_to_the_heartbeat_timeout(rabbitmq_url: 
         assert ours == [str(rabbitmq.HEARTBEAT_S)] and rabbitmq.HEARTBEAT_S == 5
     finally:
         t.close()
+
+
+@pytest.mark.rabbitmq
+def test_an_ack_after_the_channel_began_closing_is_dropped_not_raised(rabbitmq_url: str) -> None:
+    """A batch confirmed as its node stops acks on a closing channel: the delivery goes back to
+    its queue anyway, and the I/O thread must not die of it (pika raises
+    ChannelWrongStateError on a closing channel)."""
+    ns = f"test-{uuid.uuid4().hex[:8]}"
+    arrived: list[Delivery] = []
+    ready = threading.Event()
+    failures: list[BaseException] = []
+    hook, threading.excepthook = threading.excepthook, lambda a: failures.append(a.exc_value)
+
+    def on_delivery(d: Delivery) -> None:
+        arrived.append(d)
+        ready.set()
+
+    t = RabbitTransport(rabbitmq_url, namespace=ns, name="closing", on_delivery=on_delivery)
+    t.start()
+    try:
+        t.consume("box", 5)
+        sent = threading.Event()
+        t.publish([Outgoing(queue=queue_name(ns, "box"), body=b'{"n":1}')], then=sent.set)
+        assert sent.wait(10) and ready.wait(10)
+        done = threading.Event()
+
+        def close_then_ack() -> None:  # on the I/O thread, as the loop runs its calls
+            assert t._channel is not None
+            t._channel.close()
+            t._ack_now(arrived[0].generation, arrived[0].tag, False)
+            done.set()
+
+        t._call(close_then_ack)
+        assert done.wait(10), failures
+        assert failures == []
+    finally:
+        threading.excepthook = hook
+        t.close()
+        delete_namespace(rabbitmq_url, ns, ["box"])

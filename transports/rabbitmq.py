@@ -461,8 +461,8 @@ class RabbitTransport:
         self._call(lambda: self._ack_now(delivery.generation, delivery.tag, multiple))
 
     def _ack_now(self, generation: int, tag: int, multiple: bool) -> None:
-        if generation != self.generation or self._channel is None:
-            return
+        if generation != self.generation or self._channel is None or not self._channel.is_open:
+            return  # (a closing channel's deliveries go back to their queues: nothing to ack)
         left = self._open_bundles.get(tag)
         if left is not None:  # a part of a bundle: ack the broker message with its last part
             if left > 1:
