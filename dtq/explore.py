@@ -1,6 +1,8 @@
 """`dtq scenario explore`: run scenarios over many seeds on the simulator.
 
-Every failing seed is printed with the command that reproduces it.
+Every failing seed is printed with the command that reproduces it. Every file's line, and the
+total, say how many distinct histories (history digests) the seeds produced: seeds that replay
+one schedule explore nothing new, and the count shows it.
 """
 
 from __future__ import annotations
@@ -24,14 +26,18 @@ def explore(
     seed adds its own random fault timeline (see `dtq.swarm`)."""
     scenarios = [(f, load(f)) for f in files]
     failed: list[dict[str, object]] = []
+    per_file: list[dict[str, object]] = []
+    every: set[str] = set()
     started = time.perf_counter()
     total = 0
     for path, scenario in scenarios:
         bad = 0
+        digests: set[str] = set()
         for seed in range(seed_start, seed_start + runs):
             played, kinds = swarm(scenario, seed) if swarm_mode else (scenario, [])
             result = run_memory(played, seed)
             total += 1
+            digests.add(str(result.summary["history_digest"]))
             if as_json:
                 print(json.dumps(result.summary), file=out)
             if not result.ok:
@@ -44,12 +50,17 @@ def explore(
                     faults = f" (faults: {', '.join(kinds)})" if kinds else ""
                     print(f"FAIL {path} seed {seed}{faults}: {first['invariant']}: "
                           f"{first['detail']}\n  reproduce: {how}", file=out)
+        every |= digests
+        per_file.append({"file": path, "scenario": scenario.name, "runs": runs, "failed": bad,
+                         "distinct_histories": len(digests)})
         if not as_json:
-            print(f"{scenario.name}: {runs - bad}/{runs} seeds ok", file=out)
+            print(f"{scenario.name}: {runs - bad}/{runs} seeds ok, "
+                  f"{len(digests)} distinct histories", file=out)
     wall = time.perf_counter() - started
     if as_json:
-        print(json.dumps({"runs": total, "failed_seeds": failed, "ok": not failed}), file=out)
+        print(json.dumps({"runs": total, "distinct_histories": len(every), "files": per_file,
+                          "failed_seeds": failed, "ok": not failed}), file=out)
     else:
         print(f"{total} runs in {wall:.1f} s ({total / max(wall, 1e-9):.0f} seeds/s), "
-              f"{len(failed)} failed", file=out)
+              f"{len(failed)} failed, {len(every)} distinct histories", file=out)
     return 0 if not failed else 1
