@@ -1,16 +1,31 @@
 """The deterministic simulator: virtual clock, seeded scheduler, a faulty network, crashes.
 
-One thread, one event heap ordered by (virtual time, sequence). Mailboxes and the shared work
-queue behave like RabbitMQ queues: competing consumers served round robin, per-consumer
+One thread, one event heap ordered by (virtual time, rank, sequence). Mailboxes and the shared
+work queue behave like RabbitMQ queues: competing consumers served round robin, per-consumer
 prefetch, unacked deliveries returned to the queue when a consumer's connection dies, so
 delivery is at least once. The network between actors and queues delays, drops (the publisher
 retransmits), duplicates and reorders messages, and partitions cut named actors or groups from
 each other, from the broker or from the store until healed. The same seed and the same code give
 the same history, event for event.
+
+The rule of the schedule: every choice RabbitMQ leaves open is made by the seed, and no order
+it guarantees is broken. Events due at the same virtual time run in an order drawn from the seed
+(the rank): how different publishers' messages interleave on a queue, which of two nodes acts
+first, whether a node's delivery, timer or finished task comes first. The seed also picks the
+consumer a queue's round robin starts with, and how long each delivery takes from the broker to
+its consumer (0 to `delivery_jitter_ms`). Kept as RabbitMQ keeps them (the lanes of `_lane`):
+one publisher's messages to one queue arrive in the order published (one channel); a queue
+hands its messages to one consumer in queue order; a queue is FIFO within a priority, by
+arrival, and higher priorities go first; a requeued delivery goes back to its old place, ahead of
+the messages that arrived after it; a node's timers due together fire in the order they were
+set, its finished task runs report in the order they finished; the client submits in plan order.
+Only the network knobs (`reorder`, `jitter_ms`, `duplicate`, `drop`) reorder one publisher's
+messages, as a misbehaving network would.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import random
 from collections import deque
@@ -125,6 +140,39 @@ class _Node:
     """When the node started waiting for the store to take its writes (None: not waiting)."""
 
 
+def _lane(fn: Callable[..., object], args: tuple[Any, ...]) -> tuple[str, ...] | None:
+    """The lane of a scheduled call: calls of one lane due at the same time run in the order
+    they were scheduled; calls of no lane (None) are ordered by the seed.
+
+    * a publisher's messages to one queue (one channel: RabbitMQ keeps their order), both the
+      publish (retransmits, slowed links) and the arrival at the queue;
+    * messages returned to one queue by the broker;
+    * the deliveries of one queue to one consumer (in queue order, as on its channel);
+    * a node's timers, and a node's finished task runs (each in the order they were set);
+    * the client's submissions (the runner submits in plan order).
+
+    Calls are known by their method's name, so that a wrapper of the same name and arguments
+    (the slowed links of `dtq.chaosrun`) keeps the lane of what it wraps.
+    """
+    call = fn.func if isinstance(fn, functools.partial) else fn
+    name = getattr(call, "__name__", "") if hasattr(call, "__self__") else ""
+    if not args:
+        return None
+    if name == "_enqueue":
+        env = args[0]
+        return ("requeue", env.target) if len(args) > 1 and args[1] else (
+            "channel", env.sender, env.target)
+    if name in ("_publish", "_on_publish"):
+        return ("publish", args[0].sender, args[0].target)
+    if name in ("_deliver", "_on_deliver"):
+        return ("deliver", args[0].name, args[3].target)
+    if name == "_fire":
+        return ("timers" if args[2] else "tasks", args[0].name)
+    if name == "submit":
+        return ("client",)
+    return None
+
+
 def _default_log() -> Any:
     """The configured logger, or (when nothing configured logging) warnings only: a simulator
     runs thousands of actors' lives and should not chatter."""
@@ -162,8 +210,19 @@ class Simulation:
         self.partitions: list[tuple[frozenset[str], frozenset[str]]] = []
         self.blocked: list[Envelope] = []
         self.delivered = 0
-        self._heap: list[tuple[int, int, Callable[..., object], tuple[Any, ...]]] = []
+        self._heap: list[tuple[int, float, int, Callable[..., object], tuple[Any, ...]]] = []
         self._seq = 0
+        self.schedule_rng = random.Random(f"{seed}:schedule")
+        """Breaks ties among events due at the same virtual time, and picks where each queue's
+        round robin starts: the schedule's own stream, apart from the network's."""
+        self._lanes: dict[tuple[str, ...], tuple[int, float]] = {}
+        """lane -> (time, rank) of the last event scheduled in it (see `_lane`)"""
+        self._positions: dict[int, tuple[int, int]] = {}
+        """delivery tag -> the delivered message's place in its queue, to requeue it there"""
+        self.delivery_jitter_ms = 1
+        """A delivery takes 0 to this many ms from the broker to its consumer (the seed says)."""
+        self._delivered_at: dict[tuple[str, str], int] = {}
+        """(consumer, queue) -> when its last delivery arrives"""
         self._ids = 0
         self._tags = 0
         self._client_clock = VectorClock()
@@ -172,8 +231,19 @@ class Simulation:
     # --- scheduling -------------------------------------------------------------------------
 
     def at(self, time_ms: int, fn: Callable[..., object], *args: Any) -> None:
+        """Run `fn(*args)` at `time_ms`. Among events due at the same time a seeded random rank
+        decides, except that events of one lane (`_lane`) keep the order they were scheduled in."""
+        time_ms = max(time_ms, self.now_ms)
+        rank = self.schedule_rng.random()
+        lane = _lane(fn, args)
+        if lane is not None:
+            last = self._lanes.get(lane)
+            if last is not None and last[0] == time_ms and last[1] > rank:
+                rank = last[1]  # equal ranks fall back on the sequence number: FIFO
+            if last is None or (time_ms, rank) >= last:
+                self._lanes[lane] = (time_ms, rank)
         self._seq += 1
-        heapq.heappush(self._heap, (max(time_ms, self.now_ms), self._seq, fn, args))
+        heapq.heappush(self._heap, (time_ms, rank, self._seq, fn, args))
 
     def after(self, delay_ms: int, fn: Callable[..., object], *args: Any) -> None:
         self.at(self.now_ms + delay_ms, fn, *args)
@@ -190,7 +260,7 @@ class Simulation:
             if until_ms is not None and heap[0][0] > until_ms:
                 self.now_ms = until_ms
                 break
-            time_ms, _, fn, args = heapq.heappop(heap)
+            time_ms, _, _, fn, args = heapq.heappop(heap)
             self.now_ms = time_ms
             fn(*args)
             n += 1
@@ -433,19 +503,28 @@ class Simulation:
             self.history.record("sim", "duplicate", VectorClock(), {"msg": env.id})
             self.after(delay + rng.randint(0, max(1, net.reorder_ms)), self._enqueue, env)
 
-    def _enqueue(self, env: Envelope, redelivered: bool = False) -> None:
+    def _enqueue(
+        self, env: Envelope, redelivered: bool = False, position: tuple[int, int] | None = None,
+    ) -> None:
+        """A message reaches its queue: behind every message of its priority that arrived
+        before it, or at `position` (a requeued message's old place)."""
         q = self._queue(env.target)
-        prio = env.body.spec.priority if hasattr(env.body, "spec") else 0
         if redelivered:
             env = attrs.evolve(env, redelivered=True)
-        self._seq += 1
-        heapq.heappush(q.ready, (-prio, self._seq, env))
+        if position is None:
+            prio = env.body.spec.priority if hasattr(env.body, "spec") else 0
+            self._seq += 1
+            position = (-prio, self._seq)
+        heapq.heappush(q.ready, (*position, env))
         self._pump(q)
 
     def _requeue(self, qname: str, tag: int) -> None:
+        """An unacked delivery returns to its queue at its old place, ahead of every message
+        that arrived after it (RabbitMQ requeues to the original position or nearer the head)."""
         env = self._inflight.pop(tag, None)
+        position = self._positions.pop(tag, None)
         if env is not None:
-            self.after(0, self._enqueue, env, True)
+            self.after(0, self._enqueue, env, True, position)
 
     def _pump(self, q: _Queue) -> None:
         """Hand ready messages to consumers with credit, round robin. A consumer partitioned
@@ -464,9 +543,22 @@ class Simulation:
             node.unacked[tag] = q.name
             node.credit[q.name] = node.credit.get(q.name, 0) + 1
             self._inflight[tag] = item[2]
-            self.after(0, self._deliver, node, node.incarnation, tag, item[2])
+            self._positions[tag] = (item[0], item[1])
+            self.at(self._delivery_time(node.name, q.name), self._deliver, node, node.incarnation,
+                    tag, item[2])
         for item in skipped:
             heapq.heappush(q.ready, item)
+        if len(self._positions) > 2 * len(self._inflight) + 64:  # acked deliveries' places
+            self._positions = {t: p for t, p in self._positions.items() if t in self._inflight}
+
+    def _delivery_time(self, consumer: str, qname: str) -> int:
+        """When a delivery reaches its consumer: now or up to `delivery_jitter_ms` later (the
+        seed says), never before an earlier delivery of the same queue to the same consumer."""
+        link = (consumer, qname)
+        due = max(self.now_ms + self.schedule_rng.randint(0, self.delivery_jitter_ms),
+                  self._delivered_at.get(link, 0))
+        self._delivered_at[link] = due
+        return due
 
     def _next_consumer(self, q: _Queue, sender: str) -> _Node | None:
         n = len(q.consumers)
@@ -509,6 +601,7 @@ class Simulation:
         q = self._queue(qname)
         if node.connected and node.name not in q.consumers:
             q.consumers.append(node.name)
+            q.rr = self.schedule_rng.randrange(len(q.consumers))  # who is served first: any
             self.after(0, self._pump, q)
 
     def _unsubscribe(self, node: _Node, qname: str) -> None:
