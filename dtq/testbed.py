@@ -270,10 +270,27 @@ class Testbed:
         """`SENTINEL FAILOVER`, then wait until every Sentinel names a new primary and it answers
         as one. (old, new) ports. The old primary is reconfigured as a replica only later (the
         Sentinels wait for its role to settle, about 10 s): see `wait_demoted`."""
-        old = self.primary_port()
-        if old is None:
-            raise ConfigurationError("no Sentinel names a primary")
+        old = self._primary()
         _redis(self.layout.sentinel_ports[0]).execute_command("SENTINEL FAILOVER", SERVICE)
+        return old, self._promoted(old, timeout_s)
+
+    def kill_redis_primary(self, timeout_s: float = 30.0) -> tuple[int, int]:
+        """kill -9 the primary, then wait until the Sentinels agree it is down and name a
+        promoted replica. (old, new) ports; `restart(redis_name(old))` brings the old back."""
+        old = self._primary()
+        self.kill(self.redis_name(old))
+        return old, self._promoted(old, timeout_s)
+
+    def redis_name(self, port: int) -> str:
+        return "redis-primary" if port == self.layout.redis_ports[0] else "redis-replica"
+
+    def _primary(self) -> int:
+        port = self.primary_port()
+        if port is None:
+            raise ConfigurationError("no Sentinel names a primary")
+        return port
+
+    def _promoted(self, old: int, timeout_s: float) -> int:
         news: list[int] = []
 
         def promoted() -> bool:
@@ -285,7 +302,31 @@ class Testbed:
             return bool(_redis(news[0]).info("replication")["role"] == "master")
 
         until(f"the Sentinels to promote a replica of {old}", promoted, timeout_s)
-        return old, news[0]
+        return news[0]
+
+    def kill(self, name: str) -> None:
+        """kill -9 one recorded process (its process group), and wait until it is gone."""
+        pid = self.pids[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        until(f"{name} to die", lambda: not alive(pid), 10)
+
+    def restart(self, name: str) -> None:
+        """Start a process `kill` stopped again, with its own configuration and data, and wait
+        until it answers (a Redis server: PING; a RabbitMQ node: await_startup, back in the
+        cluster)."""
+        if name.startswith("rabbit-"):
+            i = int(name.rpartition("-")[2]) - 1
+            self._spawn(name, [str(_tool("rabbitmq-server"))], self._rabbit_env(i))
+            until(f"RabbitMQ node {self.layout.node_name(i)}", functools.partial(self._booted, i))
+            until("every RabbitMQ node running", self.rabbit_ready)
+            return
+        sentinel = name.startswith("sentinel-")
+        conf = self.dir / name / ("sentinel.conf" if sentinel else "redis.conf")
+        self._spawn(name, ["redis-server", str(conf), *(["--sentinel"] if sentinel else [])])
+        port = int(next(line.split()[1] for line in conf.read_text().splitlines()
+                        if line.startswith("port ")))
+        until(f"{name} on {port}", lambda: bool(_redis(port).ping()))
 
     def wait_demoted(self, port: int, timeout_s: float = 60.0) -> None:
         """Until the server on `port` is a replica linked to the current primary."""

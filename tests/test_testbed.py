@@ -13,6 +13,7 @@ Run them alone: `.venv/bin/pytest -p no:randomly -n 0 tests/test_testbed.py`.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import uuid
@@ -120,13 +121,19 @@ def test_a_store_from_a_sentinel_url_works(sentinels: Testbed, store: RedisStore
     assert primary is not None and _plain(primary).hexists(store._k("workers"), "w1")
 
 
+def _replicated_write(bed: Testbed, store: RedisStore, worker: str) -> None:
+    """Write through `store`, then wait until a replica holds it (failovers here test how
+    clients follow, not what an unreplicated write costs)."""
+    store.put_worker(_worker(worker))
+    primary = bed.primary_port()
+    assert primary is not None
+    until("the replica to hold the write", lambda: _plain(primary).wait(1, 1000) >= 1)
+
+
 def test_a_store_follows_a_sentinel_failover_without_a_restart(
     sentinels: Testbed, store: RedisStore,
 ) -> None:
-    store.put_worker(_worker("before"))
-    primary = sentinels.primary_port()
-    assert primary is not None
-    until("the replica to hold the write", lambda: _plain(primary).wait(1, 1000) >= 1)
+    _replicated_write(sentinels, store, "before")
     old, new = sentinels.failover()
     # The old primary still accepts writes until the Sentinels reconfigure it (about 10 s): a
     # store still talking to it would write there and lose it when it resyncs.
@@ -139,6 +146,28 @@ def test_a_store_follows_a_sentinel_failover_without_a_restart(
     assert [w.name for w in store.workers()] == ["after", "before", "demoted"]
     assert store.acquire_lease("coordinator", "c1", 5000) == 1
     assert sentinels.redis_ready()
+
+
+def test_a_store_comes_back_after_a_kill_of_the_primary(
+    sentinels: Testbed, store: RedisStore,
+) -> None:
+    _replicated_write(sentinels, store, "before")
+    old, new = sentinels.kill_redis_primary()
+
+    def written() -> bool:
+        try:
+            store.put_worker(_worker("after"))
+        except StoreUnavailable:  # until the store moves; never another error
+            return False
+        return True
+
+    wait_for(written, 60, "a write after the kill")  # any other error fails the test
+    assert [w.name for w in store.workers()] == ["after", "before"]
+    assert _plain(new).hexists(store._k("workers"), "after")
+    sentinels.restart(sentinels.redis_name(old))
+    sentinels.wait_demoted(old)
+    assert _plain(old).hexists(store._k("workers"), "after")  # resynced from the new primary
+    until("the Sentinels to see the old primary as a replica", sentinels.redis_ready)
 
 
 def test_a_write_refused_by_a_read_only_replica_is_unavailable_not_an_error(
@@ -217,6 +246,12 @@ def test_the_testbed_command_runs_a_three_node_rabbitmq_cluster(tmp_path: Path) 
         status = subprocess.run([*dtq, "status", *where], capture_output=True, text=True,
                                 timeout=60, check=False)
         assert status.returncode == 0, status.stdout
+        # kill -9 of a node: the others carry on without it; restarted, it is back in.
+        bed.kill("rabbit-3")
+        until("the cluster to run without node 3",
+              lambda: bed.running_nodes() == [bed.layout.node_name(i) for i in (0, 1)], 60)
+        bed.restart("rabbit-3")
+        assert bed.rabbit_ready()
     finally:
         down = subprocess.run([*dtq, "down", *where], capture_output=True, text=True,
                               timeout=120, check=False)
@@ -256,11 +291,15 @@ def test_a_cluster_keeps_running_through_a_sentinel_failover(
     names = ["coordinator-1", "coordinator-2", "worker-1", "worker-2"]
     sup = Supervisor([NodeConfig(role=n.split("-")[0], name=n, **common) for n in names])
     store = RedisStore.from_url(url, prefix=ns)
-    submitter = None
-    sup.start()
-    try:
+    with contextlib.ExitStack() as cleanup:  # run in reverse order
+        cleanup.callback(delete_namespace, rabbitmq_url, ns, [*names, "client"])
+        cleanup.callback(store.close)
+        cleanup.callback(store.delete_all)
+        cleanup.callback(sup.stop_all)
+        sup.start()
         wait_for(lambda: store.lease("coordinator") is not None, 60, "a leader", sup.poll)
         submitter = Submitter(rabbitmq_url, namespace=ns, name="client")
+        cleanup.callback(submitter.close)
         before = [TaskSpec(id=f"a{i:03d}", type="sleep", payload={"ms": 20}) for i in range(150)]
         submitter.submit(before)
         wait_for(lambda: len(store.scan_tasks(states=[TaskState.SUCCEEDED])) >= 20, 60,
@@ -288,10 +327,3 @@ def test_a_cluster_keeps_running_through_a_sentinel_failover(
         restarts = {n: node.restarts for n, node in sup.nodes.items()}
         assert sum(restarts.values()) <= 1 and restarts["worker-1"] == restarts["worker-2"] == 0, \
             restarts
-    finally:
-        if submitter is not None:
-            submitter.close()
-        sup.stop_all()
-        store.delete_all()
-        store.close()
-        delete_namespace(rabbitmq_url, ns, [*names, "client"])
