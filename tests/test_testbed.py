@@ -26,7 +26,7 @@ import redis
 
 from dtq.chaosrun import address_of
 from dtq.errors import StoreError, StoreUnavailable
-from dtq.process import ConfigurationError, NodeConfig, Supervisor
+from dtq.process import EXIT_CONFIG, ConfigurationError, NodeConfig, Supervisor
 from dtq.realrun import wait_for
 from dtq.store import WorkerInfo
 from dtq.submitter import Submitter
@@ -327,3 +327,16 @@ def test_a_cluster_keeps_running_through_a_sentinel_failover(
         restarts = {n: node.restarts for n, node in sup.nodes.items()}
         assert sum(restarts.values()) <= 1 and restarts["worker-1"] == restarts["worker-2"] == 0, \
             restarts
+
+
+def test_a_node_given_a_broken_sentinel_url_stops_with_a_configuration_error(
+    tmp_path: Path,
+) -> None:
+    """Exit status 78 (not restarted by a supervisor), one line naming what is wrong, and the
+    password never printed."""
+    done = subprocess.run(
+        [sys.executable, "-m", "dtq.cli", "coordinator", "--store-url",
+         "redis+sentinel://:hunter2@127.0.0.1:1/mymaster/x"],
+        capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path)
+    assert done.returncode == EXIT_CONFIG, done.stderr
+    assert "database 'x' is not a number" in done.stderr and "hunter2" not in done.stderr

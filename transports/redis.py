@@ -451,11 +451,13 @@ class SentinelUrl:
 
     def primary(self, **options: Any) -> redis.Redis:
         """A client of the current primary; `options` go to its connections. The Sentinels are
-        asked with short timeouts of their own (never `socket_timeout=None`)."""
+        asked with short timeouts of their own (never `socket_timeout=None`, never longer than
+        the client's own: a lease call must not wait on a Sentinel that does not answer)."""
         q = dict(self.query)
         ca = {"ssl_ca_certs": q["ssl_ca_certs"]} if self.ssl and "ssl_ca_certs" in q else {}
         asking = {"socket_connect_timeout": options.get("socket_connect_timeout") or 0.25,
-                  "socket_timeout": 0.5, "username": q.get("sentinel_username"),
+                  "socket_timeout": min(options.get("socket_timeout") or 0.5, 0.5),
+                  "username": q.get("sentinel_username"),
                   "password": q.get("sentinel_password"), "ssl": self.ssl, **ca}
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             list(self.sentinels), sentinel_kwargs=asking)
