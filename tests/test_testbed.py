@@ -192,10 +192,13 @@ def test_a_primary_short_of_replicas_is_unavailable_until_they_return(
 ) -> None:
     primary = sentinels.primary_port()
     assert primary is not None
+    connection = store.client.client_id()
     _plain(primary).config_set("min-replicas-to-write", 2)  # one replica: short of two
     try:
         with pytest.raises(StoreUnavailable, match="NOREPLICAS"):
             store.put_worker(_worker("w1"))
+        # The refusal dropped the connection: the next one asked the Sentinels again.
+        assert store.client.client_id() != connection
         with pytest.raises(StoreUnavailable):
             store.claim_key("k", "t1", "f1")
     finally:
