@@ -177,6 +177,7 @@ class Coordinator(Actor):
         if self.election.took_over_lost is not None:
             recovery.took_over_empty(self, ctx, self.election.took_over_lost)
             self.election.took_over_lost = None
+        recovery.sweep_later(self, ctx, "no progress since this leader took over")
         self.detector.grace([w.name for w in ctx.store.workers()], ctx.now_ms)
         ctx.subscribe(self.config.queue)
         ctx.schedule(self._detector_every_ms, DetectorTick())

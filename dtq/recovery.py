@@ -53,10 +53,13 @@ class StoreLost(Message):
 
 @attrs.frozen(kw_only=True)
 class RecoverySweep(Message):
-    """Timer: after a re-seed, a task in flight that made no progress gets a new attempt."""
+    """Timer: after a takeover or a re-seed, a task in flight (its dispatch may be gone: the
+    leader before may have crashed between persisting a new attempt and sending it) that made
+    no progress by its timeout gets a new attempt."""
 
     task_id: str
     attempt: int
+    reason: str
 
 
 def new_marker(ctx: Context) -> str:
@@ -122,9 +125,15 @@ def _reseed(coord: Coordinator, ctx: Context, epoch: int, report: dict[str, Any]
     for rec in sorted(tasks.values(), key=lambda r: r.id):
         if rec.state is S.READY:
             coord._dispatch(rec, ctx)
-        elif rec.state in IN_FLIGHT:
+    sweep_later(coord, ctx, "no progress since the store lost its data")
+
+
+def sweep_later(coord: Coordinator, ctx: Context, reason: str) -> None:
+    """Look again at every task in flight after its timeout (and the failure detector's)."""
+    for rec in sorted(coord.tasks.values(), key=lambda r: r.id):
+        if rec.state in IN_FLIGHT:
             ctx.schedule(rec.spec.timeout_ms + coord.config.detector_timeout_ms,
-                         RecoverySweep(task_id=rec.id, attempt=rec.attempt))
+                         RecoverySweep(task_id=rec.id, attempt=rec.attempt, reason=reason))
 
 
 def _fail_orphans(coord: Coordinator, ctx: Context, succeeded: set[str]) -> int:
@@ -148,7 +157,7 @@ def sweep(coord: Coordinator, msg: RecoverySweep, ctx: Context) -> None:
         return
     worker = rec.worker or "unknown"
     ctx.record("reassigned", task=rec.id, attempt=rec.attempt + 1, worker=worker,
-               reason="no progress since the store lost its data")
+               reason=msg.reason)
     coord._reassign(rec, worker, ctx)
 
 
