@@ -68,11 +68,14 @@ See scenarios/README.md for the file format and what each backend can play.""",
     run.set_defaults(func=_scenario_run)
     ex = ssub.add_parser("explore", help="run scenarios over many seeds (memory backend)",
                          description="Run each scenario over a range of seeds on the simulator;"
-                         " print every failing seed with the command that reproduces it.")
+                         " print every failing seed with the command that reproduces it, and"
+                         " how many distinct histories (history digests) each file's seeds and all"
+                         " of them gave.")
     ex.add_argument("files", nargs="+", help="scenario files")
     ex.add_argument("--runs", type=int, default=100, help="seeds per file (default 100)")
     ex.add_argument("--seed-start", type=int, default=1, help="first seed (default 1)")
-    ex.add_argument("--json", action="store_true", help="one JSON object per run, then a total")
+    ex.add_argument("--json", action="store_true", help="one JSON object per run, then a total "
+                    "(runs, distinct_histories, files, failed_seeds, ok)")
     ex.add_argument("--swarm", action="store_true",
                     help="swarm mode: every seed adds random crashes, pauses, partitions, "
                     "dropped connections, a lossy network and crash points (each kind on or off "
