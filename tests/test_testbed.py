@@ -14,6 +14,7 @@ Run them alone: `.venv/bin/pytest -p no:randomly -n 0 tests/test_testbed.py`.
 from __future__ import annotations
 
 import contextlib
+import queue
 import subprocess
 import sys
 import uuid
@@ -25,7 +26,8 @@ import pytest
 import redis
 
 from dtq.chaosrun import address_of
-from dtq.errors import StoreError, StoreUnavailable
+from dtq.envelope import Finished
+from dtq.errors import ScenarioError, StoreError, StoreUnavailable
 from dtq.process import EXIT_CONFIG, ConfigurationError, NodeConfig, Supervisor
 from dtq.realrun import wait_for
 from dtq.store import WorkerInfo
@@ -301,7 +303,9 @@ def test_a_cluster_keeps_running_through_a_sentinel_failover(
         cleanup.callback(sup.stop_all)
         sup.start()
         wait_for(lambda: store.lease("coordinator") is not None, 60, "a leader", sup.poll)
-        submitter = Submitter(rabbitmq_url, namespace=ns, name="client")
+        heard: queue.Queue[Finished] = queue.Queue()
+        submitter = Submitter(rabbitmq_url, namespace=ns, name="client", on_finished=heard.put,
+                              store_url=url)
         cleanup.callback(submitter.close)
         before = [TaskSpec(id=f"a{i:03d}", type="sleep", payload={"ms": 20}) for i in range(150)]
         submitter.submit(before)
@@ -310,13 +314,16 @@ def test_a_cluster_keeps_running_through_a_sentinel_failover(
         old, new = sentinels.failover()
 
         def ours(port: int) -> int:
-            return sum(c.get("name") == client_name(ns) for c in _plain(port).client_list())
+            """Connections of the namespace's nodes and of the client's subscription."""
+            return sum(c.get("name") == client_name(ns)
+                       or c.get("name", "").startswith(f"dtq-notices:{ns}:")
+                       for c in _plain(port).client_list())
 
         def moved() -> bool:
             store.epoch()  # this process's connections move on use too
-            return ours(old) == 0 and ours(new) > 0
+            return ours(old) == 0 and ours(new) > 1
 
-        wait_for(moved, 60, "every node on the new primary", sup.poll)
+        wait_for(moved, 60, "every node and the subscription on the new primary", sup.poll)
         assert _plain(old).info("replication")["role"] == "master"  # still, for seconds more
         after = [TaskSpec(id=f"b{i:03d}", type="sleep", payload={"ms": 20}) for i in range(150)]
         submitter.submit(after)
@@ -326,6 +333,16 @@ def test_a_cluster_keeps_running_through_a_sentinel_failover(
             return len(ok) == len(after)
 
         wait_for(done_after, 120, "every task submitted after the move to succeed", sup.poll)
+        # ... and the client heard each end: its subscription moved to the new primary too.
+        ends: dict[str, str] = {}
+
+        def unheard() -> set[str]:
+            return {s.id for s in after} - _drain(heard, ends)
+
+        with contextlib.suppress(ScenarioError):
+            wait_for(lambda: not unheard(), 30, "every end to be heard", sup.poll)
+        assert not unheard(), f"never heard: {sorted(unheard())}"
+        assert {ends[s.id] for s in after} == {"succeeded"}
         assert store.scan_tasks(states=[TaskState.FAILED]) == []
         restarts = {n: node.restarts for n, node in sup.nodes.items()}
         assert sum(restarts.values()) <= 1 and restarts["worker-1"] == restarts["worker-2"] == 0, \
@@ -343,3 +360,11 @@ def test_a_node_given_a_broken_sentinel_url_stops_with_a_configuration_error(
         capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path)
     assert done.returncode == EXIT_CONFIG, done.stderr
     assert "database 'x' is not a number" in done.stderr and "hunter2" not in done.stderr
+
+
+def _drain(heard: queue.Queue[Finished], ends: dict[str, str]) -> set[str]:
+    """Move what was heard into `ends` (task id -> state); the ids heard so far."""
+    while not heard.empty():
+        f = heard.get_nowait()
+        ends.setdefault(f.task_id, f.state)
+    return set(ends)

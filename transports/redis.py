@@ -502,12 +502,23 @@ class _PrimaryPool(SentinelConnectionPool):
         self._checked = -self.RECHECK_S
 
     def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        self._recheck()
+        return super().get_connection(*args, **kwargs)
+
+    def _recheck(self) -> None:
         now = time.monotonic()
         if now - self._checked >= self.RECHECK_S:
             self._checked = now
             with contextlib.suppress(RedisError):
                 self.proxy.get_master_address()  # type: ignore[no-untyped-call]
-        return super().get_connection(*args, **kwargs)
+
+    def left_behind(self, connection: Any) -> bool:
+        """Whether `connection` (one held for long, as a subscription's) is connected to a
+        server other than the primary the Sentinels name (asked at most every `RECHECK_S`)."""
+        self._recheck()
+        primary = self.proxy.master_address
+        return (primary is not None and getattr(connection, "_sock", None) is not None
+                and (connection.host, connection.port) != tuple(primary))
 
 
 def _host_port(text: str, bad: Callable[[str], Exception]) -> tuple[str, int]:
@@ -966,6 +977,7 @@ class FinishedListener:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
+                self._follow_primary()
                 msg = self._pubsub.get_message(timeout=0.5)
             except RedisError:  # redis-py subscribes again when it reconnects
                 self._stop.wait(0.1)  # back off from an unreachable server, not synchronising
@@ -973,6 +985,16 @@ class FinishedListener:
             if msg is not None and msg["type"] == "message":
                 d = json.loads(msg["data"])
                 self.on_notice(str(d["task_id"]), str(d["state"]), d.get("reason"))
+
+    def _follow_primary(self) -> None:
+        """With a Sentinel URL: once the Sentinels name another primary, drop the subscription's
+        connection; redis-py connects again (to the new primary) and subscribes again. Without
+        this the subscription stays on the old primary until the Sentinels reconfigure it
+        (about 10 s), and every notice published meanwhile is missed."""
+        pool, connection = self._redis.connection_pool, self._pubsub.connection
+        if isinstance(pool, _PrimaryPool) and connection is not None \
+                and pool.left_behind(connection):
+            connection.disconnect()
 
     def close(self) -> None:
         self._stop.set()
