@@ -342,8 +342,10 @@ class Coordinator(Actor):
         if known is not None:
             self._redrive(known, ctx)
             return
-        if spec.id in self.buffer.held:
-            return  # another copy of a submission that waits for its dependencies
+        held = self.buffer.held.get(spec.id)
+        if held is not None:  # another copy of a submission that waits for its dependencies
+            self._hold_instead(held, msg, ctx)
+            return
         if problem is not None:
             self._reject(spec, f"rejected: {problem}", ctx, reply_to=msg.reply_to)
             return
@@ -381,6 +383,16 @@ class Coordinator(Actor):
                         missing)
             ctx.record("causal_buffered", task=spec.id, missing=missing)
             ctx.schedule(since + buffer.timeout_ms - ctx.now_ms, CausalTimeout(task_id=spec.id))
+
+    def _hold_instead(self, held: Held, msg: Submit, ctx: Context) -> None:
+        """Hold this copy of a waiting submission in place of the one held before, which is
+        acked. The held one may be dead: when the leader's connection closes, the broker takes
+        its unacked deliveries back and delivers them again, and this may be that copy. Acking
+        it and keeping the dead one would leave no copy to come back if this leader crashes.
+        (Acking a delivery that is gone does nothing; one copy stays held either way.)"""
+        ctx.ack(held.ref)
+        held.ref = ctx.hold()
+        held.reply_to = held.reply_to or msg.reply_to
 
     def _reject_cycle(self, msg: Submit, cycle: list[str], ctx: Context) -> None:
         """Every member of a cycle among held-back submissions is rejected, naming the cycle

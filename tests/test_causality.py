@@ -9,6 +9,7 @@ import pytest
 from dtq.coordinator import Coordinator, CoordinatorConfig
 from dtq.runner import run_memory
 from dtq.scenario import load
+from dtq.swarm import swarm
 from dtq.task import TaskSpec
 from dtq.tasktypes import load_task_types
 from dtq.worker import Worker
@@ -124,3 +125,30 @@ def test_a_full_buffer_sends_submissions_back_to_the_queue() -> None:
     result = run_until_done(sim, 10)
     assert result.ok and result.counts.succeeded == 10
     assert events(sim, "causal_overflow")
+
+
+def test_a_held_submission_survives_its_connection_dropping_and_a_leader_crash() -> None:
+    """The broker returns a held submission when the leader's connection closes and delivers it
+    again: that copy must be held in its place (the held one is dead), or the crash that
+    follows loses the only copy there was."""
+    sim = make_sim(1, workers=1)
+    sim.submit(TaskSpec(id="child", type="echo", deps=("parent",)))
+    sim.run(until_ms=1000, stop=lambda: bool(events(sim, "causal_buffered", task="child")))
+    assert events(sim, "causal_buffered", task="child")
+    sim.drop_connection("coordinator-1")  # the held delivery goes back to the queue
+    sim.run(until_ms=sim.now_ms + 500)  # and comes back once the leader reconnected
+    sim.crash("coordinator-1", restart=True)
+    sim.submit(TaskSpec(id="parent", type="echo"))
+    result = run_until_done(sim, 2)
+    assert result.ok, result.violations
+    assert result.counts.succeeded == 2
+    assert len(events(sim, "causal_buffered", task="child")) == 2  # held again after the crash
+
+
+def test_dag_chain_swarm_seed_2039_loses_no_submission() -> None:
+    """A held submission's connection dropped, its redelivered copy was acked, and the leader
+    crashed: reproduce with `dtq scenario explore scenarios/dag-chain.toml --swarm --runs 1
+    --seed-start 2039`."""
+    scenario, _ = swarm(load(ROOT / "scenarios" / "dag-chain.toml"), 2039)
+    s = run_memory(scenario, 2039).summary
+    assert s["ok"], s["violations"]
