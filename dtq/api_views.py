@@ -53,14 +53,15 @@ def summary_json(rec: TaskRecord) -> dict[str, Any]:
 
 def record_json(rec: TaskRecord) -> dict[str, Any]:
     return {**summary_json(rec), "max_attempts": rec.spec.max_attempts, "epoch": rec.epoch,
-            "worker": getattr(rec, "worker", None), "spec": rec.spec.to_json()}
+            "worker": getattr(rec, "worker", None), "traceback": rec.traceback,
+            "spec": rec.spec.to_json()}
 
 
 def submitted_json(task_id: str) -> dict[str, Any]:
     """A task this process published that the leader has not recorded yet."""
     return {"id": task_id, "type": None, "state": TaskState.SUBMITTED.value, "attempt": 0,
             "reason": None, "created_ms": None, "updated_ms": None, "links": links(task_id),
-            "max_attempts": None, "epoch": None, "worker": None, "spec": None}
+            "max_attempts": None, "epoch": None, "worker": None, "traceback": None, "spec": None}
 
 
 def get_task(backend: ApiBackend, recent: RecentSubmissions, task_id: str) -> dict[str, Any]:

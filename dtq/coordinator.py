@@ -572,10 +572,12 @@ class Coordinator(Actor):
             rec = attrs.evolve(rec, clock=ctx.clock.as_dict())  # after the event above
             self._put(rec, ctx)
             self._release(rec, ctx, redrive=False)
-        elif msg.attempt == rec.attempt and msg.permanent:
-            self._fail(rec, msg.error or "rejected", ctx)  # it can never succeed: no retry
         elif msg.attempt == rec.attempt:
-            self._attempt_failed(rec, msg.error or "failed", ctx)
+            rec = attrs.evolve(rec, traceback=msg.traceback)  # this failure's (or none)
+            if msg.permanent:  # it can never succeed: no retry
+                self._fail(rec, msg.error or "rejected", ctx)
+            else:
+                self._attempt_failed(rec, msg.error or "failed", ctx)
 
     def _attempt_failed(self, rec: TaskRecord, error: str, ctx: Context) -> None:
         if rec.attempt >= rec.spec.max_attempts:

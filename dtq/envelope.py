@@ -78,7 +78,10 @@ class Completed(Message):
     notified: bool = False
     """The worker's result write already told the waiting client."""
     permanent: bool = False
-    """The task can never succeed (its spec breaks the submission rules): no retry."""
+    """The task can never succeed (its spec breaks the submission rules, or its code raised
+    `TaskError(retry=False)`): no retry."""
+    traceback: str | None = None
+    """A failed attempt's traceback (bounded), kept with the task's record."""
 
 
 @attrs.frozen(kw_only=True)

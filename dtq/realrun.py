@@ -43,7 +43,14 @@ from dtq.envelope import WORK_QUEUE
 from dtq.errors import ScenarioError
 from dtq.poison import expectation_texts, injections, record_injection, summary_lines
 from dtq.process import NodeConfig, broker_url, store_url
-from dtq.runner import RunResult, check_supported, coordinator_names, summarize, worker_names
+from dtq.runner import (
+    RunResult,
+    check_supported,
+    coordinator_names,
+    failure_lines,
+    summarize,
+    worker_names,
+)
 from dtq.scenario import FaultSpec, Scenario
 from dtq.store import LEADER_LEASE
 from dtq.submitter import Submitter
@@ -499,6 +506,7 @@ def summary_table(scenario: Scenario, summary: dict[str, Any]) -> list[str]:
               f"{' (virtual)' if summary['transport'] == 'memory' else ''}, "
               f"{summary['wall_ms']} ms wall",
               f"  history  {summary['history_digest']}"]
+    lines += failure_lines(summary)
     lines += summary_lines(summary)
     if summary["violations"]:
         lines += ["", "why:"] + [f"  {v['invariant']}: {v['detail']}"

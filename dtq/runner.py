@@ -365,8 +365,39 @@ def summarize(
         "causality": result.causality,
         "once": result.once.to_json(),
         "history_digest": digest(events), "virtual_ms": virtual_ms, "wall_ms": wall_ms,
+        "failures": failure_reasons(events),
         **poison_summary(events),
     }
+
+
+MAX_FAILURES_LISTED = 20
+"""A summary names the first this many failed tasks and their reasons (the counts say how many)."""
+
+
+def failure_reasons(events: Sequence[Event]) -> list[dict[str, str]]:
+    """The first `MAX_FAILURES_LISTED` tasks that failed (or were rejected), with the reason
+    their record gives, in the order they ended."""
+    out: dict[str, str] = {}
+    for e in events:
+        if len(out) >= MAX_FAILURES_LISTED:
+            break
+        if e.kind in ("failed", "rejected") and e.data.get("task") not in out:
+            out[str(e.data.get("task"))] = str(e.data.get("reason") or e.kind)
+    return [{"task": task, "reason": reason} for task, reason in out.items()]
+
+
+def failure_lines(summary: Mapping[str, Any], shown: int = 5) -> list[str]:
+    """The scenario table's lines on failed tasks: how many, then some of them and why."""
+    failures = summary.get("failures") or []
+    if not failures:
+        return []
+    total = summary["tasks"].get("failed", len(failures))
+    lines = [f"  failures  {total} task{'s' if total != 1 else ''} failed"]
+    lines += [f"    {f['task']}: {f['reason']}" for f in failures[:shown]]
+    if total > shown:
+        lines.append(f"    ... {total - shown} more (--json lists the first "
+                     f"{MAX_FAILURES_LISTED})")
+    return lines
 
 
 def _expectations(

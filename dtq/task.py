@@ -334,6 +334,9 @@ class TaskRecord:
     clock: Mapping[str, int] = attrs.field(factory=dict)
     """The leader's vector clock when it recorded the task's success (empty otherwise): a new
     leader merges it, so what it does next happens after that success."""
+    traceback: str | None = None
+    """The traceback of the last attempt that failed by raising (bounded in size; written only
+    when set, so readers that predate it never see the key)."""
 
     @property
     def id(self) -> str:
@@ -349,7 +352,8 @@ class TaskRecord:
             attempt=self.attempt if attempt is None else attempt,
             reason=reason if reason is not None else self.reason,
             epoch=self.epoch if epoch is None else epoch,
-            worker=worker if worker is not None else self.worker, clock=self.clock)
+            worker=worker if worker is not None else self.worker, clock=self.clock,
+            traceback=self.traceback)
 
     def to_json(self) -> dict[str, JSON]:
         out = {"spec": self.spec.to_json(), "state": self.state.value, "attempt": self.attempt,
@@ -357,6 +361,8 @@ class TaskRecord:
                "worker": self.worker}
         if self.clock:
             out["clock"] = dict(self.clock)
+        if self.traceback is not None:
+            out["traceback"] = self.traceback
         return out
 
     @classmethod
@@ -364,7 +370,7 @@ class TaskRecord:
         return cls(spec=TaskSpec.from_json(d["spec"]), state=TaskState(d["state"]),
                    attempt=d["attempt"], updated_ms=d["updated_ms"], reason=d["reason"],
                    epoch=d.get("epoch", 0), worker=d.get("worker"),
-                   clock=dict(d.get("clock") or {}))
+                   clock=dict(d.get("clock") or {}), traceback=d.get("traceback"))
 
 
 @attrs.frozen(kw_only=True)

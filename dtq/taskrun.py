@@ -2,9 +2,15 @@
 
 The rule: what a task's context does beyond reaching the world lives here once, for the
 simulator and for real processes alike: `once` (marker begun, `fn`, marker done), the shape of
-the `Executed` answer, the error text of a failed attempt, and the named crash points between
-those steps. A runtime supplies only its world (`TaskWorld`: time, sleep, files, HTTP), its store,
-a recorder for history events and a crash hook. Pure: no I/O, time or randomness of its own.
+the `Executed` answer, the error text and the bounded traceback of a failed attempt (taken from
+the exception itself, the same on both backends), and the named crash points between those
+steps. A runtime supplies only its world (`TaskWorld`: time, sleep, files, HTTP), its store, a
+recorder for history events and a crash hook. Pure: no I/O, time or randomness of its own (a
+traceback's source lines come from Python's `linecache`, the program's own code).
+
+A failed attempt's traceback keeps at most the innermost `TRACEBACK_MAX_FRAMES` frames and the
+last `TRACEBACK_MAX_CHARS` characters (the end, where the exception was raised, is what matters).
+`TaskError(retry=False)` makes the answer `permanent`: the leader fails the task for good.
 
 Crash points (`CRASH_POINTS`), in the order a task reaches them:
 
@@ -21,13 +27,16 @@ that point. A process started with `DTQ_CRASH_AT` kills itself there (see `dtq.p
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from dtq.actor import Execution
 from dtq.store import Store
-from dtq.tasktypes import Executed, TaskInput
+from dtq.tasktypes import Executed, TaskError, TaskInput
 
+TRACEBACK_MAX_FRAMES = 50
+TRACEBACK_MAX_CHARS = 8 * 1024
 CRASH_POINTS = ("once_before_begin", "once_before_fn", "once_after_fn", "before_result")
 
 TaskRecorder = Callable[[str, Mapping[str, Any]], None]
@@ -125,7 +134,21 @@ def run_task(
         value = ex.task_actor.run(ex.input, ctx)
         done = Executed(ref=ex.ref, ok=True, value=value, elapsed_ms=world.elapsed_ms())
     except Exception as exc:  # task code may raise anything; it fails the attempt
-        done = Executed(ref=ex.ref, ok=False, error=f"{type(exc).__name__}: {exc}",
-                        elapsed_ms=world.elapsed_ms())
+        permanent = isinstance(exc, TaskError) and not exc.retry
+        error = f"{type(exc).__name__}: {exc}" + (" (retry=False: not retried)" if permanent
+                                                  else "")
+        done = Executed(ref=ex.ref, ok=False, error=error, elapsed_ms=world.elapsed_ms(),
+                        traceback=format_traceback(exc), permanent=permanent)
     crash("before_result")
     return done
+
+
+def format_traceback(exc: BaseException) -> str:
+    """`exc`'s traceback as Python prints it, bounded: the innermost `TRACEBACK_MAX_FRAMES`
+    frames, then the last `TRACEBACK_MAX_CHARS` characters (cut at a line start)."""
+    text = "".join(traceback.format_exception(exc, limit=-TRACEBACK_MAX_FRAMES))
+    if len(text) <= TRACEBACK_MAX_CHARS:
+        return text
+    tail = text[-(TRACEBACK_MAX_CHARS - 64):]
+    tail = tail[tail.find("\n") + 1:] if "\n" in tail[:-1] else tail
+    return f"[traceback cut to its last {len(tail)} characters]\n{tail}"

@@ -48,6 +48,10 @@ class Executed(Message):
     value: JSON = None
     error: str | None = None
     elapsed_ms: int = 0
+    traceback: str | None = None
+    """The failure's formatted traceback (bounded: `dtq.taskrun.TRACEBACK_MAX_CHARS`)."""
+    permanent: bool = False
+    """The task's code said not to retry (`TaskError(retry=False)`): it fails for good."""
 
 
 class TaskContext(Protocol):
@@ -92,14 +96,22 @@ class TaskContext(Protocol):
 
 
 class TaskError(Exception):
-    """Raised by task code for an expected failure; the message becomes the task's reason."""
+    """Raised by task code for an expected failure; the message becomes the task's reason.
+
+    `TaskError(msg, retry=False)` fails the task for good at once: the leader does not retry
+    it, whatever its `max_attempts`."""
+
+    def __init__(self, *args: object, retry: bool = True) -> None:
+        super().__init__(*args)
+        self.retry = retry
 
 
 class TaskActor:
     """Base class of task types. Subclass it, set `type_name`, implement `run`.
 
     `run` returns a JSON-serialisable value (the task's result) or raises; an exception
-    fails the attempt, and the coordinator retries up to the task's `max_attempts`.
+    fails the attempt (its traceback is logged and kept with the task's record), and the
+    coordinator retries up to the task's `max_attempts`, unless it is `TaskError(retry=False)`.
     """
 
     type_name: ClassVar[str] = ""

@@ -12,12 +12,16 @@ last confirmed. One below the store's is stale; one above it is forged (never ad
 are acked and refused back to the leader, which hands the task out again under its epoch.
 
 A task whose spec breaks the submission rules (`dtq.task.check_spec`, its type's `validate`)
-fails for good without running.
+fails for good without running; so does one whose code raised `TaskError(retry=False)`. A failed
+attempt is logged (info, with its traceback) and its traceback goes to the leader with the report,
+which keeps it with the task's record. Each task's life (received, started, succeeded or failed,
+reported) is logged at debug level.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 
 import attrs
@@ -41,6 +45,9 @@ from dtq.task import TaskResult, TaskSpec, check_spec, check_task_type
 from dtq.tasktypes import Executed, TaskActor, TaskInput
 
 MAX_RESULT_BYTES = 1024 * 1024
+LOGGED_TRACEBACK_CHARS = 3000
+"""A failure's log line keeps the end of its traceback, so the line stays one atomic write
+(`PIPE_BUF`, 4 KiB) on a shared stderr pipe; the record keeps the whole bounded traceback."""
 
 
 @attrs.frozen(kw_only=True)
@@ -150,6 +157,8 @@ class Worker(Actor):
         self.report_pending = False
         self.finished = []
         ctx.record("worker_started")
+        is_enabled_for = getattr(ctx.log, "is_enabled_for", None)
+        self.debug = is_enabled_for is None or is_enabled_for(logging.DEBUG)
         self._heartbeat(ctx)
         ctx.schedule(self.heartbeat_ms, HeartbeatTick())
 
@@ -210,10 +219,15 @@ class Worker(Actor):
                        incarnation=None if self.store_watch.missing else self.store_watch.known)
             ctx.log.error("the store lost its data (restarted without persistence?)", lost=lost)
 
+    debug = False
+    """Lifecycle lines at debug level are wanted (checked once per start: off costs nothing)."""
+
     @receive(Dispatch)
     def on_dispatch(self, msg: Dispatch, ctx: Context) -> None:
         spec, attempt = msg.spec, msg.attempt
         epoch = ctx.envelope.epoch if ctx.envelope else 0
+        if self.debug:
+            ctx.log.debug("task received", task=spec.id, attempt=attempt, type=spec.type)
         if epoch != self.epoch and not self._epoch_current(msg, epoch, ctx):
             return
         invalid = self._invalid(spec)
@@ -371,6 +385,8 @@ class Worker(Actor):
                                      timer=timer, reply_to=w.reply_to)
         ctx.record("started", task=spec.id, attempt=attempt, label=spec.label, msgs=w.msgs,
                    epoch=w.epoch)
+        if self.debug:
+            ctx.log.debug("task started", task=spec.id, attempt=attempt, type=spec.type)
         self._report_soon(ctx)
         task_input = TaskInput(task_id=spec.id, type=spec.type, payload=spec.payload,
                                attempt=attempt, timeout_ms=spec.timeout_ms, deps=values)
@@ -389,13 +405,20 @@ class Worker(Actor):
         task_id, attempt = run.spec.id, run.attempt
         size = _size(msg.value)
         if not msg.ok:
-            self._fail(task_id, attempt, msg.error or "task raised", ctx)
+            ctx.log.info("task failed", task=task_id, attempt=attempt, type=run.spec.type,
+                         error=msg.error, permanent=msg.permanent,
+                         traceback=(msg.traceback or "")[-LOGGED_TRACEBACK_CHARS:])
+            self._fail(task_id, attempt, msg.error or "task raised", ctx,
+                       permanent=msg.permanent, traceback=msg.traceback)
         elif size < 0:
             self._fail(task_id, attempt, "result is not JSON-serialisable", ctx)
         elif size > self.max_result_bytes:
             self._fail(task_id, attempt, f"result of {size} bytes is over the cap of "
                        f"{self.max_result_bytes} bytes", ctx)
         else:
+            if self.debug:
+                ctx.log.debug("task succeeded", task=task_id, attempt=attempt,
+                              type=run.spec.type, elapsed_ms=msg.elapsed_ms)
             self._store_result(run, msg.value, ctx)
         for delivery in run.deliveries:
             ctx.ack(delivery)
@@ -432,6 +455,8 @@ class Worker(Actor):
         self.finished.append(msg.ref)
         self._start_queued(ctx)
         timeout = run.spec.timeout_ms
+        ctx.log.info("task timed out", task=run.spec.id, attempt=run.attempt,
+                     type=run.spec.type, timeout_ms=timeout)
         self._fail(run.spec.id, run.attempt, f"timed out after {timeout} ms", ctx)
         for delivery in run.deliveries:
             ctx.ack(delivery)
@@ -452,14 +477,22 @@ class Worker(Actor):
         ctx.send(self.coordinator, Completed(task_id=stored.task_id, attempt=stored.attempt,
                                              worker=stored.worker, ok=stored.ok,
                                              error=stored.error, notified=notified))
+        if self.debug:
+            ctx.log.debug("task reported", task=stored.task_id, attempt=stored.attempt,
+                          ok=stored.ok)
 
     def _fail(
         self, task_id: str, attempt: int, error: str, ctx: Context, *, permanent: bool = False,
+        traceback: str | None = None,
     ) -> None:
-        """Report a failed attempt; a `permanent` failure is not retried by the leader."""
+        """Report a failed attempt (with its traceback, if it raised); a `permanent` failure is
+        not retried by the leader."""
         ctx.record("attempt_failed", task=task_id, attempt=attempt, error=error)
         ctx.send(self.coordinator, Completed(task_id=task_id, attempt=attempt, worker=self.name,
-                                             ok=False, error=error, permanent=permanent))
+                                             ok=False, error=error, permanent=permanent,
+                                             traceback=traceback))
+        if self.debug:
+            ctx.log.debug("task reported", task=task_id, attempt=attempt, ok=False, error=error)
 
 
 def _msg_id(ctx: Context) -> str | None:
