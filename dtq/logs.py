@@ -15,12 +15,28 @@ import structlog
 
 
 class _StderrLogger:
-    """Writes each line to whatever `sys.stderr` is now; a closed or broken stream never
-    raises into the caller (a log line must not take down a connection's I/O thread)."""
+    """Writes each line to whatever `sys.stderr` is now, whole: the line and its newline in one
+    `os.write` to the stream's file descriptor (after flushing what the stream holds), so lines
+    from several processes or threads sharing a pipe or file never interleave. A pipe keeps
+    a write of up to `PIPE_BUF` (4 KiB on Linux) bytes whole; a file opened for appending keeps
+    any single write whole. A stream without a descriptor (a test's capture) gets one `write`.
+    A closed or broken stream never raises into the caller (a log line must not take down a
+    connection's I/O thread)."""
 
     def msg(self, message: str) -> None:
-        with contextlib.suppress(ValueError, OSError):
-            print(message, file=sys.stderr, flush=True)
+        with contextlib.suppress(ValueError, OSError, AttributeError):
+            stream = sys.stderr
+            line = message + "\n"
+            try:
+                fd = stream.fileno()
+            except (ValueError, OSError):  # io.UnsupportedOperation: no descriptor
+                stream.write(line)
+                stream.flush()
+                return
+            stream.flush()
+            data = line.encode(getattr(stream, "encoding", None) or "utf-8", "backslashreplace")
+            while data:  # one write unless a signal cuts it short
+                data = data[os.write(fd, data):]
 
     log = debug = info = warn = warning = error = critical = exception = fatal = msg
 
