@@ -228,7 +228,7 @@ def _add_task_command(sub: Subparsers, name: str, help: str, description: str) -
 def _add_status(sub: Subparsers) -> None:
     _add_task_command(sub, "status", "print a task's record",
                       "Print a task's record as JSON: state, attempt, reason, timestamps, spec, "
-                      "and the traceback of the last attempt that raised.")
+                      "and the traceback of the last failed attempt if it raised.")
 
 
 def _add_result(sub: Subparsers) -> None:

@@ -335,8 +335,9 @@ class TaskRecord:
     """The leader's vector clock when it recorded the task's success (empty otherwise): a new
     leader merges it, so what it does next happens after that success."""
     traceback: str | None = None
-    """The traceback of the last attempt that failed by raising (bounded in size; written only
-    when set, so readers that predate it never see the key)."""
+    """The traceback of the last failed attempt, when it failed by raising (None when it timed
+    out or was refused). Bounded in size; written only when set, so readers that predate it
+    never see the key."""
 
     @property
     def id(self) -> str:
