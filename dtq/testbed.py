@@ -120,9 +120,14 @@ def _free(port: int) -> bool:
     return True
 
 
-def free_base_port(start: int = 30000, stop: int = 60000, width: int = 31) -> int:
-    """A base port whose whole block (`width` ports) is free now, for tests."""
-    for base in range(start + (os.getpid() % 200) * 40, stop, 40):
+def free_base_port(start: int = 20000, stop: int = 32000, width: int = 31) -> int:
+    """A base port whose whole block (`width` ports) is free now, for tests: below Linux's
+    ephemeral range (32768 up), so no outgoing connection takes one before a server binds it;
+    where the search starts depends on the process id, so parallel test processes differ."""
+    slots = (stop - start) // 40
+    first = os.getpid() % slots
+    for k in range(slots):
+        base = start + (first + k) % slots * 40
         if all(_free(p) for p in range(base, base + width)):
             return base
     raise ConfigurationError("no free block of ports for a testbed")
