@@ -103,6 +103,8 @@ COMPONENTS: dict[str, Any] = {
     "Task": {"type": "object", "properties": {
         **_SUMMARY_PROPS, "max_attempts": _NULLABLE_INT, "epoch": _NULLABLE_INT,
         "worker": {**_NULLABLE_STR, "description": "the worker running the current attempt"},
+        "traceback": {**_NULLABLE_STR, "description": "the last failed attempt's traceback "
+                                                       "(its end, at most 8 KB)"},
         "spec": {"type": ["object", "null"], "description": "the task as submitted (null "
                                                            "until the leader records it)"}}},
     "TaskPage": {"type": "object", "properties": {
