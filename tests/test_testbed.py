@@ -45,7 +45,7 @@ from dtq.testbed import (
 )
 from tests.conftest import require_service
 from transports.rabbitmq import delete_namespace
-from transports.redis import RedisStore, SentinelUrl, client_name
+from transports.redis import RedisStore, SentinelUrl, _client_from_url, client_name
 
 
 def _worker(name: str) -> WorkerInfo:
@@ -72,6 +72,33 @@ def test_a_broken_sentinel_url_is_a_configuration_error_without_its_password(url
     with pytest.raises(ConfigurationError) as caught:
         SentinelUrl.parse(url)
     assert "pw" not in str(caught.value) and "redis+sentinel://" in str(caught.value)
+
+
+@pytest.mark.parametrize(("scheme", "connection", "sentinel_connection"), [
+    ("redis+sentinel", "_PrimaryConnection", "Connection"),
+    ("rediss+sentinel", "_PrimarySSLConnection", "SSLConnection")])
+def test_a_sentinel_url_builds_a_client_of_the_primary_with_its_settings(
+    scheme: str, connection: str, sentinel_connection: str,
+) -> None:
+    """No server needed: clients connect lazily. The servers get the URL's credentials and
+    database, the Sentinels theirs, both TLS for rediss+sentinel; the Sentinels' timeout is no
+    longer than the client's."""
+    client = _client_from_url(f"{scheme}://app:pw@h1:1,h2:2/svc/2?ssl_ca_certs=/ca.pem"
+                              "&sentinel_password=sp", client_name="n", socket_timeout=0.25)
+    pool: Any = client.connection_pool
+    assert type(pool).__name__ == "_PrimaryPool" and pool.service_name == "svc"
+    assert pool.connection_class.__name__ == connection
+    kw = pool.connection_kwargs
+    assert (kw["db"], kw["username"], kw["password"], kw["client_name"]) == (2, "app", "pw", "n")
+    sentinels = [s.connection_pool for s in pool.sentinel_manager.sentinels]
+    assert [(p.connection_kwargs["host"], p.connection_kwargs["port"]) for p in sentinels] == \
+        [("h1", 1), ("h2", 2)]
+    asked = sentinels[0]
+    assert asked.connection_class.__name__ == sentinel_connection
+    assert asked.connection_kwargs["password"] == "sp"
+    assert asked.connection_kwargs["socket_timeout"] == 0.25
+    if scheme.startswith("rediss"):
+        assert kw["ssl_ca_certs"] == asked.connection_kwargs["ssl_ca_certs"] == "/ca.pem"
 
 
 def test_fault_proxies_refuse_a_url_naming_several_servers() -> None:
