@@ -313,9 +313,9 @@ def test_a_cluster_keeps_running_through_a_sentinel_failover(
 
     Not shown, because it does not hold yet: that every task submitted before the failover
     succeeds. Writes the old primary acknowledged between the replica's promotion and the
-    Sentinels naming it (about a second) are lost when it resyncs (no `WAIT` for a replica yet),
-    and a new leader does not re-dispatch a `dispatched` task of the previous epoch after its
-    timeout."""
+    Sentinels naming it (about a second) are lost when it resyncs (no `WAIT` for a replica yet):
+    in one run the client heard 139 of 150 such tasks succeed while the new primary recorded
+    72, and 78 stayed `dispatched`/`running` for a minute past a 3 s task timeout."""
     url = sentinels.layout.store_url
     ns = f"test-tb-{uuid.uuid4().hex[:8]}"
     common: dict[str, Any] = {"broker_url": rabbitmq_url, "store_url": url, "namespace": ns,
