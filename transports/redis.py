@@ -77,7 +77,10 @@ DEFAULT_PREFIX = "dtq"
 TRIES = 3
 BACKOFF_S = 0.05
 """First pause between tries; doubled each time (3 tries sleep 0.15 s in all)."""
-_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError)
+_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError)
+"""Errors worth another try. ReadOnlyError: a primary demoted to a replica refuses writes; a
+Sentinel client reconnects to the new primary (redis-py turns the refusal into a dropped
+connection), a plain one keeps trying the address it was given."""
 LEASE_TRIES = 2
 """A second try for lease calls: the first one after Redis restarted meets a dead pooled
 connection (the request never left), and one lost renewal is a third of the validity window."""
