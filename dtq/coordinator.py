@@ -537,15 +537,29 @@ class Coordinator(Actor):
 
     @receive(Refused)
     def on_refused(self, msg: Refused, ctx: Context) -> None:
-        """A worker refused an older epoch's dispatch: hand the task out again under ours."""
+        """A worker refused an older epoch's dispatch: hand the task out again under ours.
+
+        A refusal of an attempt before the record's, while the record is still dispatched by an
+        earlier leader, may be a redelivered copy that leader persisted the new attempt for and
+        crashed before sending: the record's attempt is sent again under our epoch (and the
+        record rewritten under it, so further copies send nothing). If the earlier send did
+        happen, this is one more copy of the same attempt: a worker running it keeps one, and
+        the first result written wins, as for any redelivered dispatch."""
         if not self._acting(ctx):
             return
         rec = self._get(msg.task_id, ctx)
-        if rec is not None and rec.state in (S.DISPATCHED, S.RUNNING) \
-                and rec.attempt == msg.attempt:
+        if rec is None or rec.state not in (S.DISPATCHED, S.RUNNING):
+            return
+        if rec.attempt == msg.attempt:
             ctx.record("redispatched", task=rec.id, attempt=rec.attempt + 1,
                        refused_by=msg.worker)
             self._dispatch(rec, ctx)
+        elif msg.attempt < rec.attempt and rec.state is S.DISPATCHED and rec.epoch < ctx.epoch:
+            ctx.record("dispatch_resent", task=rec.id, attempt=rec.attempt,
+                       refused_attempt=msg.attempt, refused_by=msg.worker)
+            rec = attrs.evolve(rec, updated_ms=ctx.now_ms)
+            self._put(rec, ctx)
+            self._send_dispatch(rec, rec.attempt, ctx)
 
     @receive(Completed)
     def on_completed(self, msg: Completed, ctx: Context) -> None:

@@ -187,3 +187,36 @@ def test_a_dispatch_that_waited_while_a_newer_epoch_came_is_refused_not_started(
     [refused] = fx.sends
     assert isinstance(refused.body, Refused) and refused.body.task_id == "late"
     assert fx.acks == [DeliveryRef(1)]
+
+
+def test_a_refusal_redelivered_after_a_crash_before_the_send_resends_the_dispatch() -> None:
+    """A leader persists the new attempt a refusal asks for and crashes before sending it; the
+    refusal comes back to the next leader, naming the attempt before the record's. That leader
+    sends the record's attempt again at once, not only when the sweep finds it stuck (the
+    task's timeout and the failure detector's after the takeover)."""
+    sim = make_sim(1, workers=0)
+    sim.submit(TaskSpec(id="t", type="echo", timeout_ms=10_000))
+    sim.run(until_ms=1000, stop=lambda: bool(events(sim, "dispatched", task="t")))
+    sim.crash("coordinator-1", restart=True)  # the next leader finds attempt 1 dispatched
+    sim.run(until_ms=20_000, stop=lambda: bool(events(sim, "leader", epoch=2)))
+    real = sim._crash_point
+
+    def crash_before_sending(node: Any, point: str) -> bool:
+        if point == "after_persist" and events(sim, "redispatched") \
+                and not events(sim, "crash", reason="before sending"):
+            sim.crash(node.name, "before sending", restart=True)
+            return True
+        return real(node, point)
+
+    sim._crash_point = crash_before_sending  # type: ignore[method-assign]
+    sim.spawn("worker-1", lambda: Worker("worker-1", load_task_types()), groups=("workers",))
+    result = run_until_done(sim, 1)
+    assert result.ok and result.counts.succeeded == 1, result.violations
+    [crash] = events(sim, "crash", reason="before sending")
+    [took_over] = [e for e in events(sim, "leader") if e.seq > crash.seq]
+    [succeeded] = events(sim, "succeeded", task="t")
+    assert succeeded.data["attempt"] == 2  # the attempt persisted before the crash, sent again
+    assert succeeded.time_ms - took_over.time_ms < 10_000  # before any sweep could
+    assert not events(sim, "reassigned")
+    [resent] = events(sim, "dispatch_resent", task="t")
+    assert (resent.data["attempt"], resent.data["refused_attempt"]) == (2, 1)
