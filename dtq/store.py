@@ -143,6 +143,12 @@ class Store(Protocol):
         """Records ordered by id, starting after id `after` (cursor pagination)."""
         ...
 
+    def scan_unfinished(self, *, after: str | None = None, limit: int = 1000) -> list[TaskRecord]:
+        """Records not in a terminal state, ordered by id, starting after id `after`: an index
+        that `apply` keeps with the records (a record entering a terminal state leaves it), so
+        a new leader's load costs what is unfinished, not the whole history."""
+        ...
+
     def dependents(self, task_id: str) -> tuple[str, ...]: ...
 
     def apply(self, writes: Sequence[Write], *, epoch: int, lease: str = LEADER_LEASE) -> int:

@@ -234,6 +234,35 @@ class StoreConformance:
                               and (ttype is None or r.spec.type == ttype))
             assert _scan_all(store, rng.randint(1, 9), states=chosen, task_type=ttype) == expected
 
+    def test_scan_unfinished_leaves_out_terminal_records(self, store: Store) -> None:
+        S = TaskState
+        store.apply(_puts(_record("a", S.PENDING), _record("b", S.SUCCEEDED),
+                          _record("c", S.READY, "io"), _record("d", S.FAILED),
+                          _record("e", S.DISPATCHED), _record("f", S.CANCELLED),
+                          _record("g", S.RUNNING), _record("h", S.SUBMITTED)), epoch=0)
+        assert _ids(store.scan_unfinished()) == ["a", "c", "e", "g", "h"]
+        assert _ids(store.scan_unfinished(after="c", limit=2)) == ["e", "g"]
+        assert store.scan_unfinished(after="h") == []
+        # A record entering a terminal state leaves the index in the same apply.
+        store.apply(_puts(_record("a", S.SUCCEEDED), _record("e", S.FAILED)), epoch=0)
+        assert _ids(store.scan_unfinished()) == ["c", "g", "h"]
+        assert store.scan_unfinished(limit=1) == [store.get_task("c")]
+
+    def test_scan_unfinished_pages_match_a_model(self, store: Store) -> None:
+        rng = random.Random(2)
+        model: dict[str, TaskState] = {}
+        for _ in range(6):
+            recs = [_record(f"t{rng.randrange(200):03d}", rng.choice(list(TaskState)))
+                    for _ in range(40)]
+            store.apply(_puts(*recs), epoch=0)
+            model.update((r.id, r.state) for r in recs)
+            limit, ids = rng.randint(1, 9), list[str]()
+            while page := _ids(store.scan_unfinished(after=ids[-1] if ids else None,
+                                                     limit=limit)):
+                assert len(page) <= limit
+                ids += page
+            assert ids == sorted(i for i, s in model.items() if not s.terminal)
+
     def test_dependents_keep_order_without_duplicates(self, store: Store) -> None:
         assert store.dependents("t-1") == ()
         store.apply([AddDependents(task_id="t-1", dependents=("c", "a")),

@@ -151,6 +151,9 @@ class RedisFenced(SimStore):
     def scan_tasks(self, **kw: Any) -> Any:
         return self.redis.scan_tasks(**kw)
 
+    def scan_unfinished(self, **kw: Any) -> Any:
+        return self.redis.scan_unfinished(**kw)
+
     def dependents(self, task_id: str) -> tuple[str, ...]:
         return self.redis.dependents(task_id)
 

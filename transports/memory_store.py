@@ -39,6 +39,8 @@ class SimStore:
         self.now_ms = now_ms
         self.tasks: dict[str, TaskRecord] = {}
         self._ids: list[str] = []
+        self._unfinished: list[str] = []
+        """Ids of the records not in a terminal state, sorted (the `scan_unfinished` index)."""
         self.edges: dict[str, tuple[str, ...]] = {}
         self.keys: dict[str, tuple[str, str]] = {}
         self.results: dict[str, tuple[TaskResult, int | None]] = {}
@@ -72,8 +74,27 @@ class SimStore:
                     break
         return out
 
+    def scan_unfinished(self, *, after: str | None = None, limit: int = 1000) -> list[TaskRecord]:
+        ids = self._unfinished
+        start = bisect.bisect_right(ids, after) if after is not None else 0
+        return [self.tasks[tid] for tid in ids[start:start + max(limit, 1)]]
+
     def dependents(self, task_id: str) -> tuple[str, ...]:
         return self.edges.get(task_id, ())
+
+    def put_record(self, record: TaskRecord) -> None:
+        """Store a record with its indexes (what a fenced `PutTask` does, unfenced: for filling
+        a store before a run)."""
+        tid = record.id
+        if tid not in self.tasks:
+            bisect.insort(self._ids, tid)
+        old = self.tasks.get(tid)
+        was_open = old is not None and not old.state.terminal
+        self.tasks[tid] = record
+        if was_open and record.state.terminal:
+            self._unfinished.pop(bisect.bisect_left(self._unfinished, tid))
+        elif not was_open and not record.state.terminal:
+            bisect.insort(self._unfinished, tid)
 
     def lose_data(self) -> None:
         """A restart without persistence: every key of the namespace is gone."""
@@ -90,9 +111,7 @@ class SimStore:
             raise StaleEpoch(epoch, current or 0)
         for w in writes:
             if isinstance(w, PutTask):
-                if w.record.id not in self.tasks:
-                    bisect.insort(self._ids, w.record.id)
-                self.tasks[w.record.id] = w.record
+                self.put_record(w.record)
             elif isinstance(w, AddDependents):
                 old = self.edges.get(w.task_id, ())
                 self.edges[w.task_id] = old + tuple(d for d in w.dependents if d not in old)

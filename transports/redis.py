@@ -67,7 +67,7 @@ from dtq.store import (
     finished_channel,
     notice_json,
 )
-from dtq.task import TaskRecord, TaskResult, TaskState
+from dtq.task import TERMINAL, TaskRecord, TaskResult, TaskState
 
 __all__ = ["RedisHistory", "RedisStore"]
 
@@ -81,6 +81,7 @@ _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError)
 """Errors worth another try. ReadOnlyError: a primary demoted to a replica refuses writes; a
 Sentinel client reconnects to the new primary (redis-py turns the refusal into a dropped
 connection), a plain one keeps trying the address it was given."""
+_UNFINISHED = frozenset(TaskState) - TERMINAL
 LEASE_TRIES = 2
 """A second try for lease calls: the first one after Redis restarted meets a dead pooled
 connection (the request never left), and one lost renewal is a third of the validity window."""
@@ -658,6 +659,11 @@ class RedisStore:
         if task_type is None:
             return [self._k("idx:state", s) for s in names]
         return [self._k("idx:ts", s, task_type) for s in names]
+
+    def scan_unfinished(self, *, after: str | None = None, limit: int = 1000) -> list[TaskRecord]:
+        """The per-state indexes of the states that are not terminal, merged (each kept by
+        the fenced apply: a record leaves its old state's index as it enters the new one)."""
+        return self.scan_tasks(states=_UNFINISHED, after=after, limit=limit)
 
     def dependents(self, task_id: str) -> tuple[str, ...]:
         rows = _retrying("dependents",
