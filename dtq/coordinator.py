@@ -133,7 +133,8 @@ class Coordinator(Actor):
         """Worker -> (its clock entry, the attempts "task#attempt" it held unstarted) as of its
         latest heartbeat: handed on too if it goes silent (volatile, like `running_on`)."""
         self.reply_to: dict[str, str] = {}
-        """Clients waiting for a task's end (volatile: a new leader does not know them)."""
+        """Clients waiting for a submission that has no record yet; `_accept` moves the address
+        into the record (`TaskRecord.reply_to`), which every later leader and worker reads."""
         self.buffer = SubmitBuffer(capacity=cfg.causal_buffer, timeout_ms=cfg.causal_timeout_ms)
         self._releasing = False
         self._release_queue: list[str] = []
@@ -492,7 +493,8 @@ class Coordinator(Actor):
         if missing:
             self._reject(spec, f"rejected: unknown dependency {missing[0]}", ctx)
             return
-        rec = TaskRecord(spec=spec, updated_ms=ctx.now_ms, epoch=ctx.epoch)
+        rec = TaskRecord(spec=spec, updated_ms=ctx.now_ms, epoch=ctx.epoch,
+                         reply_to=self.reply_to.pop(spec.id, None))
         ended = dag.ended_dependency(spec.deps, self._state_of)
         if ended is None:
             state, reason = dag.readiness(spec.deps, self._state_of), None
@@ -530,7 +532,7 @@ class Coordinator(Actor):
         self._send_dispatch(rec, attempt, ctx)
 
     def _send_dispatch(self, rec: TaskRecord, attempt: int, ctx: Context) -> None:
-        dispatch = Dispatch(spec=rec.spec, attempt=attempt, reply_to=self.reply_to.get(rec.id))
+        dispatch = Dispatch(spec=rec.spec, attempt=attempt, reply_to=rec.reply_to)
         ctx.send(self.config.work_queue, dispatch, attempt=attempt)
 
     # --- progress ---------------------------------------------------------------------------
@@ -580,8 +582,6 @@ class Coordinator(Actor):
                        state=rec.state.value)
         elif msg.ok:
             rec = rec.moved_to(S.SUCCEEDED, now_ms=ctx.now_ms, epoch=ctx.epoch)
-            if msg.notified:  # the worker's result write told the waiting client already
-                self.reply_to.pop(rec.id, None)
             self._ended("succeeded", rec.id, ctx, attempt=msg.attempt, worker=msg.worker)
             rec = attrs.evolve(rec, clock=ctx.clock.as_dict())  # after the event above
             self._put(rec, ctx)
@@ -661,10 +661,18 @@ class Coordinator(Actor):
 
     def _ended(self, kind: str, task_id: str, ctx: Context, **data: object) -> None:
         """Record a task's end and tell the client waiting for it, if any (through the store,
-        with the batch that records the end)."""
+        with the batch that records the end).
+
+        Who tells: a success is told by the result write that stores it (first writer wins,
+        so exactly one write tells, whichever worker or leader reported it); every other end
+        by the leader, in the fenced batch that makes the record terminal (a record becomes
+        terminal once, and a refused batch tells nobody). The leader never tells a success."""
         ctx.record(kind, task=task_id, **data)
         reply_to = self.reply_to.pop(task_id, None)
-        if reply_to is not None:
+        rec = self.tasks.get(task_id) if kind != "rejected" else None  # a rejected copy's id
+        if reply_to is None and rec is not None:  # may name another submission's record
+            reply_to = rec.reply_to
+        if reply_to is not None and kind != "succeeded":
             state = "failed" if kind == "rejected" else kind
             reason = data.get("reason")
             ctx.write(Notify(client=reply_to, task_id=task_id, state=state,

@@ -338,6 +338,9 @@ class TaskRecord:
     """The traceback of the last failed attempt, when it failed by raising (None when it timed
     out or was refused). Bounded in size; written only when set, so readers that predate it
     never see the key."""
+    reply_to: str | None = None
+    """The client waiting for the task's end, kept with the record so that whichever leader or
+    worker ends the task tells it (written only when set, like `traceback`)."""
 
     @property
     def id(self) -> str:
@@ -354,7 +357,7 @@ class TaskRecord:
             reason=reason if reason is not None else self.reason,
             epoch=self.epoch if epoch is None else epoch,
             worker=worker if worker is not None else self.worker, clock=self.clock,
-            traceback=self.traceback)
+            traceback=self.traceback, reply_to=self.reply_to)
 
     def to_json(self) -> dict[str, JSON]:
         out = {"spec": self.spec.to_json(), "state": self.state.value, "attempt": self.attempt,
@@ -364,6 +367,8 @@ class TaskRecord:
             out["clock"] = dict(self.clock)
         if self.traceback is not None:
             out["traceback"] = self.traceback
+        if self.reply_to is not None:
+            out["reply_to"] = self.reply_to
         return out
 
     @classmethod
@@ -371,7 +376,8 @@ class TaskRecord:
         return cls(spec=TaskSpec.from_json(d["spec"]), state=TaskState(d["state"]),
                    attempt=d["attempt"], updated_ms=d["updated_ms"], reason=d["reason"],
                    epoch=d.get("epoch", 0), worker=d.get("worker"),
-                   clock=dict(d.get("clock") or {}), traceback=d.get("traceback"))
+                   clock=dict(d.get("clock") or {}), traceback=d.get("traceback"),
+                   reply_to=d.get("reply_to"))
 
 
 @attrs.frozen(kw_only=True)
