@@ -174,7 +174,7 @@ def test_a_store_follows_a_sentinel_failover_without_a_restart(
     store.put_worker(_worker("demoted"))
     assert [w.name for w in store.workers()] == ["after", "before", "demoted"]
     assert store.acquire_lease("coordinator", "c1", 5000) == 1
-    assert sentinels.redis_ready()
+    until("the Sentinels to see the old primary as a replica", sentinels.redis_ready)
 
 
 def test_a_store_comes_back_after_a_kill_of_the_primary(
