@@ -4,6 +4,11 @@ Used by the scenario runner, the benchmarks and the REST API. `submit` returns o
 confirmed every message (persisted to the durable coordinator queue). A submitter that waits for
 its tasks hears their ends on Redis pub/sub (`transports.redis.FinishedListener`): a success as
 the worker stores the result, any other end as the leader records it.
+
+Each task's end reaches `on_finished` exactly once: the submitter keeps the ids it still waits
+for, drops a notice for any other id (a second one for the same task), and when its listener
+subscribes again after a lost connection it re-reads from the store the ends it may have missed
+(a stored successful result, or a terminal record) for the tasks it still waits for.
 """
 
 from __future__ import annotations
@@ -17,10 +22,10 @@ from typing import Any
 from dtq.clock import VectorClock
 from dtq.envelope import COORDINATOR_QUEUE, Cancel, Codec, Envelope, Finished, Message, Submit
 from dtq.errors import ConnectionLost
-from dtq.task import TaskSpec
+from dtq.task import TaskSpec, TaskState
 from dtq.transport import Outgoing, queue_name
 from transports.rabbitmq import RabbitTransport
-from transports.redis import FinishedListener
+from transports.redis import FinishedListener, RedisStore
 
 Recorder = Callable[[str, str, VectorClock, Mapping[str, Any]], None]
 
@@ -38,12 +43,18 @@ class Submitter:
         self.namespace = namespace
         self.codec = Codec()
         self.listener: FinishedListener | None = None
+        self.store: RedisStore | None = None
+        self.on_finished = on_finished
+        self.waiting: set[str] = set()
+        """The tasks submitted whose end has not been heard yet."""
+        self._waiting_lock = threading.Lock()
         if on_finished is not None:
             if store_url is None:
                 raise ValueError("waiting for tasks (on_finished) needs the store_url")
+            self.store = RedisStore.from_url(store_url, prefix=namespace)
             self.listener = FinishedListener(
                 store_url, prefix=namespace, client=name, timeout_s=start_timeout_s,
-                on_notice=lambda t, s, r: on_finished(Finished(task_id=t, state=s, reason=r)))
+                on_notice=self._heard, on_resubscribed=self.reread)
         self.transport = RabbitTransport(broker_url, namespace=namespace, name=name)
         try:
             self.transport.start(start_timeout_s)
@@ -62,10 +73,39 @@ class Submitter:
             return Envelope(id=f"{self.name}.{self._boot}.{next(self._ids)}", sender=self.name,
                             target=COORDINATOR_QUEUE, body=body, clock=self.clock)
 
+    def _heard(self, task_id: str, state: str, reason: str | None) -> None:
+        """Pass an end on once: only for a task still waited for."""
+        with self._waiting_lock:
+            if task_id not in self.waiting:
+                return
+            self.waiting.discard(task_id)
+        assert self.on_finished is not None
+        self.on_finished(Finished(task_id=task_id, state=state, reason=reason))
+
+    def reread(self) -> None:
+        """Read from the store the ends of the tasks still waited for (a notice published while
+        the listener was not subscribed is gone): a stored successful result, or a terminal
+        record. Run when the listener subscribes again; safe to call at any time."""
+        if self.store is None:
+            return
+        with self._waiting_lock:
+            ids = sorted(self.waiting)
+        for result in self.store.get_results(ids).values():
+            if result.ok:
+                self._heard(result.task_id, "succeeded", None)
+        for task_id in ids:
+            rec = self.store.get_task(task_id)
+            if rec is not None and rec.state.terminal:
+                ok = rec.state is TaskState.SUCCEEDED
+                self._heard(task_id, rec.state.value, None if ok else rec.reason)
+
     def submit(self, specs: Sequence[TaskSpec], *, timeout_s: float = 30.0) -> None:
         """Publish submissions; return when the broker has confirmed all of them."""
         out = []
         reply_to = self.name if self.listener is not None else None
+        if reply_to is not None:
+            with self._waiting_lock:
+                self.waiting.update(spec.id for spec in specs)
         for spec in specs:
             env = self._envelope(Submit(spec=spec, reply_to=reply_to))
             self.record(self.name, "submit", env.clock, {"task": spec.id, "label": spec.label})
@@ -93,3 +133,5 @@ class Submitter:
     def _close_listener(self) -> None:
         if self.listener is not None:
             self.listener.close()
+        if self.store is not None:
+            self.store.close()

@@ -957,15 +957,19 @@ class FinishedListener:
     `on_notice(task_id, state, reason)` runs on that thread. Subscribed before the constructor
     returns, so no notice of a task submitted afterwards is missed while Redis is reachable.
     Notices are best effort: one published while the listener is disconnected is gone (the
-    task's record and result are not; poll them to be sure).
+    task's record and result are not; poll them to be sure). `on_resubscribed()` runs on that
+    thread each time the subscription is made again after a lost connection: the moment to
+    re-read what was missed (`dtq.submitter.Submitter` does).
     """
 
     def __init__(
         self, url: str, *, prefix: str, client: str,
         on_notice: Callable[[str, str, str | None], None], timeout_s: float = 5.0,
+        on_resubscribed: Callable[[], None] | None = None,
     ) -> None:
         self.channel = finished_channel(prefix, client)
         self.on_notice = on_notice
+        self.on_resubscribed = on_resubscribed
         self._redis = _client_from_url(url, socket_timeout=None,
                                        client_name=f"dtq-notices:{self.channel}")
         self._pubsub = self._redis.pubsub()  # type: ignore[no-untyped-call]
@@ -994,6 +998,8 @@ class FinishedListener:
             if msg is not None and msg["type"] == "message":
                 d = json.loads(msg["data"])
                 self.on_notice(str(d["task_id"]), str(d["state"]), d.get("reason"))
+            elif msg is not None and msg["type"] == "subscribe" and self.on_resubscribed:
+                self.on_resubscribed()
 
     def _follow_primary(self) -> None:
         """With a Sentinel URL: once the Sentinels name another primary, drop the subscription's
