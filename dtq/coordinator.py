@@ -20,12 +20,19 @@ happens after theirs `succeeded` events: a success's record carries the leader's
 new leader merges when it loads it. A dependency that fails fails its waiting dependents with
 "dependency <id> failed"; one that is cancelled cancels them with "dependency <id> cancelled"
 (a worklist: chains of any length).
+
+A takeover costs what is unfinished, not the history: the new leader loads the unfinished
+records (`Store.scan_unfinished`) a page per handler run, renewing the lease between pages when
+it is due, and neither consumes submissions nor dispatches until the view is complete
+(`takeover_done` {records, ms} in the history). A finished task leaves the leader's memory once
+nothing unfinished depends on it; a task the leader does not hold is read from the store (the
+states of a dependency, a redelivered submission or completion of a forgotten task).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import attrs
 
@@ -45,7 +52,7 @@ from dtq.envelope import (
     Refused,
     Submit,
 )
-from dtq.errors import ValidationError
+from dtq.errors import StoreUnavailable, ValidationError
 from dtq.store import AddDependents, Notify, PutTask
 from dtq.task import (
     PayloadRules,
@@ -94,6 +101,22 @@ class Retry(Message):
     attempt: int
 
 
+@attrs.frozen(kw_only=True)
+class LoadChunk(Message):
+    """Timer: load the next page of unfinished records (a takeover in progress)."""
+
+
+@attrs.define(kw_only=True)
+class _Load:
+    """A takeover's load in progress."""
+
+    started_ms: int
+    after: str | None = None
+    records: int = 0
+    seen: dict[str, int] = attrs.field(factory=dict)
+    invalid: list[tuple[TaskRecord, ValidationError]] = attrs.field(factory=list)
+
+
 @attrs.define(kw_only=True)
 class CoordinatorConfig:
     lease_ttl_ms: int = 2000
@@ -104,6 +127,8 @@ class CoordinatorConfig:
     causal_buffer: int = 1024
     causal_timeout_ms: int = 30_000
     causal_defer_ms: int = 100
+    load_chunk: int = 1000
+    """Unfinished records a new leader loads per handler run (the lease is renewed between)."""
     queue: str = COORDINATOR_QUEUE
     work_queue: str = WORK_QUEUE
     task_types: Mapping[str, PayloadRules] | None = None
@@ -138,6 +163,11 @@ class Coordinator(Actor):
         self.buffer = SubmitBuffer(capacity=cfg.causal_buffer, timeout_ms=cfg.causal_timeout_ms)
         self._releasing = False
         self._release_queue: list[str] = []
+        self._load: _Load | None = None
+        """The takeover's load, until the view is complete."""
+        self._ended_ids: set[str] = set()
+        """Tasks made terminal by the handler running: forgotten at its end if nothing
+        unfinished depends on them (`_forget_finished`)."""
 
     @property
     def leading(self) -> bool:
@@ -155,26 +185,108 @@ class Coordinator(Actor):
         self._elect(ctx)
 
     def _elect(self, ctx: Context) -> None:
+        if self._election_step(ctx):
+            ctx.schedule(self.election.next_tick_ms, ElectionTick())
+
+    def _election_step(self, ctx: Context) -> bool:
+        """Renew or try to take the lease; False when this coordinator stopped leading."""
         step = self.election.step(ctx.store, ctx.now_ms, lambda: recovery.new_marker(ctx))
         if step is Step.LOST:
             self._abdicate(ctx, "lease lost")
-            return
+            return False
         if step is Step.DATA_LOST:
             recovery.detected(self, ctx, "lease")  # re-seeds, reports, or steps down
             if ctx.effects.exit is not None:
-                return
+                return False
         if step is Step.TOOK_OVER:
             self._take_over(ctx)
         elif step is Step.UNREACHABLE and self.leading:
             ctx.log.warning("cannot renew the lease: store unreachable")
-        ctx.schedule(self.election.next_tick_ms, ElectionTick())
+        return True
 
     def _take_over(self, ctx: Context) -> None:
         epoch = self.election.epoch
         ctx.set_epoch(epoch)
         ctx.record("leader", epoch=epoch)
         ctx.log.info("became leader", epoch=epoch)
-        self._rebuild(ctx)
+        self._load = _Load(started_ms=ctx.wall_ms)
+        self._load_chunk(ctx)
+
+    @receive(LoadChunk)
+    def on_load_chunk(self, msg: LoadChunk, ctx: Context) -> None:
+        """The next page of the takeover's load, after renewing the lease if that is due (a
+        timer that fell due during the last page would run only after this one)."""
+        election = self.election
+        if self._load is None or not election.leading:
+            return
+        renewed_ms = election.valid_until_ms - election.lease_ttl_ms * 8 // 10
+        if ctx.now_ms - renewed_ms >= election.renew_every_ms and not self._election_step(ctx):
+            return
+        if self._load is None or not election.leading:
+            return
+        if not election.acting(ctx.now_ms):
+            self._abdicate(ctx, "lease not renewed in time")
+            return
+        self._load_chunk(ctx)
+
+    def _scan_chunk(self, ctx: Context, after: str | None) -> list[TaskRecord]:
+        return ctx.store.scan_unfinished(after=after, limit=self.config.load_chunk)
+
+    def _load_chunk(self, ctx: Context) -> None:
+        """Load one page of unfinished records; the next page in another handler run."""
+        load = self._load
+        assert load is not None
+        batch = self._scan_chunk(ctx, load.after)
+        for rec in batch:
+            self._load_record(rec, load, ctx)
+        load.records += len(batch)
+        if len(batch) >= self.config.load_chunk:
+            load.after = batch[-1].id
+            ctx.schedule(0, LoadChunk())
+            return
+        self._loaded(load, ctx)
+
+    def _load_record(self, rec: TaskRecord, load: _Load, ctx: Context) -> None:
+        """Hold a loaded record (the dependencies' states are read when needed). An unfinished
+        record that breaks the submission rules is failed once the view is complete, never
+        dispatched (it would fail every leader that tried)."""
+        problem = None if rec.state.terminal else self._problem(rec.spec, types=False)
+        if problem is not None and problem.field == "id":
+            ctx.record("invalid_record_skipped", task=repr(rec.id)[:200], reason=str(problem))
+            return
+        if problem is not None:
+            load.invalid.append((rec, problem))
+        self.tasks[rec.id] = rec
+        for dep in rec.spec.deps:
+            self.dependents[dep].add(rec.id)
+            if rec.state in WAITING and dep not in self.tasks:
+                # A finished dependency is held while this waits: its state decides readiness
+                # and its clock orders this task's dispatch after the success it remembers.
+                found = ctx.store.get_task(dep)
+                if found is not None and found.state.terminal:
+                    self.tasks[dep] = found
+                    self._learn_clock(found, load)
+        if rec.state is S.RUNNING and rec.worker:
+            self.running_on[rec.worker].add(rec.id)
+            self.started_at[rec.id] = 0
+        self._learn_clock(rec, load)
+
+    @staticmethod
+    def _learn_clock(rec: TaskRecord, load: _Load) -> None:
+        for actor, n in rec.clock.items():
+            if n > load.seen.get(actor, 0):
+                load.seen[actor] = n
+
+    def _loaded(self, load: _Load, ctx: Context) -> None:
+        """The view is complete: carry unfinished work on, after the successes the records
+        remember (their clocks), then start consuming submissions."""
+        self._load = None
+        ctx.merge_clock(load.seen)
+        for rec, problem in load.invalid:
+            self._fail(attrs.evolve(rec, spec=sanitized(rec.spec)), f"rejected: {problem}", ctx)
+        for rec in list(self.tasks.values()):
+            if rec.state is S.READY:
+                self._dispatch(rec, ctx)
         if self.election.took_over_lost is not None:
             recovery.took_over_empty(self, ctx, self.election.took_over_lost)
             self.election.took_over_lost = None
@@ -182,39 +294,9 @@ class Coordinator(Actor):
         self.detector.grace([w.name for w in ctx.store.workers()], ctx.now_ms)
         ctx.subscribe(self.config.queue)
         ctx.schedule(self._detector_every_ms, DetectorTick())
-
-    def _rebuild(self, ctx: Context) -> None:
-        """Load every record from the store and carry unfinished work on, after the successes
-        the records remember (their clocks). An unfinished record that breaks the submission
-        rules is failed, never dispatched (it would fail every leader that tried)."""
-        after = None
-        seen: dict[str, int] = {}
-        invalid: list[tuple[TaskRecord, ValidationError]] = []
-        while batch := ctx.store.scan_tasks(after=after, limit=1000):
-            after = batch[-1].id
-            for rec in batch:
-                problem = None if rec.state.terminal else self._problem(rec.spec, types=False)
-                if problem is not None and problem.field == "id":
-                    ctx.record("invalid_record_skipped", task=repr(rec.id)[:200],
-                               reason=str(problem))
-                    continue
-                if problem is not None:
-                    invalid.append((rec, problem))
-                self.tasks[rec.id] = rec
-                for dep in rec.spec.deps:
-                    self.dependents[dep].add(rec.id)
-                if rec.state is S.RUNNING and rec.worker:
-                    self.running_on[rec.worker].add(rec.id)
-                    self.started_at[rec.id] = 0
-                for actor, n in rec.clock.items():
-                    if n > seen.get(actor, 0):
-                        seen[actor] = n
-        ctx.merge_clock(seen)
-        for rec, problem in invalid:
-            self._fail(attrs.evolve(rec, spec=sanitized(rec.spec)), f"rejected: {problem}", ctx)
-        for rec in list(self.tasks.values()):
-            if rec.state is S.READY:
-                self._dispatch(rec, ctx)
+        ms = ctx.wall_ms - load.started_ms
+        ctx.record("takeover_done", records=load.records, ms=ms)
+        ctx.log.info("takeover done", records=load.records, ms=ms)
 
     @receive(recovery.StoreLost)
     def on_store_lost(self, msg: recovery.StoreLost, ctx: Context) -> None:
@@ -238,7 +320,7 @@ class Coordinator(Actor):
         if not self.election.acting(ctx.now_ms):
             self._abdicate(ctx, "lease not renewed in time")
             return False
-        return True
+        return self._load is None  # no dispatch before the view is complete
 
     # --- workers ------------------------------------------------------------------------------
 
@@ -339,7 +421,11 @@ class Coordinator(Actor):
         if problem is not None and problem.field == "id":  # nothing can be looked up by it
             self._reject(spec, f"rejected: {problem}", ctx, reply_to=msg.reply_to)
             return
-        known = self._get(spec.id, ctx)
+        try:
+            known = self._get(spec.id, ctx)
+        except StoreUnavailable:  # a forgotten task's record may be there: look again later
+            ctx.defer(self.config.causal_defer_ms)
+            return
         if known is not None:
             self._redrive(known, ctx)
             return
@@ -414,7 +500,7 @@ class Coordinator(Actor):
         if msg.task_id not in self.buffer.held or not self._acting(ctx):
             return
         entry = self.buffer.take(msg.task_id)
-        missing = [d for d in entry.spec.deps if d not in self.tasks]
+        missing = [d for d in entry.spec.deps if self._get(d, ctx) is None]
         ctx.record("causal_timeout", task=entry.spec.id, missing=missing)
         ctx.ack(entry.ref)
         if entry.reply_to:
@@ -432,7 +518,7 @@ class Coordinator(Actor):
         try:
             while self._release_queue:
                 done = self._release_queue.pop()
-                for entry in self.buffer.ready_after(done, lambda d: d in self.tasks):
+                for entry in self.buffer.ready_after(done, lambda d: self._get(d, ctx) is not None):
                     self._release_one(entry, ctx)
         finally:
             self._releasing = False
@@ -495,9 +581,9 @@ class Coordinator(Actor):
             return
         rec = TaskRecord(spec=spec, updated_ms=ctx.now_ms, epoch=ctx.epoch,
                          reply_to=self.reply_to.pop(spec.id, None))
-        ended = dag.ended_dependency(spec.deps, self._state_of)
+        ended = dag.ended_dependency(spec.deps, lambda d: self._state_of(d, ctx))
         if ended is None:
-            state, reason = dag.readiness(spec.deps, self._state_of), None
+            state, reason = dag.readiness(spec.deps, lambda d: self._state_of(d, ctx)), None
         else:
             state, reason = _after(*ended)
         rec = rec.moved_to(state, now_ms=ctx.now_ms, reason=reason)
@@ -654,7 +740,8 @@ class Coordinator(Actor):
             if dependent is None:
                 continue
             if dependent.state is S.PENDING:
-                if dag.readiness(dependent.spec.deps, self._state_of) is S.READY:
+                if dag.readiness(dependent.spec.deps,
+                                 lambda d: self._state_of(d, ctx)) is S.READY:
                     self._dispatch(dependent.moved_to(S.READY, now_ms=ctx.now_ms), ctx)
             elif redrive:
                 self._redrive(dependent, ctx)
@@ -681,13 +768,49 @@ class Coordinator(Actor):
     # --- records ----------------------------------------------------------------------------
 
     def _get(self, task_id: str, ctx: Context) -> TaskRecord | None:
-        """The leader's view is the whole truth: it loaded every record when it took over and
-        is the only writer since, so an id it does not know is unknown."""
-        return self.tasks.get(task_id)
-
-    def _state_of(self, task_id: str) -> TaskState | None:
+        """The leader holds every unfinished record (it loaded them when it took over and is
+        the only writer since) and the finished ones something unfinished depends on; any
+        other id is read from the store (a finished task forgotten, or unknown)."""
         rec = self.tasks.get(task_id)
+        return rec if rec is not None else ctx.store.get_task(task_id)
+
+    def _state_of(self, task_id: str, ctx: Context) -> TaskState | None:
+        rec = self._get(task_id, ctx)
         return rec.state if rec is not None else None
+
+    def handler_for(self, message: Message) -> Callable[[Message, Context], None] | None:
+        handler = super().handler_for(message)
+        if handler is None:
+            return None
+
+        def run(msg: Message, ctx: Context) -> None:
+            try:
+                handler(msg, ctx)
+            finally:
+                self._forget_finished()
+
+        return run
+
+    def _forget_finished(self) -> None:
+        """Tasks made terminal by this handler, and the finished dependencies of those, leave
+        memory once no unfinished task depends on them (a worklist: chains of any length)."""
+        work, self._ended_ids = sorted(self._ended_ids), set()
+        while work:
+            task_id = work.pop()
+            rec = self.tasks.get(task_id)
+            if rec is None or not rec.state.terminal or any(
+                    d in self.tasks and not self.tasks[d].state.terminal
+                    for d in self.dependents.get(task_id, ())):
+                continue
+            del self.tasks[task_id]
+            self.dependents.pop(task_id, None)
+            for dep in rec.spec.deps:
+                waiting = self.dependents.get(dep)
+                if waiting is not None:
+                    waiting.discard(task_id)
+                    if not waiting:
+                        del self.dependents[dep]
+                work.append(dep)
 
     def _put(self, rec: TaskRecord, ctx: Context) -> None:
         if rec.epoch != ctx.epoch:
@@ -696,4 +819,6 @@ class Coordinator(Actor):
             self.running_on[rec.worker].discard(rec.id)
             self.started_at.pop(rec.id, None)
         self.tasks[rec.id] = rec
+        if rec.state.terminal:
+            self._ended_ids.add(rec.id)
         ctx.write(PutTask(record=rec))

@@ -6,9 +6,11 @@ The rule: an accepted task is either kept or reported lost, never silently stuck
   changed, or a fenced write is refused because the epoch and lease keys are gone: the runtime
   then hands it `StoreLost`) and whose lease would still be held re-seeds the store from its
   view (`Election.may_reseed`): a new incarnation marker, the lease at an epoch above anything
-  it saw, every task record and dependency edge rewritten, idempotency keys claimed again, and
-  a `NoteDataLoss` report, all in the one fenced batch the re-seed makes (the batch whose write
-  was refused is covered by it: the view already holds its changes). Ready tasks are
+  it saw, every task record it holds (the unfinished ones and the finished ones an unfinished
+  task depends on: a finished task it forgot is not kept) and dependency edge rewritten,
+  idempotency keys claimed again, and a `NoteDataLoss` report, all in the one fenced batch the
+  re-seed makes (the batch whose write was refused is covered by it: the view already holds its
+  changes). Ready tasks are
   dispatched; dispatched and running ones are left to their dispatches (the broker kept them),
   and a sweep after the task's timeout hands out a new attempt of any that made no progress,
   so nothing waits for a dispatch that is gone. What cannot be kept is reported: results of

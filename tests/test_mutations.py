@@ -83,7 +83,7 @@ def _caught(
 
 # --- store fencing ------------------------------------------------------------------------
 
-ZOMBIE = _scenario("""
+_ZOMBIE = """
 name = "mutation-zombie-leader"
 [cluster]
 coordinators = 2
@@ -103,7 +103,15 @@ duration = 3000
 [expect]
 deadline_ms = 30000
 succeeded = 12
-""")
+"""
+ZOMBIE = _scenario(_ZOMBIE)
+
+ZOMBIE_CHAIN = _scenario(
+    _ZOMBIE.replace('"mutation-zombie-leader"', '"mutation-zombie-chain"')
+    .replace("count = 12\n", "")
+    .replace("interval_ms = 25", 'interval_ms = 5\ndag = "chain"\ndag_size = 12'))
+"""The zombie's completions dispatch the next link of a chain it accepted before the partition
+(a submission it cannot look up in the store waits instead)."""
 
 
 def test_memory_store_fencing_caught_within_3_seeds(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -236,8 +244,8 @@ def test_send_before_persist_caught_within_3_seeds(monkeypatch: pytest.MonkeyPat
                 return False
         return plan_run(self)
 
-    _caught(monkeypatch, lambda m: m.setattr(Plan, "run", send_first), _run(ZOMBIE), SEEDS,
-            expect="persist_before_send")
+    _caught(monkeypatch, lambda m: m.setattr(Plan, "run", send_first), _run(ZOMBIE_CHAIN),
+            SEEDS, expect="persist_before_send")
 
 
 # --- once -----------------------------------------------------------------------------------
