@@ -93,16 +93,16 @@ def test_marker_wraps_marks_and_puts_the_original_back(tmp_path: Path) -> None:
 
 
 def test_install_wraps_the_marked_methods_and_uninstall_restores_them(tmp_path: Path) -> None:
-    from dtq.runtime import ProcessRuntime
+    from dtq.runtime import _ProcessEffects
     from transports.rabbitmq import RabbitTransport
     from transports.redis import RedisStore
 
-    before = [RabbitTransport._flush, RabbitTransport._on_message, ProcessRuntime._persist,
+    before = [RabbitTransport._flush, RabbitTransport._on_message, _ProcessEffects.write,
               RedisStore.put_results]
     marker = stages.install(tmp_path)
     assert RabbitTransport._flush is not before[0]
     marker.uninstall()
-    assert [RabbitTransport._flush, RabbitTransport._on_message, ProcessRuntime._persist,
+    assert [RabbitTransport._flush, RabbitTransport._on_message, _ProcessEffects.write,
             RedisStore.put_results] == before
 
 

@@ -93,7 +93,7 @@ class Marker:
 def install(folder: str | Path) -> Marker:
     """Wrap the methods a round trip passes through so that each call marks this process's
     file in `folder`."""
-    from dtq.runtime import ProcessRuntime
+    from dtq.runtime import _ProcessEffects
     from transports.rabbitmq import RabbitTransport
     from transports.redis import RedisStore
 
@@ -105,15 +105,10 @@ def install(folder: str | Path) -> Marker:
         if kinds:
             mark("publish", kinds)
 
-    def writes(effects: Sequence[Any]) -> bool:
-        return any(fx.writes for fx in effects)
-
     wrap(RabbitTransport, "_flush", publishing)
     wrap(RabbitTransport, "_on_message",
          lambda _t, _ch, _m, _p, body: mark("receive", set(_KIND.findall(body))))
-    wrap(ProcessRuntime, "_persist",
-         lambda _r, fx: mark("write") if writes(fx) else None,
-         lambda _r, fx: mark("written") if writes(fx) else None)
+    wrap(_ProcessEffects, "write", lambda *_: mark("write"), lambda *_: mark("written"))
     wrap(RedisStore, "put_results", lambda *_: mark("result"), lambda *_: mark("result_done"))
     return m
 
