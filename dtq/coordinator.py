@@ -577,7 +577,8 @@ class Coordinator(Actor):
     def _accept(self, spec: TaskSpec, ctx: Context) -> None:
         missing = [d for d in spec.deps if self._get(d, ctx) is None]
         if missing:
-            self._reject(spec, f"rejected: unknown dependency {missing[0]}", ctx)
+            self._reject(spec, f"rejected: unknown dependency {missing[0]} "
+                         "(never submitted or expired)", ctx)
             return
         rec = TaskRecord(spec=spec, updated_ms=ctx.now_ms, epoch=ctx.epoch,
                          reply_to=self.reply_to.pop(spec.id, None))

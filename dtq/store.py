@@ -30,6 +30,12 @@ from dtq.errors import StaleEpoch
 from dtq.task import TaskRecord, TaskResult, TaskState
 
 LEADER_LEASE = "coordinator"
+DEFAULT_RETENTION_MS = 86_400_000
+"""How long a finished task's record, result, index entries and dependency key are kept after
+it ends (one day, like Celery's results), unless the namespace sets its own retention: a
+namespace setting kept in the store (`settings` on Redis, `SimStore.retention_ms`), read by the
+fenced write that ends a task; 0 keeps them forever. Expired state is removed by later fenced
+writes (a bounded number each) or by `dtq namespace purge`."""
 
 
 @attrs.frozen(kw_only=True)

@@ -16,6 +16,7 @@ import attrs
 
 from dtq.errors import StaleEpoch, StoreUnavailable
 from dtq.store import (
+    DEFAULT_RETENTION_MS,
     LEADER_LEASE,
     AddDependents,
     Lease,
@@ -54,6 +55,10 @@ class SimStore:
         self.stale_writes_refused = 0
         self.notices: list[Notify] = []
         """Every notice sent to a waiting client (nothing listens in the simulator)."""
+        self.retention_ms = DEFAULT_RETENTION_MS
+        """The namespace's retention (`dtq.store.DEFAULT_RETENTION_MS`; 0: forever)."""
+        self.expiry: dict[str, int] = {}
+        """Finished task -> when its state expires, in the order tasks finished."""
 
     # records --------------------------------------------------------------------------------
     def get_task(self, task_id: str) -> TaskRecord | None:
@@ -91,10 +96,31 @@ class SimStore:
         old = self.tasks.get(tid)
         was_open = old is not None and not old.state.terminal
         self.tasks[tid] = record
+        if record.state.terminal and self.retention_ms > 0:
+            self.expiry.setdefault(tid, self.now_ms() + self.retention_ms)
         if was_open and record.state.terminal:
             self._unfinished.pop(bisect.bisect_left(self._unfinished, tid))
         elif not was_open and not record.state.terminal:
             bisect.insort(self._unfinished, tid)
+
+    def expire(self, *, limit: int | None = 100, everything: bool = False) -> int:
+        """Remove the finished tasks whose retention is over (`everything`: all finished
+        tasks), at most `limit` of them: record, indexes, dependency edges, result. As a fenced
+        write on Redis does before applying. How many were removed."""
+        now, gone = self.now_ms(), list[str]()
+        for tid, at in self.expiry.items():
+            if (limit is not None and len(gone) >= limit) or (at > now and not everything):
+                break
+            gone.append(tid)
+        for tid in gone:
+            del self.expiry[tid]
+            self.tasks.pop(tid, None)
+            i = bisect.bisect_left(self._ids, tid)
+            if i < len(self._ids) and self._ids[i] == tid:
+                self._ids.pop(i)
+            self.edges.pop(tid, None)
+            self.results.pop(tid, None)
+        return len(gone)
 
     def lose_data(self) -> None:
         """A restart without persistence: every key of the namespace is gone."""
@@ -109,6 +135,7 @@ class SimStore:
         if epoch != (current or 0) or (epoch > 0 and (held is None or held.epoch != epoch)):
             self.stale_writes_refused += 1
             raise StaleEpoch(epoch, current or 0)
+        self.expire()
         for w in writes:
             if isinstance(w, PutTask):
                 self.put_record(w.record)

@@ -17,6 +17,8 @@ Redis server, not Redis Cluster):
     idx:state:S, idx:type:T  zset  ids per state, per task type
     idx:ts:S:T               zset  ids per (state, type); S never contains ':', so unambiguous
     deps:ID                  zset  dependents of ID, score = insertion index
+    settings                 hash  namespace settings: retention_ms (dtq.store.DEFAULT_RETENTION_MS)
+    expiry                   zset  finished task id -> when its state expires (ms)
     key:K, result:ID         string first-writer-wins values
     once:K                   string 'b' or 'd' (begun, done) then the run that marked it
     lease:N, epoch:N         string lease {"holder", "epoch"} with PX; epoch counter
@@ -52,6 +54,7 @@ from dtq.clock import VectorClock
 from dtq.errors import StaleEpoch, StoreError, StoreUnavailable
 from dtq.history import Event
 from dtq.store import (
+    DEFAULT_RETENTION_MS,
     LEADER_LEASE,
     AddDependents,
     Lease,
@@ -89,9 +92,54 @@ _HMGET_CHUNK = 1000
 """Lua's unpack() has a small stack: read records in chunks of this many."""
 _SCAN_COUNT = 1000
 
+# Removes the finished tasks of prefix `p` whose expiry (zset `expiry`, ms) is at most `upto`, at
+# most `limit` of them: record, indexes, dependency key, result. Lua source, for APPLY and PURGE.
+_EXPIRE_DUE = """
+local function expire_due(p, upto, limit)
+  local due = redis.call('ZRANGEBYSCORE', p .. 'expiry', '-inf', upto, 'LIMIT', 0, limit)
+  for _, id in ipairs(due) do
+    local state = redis.call('HGET', p .. 'task:state', id)
+    if state then
+      local ttype = redis.call('HGET', p .. 'task:type', id)
+      redis.call('ZREM', p .. 'idx:state:' .. state, id)
+      redis.call('ZREM', p .. 'idx:type:' .. ttype, id)
+      redis.call('ZREM', p .. 'idx:ts:' .. state .. ':' .. ttype, id)
+    end
+    redis.call('ZREM', p .. 'idx:all', id)
+    redis.call('ZREM', p .. 'expiry', id)
+    for _, h in ipairs({'task', 'task:state', 'task:type', 'task:attempt'}) do
+      redis.call('HDEL', p .. h, id)
+    end
+    redis.call('DEL', p .. 'deps:' .. id, p .. 'result:' .. id)
+  end
+  return #due
+end
+"""
+
+# Expire finished tasks in batches (`dtq namespace purge`): ARGV[1] the prefix with its ':',
+# ARGV[2] 'all' (every finished task, kept forever or not) or 'due' (those whose retention is
+# over), ARGV[3] how many at most. Returns how many were removed.
+PURGE_LUA = _EXPIRE_DUE + """
+local clock = redis.call('TIME')
+local upto = '+inf'
+if ARGV[2] == 'all' then
+  for _, state in ipairs({'succeeded', 'failed', 'cancelled'}) do
+    for _, id in ipairs(redis.call('ZRANGE', ARGV[1] .. 'idx:state:' .. state, 0,
+                                   tonumber(ARGV[3]) - 1)) do
+      redis.call('ZADD', ARGV[1] .. 'expiry', 0, id)
+    end
+  end
+else
+  upto = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+end
+return expire_due(ARGV[1], upto, tonumber(ARGV[3]))
+"""
+
 # Fenced batch write. Refuses the whole batch (and counts it) unless ARGV[1] is the lease's
 # current epoch and the lease KEYS[3] is held at that epoch (epoch 0: only while no epoch
-# exists); otherwise applies every write, moving a replaced task between the indexes.
+# exists); otherwise applies every write, moving a replaced task between the indexes. Before
+# the writes, removes up to 100 finished tasks whose retention is over; a write that makes a
+# record terminal gives it an expiry (now + the namespace's `settings` retention_ms, once).
 # KEYS[1] epoch counter, KEYS[2] refusal counter, KEYS[3] the lease. ARGV[2] the key prefix
 # with its ':', then ops:
 #   'put', id, state, type, attempt, record_json   |   'deps', task_id, n, dependent_1 .. _n
@@ -122,6 +170,12 @@ local function unindex(id, state, ttype)
   redis.call('ZREM', p .. 'idx:type:' .. ttype, id)
   redis.call('ZREM', p .. 'idx:ts:' .. state .. ':' .. ttype, id)
 end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local keep = tonumber(redis.call('HGET', p .. 'settings', 'retention_ms') or 'DEFAULT_RETENTION')
+local terminal = {succeeded = true, failed = true, cancelled = true}
+EXPIRE_DUE
+expire_due(p, now, 100)
 local function put(id, state, ttype, attempt, record)
   local old_state = redis.call('HGET', p .. 'task:state', id)
   local old_type = redis.call('HGET', p .. 'task:type', id)
@@ -136,6 +190,9 @@ local function put(id, state, ttype, attempt, record)
   redis.call('ZADD', p .. 'idx:state:' .. state, 0, id)
   redis.call('ZADD', p .. 'idx:type:' .. ttype, 0, id)
   redis.call('ZADD', p .. 'idx:ts:' .. state .. ':' .. ttype, 0, id)
+  if terminal[state] and keep > 0 then
+    redis.call('ZADD', p .. 'expiry', 'NX', now + keep, id)
+  end
 end
 local function add_deps(id, first, n)
   local key = p .. 'deps:' .. id
@@ -164,7 +221,7 @@ while i <= #ARGV do
 end
 for _, n in ipairs(notices) do redis.call('PUBLISH', n[1], n[2]) end
 return {1, current}
-"""
+""".replace("DEFAULT_RETENTION", str(DEFAULT_RETENTION_MS)).replace("EXPIRE_DUE", _EXPIRE_DUE)
 
 # Records of the first ARGV[2] ids after the cursor ARGV[1] ('-' or '(' .. id) across the index
 # zsets KEYS[2..], merged in id order, read atomically from the record hash KEYS[1]. The merge
@@ -603,6 +660,7 @@ class RedisStore:
         self._recover = self.lease_client.register_script(RECOVER_LUA)
         self._release = client.register_script(RELEASE_LUA)
         self._lease = client.register_script(LEASE_LUA)
+        self._purge = client.register_script(PURGE_LUA)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = DEFAULT_PREFIX, **kwargs: Any) -> RedisStore:
@@ -624,6 +682,41 @@ class RedisStore:
     def lose_data(self) -> None:
         """What a restart without persistence does to the namespace: every key gone."""
         self.delete_all()
+
+    # retention ------------------------------------------------------------------------------
+    def retention_ms(self) -> int:
+        """The namespace's retention of finished tasks (`DEFAULT_RETENTION_MS` unless set)."""
+        raw = _retrying("retention", lambda _: self.client.hget(self._k("settings"),
+                                                                  "retention_ms"))
+        return int(raw) if raw is not None else DEFAULT_RETENTION_MS
+
+    def set_retention_ms(self, ms: int) -> None:
+        """Set the namespace's retention (0: forever); tasks that end afterwards get it."""
+        _retrying("retention", lambda _: self.client.hset(self._k("settings"),
+                                                            "retention_ms", str(int(ms))))
+
+    def purge(self, *, everything: bool = False, batch: int = 1000) -> int:
+        """Remove finished tasks whose retention is over (`everything`: every finished task)
+        in batches of `batch`, each one atomic; how many were removed."""
+        removed = 0
+        while n := int(_retrying("purge", lambda _: self._purge(
+                args=[self._p, "all" if everything else "due", batch]))):
+            removed += n
+        return removed
+
+    def report(self) -> dict[str, Any]:
+        """What the namespace holds: its keys (count and bytes, MEMORY USAGE), records by
+        state, finished records waiting to expire, the retention."""
+        keys = bytes_used = 0
+        for key in self.client.scan_iter(match=_glob_escape(self._p) + "*", count=_SCAN_COUNT):
+            keys += 1
+            bytes_used += int(self.client.memory_usage(key, samples=0) or 0)
+        states = {s.value: int(self.client.zcard(self._k("idx:state", s.value)))
+                  for s in TaskState}
+        return {"namespace": self.prefix, "keys": keys, "bytes": bytes_used,
+                "records": {k: v for k, v in states.items() if v},
+                "expiring": int(self.client.zcard(self._k("expiry"))),
+                "retention_ms": self.retention_ms()}
 
     def _k(self, *parts: str) -> str:
         return self._p + ":".join(parts)

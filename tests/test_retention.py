@@ -1,0 +1,127 @@
+"""Retention: a finished task's record, indexes, dependency edges and result are removed once
+the namespace's retention is over after it ended (by the fenced writes that follow, a bounded
+number each, or by a purge), on both stores; unfinished tasks are never removed; a submission
+that depends on an expired task is rejected naming it."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from dtq.store import DEFAULT_RETENTION_MS, AddDependents, PutTask
+from dtq.task import TaskRecord, TaskResult, TaskSpec, TaskState
+from transports.memory import SimStore
+from transports.redis import RedisStore
+
+from .simkit import events, make_sim, run_until_done, spec
+
+S = TaskState
+
+
+def _rec(task_id: str, state: TaskState) -> TaskRecord:
+    return TaskRecord(spec=TaskSpec(id=task_id, type="echo"), state=state)
+
+
+def _fill(store: SimStore | RedisStore) -> None:
+    """Two finished tasks (one with a result and a dependent edge) and one still running."""
+    store.apply([PutTask(record=_rec("done-1", S.SUCCEEDED)),
+                 PutTask(record=_rec("done-2", S.FAILED)),
+                 PutTask(record=_rec("open-1", S.RUNNING)),
+                 AddDependents(task_id="done-1", dependents=("open-1",))], epoch=0)
+    store.put_result(TaskResult(task_id="done-1", attempt=1, worker="w", ok=True, value=1,
+                                finished_ms=0))
+
+
+def _held(store: SimStore | RedisStore) -> dict[str, object]:
+    return {"records": sorted(r.id for r in store.scan_tasks()),
+            "finished": sorted(r.id for r in store.scan_tasks(states=[S.SUCCEEDED, S.FAILED])),
+            "edges": store.dependents("done-1"), "result": store.get_result("done-1") is not None}
+
+
+KEPT = {"records": ["done-1", "done-2", "open-1"], "finished": ["done-1", "done-2"],
+        "edges": ("open-1",), "result": True}
+GONE = {"records": ["open-1"], "finished": [], "edges": (), "result": False}
+
+
+@pytest.fixture
+def redis_store(redis_url: str) -> Iterator[RedisStore]:
+    """A namespace of its own, emptied afterwards."""
+    with contextlib.closing(RedisStore.from_url(redis_url, prefix=f"ret-{uuid.uuid4().hex}")) \
+            as store, contextlib.ExitStack() as cleanup:
+        cleanup.callback(store.delete_all)
+        yield store
+
+
+def test_sim_store_expires_finished_state_after_the_retention() -> None:
+    now = [0]
+    store = SimStore(lambda: now[0])
+    assert store.retention_ms == DEFAULT_RETENTION_MS == 86_400_000
+    store.retention_ms = 1000
+    _fill(store)
+    now[0] = 999
+    store.apply([], epoch=0)
+    assert _held(store) == KEPT, "kept until the retention is over"
+    now[0] = 1000
+    store.apply([], epoch=0)
+    assert _held(store) == GONE
+    assert store.get_task("open-1") is not None
+
+
+def test_sim_store_purges_every_finished_task_on_demand() -> None:
+    store = SimStore()
+    _fill(store)
+    assert store.expire(limit=None, everything=True) == 2
+    assert _held(store) == GONE
+
+
+def test_redis_store_expires_finished_state_after_the_retention(redis_store: RedisStore) -> None:
+    assert redis_store.retention_ms() == DEFAULT_RETENTION_MS
+    _fill(redis_store)
+    redis_store.apply([], epoch=0)
+    assert _held(redis_store) == KEPT, "a day is not over"
+    report = redis_store.report()
+    assert report["records"] == {"succeeded": 1, "failed": 1, "running": 1}
+    assert report["expiring"] == 2 and report["keys"] > 0 and report["bytes"] > 0
+    redis_store.client.zadd(redis_store._k("expiry"), {"done-1": 0, "done-2": 0})  # now due
+    redis_store.apply([], epoch=0)
+    assert _held(redis_store) == GONE
+    assert redis_store.report()["records"] == {"running": 1}
+
+
+def test_redis_store_takes_the_namespace_retention_and_purges(redis_store: RedisStore) -> None:
+    redis_store.set_retention_ms(0)  # forever: nothing expires
+    _fill(redis_store)
+    assert redis_store.report()["expiring"] == 0
+    assert redis_store.purge() == 0 and _held(redis_store) == KEPT
+    assert redis_store.purge(everything=True) == 2 and _held(redis_store) == GONE
+    _fill(redis_store)
+    redis_store.set_retention_ms(60_000)
+    redis_store.apply([PutTask(record=_rec("done-1", S.SUCCEEDED)),
+                       PutTask(record=_rec("done-2", S.FAILED))], epoch=0)
+    score = redis_store.client.zscore(redis_store._k("expiry"), "done-1")
+    assert score is not None and 59_000 < score - redis_store.client.time()[0] * 1000 <= 61_000
+    assert redis_store.purge() == 0, "not due yet"
+    assert redis_store.purge(everything=True) == 2
+    assert _held(redis_store) == GONE
+
+
+def test_a_submission_depending_on_an_expired_task_is_rejected_naming_it() -> None:
+    sim = make_sim(1, workers=1, coordinators=2)
+    sim.store.retention_ms = 2000
+    sim.submit(spec(1))
+    run_until_done(sim, 1)
+    sim.run(until_ms=sim.now_ms + 3000)
+    sim.submit(spec(2))  # its writes remove what expired
+    run_until_done(sim, 2)
+    assert sim.store.get_task(spec(1).id) is None, "expired"
+    leader = next(e.actor for e in events(sim, "leader"))
+    sim.crash(leader, restart=True)  # a leader that never held it
+    sim.submit(TaskSpec(id="late", type="echo", deps=(spec(1).id,)))
+    result = run_until_done(sim, 3)
+    assert result.ok, result.violations
+    [rejected] = events(sim, "rejected", task="late")
+    assert rejected.data["reason"] == (
+        f"rejected: unknown dependency {spec(1).id} (never submitted or expired)")
