@@ -313,8 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     _add_testbed(sub)
     from dtq.cli_client import add_parsers
+    from dtq.cli_namespace import add_parser as add_namespace
 
     add_parsers(sub)
+    add_namespace(sub)
     return parser
 
 

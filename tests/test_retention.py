@@ -6,11 +6,13 @@ that depends on an expired task is rejected naming it."""
 from __future__ import annotations
 
 import contextlib
+import json
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
+from dtq.cli import main
 from dtq.store import DEFAULT_RETENTION_MS, AddDependents, PutTask
 from dtq.task import TaskRecord, TaskResult, TaskSpec, TaskState
 from transports.memory import SimStore
@@ -125,3 +127,23 @@ def test_a_submission_depending_on_an_expired_task_is_rejected_naming_it() -> No
     [rejected] = events(sim, "rejected", task="late")
     assert rejected.data["reason"] == (
         f"rejected: unknown dependency {spec(1).id} (never submitted or expired)")
+
+
+def test_the_namespace_command_sets_the_retention_reports_and_purges(
+    redis_store: RedisStore, capsys: pytest.CaptureFixture[str],
+) -> None:
+    ns = ["namespace", "--namespace", redis_store.prefix]
+
+    def dtq(*argv: str) -> dict[str, object]:
+        assert main([*ns, *argv]) == 0
+        out: dict[str, object] = json.loads(capsys.readouterr().out)
+        return out
+
+    assert dtq("retention", "60000")["retention_ms"] == 60_000
+    _fill(redis_store)
+    report = dtq("report")
+    assert report["records"] == {"succeeded": 1, "failed": 1, "running": 1}
+    assert report["expiring"] == 2 and report["retention_ms"] == 60_000
+    assert dtq("purge")["purged"] == 0, "nothing is due"
+    assert dtq("purge", "--all")["purged"] == 2
+    assert dtq("report")["records"] == {"running": 1}
