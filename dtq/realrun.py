@@ -48,6 +48,7 @@ from dtq.runner import (
     check_supported,
     coordinator_names,
     failure_lines,
+    running_tasks,
     summarize,
     worker_names,
 )
@@ -353,10 +354,12 @@ class RealRun:
             self._at(end + max(0, self._now_ms() - f.at_ms), undo)  # (from when it fired)
 
     def _busy(self, targets: list[str]) -> bool:
-        """Every target's store entry lists a task it runs (written with each heartbeat, and
-        at once when it starts a task)."""
-        running = {w.name for w in self.store.workers() if w.running}
-        return bool(targets) and set(targets) <= running
+        """Every target has started a task whose end it has not recorded (by the history the
+        nodes write as they go: fresher than the workers' store entries, which a finished task
+        leaves only at the next heartbeat)."""
+        busy = {actor for actor, tasks in running_tasks(self.history.read_events()).items()
+                if tasks}
+        return bool(targets) and set(targets) <= busy
 
     def _actions(self) -> dict[str, Callable[[int, FaultSpec, list[str]], Undo]]:
         link = self._link_fault

@@ -464,6 +464,24 @@ def _next_takeover(events: Sequence[Event], start: int) -> int | None:
     return took_ms
 
 
+def running_tasks(events: Sequence[Event]) -> dict[str, dict[str, int]]:
+    """Actor -> the tasks it started and has not ended (when each started), at the end of
+    `events` (a crash or restart of the actor forgets its tasks)."""
+    running: dict[str, dict[str, int]] = {}
+    for e in events:
+        _track(running.setdefault(e.actor, {}), e)
+    return running
+
+
+def _track(tasks: dict[str, int], e: Event) -> None:
+    if e.kind == "started":
+        tasks[e.data["task"]] = e.time_ms
+    elif e.kind in ("effect", "duplicate_refused", "attempt_failed"):
+        tasks.pop(e.data["task"], None)
+    elif e.kind in ("crash", "restart", "worker_started"):
+        tasks.clear()
+
+
 def reassign_times(events: Sequence[Event]) -> list[int]:
     """For each task held by a worker when it crashed or froze: time until the task was handed
     on — the leader re-dispatched it, or another worker started it (after a redelivery)."""
