@@ -21,7 +21,7 @@ from dtq.coordinator import Coordinator, CoordinatorConfig
 from dtq.errors import ScenarioError
 from dtq.history import Event, History, digest
 from dtq.poison import injections, poison_summary, poison_violations, record_injection
-from dtq.scenario import TARGET_ROLES, FaultSpec, Scenario
+from dtq.scenario import TARGET_ROLES, FaultSpec, Scenario, finished_records
 from dtq.tasktypes import load_task_types
 from dtq.worker import Worker
 from dtq.workload import plan
@@ -124,6 +124,9 @@ def build_simulation(
     net = NetworkConfig(**scenario.network)
     crash_points = CrashPoints.from_mapping(scenario.crash_points)
     sim = Simulation(seed, network=net, crash_points=crash_points, trace=trace, store=store)
+    sim.store_read_us = scenario.store.read_us_per_record
+    for rec in finished_records(scenario.store.finished_records):
+        sim.store.put_record(rec)
     types = load_task_types(scenario.cluster.task_modules)
     c = scenario.cluster
     cfg = CoordinatorConfig(lease_ttl_ms=c.lease_ttl_ms, detector_timeout_ms=c.detector_timeout_ms)

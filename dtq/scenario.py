@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from dtq.effectplan import CRASH_AFTER
 from dtq.envelope import COORDINATOR_QUEUE
 from dtq.errors import ScenarioError
 from dtq.poison import DEFAULT_QUEUE, INJECT_KINDS, MAILBOX, NAMES_A_TASK, QUEUES
+from dtq.task import TaskRecord, TaskSpec, TaskState
 from dtq.taskrun import CRASH_POINTS
 
 FAULT_ACTIONS = {
@@ -43,6 +44,17 @@ FAULT_ACTIONS = {
     "inject": "publish `count` malformed or forged messages of kind `message` to `queue`",
 }
 TARGET_ROLES = ("leader", "standby", "any-worker", "any-coordinator", "all-workers")
+
+
+@attrs.frozen(kw_only=True)
+class StoreSpec:
+    """The store a run starts with, and what its reads cost in the simulator."""
+
+    finished_records: int = 0
+    """Succeeded records ("done-0000001", ...) written before the run: a long history."""
+    read_us_per_record: int = 0
+    """Simulator: virtual time a store read costs per record it returns (the reading node is
+    busy that long after its handler). Real stores cost what they cost."""
 
 
 @attrs.frozen(kw_only=True)
@@ -115,6 +127,7 @@ class Scenario:
     faults: tuple[FaultSpec, ...] = ()
     expect: ExpectSpec = ExpectSpec()
     transcript: bool = False
+    store: StoreSpec = StoreSpec()
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -138,9 +151,10 @@ FAULT_KEYS = {"at": int, "action": str, "target": str, "duration": int, "from": 
               "timeout": int, "average_size": int, "size_variation": int, "delay": int,
               "when": str}
 FAULT_WHEN = {"busy": "wait, from `at` on, until every target runs a task, then fire"}
+STORE_KEYS = {"finished_records": int, "read_us_per_record": int}
 TOP_KEYS = {"name": str, "description": str, "seed": int, "cluster": dict, "network": dict,
             "crash_points": dict, "workload": dict, "fault": list, "expect": dict,
-            "output": dict}
+            "output": dict, "store": dict}
 
 
 class _Loader:
@@ -215,7 +229,23 @@ def parse(data: Mapping[str, Any], path: Path, text: str = "") -> Scenario:
         faults=tuple(_fault(ld, i, f) for i, f in enumerate(data.get("fault", []))),
         expect=_expect(ld, data.get("expect", {})),
         transcript=_output(ld, data.get("output", {})),
+        store=_store(ld, data.get("store", {})),
     )
+
+
+def finished_records(n: int) -> Iterator[TaskRecord]:
+    """The `[store] finished_records` a run starts with, in id order."""
+    for i in range(1, n + 1):
+        spec = TaskSpec(id=f"done-{i:07d}", type="echo", payload=i)
+        yield TaskRecord(spec=spec, state=TaskState.SUCCEEDED, attempt=1)
+
+
+def _store(ld: _Loader, d: Mapping[str, Any]) -> StoreSpec:
+    ld.table(d, STORE_KEYS, "store.")
+    for key in STORE_KEYS:
+        if d.get(key, 0) < 0:
+            raise ld.error("store." + key, "must be 0 or more")
+    return StoreSpec(**d)
 
 
 def _cluster(ld: _Loader, d: Mapping[str, Any]) -> ClusterSpec:

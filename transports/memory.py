@@ -21,6 +21,11 @@ the messages that arrived after it; a node's timers due together fire in the ord
 set, its finished task runs report in the order they finished; the client submits in plan order.
 Only the network knobs (`reorder`, `jitter_ms`, `duplicate`, `drop`) reorder one publisher's
 messages, as a misbehaving network would.
+
+Store reads cost virtual time when `store_read_us` is set: each record a read returns charges
+the node that read it, and the node stays busy that long after the handler: its deliveries and
+timers due meanwhile wait, in order (a leader loading a large store is late renewing its lease,
+as a process would be).
 """
 
 from __future__ import annotations
@@ -138,6 +143,12 @@ class _Node:
     auto_restart: bool = True
     blocked_since: int | None = None
     """When the node started waiting for the store to take its writes (None: not waiting)."""
+    busy_us: int = 0
+    """Store work charged by the handler running (`Simulation.store_read_us`)."""
+    busy_until_ms: int = 0
+    """The node is still busy with its last handler's store work until then: what falls due
+    meanwhile waits, in order (a process handles one thing at a time)."""
+    draining: bool = False
 
 
 def _lane(fn: Callable[..., object], args: tuple[Any, ...]) -> tuple[str, ...] | None:
@@ -198,6 +209,8 @@ class Simulation:
         self.restart_ms = restart_ms
         self.store_retry_ms = 100
         self.store_wait_ms = 10_000
+        self.store_read_us = 0
+        """Virtual time a store read costs per record it returns (0: reads are free)."""
         self.trace = trace
         self.now_ms = 0
         self.store = store or SimStore()
@@ -298,11 +311,13 @@ class Simulation:
         node.alive, node.connected, node.paused = True, True, False
         node.subscriptions, node.unacked, node.credit = [], {}, {}
         node.backlog.clear()
+        node.busy_us, node.busy_until_ms = 0, 0
         node.blocked_since = None
         node.cancelled_timers = set()
         actor = node.factory()
         view = cast(Store, StoreView(self.store, lambda: not self._store_cut(node.name),
-                                     stale_read=lambda task_id: self._stale_read(node, task_id)))
+                                     stale_read=lambda task_id: self._stale_read(node, task_id),
+                                     charge=lambda n: self._charge(node, n)))
         rng = random.Random(f"{self.seed}:{node.name}:{node.incarnation}")
         counter = iter(range(1, 1 << 62))
         node.cell = ActorCell(
@@ -352,8 +367,7 @@ class Simulation:
         node.paused = False
         self.history.record(name, "resume", node.clock, {})
         self._reconnect(node)
-        while node.backlog and not node.paused and node.alive and node.blocked_since is None:
-            node.backlog.popleft()()
+        self._free(node, node.incarnation)
 
     def drop_connection(self, name: str, reconnect_ms: int = 50) -> None:
         """The broker closes an actor's connection: its unacked deliveries return to their
@@ -577,6 +591,8 @@ class Simulation:
         if node.paused or node.blocked_since is not None:
             node.backlog.append(lambda: self._deliver(node, inc, tag, env))
             return
+        if node.busy_until_ms and self._busy(node, lambda: self._deliver(node, inc, tag, env)):
+            return
         if isinstance(env.body, WireBytes):  # bytes off the wire: decoded as production does
             decoded = decode_delivery(_CODEC, env.body.data, redelivered=env.redelivered)
             if isinstance(decoded, DeadLetter):
@@ -621,6 +637,39 @@ class Simulation:
         fx = world.handle(run)
         if fx is not None:
             world.apply(tag, fx)
+        if node.busy_us:
+            node.busy_until_ms = self.now_ms + -(-node.busy_us // 1000)
+            node.busy_us = 0
+
+    def _charge(self, node: _Node, records: int) -> None:
+        node.busy_us += records * self.store_read_us
+
+    def _busy(self, node: _Node, call: Callable[[], None]) -> bool:
+        """While the node is busy, `call` waits its turn (after what waited before it)."""
+        if self.now_ms >= node.busy_until_ms and node.backlog and not node.draining:
+            self._free(node, node.incarnation)  # what waited goes first
+        if self.now_ms >= node.busy_until_ms:
+            return False
+        if not node.backlog:
+            self.at(node.busy_until_ms, self._free, node, node.incarnation)
+        node.backlog.append(call)
+        return True
+
+    def _free(self, node: _Node, inc: int) -> None:
+        """Handle what waited (for the store, a pause, a busy node) while the node can."""
+        if node.incarnation != inc or not node.alive or node.draining:
+            return
+        node.draining = True
+        try:
+            while (node.backlog and not node.paused and node.blocked_since is None
+                   and self.now_ms >= node.busy_until_ms and node.incarnation == inc
+                   and node.alive):
+                node.backlog.popleft()()
+        finally:
+            node.draining = False
+        if (node.backlog and node.alive and node.incarnation == inc and not node.paused
+                and node.blocked_since is None):
+            self.at(node.busy_until_ms, self._free, node, inc)
 
     def _fail(self, node: _Node, reason: str) -> None:
         """Crash-only: an actor that cannot go on exits, and its supervisor restarts it."""
@@ -636,9 +685,7 @@ class Simulation:
             return
         assert world.plan is not None
         world.plan.run()
-        while (node.incarnation == inc and node.alive and not node.paused
-               and node.blocked_since is None and node.backlog):
-            node.backlog.popleft()()
+        self._free(node, inc)
 
     def _fire(self, node: _Node, inc: int, timer_id: int, message: Message) -> None:
         if node.incarnation != inc or not node.alive:
@@ -648,6 +695,9 @@ class Simulation:
             return
         if node.paused or node.blocked_since is not None:
             node.backlog.append(lambda: self._fire(node, inc, timer_id, message))
+            return
+        if node.busy_until_ms and self._busy(
+                node, lambda: self._fire(node, inc, timer_id, message)):
             return
         self._run_handler(node, None, lambda cell: cell.fire(message, self.now_ms))
 

@@ -267,16 +267,23 @@ class SimStore:
         return [self.worker_info[k] for k in sorted(self.worker_info)]
 
 
+_READS = frozenset({"get_task", "scan_tasks", "scan_unfinished"})
+"""The record reads `StoreView` charges for, by the records they return."""
+
+
 class StoreView:
-    """One node's view of the shared store: unavailable while that node is cut from it."""
+    """One node's view of the shared store: unavailable while that node is cut from it. Each
+    record a read returns is reported to `charge` (the simulator turns it into busy time)."""
 
     def __init__(
         self, store: SimStore, reachable: Callable[[], bool],
         stale_read: Callable[[str], bool] = lambda task_id: False,
+        charge: Callable[[int], None] = lambda records: None,
     ) -> None:
         self._store = store
         self._reachable = reachable
         self._stale_read = stale_read
+        self._charge = charge
 
     def get_results(self, task_ids: Sequence[str]) -> dict[str, TaskResult]:
         """Dependency reads, where the simulator may inject a stale read (a lagging replica
@@ -284,6 +291,7 @@ class StoreView:
         if not self._reachable():
             raise StoreUnavailable("store unreachable (partitioned) during get_results")
         found = self._store.get_results(task_ids)
+        self._charge(len(found))
         return {t: r for t, r in found.items() if not self._stale_read(t)}
 
     def __getattr__(self, name: str) -> object:
@@ -292,4 +300,12 @@ class StoreView:
             return attr
         if not self._reachable():
             raise StoreUnavailable(f"store unreachable (partitioned) during {name}")
-        return attr
+        return self._charged(attr) if name in _READS else attr
+
+    def _charged(self, read: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            out = read(*args, **kwargs)
+            self._charge(len(out) if isinstance(out, list) else int(out is not None))
+            return out
+
+        return run
