@@ -173,7 +173,8 @@ class Store(Protocol):
         self, result: TaskResult, *, ttl_ms: int | None = None, notify: str | None = None,
     ) -> ResultWrite:
         """First writer wins, and late attempts lose: refused when a result is already stored,
-        or when the task's record names a newer attempt than `result.attempt`. With `notify`, a
+        when the task's record names a newer attempt than `result.attempt`, or when the leader
+        ended the task failed or cancelled (and told its client so). With `notify`, a
         stored result also tells that client the task succeeded (as `Notify` does)."""
         ...
 

@@ -9,12 +9,18 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+import attrs
+import pytest
+
 from dtq.clock import VectorClock
 from dtq.envelope import COORDINATOR_QUEUE, Envelope, Submit
-from dtq.task import TaskRecord, TaskSpec, TaskState
-from transports.memory import CrashPoints
+from dtq.store import PutTask
+from dtq.task import TaskRecord, TaskResult, TaskSpec, TaskState
+from transports.memory import CrashPoints, SimStore
+from transports.redis import RedisStore
 
 from .simkit import events, finished, make_sim, run_until_done
+from .test_retention import redis_store  # noqa: F401 (a fixture, for any_store)
 
 TERMINAL_EVENTS = ("succeeded", "failed", "cancelled", "rejected")
 
@@ -62,8 +68,11 @@ def test_a_leader_killed_while_dag_tasks_wait_every_client_hears_every_end_once(
     for seed in range(3):
         sim = make_sim(seed, workers=3, coordinators=2)
         waiting = dags(sim, 12)
-        sim.run(until_ms=5000, stop=lambda s=sim, w=waiting: all(
-            s.store.get_task(t) is not None for t in w))
+
+        def all_recorded(s: Any = sim, w: dict[str, str] = waiting) -> bool:
+            return all(s.store.get_task(t) is not None for t in w)
+
+        sim.run(until_ms=5000, stop=all_recorded)
         pending = [t for t in waiting if (r := sim.store.get_task(t)) is not None
                    and r.state is TaskState.PENDING]
         assert pending, "tasks wait on their dependencies when the leader dies"
@@ -102,3 +111,36 @@ def test_the_reply_address_is_kept_with_the_record() -> None:
     assert rec is not None and rec.reply_to == "client-x"
     assert rec.to_json()["reply_to"] == "client-x"
     assert "reply_to" not in TaskRecord(spec=rec.spec).to_json(), "written only when set"
+
+
+@pytest.fixture(params=["sim", "redis"])
+def any_store(request: pytest.FixtureRequest) -> SimStore | RedisStore:
+    if request.param == "sim":
+        return SimStore()
+    store: RedisStore = request.getfixturevalue("redis_store")
+    return store
+
+
+@pytest.mark.parametrize("end", [TaskState.FAILED, TaskState.CANCELLED])
+def test_a_result_of_a_task_the_leader_ended_otherwise_is_refused(
+    any_store: SimStore | RedisStore, end: TaskState,
+) -> None:
+    """The leader failed (or cancelled) the task and told its client so: a worker still running
+    that attempt stores no success, and tells nobody."""
+    rec = TaskRecord(spec=TaskSpec(id="t", type="echo"), state=TaskState.RUNNING, attempt=1)
+    any_store.apply([PutTask(record=rec)], epoch=0)
+    result = TaskResult(task_id="t", attempt=1, worker="w", ok=True, value=1, finished_ms=0)
+    any_store.apply([PutTask(record=attrs.evolve(rec, state=end))], epoch=0)
+    write = any_store.put_result(result, notify="client")
+    assert write.stale and not write.created and any_store.get_result("t") is None
+    if isinstance(any_store, SimStore):
+        assert any_store.notices == []
+
+
+def test_a_result_of_a_running_task_is_stored_and_told(any_store: SimStore | RedisStore) -> None:
+    rec = TaskRecord(spec=TaskSpec(id="t", type="echo"), state=TaskState.RUNNING, attempt=1)
+    any_store.apply([PutTask(record=rec)], epoch=0)
+    result = TaskResult(task_id="t", attempt=1, worker="w", ok=True, value=1, finished_ms=0)
+    assert any_store.put_result(result, notify="client").created
+    if isinstance(any_store, SimStore):
+        assert [(n.client, n.state) for n in any_store.notices] == [("client", "succeeded")]

@@ -159,7 +159,8 @@ class SimStore:
         if held is not None:
             return ResultWrite(stored=held, created=False)
         record = self.tasks.get(result.task_id)
-        if record is not None and record.attempt > result.attempt:
+        if record is not None and (record.attempt > result.attempt
+                                   or record.state in (TaskState.FAILED, TaskState.CANCELLED)):
             return ResultWrite(stored=None, created=False, stale=True)
         expires = self.now_ms() + ttl_ms if ttl_ms else None
         self.results[result.task_id] = (result, expires)

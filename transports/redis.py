@@ -294,19 +294,23 @@ redis.call('SET', KEYS[1], 'd' .. ARGV[1])
 return 1
 """
 
-# Tasks' results, in order: first writer wins, and a late attempt loses. KEYS[1] the hash of
-# current attempts by task id, KEYS[1 + i] the result of item i. Six ARGV per item: the value, a
+# Tasks' results, in order: first writer wins, and a late attempt loses, as does any attempt of
+# a task the leader ended failed or cancelled (its client was told that end). KEYS[1] the hash
+# of current attempts by task id, KEYS[1 + i] the result of item i, the last KEYS the hash of
+# states by task id. Six ARGV per item: the value, a
 # TTL in ms (as above), the task id, the result's attempt, a channel to publish the sixth on when
 # stored ('' for none). Replies per item: {0} when stored, {1, held} when a result holds, {2}
 # when a newer attempt is current.
 PUT_RESULTS_LUA = """
 local out = {}
-for i = 1, #KEYS - 1 do
+local ended = {failed = true, cancelled = true}
+for i = 1, #KEYS - 2 do
   local a, key = (i - 1) * 6, KEYS[i + 1]
   local held = redis.call('GET', key)
   if held then
     out[i] = {1, held}
-  elseif tonumber(redis.call('HGET', KEYS[1], ARGV[a + 3]) or '0') > tonumber(ARGV[a + 4]) then
+  elseif tonumber(redis.call('HGET', KEYS[1], ARGV[a + 3]) or '0') > tonumber(ARGV[a + 4])
+      or ended[redis.call('HGET', KEYS[#KEYS], ARGV[a + 3]) or ''] then
     out[i] = {2}
   else
     local ttl = tonumber(ARGV[a + 2])
@@ -803,7 +807,8 @@ class RedisStore:
         if not items:
             return []
         raws = [_dumps(i.result.to_json()) for i in items]
-        keys = [self._k("task:attempt"), *(self._k("result", i.result.task_id) for i in items)]
+        keys = [self._k("task:attempt"), *(self._k("result", i.result.task_id) for i in items),
+                self._k("task:state")]
         args: list[str | int] = []
         for item, raw in zip(items, raws, strict=True):
             r = item.result
