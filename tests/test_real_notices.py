@@ -5,6 +5,7 @@ subscribes again). Skipped when RabbitMQ or Redis is down locally; failing under
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import uuid
@@ -30,20 +31,20 @@ NODES = ("coordinator-1", "coordinator-2", "worker-1", "worker-2")
 
 @pytest.fixture
 def cluster(rabbitmq_url: str, redis_url: str) -> Iterator[tuple[str, Supervisor, RedisStore]]:
-    ns = f"test-{uuid.uuid4().hex[:8]}"
-    common: dict[str, Any] = {"broker_url": rabbitmq_url, "store_url": redis_url, "namespace": ns,
-              "history": True, "log_level": "warning"}
-    sup = Supervisor([NodeConfig(role="coordinator" if n.startswith("c") else "worker",
-                                 name=n, **common) for n in NODES])
-    store = RedisStore.from_url(redis_url, prefix=ns)
-    sup.start()
-    try:
+    """Two coordinators and two workers in a namespace of their own, removed afterwards."""
+    ns = f"notices-{uuid.uuid4().hex[:8]}"
+    common: dict[str, Any] = {"broker_url": rabbitmq_url, "store_url": redis_url,
+                              "namespace": ns, "history": True, "log_level": "warning"}
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(delete_namespace, rabbitmq_url, ns, [*NODES, "client"])
+        store = cleanup.enter_context(contextlib.closing(RedisStore.from_url(redis_url,
+                                                                             prefix=ns)))
+        cleanup.callback(store.delete_all)
+        sup = Supervisor([NodeConfig(role="coordinator" if n.startswith("c") else "worker",
+                                     name=n, **common) for n in NODES])
+        cleanup.callback(sup.stop_all)
+        sup.start()
         yield ns, sup, store
-    finally:
-        sup.stop_all()
-        store.delete_all()
-        store.close()
-        delete_namespace(rabbitmq_url, ns, [*NODES, "client"])
 
 
 def _dags(n: int) -> list[TaskSpec]:
