@@ -200,3 +200,19 @@ def test_explore_reports_distinct_histories_per_file_and_in_total() -> None:
     assert total["files"] == [{"file": rr, "scenario": "round-robin", "runs": 4, "failed": 0,
                                "distinct_histories": 4}] * 2
     assert len({r["history_digest"] for r in runs}) == 4
+
+
+def test_explore_in_worker_processes_prints_what_one_process_prints() -> None:
+    """`--jobs`: the seeds run in parallel and their summaries come back in seed order, the
+    same as from one process (but for each run's wall time), with and without swarm faults."""
+    files = [str(ROOT / "scenarios" / name) for name in ("round-robin.toml", "worker-crash.toml")]
+
+    def run(jobs: int, swarm_mode: bool) -> list[dict[str, object]]:
+        out = io.StringIO()
+        explore(files, runs=6, out=out, as_json=True, jobs=jobs, swarm_mode=swarm_mode)
+        return [json.loads(line) for line in out.getvalue().splitlines()]
+
+    for swarm_mode in (False, True):
+        one, many = run(1, swarm_mode), run(3, swarm_mode)
+        assert one == [{**r, "wall_ms": o.get("wall_ms")} if "wall_ms" in r else r
+                       for r, o in zip(many, one, strict=True)]
