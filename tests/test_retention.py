@@ -147,3 +147,26 @@ def test_the_namespace_command_sets_the_retention_reports_and_purges(
     assert dtq("purge")["purged"] == 0, "nothing is due"
     assert dtq("purge", "--all")["purged"] == 2
     assert dtq("report")["records"] == {"running": 1}
+
+
+def test_a_result_without_a_ttl_of_its_own_expires_after_the_retention(
+    redis_store: RedisStore,
+) -> None:
+    """A result is a key of its own: it expires on its own (PX), written or not afterwards."""
+    def put(task_id: str) -> int:
+        redis_store.put_result(TaskResult(task_id=task_id, attempt=1, worker="w", ok=True,
+                                          value=1, finished_ms=0))
+        return int(redis_store.client.pttl(redis_store._k("result", task_id)))
+
+    assert DEFAULT_RETENTION_MS - 60_000 < put("a") <= DEFAULT_RETENTION_MS
+    redis_store.set_retention_ms(0)
+    assert put("b") == -1, "kept"
+    now = [0]
+    sim = SimStore(lambda: now[0])
+    sim.retention_ms = 1000
+    sim.put_result(TaskResult(task_id="a", attempt=1, worker="w", ok=True, value=1,
+                              finished_ms=0))
+    now[0] = 999
+    assert sim.get_result("a") is not None
+    now[0] = 1000
+    assert sim.get_result("a") is None

@@ -162,6 +162,7 @@ class SimStore:
         if record is not None and (record.attempt > result.attempt
                                    or record.state in (TaskState.FAILED, TaskState.CANCELLED)):
             return ResultWrite(stored=None, created=False, stale=True)
+        ttl_ms = ttl_ms or self.retention_ms  # none of its own: the namespace's retention
         expires = self.now_ms() + ttl_ms if ttl_ms else None
         self.results[result.task_id] = (result, expires)
         if notify is not None:

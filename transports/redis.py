@@ -296,24 +296,28 @@ return 1
 
 # Tasks' results, in order: first writer wins, and a late attempt loses, as does any attempt of
 # a task the leader ended failed or cancelled (its client was told that end). KEYS[1] the hash
-# of current attempts by task id, KEYS[1 + i] the result of item i, the last KEYS the hash of
-# states by task id. Six ARGV per item: the value, a
+# of current attempts by task id, KEYS[1 + i] the result of item i, then the hash of states by
+# task id and the namespace's settings. A result written with no TTL of its own (0) expires after
+# the namespace's retention (settings retention_ms; 0: kept). Six ARGV per item: the value, a
 # TTL in ms (as above), the task id, the result's attempt, a channel to publish the sixth on when
 # stored ('' for none). Replies per item: {0} when stored, {1, held} when a result holds, {2}
 # when a newer attempt is current.
 PUT_RESULTS_LUA = """
 local out = {}
 local ended = {failed = true, cancelled = true}
-for i = 1, #KEYS - 2 do
+local states = KEYS[#KEYS - 1]
+local keep = tonumber(redis.call('HGET', KEYS[#KEYS], 'retention_ms') or 'DEFAULT_RETENTION')
+for i = 1, #KEYS - 3 do
   local a, key = (i - 1) * 6, KEYS[i + 1]
   local held = redis.call('GET', key)
   if held then
     out[i] = {1, held}
   elseif tonumber(redis.call('HGET', KEYS[1], ARGV[a + 3]) or '0') > tonumber(ARGV[a + 4])
-      or ended[redis.call('HGET', KEYS[#KEYS], ARGV[a + 3]) or ''] then
+      or ended[redis.call('HGET', states, ARGV[a + 3]) or ''] then
     out[i] = {2}
   else
     local ttl = tonumber(ARGV[a + 2])
+    if ttl == 0 then ttl = keep end
     if ttl > 0 then
       redis.call('SET', key, ARGV[a + 1], 'PX', ttl)
     elseif ttl == 0 then
@@ -324,7 +328,7 @@ for i = 1, #KEYS - 2 do
   end
 end
 return out
-"""
+""".replace("DEFAULT_RETENTION", str(DEFAULT_RETENTION_MS))
 
 # Take the lease KEYS[1] unless held (SET NX PX semantics) and set its epoch KEYS[2] to
 # max(counter, floor ARGV[3]) + 1 in the same step, so no two holders ever share an epoch and
@@ -808,7 +812,7 @@ class RedisStore:
             return []
         raws = [_dumps(i.result.to_json()) for i in items]
         keys = [self._k("task:attempt"), *(self._k("result", i.result.task_id) for i in items),
-                self._k("task:state")]
+                self._k("task:state"), self._k("settings")]
         args: list[str | int] = []
         for item, raw in zip(items, raws, strict=True):
             r = item.result
