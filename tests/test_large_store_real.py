@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from dtq.scenario import finished_records
+from dtq.realrun import fill_finished
 from dtq.store import PutTask
 from dtq.task import TaskRecord, TaskSpec, TaskState
 from transports.redis import RedisStore
@@ -41,13 +41,8 @@ def store(redis_url: str) -> Iterator[RedisStore]:
 
 
 def _fill(store: RedisStore, n: int) -> None:
-    batch: list[PutTask] = []
-    for rec in finished_records(n):
-        batch.append(PutTask(record=rec))
-        if len(batch) == 5000:
-            store.apply(batch, epoch=0)
-            batch = []
-    store.apply(batch + [PutTask(record=TaskRecord(
+    fill_finished(store, n)
+    store.apply([PutTask(record=TaskRecord(
         spec=TaskSpec(id=f"open-{i:03d}", type="echo"), state=TaskState.DISPATCHED, attempt=1))
         for i in range(100)], epoch=0)
 
