@@ -312,6 +312,7 @@ class RealRun:
         while batch := self.store.scan_tasks(states=TERMINAL, after=after, limit=1000):
             count += len(batch)
             after = batch[-1].id
+        count -= self.scenario.store.finished_records  # the history the run started with
         self._count = (time.monotonic(), count)
         return count
 
