@@ -28,11 +28,12 @@ def _rec(task_id: str, state: TaskState) -> TaskRecord:
 
 
 def _fill(store: SimStore | RedisStore) -> None:
-    """Two finished tasks (one with a result and a dependent edge) and one still running."""
+    """Two finished tasks (one with a result and the other as its dependent) and one still
+    running."""
     store.apply([PutTask(record=_rec("done-1", S.SUCCEEDED)),
                  PutTask(record=_rec("done-2", S.FAILED)),
                  PutTask(record=_rec("open-1", S.RUNNING)),
-                 AddDependents(task_id="done-1", dependents=("open-1",))], epoch=0)
+                 AddDependents(task_id="done-1", dependents=("done-2",))], epoch=0)
     store.put_result(TaskResult(task_id="done-1", attempt=1, worker="w", ok=True, value=1,
                                 finished_ms=0))
 
@@ -44,7 +45,7 @@ def _held(store: SimStore | RedisStore) -> dict[str, object]:
 
 
 KEPT = {"records": ["done-1", "done-2", "open-1"], "finished": ["done-1", "done-2"],
-        "edges": ("open-1",), "result": True}
+        "edges": ("done-2",), "result": True}
 GONE = {"records": ["open-1"], "finished": [], "edges": (), "result": False}
 
 
@@ -170,3 +171,43 @@ def test_a_result_without_a_ttl_of_its_own_expires_after_the_retention(
     assert sim.get_result("a") is not None
     now[0] = 1000
     assert sim.get_result("a") is None
+
+
+def _held_back(store: SimStore | RedisStore) -> list[str]:
+    """A finished dependency of a task that is still pending, and one of a finished task."""
+    store.apply([PutTask(record=_rec("dep-open", S.SUCCEEDED)),
+                 PutTask(record=_rec("dep-done", S.SUCCEEDED)),
+                 PutTask(record=_rec("waits", S.PENDING)),
+                 PutTask(record=_rec("ended", S.SUCCEEDED)),
+                 AddDependents(task_id="dep-open", dependents=("waits",)),
+                 AddDependents(task_id="dep-done", dependents=("ended",))], epoch=0)
+    return sorted(r.id for r in store.scan_tasks())
+
+
+def test_a_finished_task_that_an_unfinished_one_depends_on_is_kept() -> None:
+    now = [0]
+    store = SimStore(lambda: now[0])
+    store.retention_ms = 1000
+    _held_back(store)
+    now[0] = 1000
+    store.apply([], epoch=0)
+    assert sorted(r.id for r in store.scan_tasks()) == ["dep-open", "waits"]
+    store.apply([PutTask(record=_rec("waits", S.SUCCEEDED))], epoch=0)
+    now[0] = 2000
+    store.apply([], epoch=0)
+    assert store.scan_tasks() == []
+
+
+def test_redis_keeps_a_finished_task_that_an_unfinished_one_depends_on(
+    redis_store: RedisStore,
+) -> None:
+    _held_back(redis_store)
+    assert redis_store.purge(everything=True) == 2
+    assert sorted(r.id for r in redis_store.scan_tasks()) == ["dep-open", "waits"]
+    redis_store.client.zadd(redis_store._k("expiry"), {"dep-open": 0})
+    redis_store.apply([], epoch=0)
+    assert redis_store.get_task("dep-open") is not None, "still needed"
+    assert (redis_store.client.zscore(redis_store._k("expiry"), "dep-open") or 0) > 0, "later"
+    redis_store.apply([PutTask(record=_rec("waits", S.FAILED))], epoch=0)
+    assert redis_store.purge(everything=True) == 2
+    assert redis_store.scan_tasks() == []

@@ -105,13 +105,22 @@ class SimStore:
 
     def expire(self, *, limit: int | None = 100, everything: bool = False) -> int:
         """Remove the finished tasks whose retention is over (`everything`: all finished
-        tasks), at most `limit` of them: record, indexes, dependency edges, result. As a fenced
-        write on Redis does before applying. How many were removed."""
-        now, gone = self.now_ms(), list[str]()
+        tasks), at most `limit` of them: record, indexes, dependency edges, result. One that an
+        unfinished task depends on is kept another retention. As a fenced write on Redis does
+        before applying. How many were removed."""
+        now, gone, needed = self.now_ms(), list[str](), list[str]()
         for tid, at in self.expiry.items():
             if (limit is not None and len(gone) >= limit) or (at > now and not everything):
                 break
-            gone.append(tid)
+            unfinished = (self.tasks.get(d) for d in self.edges.get(tid, ()))
+            if any(r is not None and not r.state.terminal for r in unfinished):
+                needed.append(tid)  # an unfinished task depends on it: kept for now
+            else:
+                gone.append(tid)
+        for tid in needed:
+            del self.expiry[tid]
+            if self.retention_ms > 0:
+                self.expiry[tid] = now + self.retention_ms
         for tid in gone:
             del self.expiry[tid]
             self.tasks.pop(tid, None)

@@ -93,11 +93,35 @@ _HMGET_CHUNK = 1000
 _SCAN_COUNT = 1000
 
 # Removes the finished tasks of prefix `p` whose expiry (zset `expiry`, ms) is at most `upto`, at
-# most `limit` of them: record, indexes, dependency key, result. Lua source, for APPLY and PURGE.
+# most `limit` of them: record, indexes, dependency key, result. A task that an unfinished task
+# depends on is kept (a leader may read its state when that one's dependencies are checked): its
+# expiry moves to `later` (0: it is kept until a purge). Returns how many were removed. Lua
+# source, for APPLY and PURGE.
 _EXPIRE_DUE = """
-local function expire_due(p, upto, limit)
+local function needed(p, id)
+  for _, d in ipairs(redis.call('ZRANGE', p .. 'deps:' .. id, 0, -1)) do
+    local st = redis.call('HGET', p .. 'task:state', d)
+    if st and st ~= 'succeeded' and st ~= 'failed' and st ~= 'cancelled' then return true end
+  end
+  return false
+end
+local function expire_due(p, upto, limit, later)
   local due = redis.call('ZRANGEBYSCORE', p .. 'expiry', '-inf', upto, 'LIMIT', 0, limit)
+  local removed = 0
   for _, id in ipairs(due) do
+    if needed(p, id) then
+      if later > 0 then redis.call('ZADD', p .. 'expiry', later, id)
+      else redis.call('ZREM', p .. 'expiry', id) end
+    else
+      removed = removed + 1
+      expire_one(p, id)
+    end
+  end
+  return removed
+end
+"""
+_EXPIRE_ONE = """
+local function expire_one(p, id)
     local state = redis.call('HGET', p .. 'task:state', id)
     if state then
       local ttype = redis.call('HGET', p .. 'task:type', id)
@@ -111,29 +135,32 @@ local function expire_due(p, upto, limit)
       redis.call('HDEL', p .. h, id)
     end
     redis.call('DEL', p .. 'deps:' .. id, p .. 'result:' .. id)
-  end
-  return #due
 end
 """
+_EXPIRE_DUE = _EXPIRE_ONE + _EXPIRE_DUE
 
 # Expire finished tasks in batches (`dtq namespace purge`): ARGV[1] the prefix with its ':',
 # ARGV[2] 'all' (every finished task, kept forever or not) or 'due' (those whose retention is
 # over), ARGV[3] how many at most. Returns how many were removed.
 PURGE_LUA = _EXPIRE_DUE + """
 local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local keep = redis.call('HGET', ARGV[1] .. 'settings', 'retention_ms') or 'DEFAULT_RETENTION'
+keep = tonumber(keep)
 local upto = '+inf'
 if ARGV[2] == 'all' then
   for _, state in ipairs({'succeeded', 'failed', 'cancelled'}) do
     for _, id in ipairs(redis.call('ZRANGE', ARGV[1] .. 'idx:state:' .. state, 0,
                                    tonumber(ARGV[3]) - 1)) do
-      redis.call('ZADD', ARGV[1] .. 'expiry', 0, id)
+      redis.call('ZADD', ARGV[1] .. 'expiry', 'NX', 0, id)
     end
   end
 else
-  upto = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+  upto = now
 end
-return expire_due(ARGV[1], upto, tonumber(ARGV[3]))
-"""
+if keep > 0 then keep = now + keep end
+return expire_due(ARGV[1], upto, tonumber(ARGV[3]), keep)
+""".replace("DEFAULT_RETENTION", str(DEFAULT_RETENTION_MS))
 
 # Fenced batch write. Refuses the whole batch (and counts it) unless ARGV[1] is the lease's
 # current epoch and the lease KEYS[3] is held at that epoch (epoch 0: only while no epoch
@@ -175,7 +202,7 @@ local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local keep = tonumber(redis.call('HGET', p .. 'settings', 'retention_ms') or 'DEFAULT_RETENTION')
 local terminal = {succeeded = true, failed = true, cancelled = true}
 EXPIRE_DUE
-expire_due(p, now, 100)
+expire_due(p, now, 100, keep > 0 and now + keep or 0)
 local function put(id, state, ttype, attempt, record)
   local old_state = redis.call('HGET', p .. 'task:state', id)
   local old_type = redis.call('HGET', p .. 'task:type', id)
