@@ -115,6 +115,8 @@ class _Load:
     records: int = 0
     seen: dict[str, int] = attrs.field(factory=dict)
     invalid: list[tuple[TaskRecord, ValidationError]] = attrs.field(factory=list)
+    looked_up: set[str] = attrs.field(factory=set)
+    """Dependencies read from the store during the load (each once)."""
 
 
 @attrs.define(kw_only=True)
@@ -259,7 +261,8 @@ class Coordinator(Actor):
         self.tasks[rec.id] = rec
         for dep in rec.spec.deps:
             self.dependents[dep].add(rec.id)
-            if rec.state in WAITING and dep not in self.tasks:
+            if rec.state in WAITING and dep not in self.tasks and dep not in load.looked_up:
+                load.looked_up.add(dep)
                 # A finished dependency is held while this waits: its state decides readiness
                 # and its clock orders this task's dispatch after the success it remembers.
                 found = ctx.store.get_task(dep)

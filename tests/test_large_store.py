@@ -13,10 +13,11 @@ from typing import Any
 import attrs
 import pytest
 
-from dtq.coordinator import Coordinator
+from dtq.coordinator import Coordinator, CoordinatorConfig
 from dtq.runner import run_memory
 from dtq.scenario import load
-from dtq.task import TaskSpec, TaskState
+from dtq.task import TaskRecord, TaskSpec, TaskState
+from transports.memory_store import SimStore
 
 from .scenariokit import ROOT
 from .simkit import events, make_sim, run_until_done
@@ -117,3 +118,35 @@ def test_a_forgotten_task_is_read_from_the_store(
         assert runs == 1 and child == ["succeeded"]
     else:
         assert runs == 2 or child != ["succeeded"]
+
+
+def _one_page(self: Coordinator, ctx: Any, after: str | None) -> list[Any]:
+    """A load without pages: every unfinished record in one handler run."""
+    return list(ctx.store.scan_unfinished(after=after, limit=10**9)) if after is None else []
+
+
+@pytest.mark.parametrize("paged", [True, False])
+def test_the_lease_is_renewed_between_pages_of_a_long_load(
+    monkeypatch: pytest.MonkeyPatch, paged: bool,
+) -> None:
+    """10,000 tasks in flight at 400 us a record: 4 s of reads against a 3 s lease. Loaded a
+    page at a time the leader renews between pages and completes its view; in one page it
+    loses the lease first."""
+    if not paged:
+        monkeypatch.setattr(Coordinator, "_scan_chunk", _one_page)
+    store = SimStore()
+    for i in range(10_000):
+        store.put_record(TaskRecord(spec=TaskSpec(id=f"t{i:05d}", type="echo"),
+                                    state=TaskState.DISPATCHED, attempt=1))
+    sim = make_sim(1, workers=1, coordinators=0, store=store)
+    sim.store_read_us = 400
+    sim.spawn("coordinator-1", lambda: Coordinator("coordinator-1",
+                                                   CoordinatorConfig(lease_ttl_ms=3000)))
+    sim.run(until_ms=20_000,
+            stop=lambda: bool(events(sim, "takeover_done") or events(sim, "abdicated")))
+    done, abdicated = events(sim, "takeover_done"), events(sim, "abdicated")
+    if paged:
+        assert not abdicated and len(done) == 1
+        assert done[0].data["records"] == 10_000 and done[0].data["ms"] >= 3600
+    else:
+        assert abdicated and not done
