@@ -103,7 +103,7 @@ class Submitter:
         """Publish submissions; return when the broker has confirmed all of them."""
         out = []
         reply_to = self.name if self.listener is not None else None
-        if reply_to is not None:
+        if self.on_finished is not None:  # (a listener set from outside keeps its own)
             with self._waiting_lock:
                 self.waiting.update(spec.id for spec in specs)
         for spec in specs:
