@@ -59,7 +59,8 @@ class Submit(Message):
 @attrs.frozen(kw_only=True)
 class Dispatch(Message):
     """The leader hands an attempt of a ready task to the shared work queue. `reply_to` is
-    the client waiting for the task, if any: the result write that stores it tells it."""
+    the client waiting for the task, if any (from the task's record, so every leader sends it):
+    the result write that stores it tells it."""
 
     spec: TaskSpec
     attempt: int
@@ -76,7 +77,9 @@ class Completed(Message):
     ok: bool
     error: str | None = None
     notified: bool = False
-    """The worker's result write already told the waiting client."""
+    """This worker's result write told the waiting client (for the history: the leader never
+    tells a success itself, whatever this says, since the write that stored the result, this
+    worker's or an earlier one's, told it)."""
     permanent: bool = False
     """The task can never succeed (its spec breaks the submission rules, or its code raised
     `TaskError(retry=False)`): no retry."""
