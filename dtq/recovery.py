@@ -7,7 +7,8 @@ The rule: an accepted task is either kept or reported lost, never silently stuck
   then hands it `StoreLost`) and whose lease would still be held re-seeds the store from its
   view (`Election.may_reseed`): a new incarnation marker, the lease at an epoch above anything
   it saw, every task record it holds (the unfinished ones and the finished ones an unfinished
-  task depends on: a finished task it forgot is not kept) and dependency edge rewritten,
+  task depends on: a finished task it forgot is not kept, and the report says
+  `finished_kept: "held only"`) and dependency edge rewritten,
   idempotency keys claimed again, and a `NoteDataLoss` report, all in the one fenced batch the
   re-seed makes (the batch whose write was refused is covered by it: the view already holds its
   changes). Ready tasks are
@@ -120,6 +121,7 @@ def _reseed(coord: Coordinator, ctx: Context, epoch: int, report: dict[str, Any]
     succeeded = {t for t, r in tasks.items() if r.state is S.SUCCEEDED}
     failed = _fail_orphans(coord, ctx, succeeded)
     full = {**report, "epoch": epoch, "recovered": True, "tasks_kept": len(tasks),
+            "finished_kept": "held only",
             "results_lost": len(succeeded), "failed_for_lost_results": failed,
             "in_flight": sum(r.state in IN_FLIGHT for r in tasks.values())}
     ctx.write(NoteDataLoss(report=full))
