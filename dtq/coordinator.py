@@ -239,6 +239,9 @@ class Coordinator(Actor):
         load = self._load
         assert load is not None
         batch = self._scan_chunk(ctx, load.after)
+        if self.election.check(ctx.store) is not None:  # read after the page: it came intact
+            recovery.detected(self, ctx, "load")  # a part of a view: steps down
+            return
         for rec in batch:
             self._load_record(rec, load, ctx)
         load.records += len(batch)
@@ -304,7 +307,7 @@ class Coordinator(Actor):
     @receive(recovery.StoreLost)
     def on_store_lost(self, msg: recovery.StoreLost, ctx: Context) -> None:
         """A write was refused because the store lost its data: re-seed it (`dtq.recovery`)."""
-        recovery.write_refused(self, ctx)
+        recovery.write_refused(self, ctx, msg.unapplied)
 
     @receive(recovery.RecoverySweep)
     def on_recovery_sweep(self, msg: recovery.RecoverySweep, ctx: Context) -> None:

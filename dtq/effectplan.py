@@ -186,7 +186,8 @@ class Plan(Generic[D]):
         are applied in their place; the batch then goes on as persisted. If it did not re-seed,
         the node is fenced out as for any refused write."""
         w = self.world
-        fx = w.fire(StoreLost(epoch=exc.attempted))
+        unapplied = tuple(wr for _, group in self._groups or () for wr in group)
+        fx = w.fire(StoreLost(epoch=exc.attempted, unapplied=unapplied))
         if not w.alive():
             return False
         if fx is None or not fx.writes or fx.epoch == exc.attempted:

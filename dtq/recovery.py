@@ -11,14 +11,17 @@ The rule: an accepted task is either kept or reported lost, never silently stuck
   `finished_kept: "held only"`) and dependency edge rewritten,
   idempotency keys claimed again, and a `NoteDataLoss` report, all in the one fenced batch the
   re-seed makes (the batch whose write was refused is covered by it: the view already holds its
-  changes). Ready tasks are
+  changes; a finished task's record in that batch that already left the view is rewritten
+  from the batch). Ready tasks are
   dispatched; dispatched and running ones are left to their dispatches (the broker kept them),
   and a sweep after the task's timeout hands out a new attempt of any that made no progress,
   so nothing waits for a dispatch that is gone. What cannot be kept is reported: results of
   tasks that had succeeded (their records stay succeeded; `GET /tasks/{id}/result` answers
   410), and waiting tasks that needed such a result, which fail naming the dependency.
 * A leader whose lease, had the store kept it, would have run out steps down instead (its
-  view may be stale), as does one that finds the namespace already started again.
+  view may be stale), as does one that finds the namespace already started again, and one
+  still loading its view after a takeover (it holds only part of what the store held: a
+  re-seed from it would report as kept a namespace missing the records not read yet).
 * When no leader re-seeded within the grace period (`dtq.election`), a standby takes over an
   empty namespace under a new marker and reports everything the old one held as lost.
 
@@ -34,7 +37,7 @@ import attrs
 
 from dtq.actor import Context
 from dtq.envelope import Message
-from dtq.store import AddDependents, NoteDataLoss, PutTask
+from dtq.store import AddDependents, NoteDataLoss, PutTask, Write
 from dtq.task import TaskRecord, TaskState, fingerprint
 
 if TYPE_CHECKING:
@@ -49,9 +52,12 @@ class StoreLost(Message):
     """Local: a fenced write at `epoch` was refused because the store's epoch and lease keys
     are gone. An actor whose handler re-seeds the store (its writes, at a new epoch, stand for
     everything it wrote before) lets the runtime carry on with the refused batch as persisted;
-    otherwise the actor is fenced out as for any refused write."""
+    otherwise the actor is fenced out as for any refused write. `unapplied`: the batch's
+    writes the store did not take (the re-seed keeps the finished records among them that the
+    actor no longer holds: they left its memory when the handler that ended them did)."""
 
     epoch: int
+    unapplied: tuple[Write, ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -70,7 +76,9 @@ def new_marker(ctx: Context) -> str:
     return f"{ctx.name}-{ctx.rng.getrandbits(64):016x}"
 
 
-def detected(coord: Coordinator, ctx: Context, where: str) -> None:
+def detected(
+    coord: Coordinator, ctx: Context, where: str, unapplied: tuple[Write, ...] = (),
+) -> None:
     """The election found the marker gone (`where` = "lease") or a write was refused for
     missing keys (`where` = "write"): re-seed if leading, else report."""
     election = coord.election
@@ -79,13 +87,18 @@ def detected(coord: Coordinator, ctx: Context, where: str) -> None:
         _report(ctx, {"lost": lost, "detected_by": where, "role": "standby",
                       "note": "waiting for the leader to re-seed the store"})
         return
+    if coord._load is not None:  # taking over: the records not loaded yet are gone
+        coord._abdicate(ctx, "the store lost its data while this leader was still loading its "
+                        "view: it cannot re-seed what it never read")
+        return
     marker = new_marker(ctx)
     epoch = election.recover(ctx.store, ctx.now_ms, marker)
     if epoch is None:
         coord._abdicate(ctx, "the store lost its data and could not be re-seeded (lease too old "
                         "or the namespace already started again)")
         return
-    _reseed(coord, ctx, epoch, {"lost": lost, "incarnation": marker, "detected_by": where})
+    _reseed(coord, ctx, epoch, {"lost": lost, "incarnation": marker, "detected_by": where},
+            unapplied)
 
 
 def took_over_empty(coord: Coordinator, ctx: Context, lost: str) -> None:
@@ -104,13 +117,21 @@ def _report(ctx: Context, report: dict[str, Any]) -> None:
     ctx.log.error("the store lost its data (restarted without persistence?)", **report)
 
 
-def _reseed(coord: Coordinator, ctx: Context, epoch: int, report: dict[str, Any]) -> None:
+def _reseed(
+    coord: Coordinator, ctx: Context, epoch: int, report: dict[str, Any],
+    unapplied: tuple[Write, ...] = (),
+) -> None:
     ctx.set_epoch(epoch)
     ctx.record("leader", epoch=epoch, reseeded=True)
     tasks = coord.tasks
     for task_id in sorted(tasks):
         rec = tasks[task_id] = attrs.evolve(tasks[task_id], epoch=epoch)
         ctx.write(PutTask(record=rec))
+    # ended by the refused batch and forgotten since: its write is the only copy left
+    ended = {w.record.id: w.record for w in unapplied if isinstance(w, PutTask)
+             and w.record.state.terminal and w.record.id not in tasks}
+    for task_id in sorted(ended):
+        ctx.write(PutTask(record=attrs.evolve(ended[task_id], epoch=epoch)))
     for dep in sorted(coord.dependents):
         if coord.dependents[dep]:
             ctx.write(AddDependents(task_id=dep, dependents=tuple(sorted(coord.dependents[dep]))))
@@ -120,7 +141,8 @@ def _reseed(coord: Coordinator, ctx: Context, epoch: int, report: dict[str, Any]
             ctx.store.claim_key(key, rec.id, fingerprint(rec.spec))
     succeeded = {t for t, r in tasks.items() if r.state is S.SUCCEEDED}
     failed = _fail_orphans(coord, ctx, succeeded)
-    full = {**report, "epoch": epoch, "recovered": True, "tasks_kept": len(tasks),
+    full = {**report, "epoch": epoch, "recovered": True,
+            "tasks_kept": len(tasks) + len(ended),
             "finished_kept": "held only",
             "results_lost": len(succeeded), "failed_for_lost_results": failed,
             "in_flight": sum(r.state in IN_FLIGHT for r in tasks.values())}
@@ -165,7 +187,7 @@ def sweep(coord: Coordinator, msg: RecoverySweep, ctx: Context) -> None:
     coord._reassign(rec, worker, ctx)
 
 
-def write_refused(coord: Coordinator, ctx: Context) -> None:
+def write_refused(coord: Coordinator, ctx: Context, unapplied: tuple[Write, ...] = ()) -> None:
     """`StoreLost`: re-seed when the store shows the loss; otherwise do nothing (the runtime
     then fences this actor out, as for any refused write)."""
     election = coord.election
@@ -175,4 +197,4 @@ def write_refused(coord: Coordinator, ctx: Context) -> None:
     if lost is None and election.watch.missing:
         lost = election.lost  # seen missing already (by a renewal that could not re-seed)
     if lost is not None:
-        detected(coord, ctx, "write")
+        detected(coord, ctx, "write", unapplied)

@@ -26,6 +26,7 @@ import redis
 
 from dtq.chaosrun import ProxiedSupervisor
 from dtq.checker import check
+from dtq.errors import ScenarioError
 from dtq.process import NodeConfig
 from dtq.realrun import wait_for
 from dtq.submitter import Submitter
@@ -142,8 +143,12 @@ def test_a_redis_restarted_without_persistence_loses_no_task_silently(
         if leader_dies and leader is not None:
             sup.restart(leader.holder)
         submitter.submit(after)
-        wait_for(lambda: _settled(store, history, before + across + after), 120,
-                 "every task to finish or be reported lost", sup.poll)
+        try:
+            wait_for(lambda: _settled(store, history, before + across + after), 120,
+                     "every task to finish or be reported lost", sup.poll)
+        except ScenarioError as exc:
+            raise AssertionError(_unsettled_story(store, history, before + across + after,
+                                                  int(restarted * 1000))) from exc
         history.flush()
         events = history.read_events()
         reports = store.data_losses()
@@ -223,6 +228,33 @@ def _ended(events: list[Any], until_ms: int | None = None) -> set[str]:
 
 
 ENDS = ("succeeded", "failed", "cancelled", "rejected")
+
+
+def _unsettled_story(store: RedisStore, history: RedisHistory, specs: list[TaskSpec],
+                     restarted_ms: int, most: int = 10) -> str:
+    """What a failure says: the tasks not settled, their records and their history events, the
+    data-loss reports and the leadership story (times from the restart's start, in ms)."""
+    history.flush()
+    events = history.read_events()
+    done = _ended(events)
+    try:
+        done |= {r.id for r in store.scan_tasks(states=TERMINAL, limit=100_000)}
+        reports: Any = store.data_losses()
+    except Exception as exc:  # the store is restarting
+        reports = f"unreadable: {exc!r}"
+    open_ids = [s.id for s in specs if s.id not in done]
+    lines = [f"{len(open_ids)} tasks not settled; reports {reports}"]
+    for task_id in open_ids[:most]:
+        try:
+            record: Any = store.get_task(task_id)
+        except Exception as exc:
+            record = f"unreadable: {exc!r}"
+        lines.append(f"{task_id}: {record}")
+        lines += [f"    {e.time_ms - restarted_ms} {e.actor} {e.kind} {dict(e.data)}"
+                  for e in events if e.data.get("task") == task_id]
+    lines += [f"{e.time_ms - restarted_ms} {e.actor} {e.kind} {dict(e.data)}"
+              for e in events if e.kind in STORY]
+    return "\n".join(lines)
 
 
 def _settled(store: RedisStore, history: RedisHistory, specs: list[TaskSpec]) -> bool:

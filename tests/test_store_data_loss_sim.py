@@ -74,7 +74,7 @@ def test_without_the_floor_the_epoch_goes_back_and_the_checker_says_so(
 
 
 def test_without_the_reseed_accepted_tasks_are_lost(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(recovery, "write_refused", lambda coord, ctx: None)
+    monkeypatch.setattr(recovery, "write_refused", lambda coord, ctx, *_: None)
     result = _run()
     assert not result.ok and result.summary["tasks"]["lost"] > 0
 
