@@ -255,23 +255,34 @@ class Supervisor:
         """Start every node and keep them running until SIGTERM or SIGINT (SIGINT only if this
         process did not start with it ignored, as a script's background job does) or until a
         node exits with a configuration error; then stop every node, with one SIGTERM each.
-        The exit status: 0, or `EXIT_CONFIG`."""
-        stop = threading.Event()
+        The exit status: 0, or `EXIT_CONFIG`.
+
+        The handler only sets a flag, which the loop checks every period: it takes no lock. (A
+        `threading.Event` set from the handler deadlocks when the signal lands while this thread
+        is inside `Event.wait` holding the event's lock, and the cluster never stops.)"""
+        stopping: list[int] = []
 
         def on_signal(signum: int, _frame: Any) -> None:
-            stop.set()
+            stopping.append(signum)
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            if signal.getsignal(sig) is not signal.SIG_IGN:
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+        for sig, handler in previous.items():
+            if handler is not signal.SIG_IGN:
                 signal.signal(sig, on_signal)
         try:
             self.start()
-            while not stop.wait(period_s):  # the supervision period
+            while not stopping:
+                time.sleep(period_s)  # the supervision period (a stop waits for its end at most)
+                if stopping:
+                    break
                 self.poll()
                 if self.config_error is not None:
                     break
         finally:
             self.stop_all()
+            for sig, handler in previous.items():
+                if handler is not signal.SIG_IGN and handler is not None:
+                    signal.signal(sig, handler)
         return EXIT_CONFIG if self.config_error is not None else 0
 
     def start(self) -> None:
