@@ -154,6 +154,9 @@ class ProcessRuntime:
                                         thread_name_prefix=f"task-{self.name}")
         self._running = 0
         self._draining = False
+        self._signals: list[int] = []
+        """Stop signals received, for the loop to act on (a handler only appends: it runs in
+        the main thread, which may hold a lock the handler's work would take again)."""
         self._unsettled = 0
         """Batches published whose acks wait for the broker's confirms (a draining process
         waits for them too: stopping before would hand their deliveries out again)."""
@@ -171,6 +174,9 @@ class ProcessRuntime:
         self._apply([(self._guard(lambda: self.cell.start(self._now())), None)])
         drain_deadline = None
         while self._exit is None:
+            self._take_signals()
+            if self._exit is not None:
+                break
             if self._draining:
                 drain_deadline = drain_deadline or time.monotonic() + self.options.grace_s
                 if (self._running == 0 and not self._unsettled) \
@@ -395,17 +401,24 @@ class ProcessRuntime:
             signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
-        if self._draining:
-            self._exit = EXIT_OK
-            return
-        self.log.info("stopping: finishing running tasks", signal=signal.Signals(signum).name,
-                      running=self._running)
-        self._draining = True
-        for address in self.subscriptions:
-            self.transport.cancel(address)
+        self._signals.append(signum)
         # Wake the loop: a signal handler that runs inside SimpleQueue.get(timeout) can leave
         # it waiting forever (CPython 3.11); SimpleQueue.put is safe in a signal handler.
-        self._enqueue(None, urgent=False)
+        self.inbox.put(_Item(None))
+
+    def _take_signals(self) -> None:
+        """Act on stop signals: the first stops consuming and lets running tasks finish, a
+        second exits at once."""
+        while self._signals:
+            signum = self._signals.pop(0)
+            if self._draining:
+                self._exit = EXIT_OK
+                return
+            self.log.info("stopping: finishing running tasks",
+                          signal=signal.Signals(signum).name, running=self._running)
+            self._draining = True
+            for address in self.subscriptions:
+                self.transport.cancel(address)
 
     def _shutdown(self) -> int:
         code = self._exit if self._exit is not None else EXIT_OK
