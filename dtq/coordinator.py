@@ -167,6 +167,8 @@ class Coordinator(Actor):
         self._release_queue: list[str] = []
         self._load: _Load | None = None
         """The takeover's load, until the view is complete."""
+        self.losses_reported: set[str] = set()
+        """Lost incarnation markers this leader reported or found reported (`dtq.recovery`)."""
         self._ended_ids: set[str] = set()
         """Tasks made terminal by the handler running: forgotten at its end if nothing
         unfinished depends on them (`_forget_finished`)."""
@@ -341,6 +343,8 @@ class Coordinator(Actor):
         if self.detector.heard(msg.worker, ctx.now_ms):
             ctx.record("worker_rejoined", worker=msg.worker)
         sent_at = ctx.envelope.clock[msg.worker] if ctx.envelope else 0
+        if msg.lost_incarnation is not None and self._acting(ctx):
+            recovery.told_by_worker(self, ctx, msg.lost_incarnation, msg.worker)
         self._note_running(msg, sent_at, ctx)
         self._reconcile(msg, sent_at, ctx)
         if sent_at >= self.held_by.get(msg.worker, (-1, frozenset()))[0]:

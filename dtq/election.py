@@ -11,7 +11,13 @@ held at it.
 The store's data can be lost (a Redis restarted without persistence): the namespace's
 incarnation marker tells. Every coordinator remembers the marker it saw (`IncarnationWatch`);
 the first leader of a namespace writes it (set-if-absent), and leases are taken and renewed
-only while the marker is the one the coordinator knows. When it is missing or changed:
+only while the marker is the one the coordinator knows. A lease taken while the store shows no
+marker is at an epoch above the store's clock in ms: a coordinator that restarted with the
+data gone cannot tell a lost namespace from a new one, and epochs must not go back either way.
+A loss nobody saw (every coordinator restarted) is told by the workers: their heartbeats name
+the marker they knew until the store holds a report of its loss (`dtq.recovery`).
+
+When the marker is missing or changed:
 
 * a leader reports `Step.DATA_LOST`; one whose lease would still be held (`may_reseed`)
   re-seeds the store from its view (`recover`: a new marker, the lease at an epoch above
@@ -166,11 +172,13 @@ class Election:
             if now_ms - self.missing_since_ms < self.recovery_grace_ms:
                 return Step.STANDBY  # leave the leader that holds the view time to re-seed
             expect = None
-        # Starting the namespace again, nobody may know the last epoch (the leader that held it
-        # may have died with the data): the store's clock in ms is above any epoch before.
+        # With no marker in the store the namespace starts (again): nobody may know the last
+        # epoch (the leader that held it may have died with the data, and a coordinator that
+        # restarted since cannot tell a lost namespace from a new one), so the epoch is above
+        # the store's clock in ms, which is above any epoch before.
         epoch = store.acquire_lease(LEADER_LEASE, self.name, self.lease_ttl_ms,
                                     floor=self.seen_epoch, incarnation=expect,
-                                    above_clock=self.watch.missing)
+                                    above_clock=marker is None)
         if epoch is None:
             return Step.STANDBY
         if self.watch.known is None or self.watch.missing:

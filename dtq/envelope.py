@@ -127,6 +127,9 @@ class Heartbeat(Message):
     running: tuple[str, ...] = ()
     finished: tuple[str, ...] = ()
     held: tuple[str, ...] = ()
+    lost_incarnation: str | None = None
+    """The incarnation marker of a namespace whose data this worker saw lost, sent until the
+    store holds a report of that loss (a leader that took over not knowing of it writes one)."""
 
 
 # --- codec -------------------------------------------------------------------------------------

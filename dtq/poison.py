@@ -39,8 +39,9 @@ MAILBOX = "mailbox"
 """`queue = "mailbox"`: the mailbox of the fault's target node (or of each, for a group)."""
 INTRUDER = "intruder"
 """The sender named in forged envelopes."""
-FORGED_EPOCH = 1_000_000_000
-"""The epoch of a forged dispatch: far above any leader's."""
+FORGED_EPOCH = 10**15
+"""The epoch of a forged dispatch: far above any leader's (a namespace's first epoch is the
+store's clock in ms, about 1.8 x 10^12 in 2027)."""
 
 INJECT_KINDS: Mapping[str, str] = {
     "undecodable": "bytes that are not JSON",

@@ -37,6 +37,7 @@ import attrs
 
 from dtq.actor import Context
 from dtq.envelope import Message
+from dtq.errors import StoreUnavailable
 from dtq.store import AddDependents, NoteDataLoss, PutTask, Write
 from dtq.task import TaskRecord, TaskState, fingerprint
 
@@ -101,15 +102,32 @@ def detected(
             unapplied)
 
 
-def took_over_empty(coord: Coordinator, ctx: Context, lost: str) -> None:
+def took_over_empty(coord: Coordinator, ctx: Context, lost: str, **told: str) -> None:
     """A standby took the lease after a loss nobody re-seeded: what was held is lost."""
     report: dict[str, Any] = {
         "lost": lost, "incarnation": coord.election.watch.known, "epoch": ctx.epoch,
         "recovered": False, "tasks_kept": 0, "tasks_lost": "unknown",
         "note": "no leader held a view of the lost data: every task accepted before the loss "
-                "is lost, unless a client submits it again"}
+                "is lost, unless a client submits it again", **told}
+    coord.losses_reported.add(lost)
     ctx.write(NoteDataLoss(report=report))
     _report(ctx, report)
+
+
+def told_by_worker(coord: Coordinator, ctx: Context, lost: str, worker: str) -> None:
+    """A heartbeat names a lost marker: unless the store holds a report of it, this leader
+    leads a namespace started again by a coordinator that never knew the lost one (every
+    coordinator restarted with the data gone, so none could tell), and reports the loss."""
+    if lost == coord.election.watch.known or lost in coord.losses_reported:
+        return
+    try:
+        reported = any(r.get("lost") == lost for r in ctx.store.data_losses())
+    except StoreUnavailable:
+        return  # the worker names it again in its next heartbeat
+    if reported:
+        coord.losses_reported.add(lost)
+        return
+    took_over_empty(coord, ctx, lost, told_by=worker)
 
 
 def _report(ctx: Context, report: dict[str, Any]) -> None:
@@ -146,6 +164,7 @@ def _reseed(
             "finished_kept": "held only",
             "results_lost": len(succeeded), "failed_for_lost_results": failed,
             "in_flight": sum(r.state in IN_FLIGHT for r in tasks.values())}
+    coord.losses_reported.add(str(report["lost"]))
     ctx.write(NoteDataLoss(report=full))
     _report(ctx, full)
     for rec in sorted(tasks.values(), key=lambda r: r.id):

@@ -200,13 +200,26 @@ class Worker(Actor):
                                             epoch=self.epoch,
                                             incarnation=self.store_watch.known
                                             if self.store_watch else None))
+            unreported = self._unreported_loss(ctx)
         except StoreUnavailable:
             return  # the leader hears nothing from us while the store is unreachable
         if lease is not None:
             ctx.send(lease.holder, Heartbeat(worker=self.name, seq=self.beats, running=running,
-                                             finished=finished, held=tuple(self.queued)))
+                                             finished=finished, held=tuple(self.queued),
+                                             lost_incarnation=unreported))
 
     store_watch: IncarnationWatch | None = None
+    lost_unreported: str | None = None
+    """The marker of a loss this worker saw and the store holds no report of yet."""
+
+    def _unreported_loss(self, ctx: Context) -> str | None:
+        """The lost marker to name in heartbeats: kept until a report of it is in the store
+        (the leader that re-seeds writes one; one that took over knowing nothing writes one
+        when a heartbeat names it)."""
+        lost = self.lost_unreported
+        if lost is not None and any(r.get("lost") == lost for r in ctx.store.data_losses()):
+            self.lost_unreported = lost = None
+        return lost
 
     def _watch_store(self, ctx: Context) -> None:
         """The store's incarnation marker gone or changed means the store lost its data: said
@@ -215,6 +228,7 @@ class Worker(Actor):
             self.store_watch = IncarnationWatch()
         lost = self.store_watch.see(ctx.store.incarnation())
         if lost is not None:
+            self.lost_unreported = lost
             ctx.record("store_data_lost", lost=lost, role="worker",
                        incarnation=None if self.store_watch.missing else self.store_watch.known)
             ctx.log.error("the store lost its data (restarted without persistence?)", lost=lost)

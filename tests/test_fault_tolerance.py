@@ -43,7 +43,8 @@ def test_a_zombie_leaders_stale_writes_are_all_refused(run: Run) -> None:
     s = held(run("zombie-leader.toml"))
     assert s["stale_writes"]["attempted"] > 0
     assert s["stale_writes"]["accepted"] == 0
-    assert [x["epoch"] for x in s["leaders"]][:2] == [1, 2]
+    first, second = [x["epoch"] for x in s["leaders"]][:2]
+    assert second == first + 1
 
 
 def test_a_killed_leader_is_replaced_within_the_bound(run: Run) -> None:

@@ -158,7 +158,7 @@ def test_a_forged_high_epoch_dispatch_does_not_stop_a_worker(
     try:
         submitter.submit([TaskSpec(id="before", type="echo", payload=1)])
         wait_for(lambda: _finished(store) == 1, 30, "the first task", sup.poll)
-        forged = Envelope(id="forged-1", sender="forger", target="work", epoch=10**9,
+        forged = Envelope(id="forged-1", sender="forger", target="work", epoch=10**15,
                           body=Dispatch(spec=TaskSpec(id="forged", type="echo"), attempt=1))
         _publish_raw(rabbitmq_url, queue_name(ns, "work"), forged)
         wait_for(lambda: bool(_events(redis_url, ns, "forged_dispatch_refused")), 30,
@@ -166,7 +166,7 @@ def test_a_forged_high_epoch_dispatch_does_not_stop_a_worker(
         submitter.submit([TaskSpec(id=f"after{i}", type="echo", payload=i) for i in range(3)])
         wait_for(lambda: _finished(store) == 4, 30, "the tasks after the forgery", sup.poll)
         [refused] = _events(redis_url, ns, "forged_dispatch_refused")
-        assert refused.data["epoch"] == 10**9 and refused.data["store_epoch"] == store.epoch()
+        assert refused.data["epoch"] == 10**15 and refused.data["store_epoch"] == store.epoch()
         assert {e.data["epoch"] for e in _events(redis_url, ns, "started")} == {store.epoch()}
         assert store.get_task("forged") is None and store.get_result("forged") is None
         assert sup.alive("worker-1")

@@ -104,6 +104,47 @@ def test_with_no_leader_left_the_loss_is_reported_and_later_tasks_run() -> None:
     assert 0 < lost <= len(accepted_before)
 
 
+def _every_coordinator_restarts() -> RunResult:
+    """Leader and standby are killed as the store loses its data and come back at once: no
+    coordinator remembers the namespace, so the first to come back cannot tell the empty store
+    from a new namespace. Only the workers know."""
+    scenario = load(SCENARIO)
+    kills = tuple(attrs.evolve(scenario.faults[0], at_ms=2599, target=target, duration_ms=100)
+                  for target in ("leader", "standby"))
+    return _run(faults=(*scenario.faults, *kills),
+                expect=attrs.evolve(scenario.expect, succeeded=None))
+
+
+def test_with_every_coordinator_restarted_the_workers_tell_the_loss() -> None:
+    result = _every_coordinator_restarts()
+    epochs = [x["epoch"] for x in result.summary["leaders"]]
+    assert epochs == sorted(set(epochs)) and epochs[-1] > 2  # above the clock, never back to 1
+    assert not {"epochs_grow", "one_leader_per_epoch"} & _invariants(result)
+    sim = result.sim
+    assert sim is not None
+    reports = sim.store.data_losses()
+    assert len(reports) == 1 and reports[0]["recovered"] is False, reports
+    assert reports[0]["told_by"].startswith("worker-")
+    assert not [r for r in sim.store.scan_tasks() if not r.state.terminal]  # none stuck
+
+
+def test_without_the_clock_floor_a_restarted_coordinator_takes_an_old_epoch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    acquire = SimStore.acquire_lease
+    monkeypatch.setattr(SimStore, "acquire_lease", lambda self, *a, above_clock=False, **kw:
+                        acquire(self, *a, **kw))
+    assert {"epochs_grow"} & _invariants(_every_coordinator_restarts())
+
+
+def test_without_the_workers_telling_the_loss_goes_unreported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(recovery, "told_by_worker", lambda *_: None)
+    sim = _every_coordinator_restarts().sim
+    assert sim is not None and sim.store.data_losses() == []
+
+
 def test_a_dispatch_gone_with_the_data_is_handed_out_again_after_its_timeout(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
