@@ -20,7 +20,8 @@ The invariants (a violation names one of these):
 * `no_lost_task` (complete runs): every submission ends in a record: succeeded, failed,
   rejected or cancelled.
 * `rejection_reason`: every `rejected` event names its reason (a non-empty `reason`).
-* `no_duplicate_effect`: a task's result is applied (an `effect` event) at most once.
+* `no_duplicate_effect`: a task's result is applied (an `effect` event) at most once, unless
+  the store lost its data (`store_data_wiped`) after the earlier effect's run started.
 * Once-effects, per key (events `once_begin`, `side_effect`, `once_done`, `once_skipped`, each
   with `key`, `task`, `attempt`; `once_begin` and `side_effect` also `in_doubt`: the run found
   the key begun by an earlier run that never marked it done):
@@ -234,7 +235,25 @@ def _rejection_reasons(events: Iterable[Event]) -> list[Violation]:
 
 
 def _duplicates(events: Iterable[Event]) -> list[Violation]:
-    effects = Counter(e.data["task"] for e in events if e.kind == "effect")
+    """Results applied twice. The store losing its data (`store_data_wiped`) takes the results
+    with it: an effect after a wipe that came after the earlier effect's run started (its write
+    may be what was lost) is a new one."""
+    effects: Counter[str] = Counter()
+    started_at: dict[tuple[str, int], int] = {}
+    wipes: list[int] = []
+    counted_since: dict[str, int] = {}
+    for i, e in enumerate(events):
+        if e.kind == "store_data_wiped":
+            wipes.append(i)
+        elif e.kind == "started":
+            started_at.setdefault((e.data["task"], int(e.data.get("attempt", 0))), i)
+        elif e.kind == "effect":
+            task = e.data["task"]
+            since = counted_since.get(task)
+            if since is not None and any(w > since for w in wipes):
+                effects[task] = 0
+            effects[task] += 1
+            counted_since[task] = started_at.get((task, int(e.data.get("attempt", 0))), i)
     return [Violation(invariant="no_duplicate_effect", task=t,
                       detail=f"the result of task {t} was applied {n} times")
             for t, n in sorted(effects.items()) if n > 1]

@@ -377,6 +377,7 @@ class RealRun:
         server keeps running): every key of the namespace is dropped at once, but the history
         (the observer's record, not under test), and the nodes' store connections are killed
         (CLIENT KILL by their name), so each reconnects to the emptied store."""
+        self._record("scenario", "store_data_wiped")
         dropped = lose_namespace_data(self.store.client, self.namespace, keep=("history",))
         self.progress.line(f"  {dropped} keys of {self.namespace} dropped")
         return None

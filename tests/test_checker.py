@@ -413,3 +413,41 @@ def test_what_a_runner_records_in_an_actors_name_without_a_clock_is_left_out() -
     _at(h, W1, "resume", VectorClock())
     h(W1, "heartbeat_sent")
     assert check(h.events, complete=False).ok
+
+
+# --- results applied twice ----------------------------------------------------------------------
+
+
+def _applied_twice(h: H, *, wipe: str | None) -> None:
+    """Attempt 1 stores its result; attempt 2 (a new dispatch) stores it again. `wipe`: where
+    the store loses its data ("before the first start", "after the first start")."""
+    _task(h, "t")
+    if wipe == "before the first start":
+        h("scenario", "store_data_wiped")
+    d = h(L1, "dispatched", task="t", attempt=1)
+    h(W1, "started", after=(d,), task="t", attempt=1, epoch=1)
+    if wipe == "after the first start":
+        h("scenario", "store_data_wiped")
+    h(W1, "effect", task="t", attempt=1)
+    d2 = h(L1, "dispatched", task="t", attempt=2)
+    h(W2, "started", after=(d2,), task="t", attempt=2, epoch=1)
+    eff = h(W2, "effect", task="t", attempt=2)
+    h(L1, "succeeded", after=(eff,), task="t", attempt=2)
+
+
+def test_a_result_applied_twice_is_a_duplicate_effect() -> None:
+    h = H()
+    _applied_twice(h, wipe=None)
+    assert h.invariants() == ["no_duplicate_effect"]
+
+
+def test_a_result_applied_again_after_the_store_lost_the_first_is_no_duplicate() -> None:
+    h = H()
+    _applied_twice(h, wipe="after the first start")  # the first write may be what was lost
+    assert h.invariants() == []
+
+
+def test_a_loss_before_the_first_run_does_not_excuse_a_second_result() -> None:
+    h = H()
+    _applied_twice(h, wipe="before the first start")
+    assert h.invariants() == ["no_duplicate_effect"]
