@@ -347,8 +347,12 @@ class Coordinator(Actor):
             recovery.told_by_worker(self, ctx, msg.lost_incarnation, msg.worker)
         self._note_running(msg, sent_at, ctx)
         self._reconcile(msg, sent_at, ctx)
-        if sent_at >= self.held_by.get(msg.worker, (-1, frozenset()))[0]:
-            self.held_by[msg.worker] = (sent_at, frozenset(msg.held))
+        before = self.held_by.get(msg.worker, (-1, frozenset()))
+        if sent_at >= before[0]:
+            held = frozenset(msg.held)
+            self.held_by[msg.worker] = (sent_at, held)
+            if held and held != before[1]:
+                ctx.record("heard_held", worker=msg.worker, held=sorted(held))
 
     def _note_running(self, msg: Heartbeat, sent_at: int, ctx: Context) -> None:
         """Tasks a heartbeat reports running become RUNNING on that worker."""
