@@ -3,10 +3,11 @@
 URL parsing runs anywhere. The rest starts its own servers on a free block of loopback ports
 (never the shared 6379/5672): Redis-only tests start a primary, a replica and three Sentinels;
 they skip locally when redis-server is missing and fail under CI. What they pin: a store built
-from a `redis+sentinel://` URL works, follows `SENTINEL FAILOVER` to the new primary within half a
-second of the Sentinels naming it (not the ~10 s the old primary keeps accepting writes), and a write refused
-by a read-only replica or a primary without its replicas is "unavailable, try again", never a
-plain store error. The RabbitMQ cluster test (slow) starts the whole testbed.
+from a `redis+sentinel://` URL works, follows `SENTINEL FAILOVER` to the new primary within
+half a second of the Sentinels naming it (not the ~10 s the old primary keeps accepting
+writes), and a write refused by a read-only replica or a primary without its replicas is
+"unavailable, try again", never a plain store error. The RabbitMQ cluster test (slow)
+starts the whole testbed.
 
 Run them alone: `.venv/bin/pytest -p no:randomly -n 0 tests/test_testbed.py`.
 """
