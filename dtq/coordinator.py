@@ -31,6 +31,7 @@ states of a dependency, a redelivered submission or completion of a forgotten ta
 
 from __future__ import annotations
 
+import hmac
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 
@@ -628,12 +629,15 @@ class Coordinator(Actor):
             self.started_at.pop(rec.id, None)
             rec = attrs.evolve(rec, worker=None)
         rec = rec.moved_to(S.DISPATCHED, now_ms=ctx.now_ms, attempt=attempt, epoch=ctx.epoch)
+        if rec.token is None:
+            rec = attrs.evolve(rec, token=f"{ctx.rng.getrandbits(64):016x}")
         self._put(rec, ctx)
         ctx.record("dispatched", task=rec.id, attempt=attempt, label=rec.spec.label)
         self._send_dispatch(rec, attempt, ctx)
 
     def _send_dispatch(self, rec: TaskRecord, attempt: int, ctx: Context) -> None:
-        dispatch = Dispatch(spec=rec.spec, attempt=attempt, reply_to=rec.reply_to)
+        dispatch = Dispatch(spec=rec.spec, attempt=attempt, reply_to=rec.reply_to,
+                            token=rec.token or "")
         ctx.send(self.config.work_queue, dispatch, attempt=attempt)
 
     # --- progress ---------------------------------------------------------------------------
@@ -671,6 +675,12 @@ class Coordinator(Actor):
         rec = self._get(msg.task_id, ctx)
         if rec is None:
             ctx.record("unexpected_completion", task=msg.task_id, attempt=msg.attempt)
+            return
+        if rec.token is not None and not hmac.compare_digest(msg.token, rec.token):
+            ctx.record("forged_completion_refused", task=rec.id, attempt=msg.attempt,
+                       worker=msg.worker, ok=msg.ok)
+            ctx.log.warning("a report of a task's end without the task's token refused",
+                            task=rec.id, attempt=msg.attempt, worker=msg.worker)
             return
         if rec.state is S.SUCCEEDED:
             self._release(rec, ctx, redrive=True)

@@ -65,6 +65,8 @@ class Dispatch(Message):
     spec: TaskSpec
     attempt: int
     reply_to: str | None = None
+    token: str = ""
+    """The task's token (`TaskRecord.token`): the worker's report of the end carries it."""
 
 
 @attrs.frozen(kw_only=True)
@@ -85,6 +87,9 @@ class Completed(Message):
     `TaskError(retry=False)`): no retry."""
     traceback: str | None = None
     """A failed attempt's traceback (bounded), kept with the task's record."""
+    token: str = ""
+    """The token of the dispatch the worker received: a report without the task's token is
+    refused as forged."""
 
 
 @attrs.frozen(kw_only=True)

@@ -56,12 +56,14 @@ INJECT_KINDS: Mapping[str, str] = {
     "dispatch_epoch": f"a forged Dispatch of a task nobody submitted, from epoch {FORGED_EPOCH}",
     "completed_unknown": "a Completed for a task nobody submitted",
     "completed_forged": "a Completed (success) for the workload's task `task`, from no worker",
+    "failed_forged": "a Completed (a failure that is not to be retried) for the workload's task "
+                     "`task`, from no worker",
     "heartbeat_unknown": "a Heartbeat from a worker that does not exist",
     "cancel_unknown": "a Cancel of a task nobody submitted",
 }
 """What `inject` can send (`message = "..."`), and what each one is."""
 QUEUES = (COORDINATOR_QUEUE, WORK_QUEUE, MAILBOX)
-NAMES_A_TASK = frozenset({"completed_forged"})
+NAMES_A_TASK = frozenset({"completed_forged", "failed_forged"})
 """Kinds about a real task, named by the fault's `task`."""
 DEFAULT_QUEUE = {"dispatch_epoch": WORK_QUEUE}
 """Where a kind goes without `queue`: a forged dispatch to the work queue, the rest to the
@@ -121,7 +123,9 @@ def forge(
     if raw is not None:
         return Forged(kind=kind, body=raw)
     if kind in NAMES_A_TASK:
-        claim = Completed(task_id=str(task), attempt=1, worker=INTRUDER, ok=True)
+        ok = kind == "completed_forged"
+        claim = Completed(task_id=str(task), attempt=1, worker=INTRUDER, ok=ok,
+                          permanent=not ok, error=None if ok else "forged")
         env = Envelope(id=f"{INTRUDER}.{kind}.{n}", sender=INTRUDER, target=target, body=claim)
         return Forged(kind=kind, body=(codec or Codec()).encode(env), about=task)
     task = injected_task_id(kind, n)

@@ -210,7 +210,8 @@ class ProcessRuntime:
                 if isinstance(body, Dispatch):
                     self._enqueue(_Local(message=Completed(
                         task_id=body.spec.id, attempt=body.attempt, worker=self.name, ok=False,
-                        error=f"its dispatch was refused: {reason}")), urgent=True)
+                        error=f"its dispatch was refused: {reason}", token=body.token)),
+                        urgent=True)
 
     def _enqueue(self, payload: Any, *, urgent: bool) -> None:
         item = _Item(payload)

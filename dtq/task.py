@@ -341,6 +341,10 @@ class TaskRecord:
     reply_to: str | None = None
     """The client waiting for the task's end, kept with the record so that whichever leader or
     worker ends the task tells it (written only when set, like `traceback`)."""
+    token: str | None = None
+    """A random value the leader gives the task at its first dispatch and sends with every
+    dispatch of it: a worker's report of its end must carry it, so a report forged by anyone
+    who never received a dispatch of the task is refused (written only when set)."""
 
     @property
     def id(self) -> str:
@@ -357,7 +361,7 @@ class TaskRecord:
             reason=reason if reason is not None else self.reason,
             epoch=self.epoch if epoch is None else epoch,
             worker=worker if worker is not None else self.worker, clock=self.clock,
-            traceback=self.traceback, reply_to=self.reply_to)
+            traceback=self.traceback, reply_to=self.reply_to, token=self.token)
 
     def to_json(self) -> dict[str, JSON]:
         out = {"spec": self.spec.to_json(), "state": self.state.value, "attempt": self.attempt,
@@ -369,6 +373,8 @@ class TaskRecord:
             out["traceback"] = self.traceback
         if self.reply_to is not None:
             out["reply_to"] = self.reply_to
+        if self.token is not None:
+            out["token"] = self.token
         return out
 
     @classmethod
@@ -377,7 +383,7 @@ class TaskRecord:
                    attempt=d["attempt"], updated_ms=d["updated_ms"], reason=d["reason"],
                    epoch=d.get("epoch", 0), worker=d.get("worker"),
                    clock=dict(d.get("clock") or {}), traceback=d.get("traceback"),
-                   reply_to=d.get("reply_to"))
+                   reply_to=d.get("reply_to"), token=d.get("token"))
 
 
 @attrs.frozen(kw_only=True)

@@ -70,6 +70,7 @@ class _Waiting:
     attempt: int
     epoch: int = 0
     reply_to: str | None = None
+    token: str = ""
     deliveries: list[DeliveryRef] = attrs.field(factory=list)
     clock: VectorClock = VectorClock()
     msgs: list[str] = attrs.field(factory=list)
@@ -95,6 +96,7 @@ class ResultStored(Message):
     result: TaskResult
     write: ResultWrite
     reply_to: str | None = None
+    token: str = ""
 
 
 @attrs.frozen(kw_only=True)
@@ -113,6 +115,8 @@ class _Running:
     attempt: int
     timer: int
     reply_to: str | None = None
+    token: str = ""
+    """The dispatch's task token, which every report of this run carries."""
 
 
 class Worker(Actor):
@@ -246,9 +250,10 @@ class Worker(Actor):
             return
         invalid = self._invalid(spec)
         if invalid is not None:
-            self._refuse_invalid(spec, attempt, invalid, ctx)
+            self._refuse_invalid(spec, attempt, invalid, ctx, msg.token)
             return
         ref = f"{spec.id}#{attempt}"
+        self._learn_token(ref, msg.token)
         if ref in self.running:  # a redelivery of a dispatch this worker is running
             self.running[ref].deliveries.append(ctx.hold())
             ctx.record("copy_held", task=spec.id, attempt=attempt, msg=_msg_id(ctx))
@@ -266,15 +271,26 @@ class Worker(Actor):
         stored = ctx.store.get_result(spec.id) if redelivered or attempt > 1 else None
         if stored is not None:
             ctx.record("already_done", task=spec.id, attempt=attempt, msg=_msg_id(ctx))
-            self._report(stored, ctx)
+            self._report(stored, ctx, token=msg.token)
             return
         if spec.type not in self.task_types:
-            self._fail(spec.id, attempt, f"unknown task type {spec.type!r} on {self.name}", ctx)
+            self._fail(spec.id, attempt, f"unknown task type {spec.type!r} on {self.name}", ctx,
+                       token=msg.token)
             return
         self.waiting[ref] = _Waiting(spec=spec, attempt=attempt, epoch=epoch,
-                                     reply_to=msg.reply_to)
+                                     reply_to=msg.reply_to, token=msg.token)
         self.waiting[ref].add(ctx)
         self._try_start(ref, ctx)
+
+    def _learn_token(self, ref: str, token: str) -> None:
+        """A copy of a dispatch this worker holds brings the task's token the first copy lacked
+        (that copy came from no leader: the simulator's early dispatches do)."""
+        if not token:
+            return
+        held = self.running.get(ref) or self.waiting.get(ref) \
+            or (self.queued[ref][0] if ref in self.queued else None)
+        if held is not None and not held.token:
+            held.token = token
 
     def _epoch_current(self, msg: Dispatch, epoch: int, ctx: Context) -> bool:
         """Is a dispatch's epoch (another than the one last confirmed) the store's? Below it:
@@ -319,7 +335,7 @@ class Worker(Actor):
         return None
 
     def _refuse_invalid(
-        self, spec: TaskSpec, attempt: int, invalid: ValidationError, ctx: Context,
+        self, spec: TaskSpec, attempt: int, invalid: ValidationError, ctx: Context, token: str,
     ) -> None:
         """A task that can never run fails for good; one whose id is not even valid is not
         reported (no record can hold it): the dispatch is dropped, and recorded."""
@@ -327,7 +343,7 @@ class Worker(Actor):
             ctx.record("invalid_dispatch_dropped", task=repr(spec.id)[:200], attempt=attempt,
                        reason=str(invalid), msg=_msg_id(ctx))
             return
-        self._fail(spec.id, attempt, f"rejected: {invalid}", ctx, permanent=True)
+        self._fail(spec.id, attempt, f"rejected: {invalid}", ctx, permanent=True, token=token)
 
     def _try_start(self, ref: str, ctx: Context) -> None:
         """Run the task if every dependency's result is visible at or before the dispatch's
@@ -396,7 +412,7 @@ class Worker(Actor):
         spec, attempt = w.spec, w.attempt
         timer = ctx.schedule(spec.timeout_ms, ExecutionTimeout(ref=ref))
         self.running[ref] = _Running(deliveries=w.deliveries, spec=spec, attempt=attempt,
-                                     timer=timer, reply_to=w.reply_to)
+                                     timer=timer, reply_to=w.reply_to, token=w.token)
         ctx.record("started", task=spec.id, attempt=attempt, label=spec.label, msgs=w.msgs,
                    epoch=w.epoch)
         if self.debug:
@@ -423,12 +439,12 @@ class Worker(Actor):
                          error=msg.error, permanent=msg.permanent,
                          traceback=(msg.traceback or "")[-LOGGED_TRACEBACK_CHARS:])
             self._fail(task_id, attempt, msg.error or "task raised", ctx,
-                       permanent=msg.permanent, traceback=msg.traceback)
+                       permanent=msg.permanent, traceback=msg.traceback, token=run.token)
         elif size < 0:
-            self._fail(task_id, attempt, "result is not JSON-serialisable", ctx)
+            self._fail(task_id, attempt, "result is not JSON-serialisable", ctx, token=run.token)
         elif size > self.max_result_bytes:
             self._fail(task_id, attempt, f"result of {size} bytes is over the cap of "
-                       f"{self.max_result_bytes} bytes", ctx)
+                       f"{self.max_result_bytes} bytes", ctx, token=run.token)
         else:
             if self.debug:
                 ctx.log.debug("task succeeded", task=task_id, attempt=attempt,
@@ -443,7 +459,8 @@ class Worker(Actor):
                             value=value, finished_ms=ctx.now_ms, clock=ctx.clock.as_dict())
         reply_to = run.reply_to
         ctx.store_result(result, ttl_ms=self.result_ttl_ms, notify=reply_to,
-                         then=lambda w: ResultStored(result=result, write=w, reply_to=reply_to))
+                         then=lambda w: ResultStored(result=result, write=w, reply_to=reply_to,
+                                                     token=run.token))
 
     @receive(ResultStored)
     def on_result_stored(self, msg: ResultStored, ctx: Context) -> None:
@@ -459,7 +476,8 @@ class Worker(Actor):
             ctx.record("duplicate_refused", task=task_id, attempt=attempt,
                        winner=write.stored.attempt)
         assert write.stored is not None
-        self._report(write.stored, ctx, notified=write.created and msg.reply_to is not None)
+        self._report(write.stored, ctx, token=msg.token,
+                     notified=write.created and msg.reply_to is not None)
 
     @receive(ExecutionTimeout)
     def on_timeout(self, msg: ExecutionTimeout, ctx: Context) -> None:
@@ -471,7 +489,8 @@ class Worker(Actor):
         timeout = run.spec.timeout_ms
         ctx.log.info("task timed out", task=run.spec.id, attempt=run.attempt,
                      type=run.spec.type, timeout_ms=timeout)
-        self._fail(run.spec.id, run.attempt, f"timed out after {timeout} ms", ctx)
+        self._fail(run.spec.id, run.attempt, f"timed out after {timeout} ms", ctx,
+                   token=run.token)
         for delivery in run.deliveries:
             ctx.ack(delivery)
 
@@ -483,28 +502,31 @@ class Worker(Actor):
             if self._start(ref, w, values, ctx):
                 return
 
-    def _report(self, stored: TaskResult, ctx: Context, *, notified: bool = False) -> None:
+    def _report(
+        self, stored: TaskResult, ctx: Context, *, token: str, notified: bool = False,
+    ) -> None:
         """Tell the leader the stored outcome, after what stored it (the stored result's
         clock: another attempt's, when this one lost the race). `notified`: the result write
         already told the waiting client (a hop sooner than the leader could)."""
         ctx.merge_clock(stored.clock)
         ctx.send(self.coordinator, Completed(task_id=stored.task_id, attempt=stored.attempt,
                                              worker=stored.worker, ok=stored.ok,
-                                             error=stored.error, notified=notified))
+                                             error=stored.error, notified=notified,
+                                             token=token))
         if self.debug:
             ctx.log.debug("task reported", task=stored.task_id, attempt=stored.attempt,
                           ok=stored.ok)
 
     def _fail(
         self, task_id: str, attempt: int, error: str, ctx: Context, *, permanent: bool = False,
-        traceback: str | None = None,
+        traceback: str | None = None, token: str = "",
     ) -> None:
         """Report a failed attempt (with its traceback, if it raised); a `permanent` failure is
         not retried by the leader."""
         ctx.record("attempt_failed", task=task_id, attempt=attempt, error=error)
         ctx.send(self.coordinator, Completed(task_id=task_id, attempt=attempt, worker=self.name,
                                              ok=False, error=error, permanent=permanent,
-                                             traceback=traceback))
+                                             traceback=traceback, token=token))
         if self.debug:
             ctx.log.debug("task reported", task=task_id, attempt=attempt, ok=False, error=error)
 

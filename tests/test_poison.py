@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import types
 import uuid
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,7 @@ def test_poison_messages_on_the_simulator() -> None:
     assert result.ok, s["violations"]
     assert s["tasks"]["succeeded"] == 40 and s["tasks"]["failed"] == 5
     injected = s["injected"]
-    assert injected["sent"] == 16 and injected["dead_lettered"] >= 5
+    assert injected["sent"] == 18 and injected["dead_lettered"] >= 5
     assert all(end.startswith("rejected: ") for end in injected["submissions"].values())
     assert not [e for e in result.events if e.kind in ("crash", "abdicated")]
     assert "5 of 5 forged submissions refused" in summary_lines(s)[0]
@@ -183,10 +184,7 @@ def test_a_success_recorded_on_a_forged_completion_is_a_violation() -> None:
     assert poison_violations(h.events, dead_lettered_min=None, crashes_max=None) == []
 
 
-@pytest.mark.xfail(strict=True, reason="the leader takes a worker's word for a success: a "
-                   "forged Completed makes a task succeeded before any worker ran it")
-def test_a_forged_completion_of_a_real_task_is_not_believed(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+FORGED_REPORT = """
 [cluster]
 workers = 2
 [workload]
@@ -197,13 +195,29 @@ interval_ms = 10
 [[fault]]
 at = 100
 action = "inject"
-message = "completed_forged"
+message = "{kind}"
 task = "task-00006"
 [expect]
 succeeded = 6
-""")
-    result = run_memory(load(path))
+"""
+
+
+@pytest.mark.parametrize("kind", ["completed_forged", "failed_forged"])
+def test_a_forged_report_of_a_real_tasks_end_is_not_believed(tmp_path: Path, kind: str) -> None:
+    result = run_memory(load(write(tmp_path, FORGED_REPORT.replace("{kind}", kind))))
     assert result.ok, result.summary["violations"]
+    [refused] = [e for e in result.events if e.kind == "forged_completion_refused"]
+    assert refused.data["task"] == "task-00006"
+
+
+@pytest.mark.parametrize("kind", ["completed_forged", "failed_forged"])
+def test_without_the_token_check_a_forged_report_is_believed(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("dtq.coordinator.hmac",
+                        types.SimpleNamespace(compare_digest=lambda a, b: True))
+    result = run_memory(load(write(tmp_path, FORGED_REPORT.replace("{kind}", kind))))
+    assert not result.ok
 
 
 def test_dead_letters_and_crashes_are_held_to_their_bounds() -> None:
@@ -278,5 +292,5 @@ def test_poison_messages_on_rabbitmq(
     s = json.loads(capsys.readouterr().out)
     assert code == 0, s["violations"]
     assert s["tasks"]["succeeded"] == 40 and s["tasks"]["failed"] == 5
-    assert s["injected"]["sent"] == 16 and s["injected"]["dead_lettered"] >= 5
+    assert s["injected"]["sent"] == 18 and s["injected"]["dead_lettered"] >= 5
     assert all(end.startswith("rejected: ") for end in s["injected"]["submissions"].values())
