@@ -45,6 +45,7 @@ from dtq.poison import expectation_texts, injections, record_injection, summary_
 from dtq.process import NodeConfig, broker_url, store_url
 from dtq.runner import (
     RunResult,
+    all_accepted,
     check_supported,
     coordinator_names,
     failure_lines,
@@ -341,8 +342,10 @@ class RealRun:
 
     def _fault(self, index: int, f: FaultSpec) -> None:
         targets = self._targets(f.target)
-        if f.params.get("when") == "busy" and not self._busy(targets) \
-                and self._now_ms() < self.scenario.expect.deadline_ms:
+        when = f.params.get("when")
+        not_yet = (when == "busy" and not self._busy(targets)) or (
+            when == "accepted" and not all_accepted(self.history.read_events(), self.scenario))
+        if not_yet and self._now_ms() < self.scenario.expect.deadline_ms:
             # Not yet: look again at the next step (the workers' store entries list what
             # they run from the moment they report a start).
             self._at(self._now_ms() + 1, functools.partial(self._fault, index, f))

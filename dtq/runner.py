@@ -225,10 +225,18 @@ def _busy(sim: Simulation, targets: list[str]) -> bool:
     return True
 
 
+def all_accepted(events: Sequence[Event], scenario: Scenario) -> bool:
+    """A leader has accepted as many tasks as the workload submits (`when = "accepted"`)."""
+    accepted = {e.data.get("task") for e in events if e.kind == "accepted"}
+    return len(accepted) >= len(plan(scenario, scenario.seed))
+
+
 def _play(sim: Simulation, scenario: Scenario, fault: FaultSpec) -> None:
     targets = resolve_target(sim, fault.target)
-    if fault.params.get("when") == "busy" and not _busy(sim, targets) \
-            and sim.now_ms < scenario.expect.deadline_ms:
+    when = fault.params.get("when")
+    not_yet = (when == "busy" and not _busy(sim, targets)) \
+        or (when == "accepted" and not all_accepted(sim.history.events, scenario))
+    if not_yet and sim.now_ms < scenario.expect.deadline_ms:
         sim.after(1, _play, sim, scenario, fault)  # look again after the next virtual ms
         return
     sim.history.record("sim", "fault", VectorClock(), {"action": fault.action, "targets": targets,

@@ -150,7 +150,9 @@ FAULT_KEYS = {"at": int, "action": str, "target": str, "duration": int, "from": 
               "latency": int, "jitter": int, "probability": float, "rate": int,
               "timeout": int, "average_size": int, "size_variation": int, "delay": int,
               "when": str}
-FAULT_WHEN = {"busy": "wait, from `at` on, until every target runs a task, then fire"}
+FAULT_WHEN = {"busy": "wait, from `at` on, until every target runs a task, then fire",
+              "accepted": "wait, from `at` on, until a leader has accepted every task of the "
+                          "workload, then fire"}
 STORE_KEYS = {"finished_records": int, "read_us_per_record": int}
 TOP_KEYS = {"name": str, "description": str, "seed": int, "cluster": dict, "network": dict,
             "crash_points": dict, "workload": dict, "fault": list, "expect": dict,
