@@ -77,6 +77,11 @@ def new_marker(ctx: Context) -> str:
     return f"{ctx.name}-{ctx.rng.getrandbits(64):016x}"
 
 
+def loading(coord: Coordinator) -> bool:
+    """The leader is still loading its view after a takeover (it holds only part of it)."""
+    return coord._load is not None
+
+
 def detected(
     coord: Coordinator, ctx: Context, where: str, unapplied: tuple[Write, ...] = (),
 ) -> None:
@@ -88,7 +93,7 @@ def detected(
         _report(ctx, {"lost": lost, "detected_by": where, "role": "standby",
                       "note": "waiting for the leader to re-seed the store"})
         return
-    if coord._load is not None:  # taking over: the records not loaded yet are gone
+    if loading(coord):  # taking over: the records not loaded yet are gone
         coord._abdicate(ctx, "the store lost its data while this leader was still loading its "
                         "view: it cannot re-seed what it never read")
         return

@@ -14,10 +14,12 @@ import attrs
 import pytest
 
 from dtq import recovery
+from dtq.coordinator import Coordinator, CoordinatorConfig
 from dtq.envelope import WORK_QUEUE
 from dtq.runner import RunResult, run_memory
 from dtq.scenario import load
-from dtq.task import TaskState
+from dtq.task import TaskRecord, TaskSpec, TaskState
+from tests.simkit import events, make_sim
 from transports.memory_store import SimStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -217,3 +219,74 @@ def test_a_new_leader_hands_out_again_a_dispatch_that_is_gone(
 
     monkeypatch.setattr(recovery, "sweep", lambda coord, msg, ctx: None)
     assert _run(**changes).summary["tasks"]["lost"] >= len(set(dropped))
+
+
+# --- what a re-seed may and may not claim -------------------------------------------------------
+
+
+def _loss_during_a_long_load() -> Any:
+    """5,000 tasks in flight at 400 us a record: a new leader loads its view for about 2 s, a
+    page at a time, and the store loses its data 1 s in."""
+    store = SimStore()
+    for i in range(5_000):
+        store.put_record(TaskRecord(spec=TaskSpec(id=f"t{i:05d}", type="echo"),
+                                    state=TaskState.DISPATCHED, attempt=1))
+    sim = make_sim(1, workers=1, coordinators=0, store=store)
+    sim.store_read_us = 400
+    sim.spawn("coordinator-1", lambda: Coordinator("coordinator-1",
+                                                   CoordinatorConfig(lease_ttl_ms=3000)))
+    sim.run(until_ms=1000)
+    assert not events(sim, "takeover_done"), "the load ended before the loss"
+    sim.lose_store_data()
+    sim.run(until_ms=6000)
+    return sim
+
+
+def test_a_leader_still_loading_its_view_steps_down_rather_than_reseed_a_part() -> None:
+    sim = _loss_during_a_long_load()
+    [stepped] = events(sim, "abdicated")
+    assert "still loading" in stepped.data["reason"]
+    assert not [e for e in events(sim, "store_data_lost") if e.data.get("recovered")]
+
+
+def test_without_the_step_down_a_partial_view_is_reported_as_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(recovery, "loading", lambda coord: False)
+    sim = _loss_during_a_long_load()
+    [report] = [e.data for e in events(sim, "store_data_lost") if e.data.get("recovered")]
+    assert report["tasks_kept"] < 5_000  # the rest vanished, reported as kept
+
+
+def _succeeded_without_a_record(seed: int) -> list[str]:
+    """Tasks a leader recorded succeeded after the store lost its data whose record the store
+    does not hold after the run (one that ended before the loss and was forgotten is gone with
+    it: the report says the re-seed kept finished tasks it held only)."""
+    scenario = load(SCENARIO)
+    kill, lose = scenario.faults  # the loss at times between submissions too
+    lose = attrs.evolve(lose, at_ms=lose.at_ms + seed % 40)
+    result = run_memory(attrs.evolve(scenario, faults=(kill, lose)), seed)
+    sim = result.sim
+    assert sim is not None
+    [wiped] = [i for i, e in enumerate(result.events) if e.kind == "store_data_wiped"]
+    ended = {e.data["task"] for e in result.events[wiped:] if e.kind == "succeeded"}
+    return sorted(t for t in ended if sim.store.get_task(t) is None)
+
+
+SEEDS = range(1, 41)
+
+
+def test_the_reseed_keeps_the_finished_records_of_the_refused_batch() -> None:
+    """The batch whose write the loss refused may end a task the leader then forgot (nothing
+    depended on it): its record is in no view, only in that batch."""
+    missing = {seed: _succeeded_without_a_record(seed) for seed in SEEDS}
+    assert not any(missing.values()), missing
+
+
+def test_without_the_refused_batch_a_finished_record_is_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reseed = recovery._reseed
+    monkeypatch.setattr(recovery, "_reseed", lambda coord, ctx, epoch, report, unapplied=():
+                        reseed(coord, ctx, epoch, report, ()))
+    assert any(_succeeded_without_a_record(seed) for seed in SEEDS)
