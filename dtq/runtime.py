@@ -183,7 +183,7 @@ class ProcessRuntime:
                         or time.monotonic() > drain_deadline:
                     break
             batch = self._take(self._timeout())
-            self._apply([self._handle(item) for item in batch])
+            self._apply(self._handle_all(batch))
             self._fire_due()
         return self._shutdown()
 
@@ -383,15 +383,39 @@ class ProcessRuntime:
     def _record_threadsafe(self, kind: str, data: Mapping[str, Any]) -> None:
         self.record(self.name, kind, VectorClock(), data)
 
+    def _handle_all(self, batch: list[Any]) -> list[tuple[Effects | None, Delivery | None]]:
+        """Handle a batch; a timer that falls due meanwhile (the leader's lease renewal, a
+        heartbeat) fires between two items, in its place in the batch, rather than after a
+        batch that may take longer than the lease lets a leader act. Its effects are applied
+        with the batch's, in that order."""
+        results = []
+        for item in batch:
+            results.append(self._handle(item))
+            if self._timers and self._timers[0][0] <= time.monotonic():
+                results += [(fx, None) for fx in self._due()]
+        return results
+
+    def _due(self) -> list[Effects | None]:
+        """Fire the timers due now; their effects, in order."""
+        fired = []
+        while (due := self._fire_one()) is not None:
+            fired.append(due[0])
+        return fired
+
     def _fire_due(self) -> None:
-        now = time.monotonic()
-        while self._timers and self._timers[0][0] <= now and self._exit is None:
+        while (due := self._fire_one()) is not None:
+            self._apply([(due[0], None)])
+
+    def _fire_one(self) -> tuple[Effects | None] | None:
+        """Fire the earliest timer due now (dropping cancelled ones): (its effects,), or None
+        when none is due."""
+        while self._timers and self._timers[0][0] <= time.monotonic() and self._exit is None:
             _, _, tid, message = heapq.heappop(self._timers)
             if tid in self._cancelled:
                 self._cancelled.discard(tid)
                 continue
-            fire = functools.partial(self.cell.fire, message, self._now())
-            self._apply([(self._guard(fire), None)])
+            return (self._guard(functools.partial(self.cell.fire, message, self._now())),)
+        return None
 
     # --- stopping ---------------------------------------------------------------------------
 
