@@ -69,6 +69,15 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _soak(args: argparse.Namespace) -> int:
+    from dtq.bench.soak import soak
+
+    result = soak(args.minutes, args.rate, args.retention_s)
+    if args.json:
+        print(json.dumps(result, default=str))
+    return 1 if result["lost"] or result["duplicated_notices"] else 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from dtq.bench import report
 
@@ -145,6 +154,15 @@ def configure(bsub: Sub) -> None:
                    "failover, reassign, scaling, memory, profile")
     p.add_argument("--no-png", action="store_true", help="skip the chart")
     p.set_defaults(func=_all)
+    soak = _add(bsub, "soak", "a steady mixed load on two coordinators and three workers for "
+                "a set time, with a worker killed every 45 s, the leader every 3 minutes and "
+                "one worker frozen for 20 s: memory, queues, latency per minute, and every "
+                "submission accounted (not part of CI; 15 minutes by default)")
+    soak.add_argument("--minutes", type=float, default=15, help="duration (default 15)")
+    soak.add_argument("--rate", type=int, default=160, help="tasks a second (default 160)")
+    soak.add_argument("--retention-s", type=int, default=180,
+                      help="the namespace's retention of finished tasks (default 180)")
+    soak.set_defaults(func=_soak)
     r = _add(bsub, "report", "rewrite latest.md and the chart from latest.json", "out",
              json_flag=False)
     r.add_argument("--no-png", action="store_true", help="skip the chart")
