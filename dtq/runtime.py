@@ -34,6 +34,7 @@ from typing import Any
 import attrs
 import structlog
 
+from dtq import stagemarks
 from dtq.actor import Actor, ActorCell, DeliveryRef, Effects, Execution, Timer
 from dtq.clock import VectorClock
 from dtq.effectplan import CRASH_AFTER, Plan
@@ -488,10 +489,18 @@ class _ProcessEffects:
         self.outgoing: list[Outgoing] = []
 
     def write(self, writes: Sequence[Write], epoch: int) -> object:
-        return self.rt._apply_waiting(writes, epoch)
+        stagemarks.mark("write")
+        try:
+            return self.rt._apply_waiting(writes, epoch)
+        finally:
+            stagemarks.mark("written")
 
     def put_results(self, items: Sequence[ResultItem]) -> list[ResultWrite]:
-        return self.rt.store.put_results(items)
+        stagemarks.mark("result")
+        try:
+            return self.rt.store.put_results(items)
+        finally:
+            stagemarks.mark("result_done")
 
     def fire(self, message: Message) -> Effects | None:
         rt = self.rt

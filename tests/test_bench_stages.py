@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from dtq import stagemarks
 from dtq.bench import stages
 from dtq.bench.stages import Mark, Marker, load, round_trips, summarise, table
+from dtq.runtime import ProcessRuntime
 
 
 def _trip(t0: float, *, completion_first: bool) -> list[Mark]:
@@ -74,36 +76,41 @@ def test_an_incomplete_round_trip_is_left_out() -> None:
     assert summarise([]) == {"round_trips": 0}
 
 
-def test_marker_wraps_marks_and_puts_the_original_back(tmp_path: Path) -> None:
-    class Thing:
-        def work(self, x: int) -> int:
-            return x * 2
-
-    original = Thing.work
+def test_the_marker_writes_marks_that_load_reads(tmp_path: Path) -> None:
     marker = Marker(tmp_path)
-    marker.wrap(Thing, "work", lambda _self, x: marker.mark("begin", [b"Work"]),
-                lambda _self, x: marker.mark("end"))
-    assert Thing().work(21) == 42
-    marker.uninstall()
-    assert Thing.work is original
+    marker("begin", [b"Work"])
+    marker("end")
+    marker.close()
     marks = load(tmp_path, {})
     assert [(m.stage, m.kinds) for m in marks] == [("begin", frozenset({"Work"})),
                                                     ("end", frozenset())]
     assert marks[0].role.startswith("pid-") and marks[0].t <= marks[1].t
 
 
-def test_install_wraps_the_marked_methods_and_uninstall_restores_them(tmp_path: Path) -> None:
+def test_the_runtime_marks_a_fenced_write_only_with_a_sink_set(tmp_path: Path) -> None:
+    """The hook is called by the code production runs (the runtime's effect primitives); with
+    no sink it records nothing."""
     from dtq.runtime import _ProcessEffects
-    from transports.rabbitmq import RabbitTransport
-    from transports.redis import RedisStore
+    from dtq.store import PutTask
+    from dtq.task import TaskRecord, TaskSpec
+    from tests.test_runtime_timers import _SlowHandler, _StubTransport
+    from transports.memory_store import SimStore
 
-    before = [RabbitTransport._flush, RabbitTransport._on_message, _ProcessEffects.write,
-              RedisStore.put_results]
+    store = SimStore()
+    runtime = ProcessRuntime(_SlowHandler(), transport=_StubTransport(),  # type: ignore[arg-type]
+                             store=store)
+    epoch = store.acquire_lease("coordinator", "slow", 10_000)
+    assert epoch is not None
+    write = [PutTask(record=TaskRecord(spec=TaskSpec(id="t", type="echo"), epoch=epoch))]
+    _ProcessEffects(runtime).write(write, epoch)
+    assert not stagemarks.enabled() and not list(tmp_path.iterdir())
     marker = stages.install(tmp_path)
-    assert RabbitTransport._flush is not before[0]
-    marker.uninstall()
-    assert [RabbitTransport._flush, RabbitTransport._on_message, _ProcessEffects.write,
-            RedisStore.put_results] == before
+    try:
+        _ProcessEffects(runtime).write(write, epoch)
+    finally:
+        marker.close()
+    assert [m.stage for m in load(tmp_path, {})] == ["write", "written"]
+    assert not stagemarks.enabled()
 
 
 def test_cpu_meter_counts_the_ticks_a_process_spends() -> None:

@@ -67,6 +67,7 @@ try:  # pika's own classes, for the direct writes below (without them, pika's us
 except ImportError:  # pragma: no cover - a pika that moved them
     EPollPoller = _AsyncPlaintextTransport = None
 
+from dtq import stagemarks
 from dtq.envelope import COORDINATOR_QUEUE, WORK_QUEUE
 from dtq.errors import ConnectionLost
 from dtq.transport import BUNDLE_HEADER, DEAD_QUEUE, Delivery, Outgoing, queue_name
@@ -440,6 +441,8 @@ class RabbitTransport:
         self, ch: pika.channel.Channel, method: pika.spec.Basic.Deliver,
         props: pika.spec.BasicProperties, body: bytes,
     ) -> None:
+        if stagemarks.enabled():
+            stagemarks.mark("receive", stagemarks.kinds([body]))
         queue = self._consumer_tags.get(method.consumer_tag or "", "")
         headers = dict(props.headers or {})
         tag = method.delivery_tag or 0
@@ -519,6 +522,8 @@ class RabbitTransport:
         ch = self._channel
         if ch is None or not self.ready.is_set():
             return
+        if stagemarks.enabled() and self._outbox:
+            stagemarks.mark("publish", stagemarks.kinds(m.body for m, _ in list(self._outbox)))
         while True:
             with self._lock:
                 if not self._outbox:

@@ -6,10 +6,11 @@ passes: the client publishes its Submit; the leader receives it, writes the task
 publishes the Dispatch; a worker receives it, runs the task and writes the result, whose script
 publishes the notice the client hears. Each process appends its marks to a file of its own.
 
-The marks come from wrapping a few methods (`install`) in every process of the run, only when
-the benchmark asks for it through the environment (`STAGES_ENV`, read by `dtq.process`): a
-normal run is not touched. A mark costs a few microseconds; the round trip measured here is
-that much slower than in `dtq bench latency`.
+The marks come from the `dtq.stagemarks` hook the runtime and the RabbitMQ transport call at
+those points; its sink is set (`install`) in every process of the run only when the benchmark
+asks for it through the environment (`STAGES_ENV`, read by `dtq.process`): in a normal run a
+mark does nothing. A mark costs a few microseconds; the round trip measured here is that much
+slower than in `dtq bench latency`.
 
 Beside it, the same loop on bare pika (`bare_round_trip`): a persistent message through two
 durable queues and back, with publisher confirms, between two processes. That is the floor
@@ -32,6 +33,7 @@ from typing import Any
 
 import attrs
 
+from dtq import stagemarks
 from dtq.bench.cpu import CpuMeter, service_pids
 from dtq.benchreal import percentile
 from dtq.envelope import Finished
@@ -55,61 +57,26 @@ class Mark:
 
 
 class Marker:
-    """Appends this process's marks to `folder/<pid>.marks`; `uninstall` ends it."""
+    """Appends this process's marks to `folder/<pid>.marks` (a `dtq.stagemarks` sink)."""
 
     def __init__(self, folder: str | Path) -> None:
         self._out = (Path(folder) / f"{os.getpid()}.marks").open("a", buffering=1)
         self._lock = threading.Lock()
-        self._originals: list[tuple[type, str, Any]] = []
 
-    def mark(self, stage: str, kinds: Collection[bytes] = ()) -> None:
+    def __call__(self, stage: str, kinds: Collection[bytes] = ()) -> None:
         line = f"{time.monotonic():.7f} {stage} {','.join(sorted(k.decode() for k in kinds))}\n"
         with self._lock:
             self._out.write(line)
 
-    def wrap(self, cls: type, name: str, before: Callable[..., None],
-             after: Callable[..., None] | None = None) -> None:
-        """Replace `cls.name` with a version that calls `before` (and `after`) around it."""
-        orig = getattr(cls, name)
-        self._originals.append((cls, name, orig))
-
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            before(*args)
-            try:
-                return orig(*args, **kwargs)
-            finally:
-                if after is not None:
-                    after(*args)
-
-        setattr(cls, name, wrapper)
-
-    def uninstall(self) -> None:
-        for cls, name, orig in reversed(self._originals):
-            setattr(cls, name, orig)
-        self._originals.clear()
+    def close(self) -> None:
+        stagemarks.set_sink(None)
         self._out.close()
 
 
 def install(folder: str | Path) -> Marker:
-    """Wrap the methods a round trip passes through so that each call marks this process's
-    file in `folder`."""
-    from dtq.runtime import _ProcessEffects
-    from transports.rabbitmq import RabbitTransport
-    from transports.redis import RedisStore
-
+    """Mark this process's stages (`dtq.stagemarks`) into its file in `folder`."""
     m = Marker(folder)
-    mark, wrap = m.mark, m.wrap
-
-    def publishing(transport: Any) -> None:
-        kinds = {k for m, _ in list(transport._outbox) for k in _KIND.findall(m.body)}
-        if kinds:
-            mark("publish", kinds)
-
-    wrap(RabbitTransport, "_flush", publishing)
-    wrap(RabbitTransport, "_on_message",
-         lambda _t, _ch, _m, _p, body: mark("receive", set(_KIND.findall(body))))
-    wrap(_ProcessEffects, "write", lambda *_: mark("write"), lambda *_: mark("written"))
-    wrap(RedisStore, "put_results", lambda *_: mark("result"), lambda *_: mark("result_done"))
+    stagemarks.set_sink(m)
     return m
 
 
@@ -262,7 +229,7 @@ def measure(n: int = 300, workers: int = 2, warmup: int = 20) -> dict[str, Any]:
 
     class MarkedClient(DtqClient):
         def _finished(self, msg: Finished) -> None:
-            marker.mark("notice")
+            marker("notice")
             super()._finished(msg)
 
     with tempfile.TemporaryDirectory(prefix="dtq-stages-") as tmp:
@@ -278,16 +245,16 @@ def measure(n: int = 300, workers: int = 2, warmup: int = 20) -> dict[str, Any]:
                 try:
                     for i in range(warmup + n):
                         if i == warmup:
-                            marker.mark("measuring")
+                            marker("measuring")
                             meter.start()
-                        marker.mark("submit")
+                        marker("submit")
                         client.wait(client.submit(), 30)
-                        marker.mark("woken")
+                        marker("woken")
                     cpu = meter.stop(n)
                 finally:
                     client.submitter.close()
         finally:
-            marker.uninstall()
+            marker.close()
         marks = load(Path(tmp), roles)
     begin = next(m.t for m in marks if m.stage == "measuring")
     return {**summarise(round_trips([m for m in marks if m.t > begin])), "cpu": cpu}
