@@ -211,3 +211,54 @@ def test_redis_keeps_a_finished_task_that_an_unfinished_one_depends_on(
     redis_store.apply([PutTask(record=_rec("waits", S.FAILED))], epoch=0)
     assert redis_store.purge(everything=True) == 2
     assert redis_store.scan_tasks() == []
+
+
+# --- idempotency keys and once-markers ----------------------------------------------------------
+
+
+def _keyed(store: SimStore | RedisStore) -> None:
+    """A finished task submitted with an idempotency key, and the key claimed for it."""
+    spec = TaskSpec(id="keyed-1", type="echo", idempotency_key="order-7")
+    store.claim_key("order-7", "keyed-1", "fp")
+    store.apply([PutTask(record=TaskRecord(spec=spec, state=S.SUCCEEDED))], epoch=0)
+
+
+def test_sim_store_frees_an_idempotency_key_with_its_expired_task() -> None:
+    store = SimStore()
+    _keyed(store)
+    assert store.claim_key("order-7", "other", "fp2") == ("keyed-1", "fp")
+    assert store.expire(limit=None, everything=True) == 1
+    assert store.claim_key("order-7", "keyed-2", "fp2") == ("keyed-2", "fp2")
+
+
+def test_redis_store_frees_an_idempotency_key_with_its_expired_task(
+    redis_store: RedisStore,
+) -> None:
+    _keyed(redis_store)
+    assert redis_store.claim_key("order-7", "other", "fp2") == ("keyed-1", "fp")
+    assert redis_store.purge(everything=True) == 1
+    assert redis_store.claim_key("order-7", "keyed-2", "fp2") == ("keyed-2", "fp2")
+
+
+def test_sim_store_once_marks_expire_after_the_retention() -> None:
+    now = [0]
+    store = SimStore(lambda: now[0])
+    store.retention_ms = 1000
+    assert store.once_begin("k", "t#1") == "new"
+    store.once_done("k", "t#1")
+    now[0] = 999
+    assert store.once_begin("k", "t#2") == "done"
+    now[0] = 1000
+    assert store.once_begin("k", "t#2") == "new"
+
+
+def test_redis_store_once_marks_expire_after_the_retention(redis_store: RedisStore) -> None:
+    redis_store.set_retention_ms(60_000)
+    assert redis_store.once_begin("k", "t#1") == "new"
+    key = redis_store._k("once", "k")
+    assert 0 < redis_store.client.pttl(key) <= 60_000
+    redis_store.once_done("k", "t#1")
+    assert 0 < redis_store.client.pttl(key) <= 60_000
+    redis_store.set_retention_ms(0)  # kept forever
+    redis_store.once_done("k2", "t#1")
+    assert redis_store.client.pttl(redis_store._k("once", "k2")) == -1

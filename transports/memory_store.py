@@ -45,8 +45,9 @@ class SimStore:
         self.edges: dict[str, tuple[str, ...]] = {}
         self.keys: dict[str, tuple[str, str]] = {}
         self.results: dict[str, tuple[TaskResult, int | None]] = {}
-        self.once_marks: dict[str, tuple[str, str]] = {}
-        """once key -> ("begun" or "done", the run that marked it)"""
+        self.once_marks: dict[str, tuple[str, str, int | None]] = {}
+        """once key -> ("begun" or "done", the run that marked it, when the mark expires: the
+        namespace's retention after it was last set; None: kept)"""
         self.leases: dict[str, Lease] = {}
         self.epochs: dict[str, int] = {}
         self.worker_info: dict[str, WorkerInfo] = {}
@@ -123,7 +124,10 @@ class SimStore:
                 self.expiry[tid] = now + self.retention_ms
         for tid in gone:
             del self.expiry[tid]
-            self.tasks.pop(tid, None)
+            record = self.tasks.pop(tid, None)
+            key = record.spec.idempotency_key if record is not None else None
+            if key is not None and self.keys.get(key, ("",))[0] == tid:
+                del self.keys[key]  # the key may name a new task again
             i = bisect.bisect_left(self._ids, tid)
             if i < len(self._ids) and self._ids[i] == tid:
                 self._ids.pop(i)
@@ -196,16 +200,26 @@ class SimStore:
         return {t: r for t, r in found.items() if r is not None}
 
     def once_begin(self, key: str, owner: str) -> OnceState:
-        held = self.once_marks.get(key)
+        held = self._once_mark(key)
         if held is not None and held[0] == "done":
             return "done"
-        self.once_marks[key] = ("begun", owner)
+        self.once_marks[key] = ("begun", owner, self._once_expiry())
         return "new" if held is None else "in_doubt"
 
     def once_done(self, key: str, owner: str) -> None:
-        held = self.once_marks.get(key)
+        held = self._once_mark(key)
         if held is None or held[0] != "done":
-            self.once_marks[key] = ("done", owner)
+            self.once_marks[key] = ("done", owner, self._once_expiry())
+
+    def _once_mark(self, key: str) -> tuple[str, str, int | None] | None:
+        held = self.once_marks.get(key)
+        if held is not None and held[2] is not None and self.now_ms() >= held[2]:
+            del self.once_marks[key]
+            return None
+        return held
+
+    def _once_expiry(self) -> int | None:
+        return self.now_ms() + self.retention_ms if self.retention_ms > 0 else None
 
     # leases and fencing ---------------------------------------------------------------------
     def acquire_lease(

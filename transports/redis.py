@@ -19,8 +19,9 @@ Redis server, not Redis Cluster):
     deps:ID                  zset  dependents of ID, score = insertion index
     settings                 hash  namespace settings: retention_ms (dtq.store.DEFAULT_RETENTION_MS)
     expiry                   zset  finished task id -> when its state expires (ms)
-    key:K, result:ID         string first-writer-wins values
-    once:K                   string 'b' or 'd' (begun, done) then the run that marked it
+    key:K, result:ID         string first-writer-wins values (removed with their task)
+    once:K                   string 'b' or 'd' (begun, done) then the run that marked it;
+                                    expires after the retention
     lease:N, epoch:N         string lease {"holder", "epoch"} with PX; epoch counter
     incarnation              string the namespace's incarnation marker (set once, if absent)
     data_loss                list  NoteDataLoss reports (JSON), oldest first
@@ -93,7 +94,8 @@ _HMGET_CHUNK = 1000
 _SCAN_COUNT = 1000
 
 # Removes the finished tasks of prefix `p` whose expiry (zset `expiry`, ms) is at most `upto`, at
-# most `limit` of them: record, indexes, dependency key, result. A task that an unfinished task
+# most `limit` of them: record, indexes, dependency key, result, and the idempotency key that
+# names the task. A task that an unfinished task
 # depends on is kept (a leader may read its state when that one's dependencies are checked): its
 # expiry moves to `later` (0: it is kept until a purge). Returns how many were removed. Lua
 # source, for APPLY and PURGE.
@@ -131,6 +133,19 @@ local function expire_one(p, id)
     end
     redis.call('ZREM', p .. 'idx:all', id)
     redis.call('ZREM', p .. 'expiry', id)
+    local raw = redis.call('HGET', p .. 'task', id)
+    if raw then
+      local ok, rec = pcall(cjson.decode, raw)
+      local key = ok and type(rec) == 'table' and type(rec.spec) == 'table'
+        and rec.spec.idempotency_key
+      if type(key) == 'string' then
+        local held = redis.call('GET', p .. 'key:' .. key)
+        local bound_ok, bound = pcall(cjson.decode, held or '[]')
+        if bound_ok and type(bound) == 'table' and bound[1] == id then
+          redis.call('DEL', p .. 'key:' .. key)  -- the key may name a new task again
+        end
+      end
+    end
     for _, h in ipairs({'task', 'task:state', 'task:type', 'task:attempt'}) do
       redis.call('HDEL', p .. h, id)
     end
@@ -310,16 +325,21 @@ ONCE_BEGIN_LUA = """
 local held = redis.call('GET', KEYS[1])
 if held and string.sub(held, 1, 1) == 'd' then return 'done' end
 redis.call('SET', KEYS[1], 'b' .. ARGV[1])
+local keep = tonumber(redis.call('HGET', KEYS[2], 'retention_ms') or 'DEFAULT_RETENTION')
+if keep > 0 then redis.call('PEXPIRE', KEYS[1], keep) end
 if held then return 'in_doubt' end
 return 'new'
-"""
+""".replace("DEFAULT_RETENTION", str(DEFAULT_RETENTION_MS))
 # Done (ARGV[1] the run): marks the key done unless it is done already (the first owner stays).
+# Either mark expires after the namespace's retention (KEYS[2] its settings; 0: kept).
 ONCE_DONE_LUA = """
 local held = redis.call('GET', KEYS[1])
 if held and string.sub(held, 1, 1) == 'd' then return 0 end
 redis.call('SET', KEYS[1], 'd' .. ARGV[1])
+local keep = tonumber(redis.call('HGET', KEYS[2], 'retention_ms') or 'DEFAULT_RETENTION')
+if keep > 0 then redis.call('PEXPIRE', KEYS[1], keep) end
 return 1
-"""
+""".replace("DEFAULT_RETENTION", str(DEFAULT_RETENTION_MS))
 
 # Tasks' results, in order: first writer wins, and a late attempt loses, as does any attempt of
 # a task the leader ended failed or cancelled (its client was told that end). KEYS[1] the hash
@@ -869,14 +889,15 @@ class RedisStore:
     def once_begin(self, key: str, owner: str) -> OnceState:
         # A retry after a lost reply that did mark finds its own begun mark: "in_doubt", which
         # is safe (the effect runs, as after any begun mark never recorded done).
-        keys = [self._k("once", key)]
+        keys = [self._k("once", key), self._k("settings")]
         state = _text(_retrying("once_begin", lambda _: self._once_begin(keys, [owner])))
         if state not in ("new", "in_doubt", "done"):
             raise StoreError(f"redis once_begin: unexpected reply {state!r}")
         return cast(OnceState, state)
 
     def once_done(self, key: str, owner: str) -> None:
-        _retrying("once_done", lambda _: self._once_done([self._k("once", key)], [owner]))
+        _retrying("once_done", lambda _: self._once_done([self._k("once", key),
+                                                          self._k("settings")], [owner]))
 
     # leases and fencing ---------------------------------------------------------------------
     def acquire_lease(
