@@ -7,7 +7,7 @@
     GET    /tasks/{id}/result   its result (409 `not_finished` until it is final)      200
     DELETE /tasks/{id}          cancel a task that has not started                     202
     GET    /cluster             leader, epoch, workers, queue depths                   200
-    GET    /healthz, /readyz    the process is up; the store and broker answer         200/503
+    GET    /healthz, /readyz    the process is up; the cluster can run what is sent   200/503
     GET    /openapi.json, /docs the description and interactive documentation
 
 With tokens, every route but /healthz and /readyz needs `Authorization: Bearer <token>`, else 401
@@ -153,7 +153,8 @@ def _add_cluster_routes(app: FastAPI, backend: ApiBackend) -> None:
     def healthz() -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
-    @app.get("/readyz", summary="The store and the broker can be reached", tags=["cluster"],
+    @app.get("/readyz", summary="The store and the broker can be reached, a leader holds the "
+             "lease and a worker sent a heartbeat lately", tags=["cluster"],
              responses=responses(200, "Status", "Ready", 503))
     def readyz() -> JSONResponse:
         why = views.not_ready(backend, watch)

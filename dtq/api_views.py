@@ -124,9 +124,16 @@ def list_tasks(
             "next_cursor": recs[-1].id if more else None}
 
 
-def worker_json(info: WorkerInfo) -> dict[str, Any]:
+WORKER_SILENT_MS = 5000
+"""A worker whose last heartbeat is older than this (the failure detector's default timeout) is
+shown `silent`: its entry stays in the store after it dies, and only it ever wrote its state."""
+
+
+def worker_json(info: WorkerInfo, now_ms: int) -> dict[str, Any]:
+    age = max(0, now_ms - info.last_heartbeat_ms)
     return {"name": info.name, "last_heartbeat_ms": info.last_heartbeat_ms,
-            "state": info.state, "running": list(info.running)}
+            "heartbeat_age_ms": age, "state": "alive" if age <= WORKER_SILENT_MS else "silent",
+            "running": list(info.running)}
 
 
 class StoreWatch:
@@ -189,18 +196,28 @@ def cluster_json(backend: ApiBackend, watch: StoreWatch | None = None) -> dict[s
     lease = store.lease(LEADER_LEASE)
     leader = None if lease is None else {"name": lease.holder, "epoch": lease.epoch,
                                          "lease_expires_ms": lease.expires_ms}
+    now = backend.now_ms()
     return {"leader": leader, "epoch": store.epoch(LEADER_LEASE),
-            "workers": [worker_json(w) for w in store.workers()],
-            "queues": backend.queue_depths(), "now_ms": backend.now_ms(),
+            "workers": [worker_json(w, now) for w in store.workers()],
+            "queues": backend.queue_depths(), "now_ms": now,
             "store": (watch or StoreWatch()).state(backend)}
 
 
 def not_ready(backend: ApiBackend, watch: StoreWatch) -> str | None:
-    """Why the cluster is not ready (None: ready): the store or the broker cannot be reached,
-    or the store's data was lost and nobody has recovered it yet."""
+    """Why the cluster is not ready to run what is submitted (None: ready): the store or the
+    broker cannot be reached, the store's data was lost and nobody has recovered it yet, no
+    coordinator holds the leader lease, or no worker sent a heartbeat lately."""
     try:
         if not backend.ready():
             return "the store or the broker cannot be reached"
-        return watch.blocks_readiness(backend)
+        lost = watch.blocks_readiness(backend)
+        if lost is not None:
+            return lost
+        if backend.store.lease(LEADER_LEASE) is None:
+            return "no leader: no coordinator holds the lease (none running, or a failover)"
+        now = backend.now_ms()
+        if not any(now - w.last_heartbeat_ms <= WORKER_SILENT_MS for w in backend.store.workers()):
+            return f"no worker sent a heartbeat in the last {WORKER_SILENT_MS} ms"
+        return None
     except Exception:  # a readiness probe answers; it does not fail
         return "the store or the broker cannot be reached"

@@ -12,8 +12,10 @@ import httpx
 import pytest
 
 from dtq.api import create_app
+from dtq.api_views import WORKER_SILENT_MS
 from dtq.apibackend import SimBackend
 from dtq.errors import ConnectionLost, StoreUnavailable
+from dtq.store import WorkerInfo
 from dtq.task import MAX_PAYLOAD_BYTES, id_for_key
 from dtq.tasktypes import load_task_types
 
@@ -346,6 +348,22 @@ def test_the_cluster_view_shows_the_leader_and_queues(api: Api) -> None:
     assert isinstance(view["workers"], list)
     assert api.http.get("/healthz").json() == {"status": "ok"}
     assert api.http.get("/readyz").json() == {"status": "ready"}
+
+
+def test_a_worker_gone_silent_is_shown_silent_and_readiness_needs_a_leader(api: Api) -> None:
+    with api.backend.lock:
+        store = api.backend.sim.store
+        now = api.backend.sim.now_ms
+        store.put_worker(WorkerInfo(name="ghost", last_heartbeat_ms=now - WORKER_SILENT_MS - 1))
+    workers = {w["name"]: w for w in api.http.get("/cluster").json()["workers"]}
+    assert workers["ghost"]["state"] == "silent"
+    assert workers["ghost"]["heartbeat_age_ms"] > WORKER_SILENT_MS
+    assert [w["state"] for n, w in workers.items() if n != "ghost"] == ["alive"] * (
+        len(workers) - 1) and len(workers) > 1
+    with api.backend.lock:
+        store.leases.clear()  # no coordinator holds the lease (until its next try)
+    error(api.http.get("/readyz"), 503, "not_ready")
+    assert "no leader" in api.http.get("/readyz").json()["error"]["message"]
 
 
 def test_queue_depths_count_waiting_submissions(paused: Api) -> None:

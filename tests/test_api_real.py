@@ -73,7 +73,7 @@ def real(rabbitmq_url: str, redis_url: str) -> Iterator[RealApi]:
 def test_the_main_flow_over_http_on_rabbitmq_and_redis(real: RealApi) -> None:
     c = real.client
     wait_until(real.has_leader, 30, "a leader")
-    assert c.ready()
+    wait_until(c.ready, 30, "the cluster to be ready (a leader and a worker's heartbeat)")
     cluster = c.cluster()
     assert cluster["leader"]["name"] == "coordinator-1" and cluster["epoch"] >= 1
     assert set(cluster["queues"]) == {"coordinator", "work", "dead"}

@@ -129,6 +129,7 @@ def test_a_namespace_started_again_unreported_is_ready_and_said_lost() -> None:
         "message"]
     with api.backend.lock:
         assert store.acquire_lease(LEADER_LEASE, "unaware", 60_000) is not None
+        store.put_worker(WorkerInfo(name="worker-1", last_heartbeat_ms=api.backend.sim.now_ms))
     assert api.http.get("/readyz").status_code == 200
     said = api.http.get("/cluster").json()["store"]["data_lost"]
     assert before in said and "accepted before are lost" in said
