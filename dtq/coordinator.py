@@ -363,7 +363,7 @@ class Coordinator(Actor):
             if rec is None or rec.attempt != int(attempt) or not self._acting(ctx):
                 continue
             if rec.state is S.DISPATCHED:
-                self._put(rec.moved_to(S.RUNNING, now_ms=ctx.now_ms, worker=msg.worker), ctx)
+                self._put(rec.moved_to(S.RUNNING, now_ms=ctx.wall_ms, worker=msg.worker), ctx)
             if task_id not in self.started_at:
                 self.running_on[msg.worker].add(task_id)
                 self.started_at[task_id] = sent_at
@@ -583,7 +583,7 @@ class Coordinator(Actor):
         except ValueError:
             record = False
         if record:
-            self._put(TaskRecord(spec=safe, state=S.FAILED, updated_ms=ctx.now_ms,
+            self._put(TaskRecord(spec=safe, state=S.FAILED, updated_ms=ctx.wall_ms,
                                  reason=reason, epoch=ctx.epoch), ctx)
         self._ended("rejected", task_id, ctx, reason=reason)
         if record:
@@ -595,14 +595,14 @@ class Coordinator(Actor):
             self._reject(spec, f"rejected: unknown dependency {missing[0]} "
                          "(never submitted or expired)", ctx)
             return
-        rec = TaskRecord(spec=spec, updated_ms=ctx.now_ms, epoch=ctx.epoch,
+        rec = TaskRecord(spec=spec, updated_ms=ctx.wall_ms, epoch=ctx.epoch,
                          reply_to=self.reply_to.pop(spec.id, None))
         ended = dag.ended_dependency(spec.deps, lambda d: self._state_of(d, ctx))
         if ended is None:
             state, reason = dag.readiness(spec.deps, lambda d: self._state_of(d, ctx)), None
         else:
             state, reason = _after(*ended)
-        rec = rec.moved_to(state, now_ms=ctx.now_ms, reason=reason)
+        rec = rec.moved_to(state, now_ms=ctx.wall_ms, reason=reason)
         if state is not S.READY:  # a ready task's record is written once, as dispatched
             self._put(rec, ctx)
         for dep in spec.deps:
@@ -628,7 +628,7 @@ class Coordinator(Actor):
             self.running_on[rec.worker].discard(rec.id)
             self.started_at.pop(rec.id, None)
             rec = attrs.evolve(rec, worker=None)
-        rec = rec.moved_to(S.DISPATCHED, now_ms=ctx.now_ms, attempt=attempt, epoch=ctx.epoch)
+        rec = rec.moved_to(S.DISPATCHED, now_ms=ctx.wall_ms, attempt=attempt, epoch=ctx.epoch)
         if rec.token is None:
             rec = attrs.evolve(rec, token=f"{ctx.rng.getrandbits(64):016x}")
         self._put(rec, ctx)
@@ -664,7 +664,7 @@ class Coordinator(Actor):
         elif msg.attempt < rec.attempt and rec.state is S.DISPATCHED and rec.epoch < ctx.epoch:
             ctx.record("dispatch_resent", task=rec.id, attempt=rec.attempt,
                        refused_attempt=msg.attempt, refused_by=msg.worker)
-            rec = attrs.evolve(rec, updated_ms=ctx.now_ms)
+            rec = attrs.evolve(rec, updated_ms=ctx.wall_ms)
             self._put(rec, ctx)
             self._send_dispatch(rec, rec.attempt, ctx)
 
@@ -692,7 +692,7 @@ class Coordinator(Actor):
             ctx.record("unexpected_completion", task=rec.id, attempt=msg.attempt,
                        state=rec.state.value)
         elif msg.ok:
-            rec = rec.moved_to(S.SUCCEEDED, now_ms=ctx.now_ms, epoch=ctx.epoch)
+            rec = rec.moved_to(S.SUCCEEDED, now_ms=ctx.wall_ms, epoch=ctx.epoch)
             self._ended("succeeded", rec.id, ctx, attempt=msg.attempt, worker=msg.worker)
             rec = attrs.evolve(rec, clock=ctx.clock.as_dict())  # after the event above
             self._put(rec, ctx)
@@ -708,7 +708,7 @@ class Coordinator(Actor):
         if rec.attempt >= rec.spec.max_attempts:
             self._fail(rec, f"failed after {rec.attempt} attempts: {error}", ctx)
             return
-        rec = rec.moved_to(S.READY, now_ms=ctx.now_ms, reason=error)
+        rec = rec.moved_to(S.READY, now_ms=ctx.wall_ms, reason=error)
         self._put(rec, ctx)
         delay = self._backoff_ms(rec.attempt, ctx)
         ctx.record("retry_scheduled", task=rec.id, attempt=rec.attempt + 1, delay_ms=delay)
@@ -745,7 +745,7 @@ class Coordinator(Actor):
         way, each naming the dependency it waited for (a worklist: chains of any length)."""
         work: list[tuple[str, TaskState, str]] = []
         while True:
-            rec = rec.moved_to(state, now_ms=ctx.now_ms, reason=reason)
+            rec = rec.moved_to(state, now_ms=ctx.wall_ms, reason=reason)
             self._put(rec, ctx)
             self._ended(state.value, rec.id, ctx, reason=reason)
             after = _after(rec.id, state)
@@ -767,7 +767,7 @@ class Coordinator(Actor):
             if dependent.state is S.PENDING:
                 if dag.readiness(dependent.spec.deps,
                                  lambda d: self._state_of(d, ctx)) is S.READY:
-                    self._dispatch(dependent.moved_to(S.READY, now_ms=ctx.now_ms), ctx)
+                    self._dispatch(dependent.moved_to(S.READY, now_ms=ctx.wall_ms), ctx)
             elif redrive:
                 self._redrive(dependent, ctx)
 

@@ -327,6 +327,7 @@ class TaskRecord:
     state: TaskState = TaskState.SUBMITTED
     attempt: int = 0
     updated_ms: int = 0
+    """Wall-clock ms of the last change (as `TaskSpec.created_ms`: one clock for both)."""
     reason: str | None = None
     epoch: int = 0
     worker: str | None = None
@@ -397,6 +398,7 @@ class TaskResult:
     value: JSON = None
     error: str | None = None
     finished_ms: int = 0
+    """Wall-clock ms when the attempt ended."""
     clock: Mapping[str, int] = attrs.field(factory=dict)
     """The writer's vector clock when the result was stored (for causality checks)."""
 

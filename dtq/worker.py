@@ -456,7 +456,7 @@ class Worker(Actor):
     def _store_result(self, run: _Running, value: object, ctx: Context) -> None:
         task_id, attempt = run.spec.id, run.attempt
         result = TaskResult(task_id=task_id, attempt=attempt, worker=self.name, ok=True,
-                            value=value, finished_ms=ctx.now_ms, clock=ctx.clock.as_dict())
+                            value=value, finished_ms=ctx.wall_ms, clock=ctx.clock.as_dict())
         reply_to = run.reply_to
         ctx.store_result(result, ttl_ms=self.result_ttl_ms, notify=reply_to,
                          then=lambda w: ResultStored(result=result, write=w, reply_to=reply_to,

@@ -6,6 +6,7 @@ Skipped when RabbitMQ or Redis is down locally; failing under CI.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -88,6 +89,9 @@ def test_the_main_flow_over_http_on_rabbitmq_and_redis(real: RealApi) -> None:
     with pytest.raises(Conflict):
         c.cancel(tid)
     assert real.effects(tid) == 1
+    record = c.get(tid)  # one clock: wall time in ms, on every field of a record
+    assert record["created_ms"] <= record["updated_ms"] <= time.time() * 1000 + 1000
+    assert record["updated_ms"] > (time.time() - 600) * 1000
 
     ids = c.submit_dag({"first": {"type": "echo", "payload": 1},
                         "then": {"type": "echo", "payload": 2, "deps": ["first", tid]}})
