@@ -24,7 +24,7 @@ from dtq.poison import injections, poison_summary, poison_violations, record_inj
 from dtq.scenario import TARGET_ROLES, FaultSpec, Scenario, finished_records
 from dtq.tasktypes import load_task_types
 from dtq.worker import Worker
-from dtq.workload import plan
+from dtq.workload import plan, workload_problem
 from transports.memory import BROKER, STORE, CrashPoints, NetworkConfig, SimStore, Simulation
 
 TERMINAL_KINDS = frozenset({"succeeded", "failed", "rejected", "cancelled"})
@@ -74,7 +74,11 @@ def check_supported(
     scenario: Scenario, unsupported: Mapping[str, Refusal], transport: str,
 ) -> None:
     """Refuse, before anything starts, a fault with bad parameters or one `transport` cannot
-    play; the error names the file, the fault and why."""
+    play, or a workload whose tasks break the submission rules; the error names the file, the
+    fault or task and why."""
+    problem = workload_problem(scenario)
+    if problem is not None:
+        raise ScenarioError(f"{scenario.path}: {problem}")
     for i, fault in enumerate(scenario.faults):
         bad = _bad_target(scenario, fault) or _bad_params(fault)
         if bad is not None:

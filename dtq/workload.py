@@ -14,8 +14,10 @@ from typing import Any
 import attrs
 
 from dtq.dag import check_dag
+from dtq.errors import ValidationError
 from dtq.scenario import Scenario, TaskTemplate
-from dtq.task import TaskSpec
+from dtq.task import TaskSpec, check_spec, check_task_type
+from dtq.tasktypes import load_task_types
 
 
 @attrs.frozen(kw_only=True)
@@ -82,3 +84,26 @@ def plan(scenario: Scenario, seed: int) -> list[Planned]:
         out.append(Planned(at_ms=t, spec=_spec(templates[node], node, n, tuple(graph[node]))))
         t += w.interval_ms
     return out
+
+
+def workload_problem(scenario: Scenario) -> str | None:
+    """What is wrong with the tasks the workload submits, by the rules the leader applies to
+    every submission (a type the workers know, a payload that type's `validate` accepts, the
+    size and field limits), or None: a misspelt type or a bad payload is an error in the file,
+    found before anything runs, not a run in which every task fails. One task per distinct
+    (type, payload) is checked."""
+    types = load_task_types(scenario.cluster.task_modules)
+    seen: set[str] = set()
+    for planned in plan(scenario, scenario.seed):
+        spec = planned.spec
+        key = f"{spec.type}\0{spec.payload!r}"
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            check_spec(spec)
+            check_task_type(spec, types)
+        except ValidationError as exc:
+            where = "workload" if spec.id.startswith("task-") else f"workload task {spec.id}"
+            return f"{where}: {exc} (the leader would reject task {spec.id})"
+    return None

@@ -73,6 +73,19 @@ def test_memory_backend_refuses_faults_it_cannot_play(
     assert "'slicer' cannot be played on the memory backend" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("workload", "said"), [
+    ("type = 'slep'", "workload: type: unknown task type 'slep'"),
+    ("type = 'sleep'\npayload = { ms = 'ten' }", "workload: payload.ms: "),
+    ("type = 'echo'\npriority = 99", "workload: priority: "),
+])
+def test_a_workload_the_leader_would_reject_is_refused_before_it_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], workload: str, said: str,
+) -> None:
+    path = write(tmp_path, f"[workload]\ncount = 3\n{workload}\n")
+    assert main(["scenario", "run", str(path)]) == 2
+    assert said in capsys.readouterr().err
+
+
 def test_every_shipped_scenario_loads() -> None:
     files = sorted((ROOT / "scenarios").glob("*.toml"))
     assert files
