@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from dtq.errors import DtqError
@@ -100,6 +101,7 @@ def _scenario_run(args: argparse.Namespace) -> int:
         from dtq.spacetime import write_report
 
         write_report(args.report, scenario, result)
+        print(f"space-time report written to {Path(args.report).resolve()}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.summary))
         return 0 if result.ok else 1
@@ -326,11 +328,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _innermost(parser: argparse.ArgumentParser, args: argparse.Namespace,
+               ) -> argparse.ArgumentParser:
+    """The parser of the subcommand `args` chose (`dtq scenario run`'s for `dtq scenario run`)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and action.dest:
+            chosen = action.choices.get(getattr(args, action.dest, None) or "")
+            if isinstance(chosen, argparse.ArgumentParser):
+                return _innermost(chosen, args)
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from dtq.logs import configure_logging
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said by the subcommand that was given them, with its own usage line
+        _innermost(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     configure_logging(getattr(args, "log_level", None))
     try:
         code: int = args.func(args)

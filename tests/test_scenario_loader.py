@@ -110,3 +110,22 @@ def test_a_busy_fault_waits_until_its_target_runs_a_task(tmp_path: Path) -> None
     assert crash.time_ms >= first >= 500
     restart = next(e for e in result.events if e.kind == "restart" and e.actor == "worker-1")
     assert restart.time_ms - crash.time_ms == 300
+
+
+def test_a_wrong_flag_is_refused_with_the_subcommands_usage(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["scenario", "run", str(ROOT / "scenarios" / "round-robin.toml"), "--bogus"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: dtq scenario run") and "unrecognized arguments: --bogus" in err
+
+
+def test_the_report_says_where_it_was_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "rr.html"
+    assert main(["scenario", "run", str(ROOT / "scenarios" / "round-robin.toml"),
+                 "--report", str(out)]) == 0
+    assert f"report written to {out.resolve()}" in capsys.readouterr().err and out.exists()
