@@ -3,7 +3,8 @@
 Every failing seed is printed with the command that reproduces it. Every file's line, and the
 total, say how many distinct histories (history digests) the seeds produced: seeds that replay
 one schedule explore nothing new, and the count shows it. With `jobs` above 1 the seeds run in
-that many worker processes; the output is the same as with one, in the same order.
+that many worker processes; the output is the same as with one, in the same order. On a
+terminal, a progress bar per file (on stderr, `rich`) shows the seeds done and the time left.
 """
 
 from __future__ import annotations
@@ -15,6 +16,16 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from dtq.runner import run_memory
 from dtq.scenario import load
@@ -46,12 +57,32 @@ def _results(
         yield from pool.imap(_run_one, jobs, chunksize=4)
 
 
+def _bar(show: bool, *, forced: bool) -> Progress:
+    """Progress bars on stderr (`forced`: drawn even where stderr is not a terminal)."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=Console(stderr=True, force_terminal=forced or None),
+                    transient=True, disable=not show)
+
+
 def explore(
     files: Sequence[str], *, runs: int, seed_start: int = 1, as_json: bool = False,
-    out: TextIO = sys.stdout, swarm_mode: bool = False, jobs: int = 1,
+    out: TextIO | None = None, swarm_mode: bool = False, jobs: int = 1,
+    progress: bool | None = None,
 ) -> int:
     """Run every file for `runs` seeds; exit status 0 when no seed failed. In swarm mode each
-    seed adds its own random fault timeline (see `dtq.swarm`)."""
+    seed adds its own random fault timeline (see `dtq.swarm`). `progress`: show progress bars
+    (default: when stderr is a terminal and the output is not JSON)."""
+    show = progress if progress is not None else (not as_json and sys.stderr.isatty())
+    with _bar(show, forced=progress is True) as bar:  # lines printed meanwhile go above the bars
+        return _explore(files, runs, seed_start, as_json, out or sys.stdout, swarm_mode, jobs,
+                        bar)
+
+
+def _explore(
+    files: Sequence[str], runs: int, seed_start: int, as_json: bool, out: TextIO,
+    swarm_mode: bool, jobs: int, bar: Progress,
+) -> int:
     scenarios = [(f, load(f)) for f in files]
     failed: list[dict[str, object]] = []
     per_file: list[dict[str, object]] = []
@@ -63,7 +94,9 @@ def explore(
         digests: set[str] = set()
         seeds = range(seed_start, seed_start + runs)
         outcomes = _results([(path, seed, swarm_mode) for seed in seeds], jobs)
+        shown = bar.add_task(scenario.name, total=runs)
         for seed, (summary, ok, kinds) in zip(seeds, outcomes, strict=True):
+            bar.advance(shown)
             total += 1
             digests.add(str(summary["history_digest"]))
             if as_json:
@@ -78,6 +111,7 @@ def explore(
                     faults = f" (faults: {', '.join(kinds)})" if kinds else ""
                     print(f"FAIL {path} seed {seed}{faults}: {first['invariant']}: "
                           f"{first['detail']}\n  reproduce: {how}", file=out)
+        bar.remove_task(shown)
         every |= digests
         per_file.append({"file": path, "scenario": scenario.name, "runs": runs, "failed": bad,
                          "distinct_histories": len(digests)})

@@ -216,3 +216,16 @@ def test_explore_in_worker_processes_prints_what_one_process_prints() -> None:
         one, many = run(1, swarm_mode), run(3, swarm_mode)
         assert one == [{**r, "wall_ms": o.get("wall_ms")} if "wall_ms" in r else r
                        for r, o in zip(many, one, strict=True)]
+
+
+def test_explore_shows_progress_on_stderr_and_keeps_its_output(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rr = str(ROOT / "scenarios" / "round-robin.toml")
+    quiet, shown = io.StringIO(), io.StringIO()
+    assert explore([rr], runs=3, out=quiet, progress=False) == 0
+    assert capsys.readouterr().err == ""
+    assert explore([rr], runs=3, out=shown, progress=True) == 0
+    assert "round-robin" in capsys.readouterr().err  # the bar, named for the file
+    strip = [line.split(" runs in ")[0] for line in quiet.getvalue().splitlines()]
+    assert strip == [line.split(" runs in ")[0] for line in shown.getvalue().splitlines()]
