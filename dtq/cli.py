@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from dtq.errors import DtqError
 from dtq.process import EXIT_CONFIG, ConfigurationError
 
@@ -187,6 +189,10 @@ def _service_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--namespace", default="dtq",
                    help="prefix of every queue and key (default: dtq)")
     p.add_argument("--log-level", default=None, help="debug, info (default), warning, error")
+    p.add_argument("--metrics-port", type=positive_int, default=None, metavar="PORT",
+                   help="serve Prometheus metrics at http://127.0.0.1:PORT/metrics (events by "
+                   "kind, leader epoch, takeover time); in a cluster node i uses PORT + i - 1, "
+                   "coordinators first")
     p.add_argument("--quorum", action="store_true",
                    default=os.environ.get("DTQ_QUORUM", "") not in ("", "0", "false"),
                    help="declare quorum queues, for clustered RabbitMQ (default: classic; "
@@ -273,7 +279,7 @@ def _node_config(args: argparse.Namespace, role: str, name: str) -> object:
         lease_ttl_ms=getattr(args, "lease_ttl_ms", 3000), log_level=args.log_level,
         result_ttl_ms=getattr(args, "result_ttl_ms", None), quorum=args.quorum,
         io_http_allow=tuple(getattr(args, "io_http_allow", ())),
-        **_given(args, "dispatch_bundle", "io_root"))
+        **_given(args, "dispatch_bundle", "io_root", "metrics_port"))
 
 
 def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
@@ -298,6 +304,9 @@ def _run_cluster(args: argparse.Namespace) -> int:
     configs = [_node_config(args, "coordinator", f"coordinator-{i}")
                for i in range(1, args.coordinators + 1)]
     configs += [_node_config(args, "worker", f"worker-{i}") for i in range(1, args.workers + 1)]
+    if args.metrics_port is not None:  # one port each, in order
+        configs = [attrs.evolve(cfg, metrics_port=args.metrics_port + i)  # type: ignore
+                   for i, cfg in enumerate(configs)]
     sup = Supervisor(configs)  # type: ignore[arg-type]
     print(f"dtq cluster: {args.coordinators} coordinator(s), {args.workers} worker(s) running "
           f"(supervisor pid {os.getpid()}); Ctrl-C or SIGTERM stops them", file=sys.stderr)

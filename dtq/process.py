@@ -82,6 +82,8 @@ class NodeConfig:
     """Declare quorum queues (for clustered RabbitMQ) instead of classic ones."""
     trace: bool = False
     """Record every send and receive in the history too (for space-time diagrams)."""
+    metrics_port: int | None = None
+    """Serve this node's Prometheus metrics (`dtq.metrics`) on 127.0.0.1 at this port."""
 
 
 def load_task_modules(modules: Iterable[str]) -> dict[str, Any]:
@@ -145,8 +147,16 @@ def run_node(cfg: NodeConfig) -> int:
     store = RedisStore.from_url(cfg.store_url, prefix=cfg.namespace)
     history = RedisHistory.from_url(cfg.store_url, prefix=cfg.namespace) if cfg.history else None
     lock = threading.Lock()
+    metrics = None
+    if cfg.metrics_port is not None:
+        from dtq.metrics import NodeMetrics
+
+        metrics = NodeMetrics(cfg.name, cfg.role)
+        metrics.serve(cfg.metrics_port)
 
     def record(actor: str, kind: str, clock: Any, data: Mapping[str, Any]) -> None:
+        if metrics is not None:
+            metrics.observe(kind, data)
         if history is not None:
             with lock:
                 history.record(actor, kind, clock, data)

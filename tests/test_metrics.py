@@ -1,0 +1,84 @@
+"""A node's Prometheus metrics: derived from the events it records, served over HTTP by a real
+node started with a metrics port."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+
+import httpx
+import pytest
+from prometheus_client import generate_latest
+
+from dtq.metrics import NodeMetrics
+from dtq.process import NodeConfig, Supervisor
+from dtq.realrun import wait_for
+from transports.rabbitmq import delete_namespace
+from transports.redis import RedisStore
+
+
+def _value(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_metrics_follow_the_events_a_node_records() -> None:
+    m = NodeMetrics("coordinator-1", "coordinator")
+    m.observe("leader", {"epoch": 7})
+    m.observe("takeover_done", {"records": 120, "ms": 35})
+    m.observe("dispatched", {"task": "a"})
+    m.observe("dispatched", {"task": "b"})
+    text = generate_latest(m.registry).decode()
+    assert _value(text, "dtq_leader_epoch") == 7
+    assert _value(text, "dtq_takeover_seconds") == 0.035
+    assert _value(text, "dtq_takeover_records") == 120
+    assert 'dtq_events_total{kind="dispatched"} 2.0' in text
+    assert 'dtq_node_info{node="coordinator-1",role="coordinator"} 1.0' in text
+    m.observe("abdicated", {"reason": "lease lost"})
+    assert _value(generate_latest(m.registry).decode(), "dtq_leader_epoch") == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.rabbitmq
+def test_a_coordinator_serves_its_takeover_and_epoch(rabbitmq_url: str, redis_url: str) -> None:
+    ns, port = f"test-metrics-{uuid.uuid4().hex[:8]}", _free_port()
+    cfg = NodeConfig(role="coordinator", name="coordinator-1", broker_url=rabbitmq_url,
+                     store_url=redis_url, namespace=ns, log_level="error", metrics_port=port)
+    sup = Supervisor([cfg])
+    store = RedisStore.from_url(redis_url, prefix=ns)
+    sup.start()
+    try:
+        def scraped() -> str | None:
+            try:
+                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+            except httpx.HTTPError:
+                return None
+            return text if _value(text, "dtq_takeover_records") is not None \
+                and (_value(text, "dtq_leader_epoch") or 0) > 0 else None
+
+        seen: dict[str, str] = {}
+
+        def shows_takeover() -> bool:
+            text = scraped()
+            if text is not None:
+                seen["text"] = text
+            return text is not None
+
+        wait_for(shows_takeover, 30, "the coordinator's metrics to show its takeover", sup.poll)
+        text = seen["text"]
+        lease = store.lease("coordinator")
+        assert lease is not None and _value(text, "dtq_leader_epoch") == lease.epoch
+        assert (_value(text, "dtq_takeover_seconds") or 0) >= 0
+        assert 'kind="takeover_done"' in text
+    finally:
+        sup.stop_all()
+        store.delete_all()
+        store.close()
+        delete_namespace(rabbitmq_url, ns, ["coordinator-1"])
