@@ -31,9 +31,9 @@ from dtq.envelope import Finished
 from dtq.errors import ScenarioError, StoreError, StoreUnavailable
 from dtq.process import EXIT_CONFIG, ConfigurationError, NodeConfig, Supervisor
 from dtq.realrun import wait_for
-from dtq.store import WorkerInfo
+from dtq.store import PutTask, WorkerInfo
 from dtq.submitter import Submitter
-from dtq.task import TaskSpec, TaskState
+from dtq.task import TaskRecord, TaskResult, TaskSpec, TaskState
 from dtq.testbed import (
     Layout,
     Testbed,
@@ -241,6 +241,47 @@ def test_a_primary_short_of_replicas_is_unavailable_until_they_return(
         _plain(primary).config_set("min-replicas-to-write", 0)
     store.put_worker(_worker("w1"))
     assert [w.name for w in store.workers()] == ["w1"]
+
+
+def test_with_wait_replicas_a_write_returns_only_once_a_replica_holds_it(
+    sentinels: Testbed,
+) -> None:
+    """`?wait_replicas=1`: when a write returns, the replica already holds it (no waiting
+    here: read at once). Asking for more replicas than there are makes every write that a
+    client could be told about unavailable, the fenced apply and a result write included."""
+    primary = sentinels.primary_port()
+    assert primary is not None
+    replica = next(p for p in sentinels.layout.redis_ports if p != primary)
+    ns = f"tb-wait-{uuid.uuid4().hex[:8]}"
+    durable = RedisStore.from_url(f"redis://127.0.0.1:{primary}/0?wait_replicas=1", prefix=ns)
+    short = RedisStore.from_url(f"redis://127.0.0.1:{primary}/0?wait_replicas=2&wait_ms=50",
+                                prefix=ns + "-short")
+    try:
+        assert durable.wait_replicas == 1 and short.wait_ms == 50
+        for i in range(20):
+            durable.claim_key(f"k{i}", f"t{i}", "f")
+            assert _plain(replica).exists(durable._k("key", f"k{i}"))
+        url = sentinels.layout.store_url
+        followed = RedisStore.from_url(url + ("&" if "?" in url else "?") + "wait_replicas=1",
+                                       prefix=ns + "-sentinel")
+        try:
+            assert followed.wait_replicas == 1
+            assert followed.claim_key("k", "t", "f") == ("t", "f")
+            assert _plain(replica).exists(followed._k("key", "k"))
+        finally:
+            followed.delete_all()
+            followed.close()
+        with pytest.raises(StoreUnavailable, match="NOT REPLICATED: 1 of 2"):
+            short.claim_key("k", "t1", "f1")
+        with pytest.raises(StoreUnavailable, match="NOT REPLICATED"):
+            short.apply([PutTask(record=TaskRecord(spec=TaskSpec(id="t", type="echo")))],
+                        epoch=0)
+        with pytest.raises(StoreUnavailable, match="NOT REPLICATED"):
+            short.put_result(TaskResult(task_id="t", attempt=1, worker="w", ok=True))
+    finally:
+        for s in (durable, short):
+            s.delete_all()
+            s.close()
 
 
 def test_other_refusals_stay_store_errors(store: RedisStore) -> None:

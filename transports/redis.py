@@ -8,6 +8,13 @@ refused by a read-only replica) or `StoreError` (anything else). URLs are `redis
 `rediss://`, or `redis+sentinel://` (`SentinelUrl`: the primary the Sentinels name, followed
 across failovers without a restart).
 
+Durable writes: with `?wait_replicas=N` on the URL (and `wait_ms`, default 1000), every write
+that a client may be told about (the fenced apply, results, idempotency keys, once-marks, lease
+grants) is followed, on the same connection, by `WAIT N wait_ms`; a write fewer replicas
+acknowledged counts as not made ("unavailable, try again": the writes are idempotent), so a
+replica promoted by a failover holds everything anyone was told. Without it (the default,
+and where Redis has no replicas) a write is acknowledged by the primary alone.
+
 Key layout under `prefix:` (scripts build index keys from the prefix, so this targets a single
 Redis server, not Redis Cluster):
 
@@ -497,6 +504,7 @@ def _client_from_url(url: str, **kwargs: Any) -> redis.Redis:
     A `redis+sentinel://` URL gives a client of the primary that the Sentinels name: its
     connections ask them again whenever they (re)connect, and a write refused by a demoted
     primary drops the connection (see `SentinelUrl`)."""
+    url, _ = _wait_settings(url)  # a store's own settings (`RedisStore.from_url`)
     options: dict[str, Any] = {
         "socket_connect_timeout": 0.25, "socket_timeout": 1.0,
         "retry": Retry(NoBackoff(), 0), **kwargs,
@@ -637,6 +645,29 @@ class _PrimaryPool(SentinelConnectionPool):
                 and (connection.host, connection.port) != tuple(primary))
 
 
+WAIT_QUERY = ("wait_replicas", "wait_ms")
+
+
+def _wait_settings(url: str) -> tuple[str, dict[str, int]]:
+    """`url` without dtq's own query settings, and those settings (`RedisStore` keywords)."""
+    head, q, query = url.partition("?")
+    if not q:
+        return url, {}
+    kept, wait = [], {}
+    for item in query.split("&"):
+        name, _, value = item.partition("=")
+        if name in WAIT_QUERY:
+            if not value.isdigit():
+                from dtq.process import ConfigurationError
+
+                raise ConfigurationError(f"store URL {_redact(url)}: {name} must be a whole "
+                                         f"number, not {value!r}")
+            wait[name] = int(value)
+        elif item:
+            kept.append(item)
+    return head + ("?" + "&".join(kept) if kept else ""), wait
+
+
 def _host_port(text: str, bad: Callable[[str], Exception]) -> tuple[str, int]:
     host, colon, port = text.rpartition(":") if not text.endswith("]") else (text, "", "")
     if not colon:
@@ -696,9 +727,12 @@ class RedisStore:
 
     def __init__(
         self, client: redis.Redis, *, prefix: str = DEFAULT_PREFIX,
-        lease_client: redis.Redis | None = None,
+        lease_client: redis.Redis | None = None, wait_replicas: int = 0, wait_ms: int = 1000,
     ) -> None:
         self.client = client
+        self.wait_replicas = wait_replicas
+        """Replicas that must acknowledge a write before it counts (see the module's rule)."""
+        self.wait_ms = wait_ms
         self.lease_client = lease_client or client
         """Lease calls fail fast (a short socket timeout, `LEASE_TRIES` tries): a leader cut from
         Redis must learn it quickly, not block past its own validity window."""
@@ -719,11 +753,31 @@ class RedisStore:
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = DEFAULT_PREFIX, **kwargs: Any) -> RedisStore:
-        """Connect to `url` (redis://host:port/db); kwargs go to `redis.Redis.from_url`. The
-        connections are named `client_name(prefix)` unless kwargs name them."""
+        """Connect to `url` (redis://host:port/db, with `?wait_replicas=N&wait_ms=MS` for
+        durable writes); kwargs go to `redis.Redis.from_url`. The connections are named
+        `client_name(prefix)` unless kwargs name them."""
+        url, wait = _wait_settings(url)
         kwargs.setdefault("client_name", client_name(prefix))
         lease_client = _client_from_url(url, **{"socket_timeout": 0.25, **kwargs})
-        return cls(_client_from_url(url, **kwargs), prefix=prefix, lease_client=lease_client)
+        return cls(_client_from_url(url, **kwargs), prefix=prefix, lease_client=lease_client,
+                   **wait)
+
+    def _durable(self, script: Any, keys: list[str], args: list[Any],
+                 client: redis.Redis | None = None) -> Any:
+        """Run a writing script; with `wait_replicas`, then WAIT on the same connection, and
+        count a write too few replicas acknowledged as not made (retried, then unavailable)."""
+        c = client or self.client
+        if not self.wait_replicas:
+            return script(keys, args, client=c)
+        pipe = c.pipeline(transaction=False)
+        script(keys, args, client=pipe)
+        pipe.wait(self.wait_replicas, self.wait_ms)
+        reply, acked = pipe.execute()
+        if int(acked) < self.wait_replicas:
+            raise RedisConnectionError(
+                f"NOT REPLICATED: {acked} of {self.wait_replicas} replica(s) acknowledged the "
+                f"write within {self.wait_ms} ms")
+        return reply
 
     def close(self) -> None:
         self.client.close()
@@ -823,7 +877,7 @@ class RedisStore:
         args = [str(epoch), self._p, *_encode_writes(writes, self.prefix)]
         # A retry after a lost reply that did apply rewrites the same values: harmless. If the
         # epoch moved in between, the retry reports StaleEpoch for writes made while current.
-        reply = _retrying("apply", lambda _: self._apply(keys, args))
+        reply = _retrying("apply", lambda _: self._durable(self._apply, keys, args))
         applied, current, *lost = cast(list[int], reply)
         if lost:
             raise StoreDataLost(epoch, 0)
@@ -836,7 +890,7 @@ class RedisStore:
         """(the value that holds, whether this call wrote it)."""
 
         def op(attempt: int) -> tuple[str, bool]:
-            held = self._first_writer([key], [value, ttl_ms])
+            held = self._durable(self._first_writer, [key], [value, ttl_ms])
             if held is None:
                 return value, True
             # On a retry, finding our own value means the lost first try wrote it.
@@ -868,7 +922,7 @@ class RedisStore:
                      notice_json(r.task_id, "succeeded")]
 
         def op(attempt: int) -> list[ResultWrite]:
-            replies = cast(list[list[Any]], self._put_results(keys, args))
+            replies = cast(list[list[Any]], self._durable(self._put_results, keys, args))
             return [_result_write(i.result, raw, reply, retried=attempt > 0)
                     for i, raw, reply in zip(items, raws, replies, strict=True)]
 
@@ -890,14 +944,15 @@ class RedisStore:
         # A retry after a lost reply that did mark finds its own begun mark: "in_doubt", which
         # is safe (the effect runs, as after any begun mark never recorded done).
         keys = [self._k("once", key), self._k("settings")]
-        state = _text(_retrying("once_begin", lambda _: self._once_begin(keys, [owner])))
+        state = _text(_retrying("once_begin",
+                                lambda _: self._durable(self._once_begin, keys, [owner])))
         if state not in ("new", "in_doubt", "done"):
             raise StoreError(f"redis once_begin: unexpected reply {state!r}")
         return cast(OnceState, state)
 
     def once_done(self, key: str, owner: str) -> None:
-        _retrying("once_done", lambda _: self._once_done([self._k("once", key),
-                                                          self._k("settings")], [owner]))
+        _retrying("once_done", lambda _: self._durable(
+            self._once_done, [self._k("once", key), self._k("settings")], [owner]))
 
     # leases and fencing ---------------------------------------------------------------------
     def acquire_lease(
@@ -909,7 +964,8 @@ class RedisStore:
         keys = [self._k("lease", name), self._k("epoch", name), self._k("incarnation")]
         args: list[str | int] = [holder, ttl_ms, floor, incarnation or "",
                                  "1" if above_clock else "0"]
-        epoch = _retrying("acquire_lease", lambda _: self._acquire(keys, args),
+        epoch = _retrying("acquire_lease",
+                          lambda _: self._durable(self._acquire, keys, args, self.lease_client),
                           tries=LEASE_TRIES)
         return int(epoch) if epoch is not None else None
 
@@ -927,7 +983,8 @@ class RedisStore:
     ) -> int | None:
         keys = [self._k("lease", name), self._k("epoch", name), self._k("incarnation")]
         args: list[str | int] = [holder, ttl_ms, floor, lost, incarnation]
-        epoch = _retrying("recover_lease", lambda _: self._recover(keys, args),
+        epoch = _retrying("recover_lease",
+                          lambda _: self._durable(self._recover, keys, args, self.lease_client),
                           tries=LEASE_TRIES)
         return int(epoch) if epoch is not None else None
 
