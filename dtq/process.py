@@ -190,7 +190,7 @@ def _io_settings(cfg: NodeConfig) -> str:
 
 
 def _child(cfg: NodeConfig) -> None:
-    from dtq.bench.stages import install_from_environment
+    from dtq.stagemarks import install_from_environment
 
     _leave_terminal_group()
     _exit_with_parent()

@@ -25,8 +25,6 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TextIO
 
-import pika
-
 from dtq.chaosrun import (
     RABBITMQ_UNSUPPORTED,
     ProxiedSupervisor,
@@ -60,7 +58,7 @@ from dtq.task import TERMINAL
 from dtq.transport import queue_name
 from dtq.workload import Planned, plan
 from transports.memory import BROKER, STORE
-from transports.rabbitmq import blocking, consumer_count, delete_namespace
+from transports.rabbitmq import consumer_count, delete_namespace, publish_raw
 from transports.redis import RedisHistory, RedisStore, lose_namespace_data
 
 POLL_S = 0.02
@@ -446,13 +444,10 @@ class RealRun:
         batch = injections(f.params, targets, start=self._injected)
         self._injected += len(batch)
         self.total += sum(1 for _, forged in batch if forged.submits is not None)
-        with blocking(self.broker) as ch:
-            ch.confirm_delivery()
-            for address, forged in batch:
-                record_injection(self.history.record, address, forged)
-                ch.basic_publish("", queue_name(self.namespace, address), forged.body,
-                                 properties=pika.BasicProperties(delivery_mode=2),
-                                 mandatory=True)
+        for address, forged in batch:
+            record_injection(self.history.record, address, forged)
+        publish_raw(self.broker, [(queue_name(self.namespace, address), forged.body)
+                                  for address, forged in batch])
         return None
 
     # --- stopping ---------------------------------------------------------------------------

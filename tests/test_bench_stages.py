@@ -10,8 +10,9 @@ import pytest
 
 from dtq import stagemarks
 from dtq.bench import stages
-from dtq.bench.stages import Mark, Marker, load, round_trips, summarise, table
+from dtq.bench.stages import Mark, load, round_trips, summarise, table
 from dtq.runtime import ProcessRuntime
+from dtq.stagemarks import Marker
 
 
 def _trip(t0: float, *, completion_first: bool) -> list[Mark]:
@@ -104,7 +105,7 @@ def test_the_runtime_marks_a_fenced_write_only_with_a_sink_set(tmp_path: Path) -
     write = [PutTask(record=TaskRecord(spec=TaskSpec(id="t", type="echo"), epoch=epoch))]
     _ProcessEffects(runtime).write(write, epoch)
     assert not stagemarks.enabled() and not list(tmp_path.iterdir())
-    marker = stages.install(tmp_path)
+    marker = stagemarks.install(tmp_path)
     try:
         _ProcessEffects(runtime).write(write, epoch)
     finally:

@@ -626,6 +626,17 @@ def blocking(url: str) -> Any:
             conn.close()
 
 
+def publish_raw(url: str, messages: Sequence[tuple[str, bytes]]) -> None:
+    """Publish (queue, bytes) pairs as they are, persistent, confirmed and mandatory (a queue
+    that does not exist raises instead of swallowing them): for injecting malformed and forged
+    messages in scenarios and tests."""
+    with blocking(url) as ch:
+        ch.confirm_delivery()
+        for queue, body in messages:
+            ch.basic_publish("", queue, body, properties=pika.BasicProperties(delivery_mode=2),
+                             mandatory=True)
+
+
 def consumer_count(url: str, namespace: str, address: str) -> int:
     """How many consumers a queue has now (0 if it does not exist yet)."""
     with blocking(url) as ch:

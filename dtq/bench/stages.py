@@ -7,9 +7,9 @@ publishes the Dispatch; a worker receives it, runs the task and writes the resul
 publishes the notice the client hears. Each process appends its marks to a file of its own.
 
 The marks come from the `dtq.stagemarks` hook the runtime and the RabbitMQ transport call at
-those points; its sink is set (`install`) in every process of the run only when the benchmark
-asks for it through the environment (`STAGES_ENV`, read by `dtq.process`): in a normal run a
-mark does nothing. A mark costs a few microseconds; the round trip measured here is that much
+those points; its sink is set in every process of the run only when the benchmark asks for it
+through the environment (`STAGES_ENV`, read when a node starts): in a normal run a mark does
+nothing. A mark costs a few microseconds; the round trip measured here is that much
 slower than in `dtq bench latency`.
 
 Beside it, the same loop on bare pika (`bare_round_trip`): a persistent message through two
@@ -25,21 +25,16 @@ import os
 import re
 import statistics
 import tempfile
-import threading
-import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from dtq import stagemarks
 from dtq.bench.cpu import CpuMeter, service_pids
 from dtq.benchreal import percentile
 from dtq.envelope import Finished
-
-STAGES_ENV = "DTQ_BENCH_STAGES"
-"""Set to a folder: every dtq process started with it marks its stages into that folder."""
+from dtq.stagemarks import STAGES_ENV, install
 
 _KIND = re.compile(rb'"kind":"(\w+)"')
 
@@ -51,40 +46,6 @@ class Mark:
     role: str
     stage: str
     kinds: frozenset[str] = frozenset()
-
-
-# --- marking, in every process ----------------------------------------------------------------
-
-
-class Marker:
-    """Appends this process's marks to `folder/<pid>.marks` (a `dtq.stagemarks` sink)."""
-
-    def __init__(self, folder: str | Path) -> None:
-        self._out = (Path(folder) / f"{os.getpid()}.marks").open("a", buffering=1)
-        self._lock = threading.Lock()
-
-    def __call__(self, stage: str, kinds: Collection[bytes] = ()) -> None:
-        line = f"{time.monotonic():.7f} {stage} {','.join(sorted(k.decode() for k in kinds))}\n"
-        with self._lock:
-            self._out.write(line)
-
-    def close(self) -> None:
-        stagemarks.set_sink(None)
-        self._out.close()
-
-
-def install(folder: str | Path) -> Marker:
-    """Mark this process's stages (`dtq.stagemarks`) into its file in `folder`."""
-    m = Marker(folder)
-    stagemarks.set_sink(m)
-    return m
-
-
-def install_from_environment() -> None:
-    """In a node process: mark stages if the benchmark that started it asked for it."""
-    folder = os.environ.get(STAGES_ENV)
-    if folder:
-        install(folder)
 
 
 def load(folder: Path, roles: dict[int, str]) -> list[Mark]:
