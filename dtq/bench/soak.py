@@ -6,8 +6,8 @@ retention of finished tasks set to a few minutes, and for the whole duration:
 
 * submits `rate` tasks a second in batches every 0.25 s: echo and short sleeps (5-50 ms), and
   one 5-task DAG chain per batch;
-* SIGKILLs a worker every 45 s (in turn) and the leader every 3 minutes, restarting each at
-  once, and freezes one worker for 20 s a third of the way in;
+* SIGKILLs a worker every 45 s (in turn) and the leader every 3 minutes from 2.5 minutes in,
+  restarting each at once, and freezes one worker for 20 s a third of the way in;
 * samples every 30 s each node's RSS, Redis's memory, the namespace's keys and bytes, and the
   depths of the leader's and the work queue.
 
@@ -40,6 +40,8 @@ TICK_S = 0.25
 SAMPLE_S = 30.0
 WORKER_KILL_S = 45.0
 LEADER_KILL_S = 180.0
+FIRST_LEADER_KILL_S = 150.0
+"""The first leader kill; then one every LEADER_KILL_S (5 in 15 minutes)."""
 PAUSE_S = 20.0
 CHAIN = 5
 
@@ -122,7 +124,7 @@ class _Soak:
         """Kills, the pause and samples on their schedules, the supervisor polled between."""
         workers = self.c.workers()
         next_worker_kill = self.start + WORKER_KILL_S
-        next_leader_kill = self.start + LEADER_KILL_S
+        next_leader_kill = self.start + FIRST_LEADER_KILL_S
         next_sample = self.start
         pause_at = self.start + self.minutes * 20  # a third of the way in
         paused: tuple[str, float] | None = None
@@ -150,15 +152,18 @@ class _Soak:
             time.sleep(0.05)  # the operator's step; every measurement is read, not timed here
 
     def _kill_leader(self) -> None:
-        leader = self.c.leader()
-        if leader is None:
+        """Kill the leader and restart it at once; recovered when a lease of a newer epoch is
+        held (by the standby, or by the restarted node if it wins the race)."""
+        held = self.c.store.lease(LEADER_LEASE)
+        if held is None:
             return
+        leader = held.holder
         killed = time.monotonic()
         self.c.sup.kill(leader)
         self.c.sup.restart(leader)
         while time.monotonic() - killed < 30:
             lease = self.c.store.lease(LEADER_LEASE)
-            if lease is not None and lease.holder != leader:
+            if lease is not None and lease.epoch > held.epoch:
                 self.leader_kills.append({"killed": leader, "new": lease.holder,
                                           "recovery_ms": (time.monotonic() - killed) * 1000})
                 return
