@@ -71,7 +71,7 @@ class RabbitBackend:
     def __init__(
         self, broker_url: str | None = None, store_url: str | None = None,
         namespace: str = "dtq", *, name: str | None = None, confirm_timeout_s: float = 10.0,
-        start_timeout_s: float = 10.0,
+        start_timeout_s: float = 10.0, quorum: bool | None = None,
     ) -> None:
         from dtq.process import broker_url as default_broker
         from dtq.process import store_url as default_store
@@ -84,7 +84,7 @@ class RabbitBackend:
         try:
             self.submitter = Submitter(default_broker(broker_url), namespace=namespace,
                                        name=name or f"api-{os.getpid()}",
-                                       start_timeout_s=start_timeout_s)
+                                       start_timeout_s=start_timeout_s, quorum=quorum)
         except BaseException:
             self._store.close()
             raise

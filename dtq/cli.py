@@ -14,6 +14,7 @@ import attrs
 
 from dtq.errors import DtqError
 from dtq.process import EXIT_CONFIG, ConfigurationError
+from dtq.transport import quorum_from_environment
 
 EPILOG_SCENARIO = """examples:
   dtq scenario run scenarios/round-robin.toml
@@ -193,8 +194,7 @@ def _service_args(p: argparse.ArgumentParser) -> None:
                    help="serve Prometheus metrics at http://127.0.0.1:PORT/metrics (events by "
                    "kind, leader epoch, takeover time); in a cluster node i uses PORT + i - 1, "
                    "coordinators first")
-    p.add_argument("--quorum", action="store_true",
-                   default=os.environ.get("DTQ_QUORUM", "") not in ("", "0", "false"),
+    p.add_argument("--quorum", action="store_true", default=quorum_from_environment(),
                    help="declare quorum queues, for clustered RabbitMQ (default: classic; "
                    "$DTQ_QUORUM=1 sets it). Every node of a namespace must agree.")
 

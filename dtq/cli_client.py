@@ -88,6 +88,9 @@ def _add_api(sub: Subparsers) -> None:
                    help="prefix of every queue and key, as given to the cluster (default: dtq)")
     p.add_argument("--log-level", default=None, type=str.lower,
                    choices=["debug", "info", "warning", "error"], help="default: info")
+    p.add_argument("--quorum", action="store_true",
+                   help="the namespace runs on quorum queues, as its nodes were told (default: "
+                   "$DTQ_QUORUM)")
     p.add_argument("--token-file", action="append", default=[], metavar="FILE",
                    help="bearer tokens the API accepts, one per line (repeatable; with "
                    "$DTQ_API_TOKENS and $DTQ_API_TOKEN_FILE, all are valid at once)")
@@ -105,7 +108,8 @@ def _run_api(args: argparse.Namespace) -> int:
     tokens = load_tokens(args.token_file)
     check_exposure(args.host, tokens)
     types = None if args.any_type else load_task_modules(args.tasks)
-    backend = RabbitBackend(args.broker_url, args.store_url, args.namespace)
+    backend = RabbitBackend(args.broker_url, args.store_url, args.namespace,
+                            quorum=args.quorum or None)
     try:
         app = create_app(backend, max_body_bytes=args.max_body_bytes, task_types=types,
                          tokens=tokens)

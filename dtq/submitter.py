@@ -35,10 +35,12 @@ class Submitter:
         self, broker_url: str, *, namespace: str = "dtq", name: str = "client",
         record: Recorder | None = None, start_timeout_s: float = 10.0,
         on_finished: Callable[[Finished], None] | None = None, store_url: str | None = None,
+        quorum: bool | None = None,
     ) -> None:
         """With `on_finished` (and the `store_url` of the cluster's Redis), the submitter
         listens for the ends of the tasks it submits (name it uniquely) and calls `on_finished`
-        for each, on its listener thread."""
+        for each, on its listener thread. `quorum`: the namespace runs on quorum queues
+        (default: `$DTQ_QUORUM`, as for the nodes)."""
         self.name = name
         self.namespace = namespace
         self.codec = Codec()
@@ -55,7 +57,8 @@ class Submitter:
             self.listener = FinishedListener(
                 store_url, prefix=namespace, client=name, timeout_s=start_timeout_s,
                 on_notice=self._heard, on_resubscribed=self.reread)
-        self.transport = RabbitTransport(broker_url, namespace=namespace, name=name)
+        self.transport = RabbitTransport(broker_url, namespace=namespace, name=name,
+                                         quorum=quorum)
         try:
             self.transport.start(start_timeout_s)
         except ConnectionLost:

@@ -22,6 +22,7 @@ Delivery contract (RabbitMQ's, and every transport's):
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -88,3 +89,13 @@ class Transport(Protocol):
     def ack(self, delivery: Delivery, *, multiple: bool = False) -> None: ...
 
     def reject(self, delivery: Delivery, *, requeue: bool) -> None: ...
+
+
+QUORUM_ENV = "DTQ_QUORUM"
+"""Set (to anything but "", "0", "false") in every process of a namespace on clustered RabbitMQ:
+each transport, nodes and clients alike, then declares quorum queues, so none declares a queue
+differently from another (RabbitMQ refuses inequivalent arguments)."""
+
+
+def quorum_from_environment() -> bool:
+    return os.environ.get(QUORUM_ENV, "").strip().lower() not in ("", "0", "false")

@@ -70,7 +70,14 @@ except ImportError:  # pragma: no cover - a pika that moved them
 from dtq import stagemarks
 from dtq.envelope import COORDINATOR_QUEUE, WORK_QUEUE
 from dtq.errors import ConnectionLost
-from dtq.transport import BUNDLE_HEADER, DEAD_QUEUE, Delivery, Outgoing, queue_name
+from dtq.transport import (
+    BUNDLE_HEADER,
+    DEAD_QUEUE,
+    Delivery,
+    Outgoing,
+    queue_name,
+    quorum_from_environment,
+)
 from transports.bundles import bundled
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -191,18 +198,18 @@ class RabbitTransport:
     """A connection to RabbitMQ owned by one I/O thread; every public method is thread-safe."""
 
     def __init__(
-        self, url: str = DEFAULT_URL, *, namespace: str = "dtq", quorum: bool = False,
+        self, url: str = DEFAULT_URL, *, namespace: str = "dtq", quorum: bool | None = None,
         delivery_limit: int = 5, heartbeat_s: int = HEARTBEAT_S, name: str = "dtq",
         on_delivery: Callable[[Delivery], None] | None = None, log: Any = None,
         work_bundle: int = 1,
     ) -> None:
         """`work_bundle` above 1 lets up to that many dispatches published in one call share a
-        broker message (see the module's "Work bundles")."""
+        broker message (see the module's "Work bundles"). `quorum` None: `$DTQ_QUORUM`."""
         if work_bundle < 1:
             raise ValueError(f"work_bundle must be at least 1, not {work_bundle}")
         self.url = url
         self.namespace = namespace
-        self.quorum = quorum
+        self.quorum = quorum_from_environment() if quorum is None else quorum
         self.delivery_limit = delivery_limit
         self.heartbeat_s = min(heartbeat_s, HEARTBEAT_S)
         self.name = name
