@@ -53,7 +53,7 @@ def test_a_client_told_by_the_environment_submits_to_a_quorum_namespace(
 def test_a_client_that_declares_the_queue_classic_gets_nothing_through(
     rabbitmq_url: str, leader_queue: tuple[str, Inbox], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    ns, inbox = leader_queue
+    ns, _ = leader_queue
     monkeypatch.delenv("DTQ_QUORUM", raising=False)
     submitter = Submitter(rabbitmq_url, namespace=ns, quorum=False)
     try:
