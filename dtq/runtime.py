@@ -168,8 +168,16 @@ class ProcessRuntime:
     # --- the loop ---------------------------------------------------------------------------
 
     def run(self) -> int:
-        """Serve until stopped; return the process exit status."""
-        self._install_signals()
+        """Serve until stopped; return the process exit status. The stop-signal handlers it
+        installs are put back as they were when it returns."""
+        previous = self._install_signals()
+        try:
+            return self._serve()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _serve(self) -> int:
         self.transport.start()
         self._subscribe(self.name)
         self._apply([(self._guard(lambda: self.cell.start(self._now())), None)])
@@ -420,11 +428,11 @@ class ProcessRuntime:
 
     # --- stopping ---------------------------------------------------------------------------
 
-    def _install_signals(self) -> None:
+    def _install_signals(self) -> dict[int, Any]:
+        """Handle SIGTERM and SIGINT (main thread only); the handlers they replaced."""
         if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
+            return {}
+        return {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self._signals.append(signum)

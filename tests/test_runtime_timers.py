@@ -7,6 +7,7 @@ so the whole batch is taken at once.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable, Sequence
 
@@ -108,3 +109,11 @@ def test_a_timer_due_in_the_middle_of_a_batch_fires_there() -> None:
 def test_without_it_the_timer_waits_for_the_whole_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     actor = _run(monkeypatch)
     assert actor.handled == ITEMS and actor.fired_after is None  # the node stopped first
+
+
+def test_the_runtime_puts_back_the_signal_handlers_it_replaced() -> None:
+    """A process that runs a node and then forks (a test worker, an explore pool) must not
+    leave its children a SIGTERM handler that only takes a note: they would never stop."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    _run()
+    assert {sig: signal.getsignal(sig) for sig in before} == before
