@@ -191,8 +191,7 @@ class ProcessRuntime:
                 if (self._running == 0 and not self._unsettled) \
                         or time.monotonic() > drain_deadline:
                     break
-            batch = self._take(self._timeout())
-            self._apply(self._handle_all(batch))
+            self._handle_batch(self._take(self._timeout()))
             self._fire_due()
         return self._shutdown()
 
@@ -392,24 +391,20 @@ class ProcessRuntime:
     def _record_threadsafe(self, kind: str, data: Mapping[str, Any]) -> None:
         self.record(self.name, kind, VectorClock(), data)
 
-    def _handle_all(self, batch: list[Any]) -> list[tuple[Effects | None, Delivery | None]]:
-        """Handle a batch; a timer that falls due meanwhile (the leader's lease renewal, a
-        heartbeat) fires between two items, in its place in the batch, rather than after a
-        batch that may take longer than the lease lets a leader act. Its effects are applied
-        with the batch's, in that order."""
-        results = []
+    def _handle_batch(self, batch: list[Any]) -> None:
+        """Handle a batch and apply its effects. A timer that falls due meanwhile (the leader's
+        lease renewal, a heartbeat) fires between two items rather than after a batch that may
+        take longer than the lease lets a leader act: the effects of the items handled so far
+        are applied first, as its handler may call the store itself (a renewal, a re-seed at a
+        new epoch) and must find everything handled before it already there."""
+        done = []
         for item in batch:
-            results.append(self._handle(item))
+            done.append(self._handle(item))
             if self._timers and self._timers[0][0] <= time.monotonic():
-                results += [(fx, None) for fx in self._due()]
-        return results
-
-    def _due(self) -> list[Effects | None]:
-        """Fire the timers due now; their effects, in order."""
-        fired = []
-        while (due := self._fire_one()) is not None:
-            fired.append(due[0])
-        return fired
+                self._apply(done)
+                done = []
+                self._fire_due()
+        self._apply(done)
 
     def _fire_due(self) -> None:
         while (due := self._fire_one()) is not None:

@@ -17,6 +17,8 @@ import pytest
 from dtq.actor import Actor, Context, receive
 from dtq.envelope import Codec, Envelope, Message
 from dtq.runtime import ProcessRuntime, RuntimeOptions
+from dtq.store import PutTask
+from dtq.task import TaskRecord, TaskSpec
 from dtq.transport import Delivery, Outgoing
 from transports.memory_store import SimStore
 
@@ -42,6 +44,8 @@ class _SlowHandler(Actor):
         super().__init__("slow")
         self.handled = 0
         self.fired_after: int | None = None
+        self.persisted_then: int | None = None
+        """How many of the items handled before the timer had their writes in the store."""
 
     def on_start(self, ctx: Context) -> None:
         ctx.schedule(TIMER_MS, Due())
@@ -52,12 +56,14 @@ class _SlowHandler(Actor):
         while time.monotonic() < deadline:  # the handler's own work, not a wait for anything
             pass
         self.handled += 1
+        ctx.write(PutTask(record=TaskRecord(spec=TaskSpec(id=f"t{msg.n:03d}", type="echo"))))
         if self.handled == ITEMS:
             ctx.exit("the batch is done")
 
     @receive(Due)
     def on_due(self, msg: Due, ctx: Context) -> None:
         self.fired_after = self.handled
+        self.persisted_then = len(ctx.store.scan_tasks())
 
 
 class _StubTransport:
@@ -89,8 +95,8 @@ def _run(monkeypatch: pytest.MonkeyPatch | None = None) -> _SlowHandler:
     runtime = ProcessRuntime(actor, transport=_StubTransport(),  # type: ignore[arg-type]
                              store=SimStore(), options=RuntimeOptions())
     if monkeypatch is not None:  # the batch handled whole, timers only after it
-        monkeypatch.setattr(runtime, "_handle_all",
-                            lambda batch: [runtime._handle(item) for item in batch])
+        monkeypatch.setattr(runtime, "_handle_batch",
+                            lambda batch: runtime._apply([runtime._handle(i) for i in batch]))
     codec = Codec()
     for n in range(ITEMS):
         body = codec.encode(Envelope(id=f"m{n}", sender="test", target="work", body=Slow(n=n)))
@@ -104,6 +110,7 @@ def test_a_timer_due_in_the_middle_of_a_batch_fires_there() -> None:
     actor = _run()
     assert actor.handled == ITEMS
     assert actor.fired_after is not None and actor.fired_after < ITEMS
+    assert actor.persisted_then == actor.fired_after  # what came before it is in the store
 
 
 def test_without_it_the_timer_waits_for_the_whole_batch(monkeypatch: pytest.MonkeyPatch) -> None:
