@@ -407,19 +407,14 @@ class ProcessRuntime:
         self._apply(done)
 
     def _fire_due(self) -> None:
-        while (due := self._fire_one()) is not None:
-            self._apply([(due[0], None)])
-
-    def _fire_one(self) -> tuple[Effects | None] | None:
-        """Fire the earliest timer due now (dropping cancelled ones): (its effects,), or None
-        when none is due."""
-        while self._timers and self._timers[0][0] <= time.monotonic() and self._exit is None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now and self._exit is None:
             _, _, tid, message = heapq.heappop(self._timers)
             if tid in self._cancelled:
                 self._cancelled.discard(tid)
                 continue
-            return (self._guard(functools.partial(self.cell.fire, message, self._now())),)
-        return None
+            fire = functools.partial(self.cell.fire, message, self._now())
+            self._apply([(self._guard(fire), None)])
 
     # --- stopping ---------------------------------------------------------------------------
 

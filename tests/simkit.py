@@ -6,7 +6,7 @@ from typing import Any
 
 from dtq.checker import CheckResult, check
 from dtq.coordinator import Coordinator, CoordinatorConfig
-from dtq.task import TaskSpec
+from dtq.task import TaskRecord, TaskSpec, TaskState
 from dtq.tasktypes import load_task_types
 from dtq.worker import Worker
 from transports.memory import CrashPoints, NetworkConfig, SimStore, Simulation
@@ -53,3 +53,17 @@ def run_until_done(sim: Simulation, tasks: int, *, deadline_ms: int = 60_000) ->
 def events(sim: Simulation, kind: str, **data: Any) -> list[Any]:
     return [e for e in sim.history.events if e.kind == kind
             and all(e.data.get(k) == v for k, v in data.items())]
+
+
+def taking_over(in_flight: int, *, read_us: int = 400, lease_ttl_ms: int = 3000) -> Simulation:
+    """A store holding `in_flight` dispatched tasks, reads costing `read_us` a record, one
+    worker, and a coordinator that takes over (and loads them a page at a time) once run."""
+    store = SimStore()
+    for i in range(in_flight):
+        store.put_record(TaskRecord(spec=TaskSpec(id=f"t{i:05d}", type="echo"),
+                                    state=TaskState.DISPATCHED, attempt=1))
+    sim = make_sim(1, workers=1, coordinators=0, store=store)
+    sim.store_read_us = read_us
+    sim.spawn("coordinator-1", lambda: Coordinator("coordinator-1",
+                                                   CoordinatorConfig(lease_ttl_ms=lease_ttl_ms)))
+    return sim

@@ -13,14 +13,13 @@ from typing import Any
 import attrs
 import pytest
 
-from dtq.coordinator import Coordinator, CoordinatorConfig
+from dtq.coordinator import Coordinator
 from dtq.runner import run_memory
 from dtq.scenario import load
-from dtq.task import TaskRecord, TaskSpec, TaskState
-from transports.memory_store import SimStore
+from dtq.task import TaskSpec, TaskState
 
 from .scenariokit import ROOT
-from .simkit import events, make_sim, run_until_done
+from .simkit import events, make_sim, run_until_done, taking_over
 
 LARGE = ROOT / "scenarios" / "load" / "large-store-takeover.toml"
 
@@ -134,14 +133,7 @@ def test_the_lease_is_renewed_between_pages_of_a_long_load(
     loses the lease first."""
     if not paged:
         monkeypatch.setattr(Coordinator, "_scan_chunk", _one_page)
-    store = SimStore()
-    for i in range(10_000):
-        store.put_record(TaskRecord(spec=TaskSpec(id=f"t{i:05d}", type="echo"),
-                                    state=TaskState.DISPATCHED, attempt=1))
-    sim = make_sim(1, workers=1, coordinators=0, store=store)
-    sim.store_read_us = 400
-    sim.spawn("coordinator-1", lambda: Coordinator("coordinator-1",
-                                                   CoordinatorConfig(lease_ttl_ms=3000)))
+    sim = taking_over(10_000)
     sim.run(until_ms=20_000,
             stop=lambda: bool(events(sim, "takeover_done") or events(sim, "abdicated")))
     done, abdicated = events(sim, "takeover_done"), events(sim, "abdicated")

@@ -14,12 +14,11 @@ import attrs
 import pytest
 
 from dtq import recovery
-from dtq.coordinator import Coordinator, CoordinatorConfig
 from dtq.envelope import WORK_QUEUE
 from dtq.runner import RunResult, run_memory
 from dtq.scenario import load
-from dtq.task import TaskRecord, TaskSpec, TaskState
-from tests.simkit import events, make_sim
+from dtq.task import TaskState
+from tests.simkit import events, taking_over
 from transports.memory_store import SimStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -227,14 +226,7 @@ def test_a_new_leader_hands_out_again_a_dispatch_that_is_gone(
 def _loss_during_a_long_load() -> Any:
     """5,000 tasks in flight at 400 us a record: a new leader loads its view for about 2 s, a
     page at a time, and the store loses its data 1 s in."""
-    store = SimStore()
-    for i in range(5_000):
-        store.put_record(TaskRecord(spec=TaskSpec(id=f"t{i:05d}", type="echo"),
-                                    state=TaskState.DISPATCHED, attempt=1))
-    sim = make_sim(1, workers=1, coordinators=0, store=store)
-    sim.store_read_us = 400
-    sim.spawn("coordinator-1", lambda: Coordinator("coordinator-1",
-                                                   CoordinatorConfig(lease_ttl_ms=3000)))
+    sim = taking_over(5_000)
     sim.run(until_ms=1000)
     assert not events(sim, "takeover_done"), "the load ended before the loss"
     sim.lose_store_data()
