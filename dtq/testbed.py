@@ -52,6 +52,22 @@ def _tool(name: str) -> str | None:
     return str(local) if local.exists() else shutil.which(name)
 
 
+SENTINEL_TIMING = {"INFO-PERIOD": 1000, "TILT-PERIOD": 5000}
+"""Sentinel's internal periods for the testbed (`SENTINEL DEBUG`, Redis 7). A Sentinel turns an
+old primary into a replica 8 s after it first saw its role, and sees it only when it asks: by
+default every 10 s; and a Sentinel whose timer ran 2 s late, as on a loaded machine, stops
+acting for 30 s (TILT), again at each late tick. Together they put a demotion anywhere from
+20 s to over a minute; with these it comes 8-9 s after the role is seen, and a late tick costs
+5 s. The 8 s stay: they keep an old primary writable long enough for a test to see that a store
+does not write to it."""
+
+
+def _tune_sentinel(port: int) -> None:
+    until(f"the Sentinel on {port}", lambda: bool(_redis(port).ping()))
+    pairs = [str(x) for item in SENTINEL_TIMING.items() for x in item]
+    _redis(port).execute_command("SENTINEL", "DEBUG", *pairs)
+
+
 def have_redis() -> bool:
     return shutil.which("redis-server") is not None
 
@@ -242,8 +258,10 @@ class Testbed:
                 f"sentinel failover-timeout {SERVICE} 5000",
                 f"sentinel parallel-syncs {SERVICE} 1"]) + "\n")
             self._spawn(f"sentinel-{i + 1}", ["redis-server", str(conf), "--sentinel"])
+        for port in self.layout.sentinel_ports:
+            _tune_sentinel(port)
 
-    def wait_redis(self, timeout_s: float = 30.0) -> None:
+    def wait_redis(self, timeout_s: float = 60.0) -> None:
         """Until the primary the Sentinels name has a replica linked to it, and every Sentinel
         sees it, the replica and the two other Sentinels."""
         until("Sentinels that agree on a primary with a linked replica", self.redis_ready,
@@ -271,15 +289,15 @@ class Testbed:
                 return int(_redis(port).sentinel_get_master_addr_by_name(SERVICE)[1])
         return None
 
-    def failover(self, timeout_s: float = 30.0) -> tuple[int, int]:
+    def failover(self, timeout_s: float = 60.0) -> tuple[int, int]:
         """`SENTINEL FAILOVER`, then wait until every Sentinel names a new primary and it answers
         as one. (old, new) ports. The old primary is reconfigured as a replica only later (the
-        Sentinels wait for its role to settle, about 10 s): see `wait_demoted`."""
+        Sentinels wait for its role to settle, about 8 s): see `wait_demoted`."""
         old = self._primary()
         _redis(self.layout.sentinel_ports[0]).execute_command("SENTINEL FAILOVER", SERVICE)
         return old, self._promoted(old, timeout_s)
 
-    def kill_redis_primary(self, timeout_s: float = 30.0) -> tuple[int, int]:
+    def kill_redis_primary(self, timeout_s: float = 60.0) -> tuple[int, int]:
         """kill -9 the primary, then wait until the Sentinels agree it is down and name a
         promoted replica. (old, new) ports; `restart(redis_name(old))` brings the old back."""
         old = self._primary()
@@ -332,8 +350,10 @@ class Testbed:
         port = int(next(line.split()[1] for line in conf.read_text().splitlines()
                         if line.startswith("port ")))
         until(f"{name} on {port}", lambda: bool(_redis(port).ping()))
+        if sentinel:
+            _tune_sentinel(port)
 
-    def wait_demoted(self, port: int, timeout_s: float = 60.0) -> None:
+    def wait_demoted(self, port: int, timeout_s: float = 120.0) -> None:
         """Until the server on `port` is a replica linked to the current primary."""
         def linked() -> bool:
             info = _redis(port).info("replication")

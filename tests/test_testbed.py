@@ -165,7 +165,7 @@ def test_a_store_follows_a_sentinel_failover_without_a_restart(
 ) -> None:
     _replicated_write(sentinels, store, "before")
     old, new = sentinels.failover()
-    # The old primary still accepts writes until the Sentinels reconfigure it (about 10 s): a
+    # The old primary still accepts writes until the Sentinels reconfigure it (about 8 s): a
     # store still talking to it would write there and lose it when it resyncs.
     assert _plain(old).info("replication")["role"] == "master"
     # The store asks the Sentinels again at most every RECHECK_S (0.5 s): a failover that
