@@ -31,13 +31,13 @@ from dtq.tasktypes import TaskActor, TaskContext, TaskError, TaskInput
 from dtq.worker import Worker
 
 if TYPE_CHECKING:
-    from dtq.app import App, Dag, SimApp, TaskHandle, connect, simulate
-    from dtq.client import Client, TaskFailed, WaitTimeout
+    from dtq.client.app import App, Dag, SimApp, TaskHandle, connect, simulate
+    from dtq.client.http import Client, TaskFailed, WaitTimeout
 
 _LAZY = {
-    "App": "dtq.app", "Client": "dtq.client", "Dag": "dtq.app", "SimApp": "dtq.app",
-    "TaskFailed": "dtq.client", "TaskHandle": "dtq.app", "WaitTimeout": "dtq.client",
-    "connect": "dtq.app", "simulate": "dtq.app",
+    "App": "dtq.client.app", "Client": "dtq.client.http", "Dag": "dtq.client.app",
+    "SimApp": "dtq.client.app", "TaskFailed": "dtq.client.http", "TaskHandle": "dtq.client.app",
+    "WaitTimeout": "dtq.client.http", "connect": "dtq.client.app", "simulate": "dtq.client.app",
 }
 
 

@@ -62,6 +62,11 @@ class DecodeError(TransportError):
     """A message on the wire could not be decoded (it is dead-lettered, never retried)."""
 
 
+class ConfigurationError(DtqError):
+    """A node or a service cannot run as configured; starting it again would fail the same
+    way (the supervisor does not restart a node that exits with it)."""
+
+
 class ScenarioError(DtqError):
     """A scenario file is broken; the message names the file, and the key where known."""
 

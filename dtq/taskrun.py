@@ -22,7 +22,7 @@ Crash points (`CRASH_POINTS`), in the order a task reaches them:
 
 Production passes `no_crash`. The simulator's hook raises an exception that is not an
 `Exception` (task code cannot swallow it) and crashes the node, leaving the store as it was at
-that point. A process started with `DTQ_CRASH_AT` kills itself there (see `dtq.process`).
+that point. A process started with `DTQ_CRASH_AT` kills itself there (see `dtq.runtime.process`).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ time, files and the network only through its `TaskContext`, which the simulator 
 and I/O advance virtual time) and the process runtime implements for real, in a thread off the
 worker's handler loop. Users add types by subclassing in their own module and naming it:
 `dtq worker --tasks mypkg.tasks`; `Type.submit(...)` submits one with the default app
-(`dtq.app`).
+(`dtq.client.app`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dtq.envelope import Message
 from dtq.errors import UnknownTaskType, ValidationError
 
 if TYPE_CHECKING:
-    from dtq.app import TaskHandle
+    from dtq.client.app import TaskHandle
 
 JSON = Any
 
@@ -129,8 +129,8 @@ class TaskActor:
     @classmethod
     def submit(cls, payload: JSON = None, /, **fields: Any) -> TaskHandle:
         """Submit a task of this type with the default app (`dtq.connect`, `dtq.simulate`, the
-        `dtq_sim` fixture): `WordCount.submit(text="a b")`. See `dtq.app.App.submit`."""
-        from dtq.app import default_app
+        `dtq_sim` fixture): `WordCount.submit(text="a b")`. See `dtq.client.app.App.submit`."""
+        from dtq.client.app import default_app
 
         return default_app().submit(cls, payload, **fields)
 

@@ -17,12 +17,11 @@ Delivery contract (RabbitMQ's, and every transport's):
   when the consumer goes (handlers are idempotent), and they all go to the same consumer.
 
 `transports/rabbitmq.py` implements it on RabbitMQ, `transports/local.py` in process memory;
-`dtq.testing.TransportConformance` checks an implementation against this contract.
+`dtq.testing.conformance.TransportConformance` checks an implementation against this contract.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -90,12 +89,3 @@ class Transport(Protocol):
 
     def reject(self, delivery: Delivery, *, requeue: bool) -> None: ...
 
-
-QUORUM_ENV = "DTQ_QUORUM"
-"""Set (to anything but "", "0", "false") in every process of a namespace on clustered RabbitMQ:
-each transport, nodes and clients alike, then declares quorum queues, so none declares a queue
-differently from another (RabbitMQ refuses inequivalent arguments)."""
-
-
-def quorum_from_environment() -> bool:
-    return os.environ.get(QUORUM_ENV, "").strip().lower() not in ("", "0", "false")

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from dtq.realrun import run_real
-from dtq.runner import RunResult, run_memory
-from dtq.scenario import load
+from dtq.scenario.model import load
+from dtq.scenario.real import run_real
+from dtq.scenario.sim import RunResult, run_memory
 
 ROOT = Path(__file__).resolve().parent.parent
 Run = Callable[[str], RunResult]

@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from dtq.api import create_app
-from dtq.api_views import WORKER_SILENT_MS
-from dtq.apibackend import SimBackend
+from dtq.api.server import create_app
+from dtq.api.views import WORKER_SILENT_MS
+from dtq.client.backend import SimBackend
 from dtq.errors import ConnectionLost, StoreUnavailable
 from dtq.store import WorkerInfo
 from dtq.task import MAX_PAYLOAD_BYTES, id_for_key
@@ -598,6 +598,6 @@ def test_the_description_and_docs_are_served(api: Api) -> None:
 
 
 def test_the_sim_backend_is_an_api_backend() -> None:
-    from dtq.apibackend import ApiBackend
+    from dtq.client.backend import ApiBackend
 
     assert isinstance(SimBackend(), ApiBackend)

@@ -1,4 +1,4 @@
-"""Bearer-token authentication of the REST API (`dtq.api_auth`), in process and as `dtq api`.
+"""Bearer-token authentication of the REST API (`dtq.api.auth`), in process and as `dtq api`.
 
 Shown: a request without a token, or with a wrong one, is 401 with the API's JSON error body
 on every route but /healthz and /readyz; the right token (any of several) works, through
@@ -22,10 +22,10 @@ from typing import Any
 import httpx
 import pytest
 
-from dtq.api import create_app
-from dtq.api_auth import TokenError, check_exposure, load_tokens
-from dtq.apibackend import SimBackend
-from dtq.client import Client, InProcessTransport, Unauthorized
+from dtq.api.auth import TokenError, check_exposure, load_tokens
+from dtq.api.server import create_app
+from dtq.client.backend import SimBackend
+from dtq.client.http import Client, InProcessTransport, Unauthorized
 
 from .test_api_kit import TOKEN, USER_TASKS, Api, api_on, make_api, wait_until
 
@@ -138,7 +138,7 @@ def test_an_open_api_on_loopback_is_allowed(host: str) -> None:
 
 def _dtq(*args: str, env: dict[str, str], **kwargs: Any) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-c", "import sys; from dtq.cli import main; sys.exit(main())", *args],
+        [sys.executable, "-m", "dtq.cli", *args],
         env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         **kwargs)
 
@@ -191,7 +191,7 @@ def test_dtq_api_never_logs_a_token(
             r = http.get(f"/tasks/{wrong}", headers={"Authorization": f"Bearer {env_token}"})
             assert r.status_code == 404
         done = subprocess.run(
-            [sys.executable, "-c", "import sys; from dtq.cli import main; sys.exit(main())",
+            [sys.executable, "-c", "import sys; from dtq.cli.main import main; sys.exit(main())",
              "status", "t-none", "--api", url, "--token-file", str(secret_file)],
             capture_output=True, text=True, timeout=60, env={**os.environ, "DTQ_API_TOKEN": ""})
         assert done.returncode == 2 and "404" in done.stderr, done.stderr  # authenticated
@@ -214,8 +214,8 @@ def test_the_commands_send_the_token(
     api: Api, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from dtq import cli_client
-    from dtq.cli import main
+    from dtq.cli import client as cli_client
+    from dtq.cli.main import main
 
     made: list[Client] = []
 

@@ -22,8 +22,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from dtq.api_schema import documented_statuses
-from dtq.client import InProcessTransport
+from dtq.api.schema import documented_statuses
+from dtq.client.http import InProcessTransport
 from dtq.task import TaskState
 
 from .test_api_kit import TOKEN, Api, make_api

@@ -14,9 +14,9 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
-from dtq.api import create_app
-from dtq.apibackend import ApiBackend, SimBackend
-from dtq.client import Client, InProcessTransport
+from dtq.api.server import create_app
+from dtq.client.backend import ApiBackend, SimBackend
+from dtq.client.http import Client, InProcessTransport
 from dtq.history import Event
 from dtq.tasktypes import TaskActor
 

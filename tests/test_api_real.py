@@ -14,10 +14,10 @@ import attrs
 import httpx
 import pytest
 
-from dtq.api import create_app
-from dtq.apibackend import RabbitBackend
-from dtq.client import Client, Conflict, InvalidRequest, TaskFailed
-from dtq.process import NodeConfig, Supervisor
+from dtq.api.server import create_app
+from dtq.client.backend import RabbitBackend
+from dtq.client.http import Client, Conflict, InvalidRequest, TaskFailed
+from dtq.runtime.process import NodeConfig, Supervisor
 from dtq.task import id_for_key
 from transports.rabbitmq import delete_namespace
 from transports.redis import RedisHistory, RedisStore

@@ -1,4 +1,5 @@
-"""The Python application API on the simulator (`dtq.simulate`, `dtq.app`) and its pytest plugin.
+"""The Python application API on the simulator (`dtq.simulate`, `dtq.client.app`) and its
+pytest plugin.
 
 What is shown: a task class submitted at the call site and by the app, its handle's state,
 result, wait and cancel; `then` chains and DAG builders deliver dependency results; refusals
@@ -23,7 +24,7 @@ import pytest
 
 import dtq
 from dtq import TaskActor, TaskContext, TaskInput, ValidationError
-from dtq.app import SimApp, default_app
+from dtq.client.app import SimApp, default_app
 
 pytest_plugins = ["pytester"]
 README = (Path(__file__).parent.parent / "README.md").read_text()
@@ -225,7 +226,7 @@ def test_the_same_seed_gives_the_same_history() -> None:
 def test_without_an_app_submitting_at_the_call_site_says_what_to_do(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(dtq.app, "_default", None)  # whatever other tests left open
+    monkeypatch.setattr(dtq.client.app, "_default", None)  # whatever other tests left open
     app = dtq.simulate(default=False)
     with app.as_default():
         assert default_app() is app

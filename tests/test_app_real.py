@@ -24,10 +24,10 @@ from typing import Any
 import pytest
 
 import dtq
-from dtq.app import App
+from dtq.client.app import App
 from dtq.envelope import COORDINATOR_QUEUE
-from dtq.process import NodeConfig, Supervisor
-from dtq.realrun import wait_for
+from dtq.runtime.process import NodeConfig, Supervisor
+from dtq.scenario.real import wait_for
 from tests.fixtures.usertasks import Flaky, Reverse, SumDeps
 from tests.test_app import README, _readme_block
 from tests.test_cluster_process import Cluster

@@ -82,25 +82,25 @@ def test_chart_is_a_png(tmp_path: Path) -> None:
 
 
 def test_profile_summary_from_collapsed_stacks() -> None:
-    lines = ["<module> (<string>:1);run (dtq/runtime.py:10);apply (dtq/runtime.py:20) 30",
-             "<module> (<string>:1);run (dtq/runtime.py:10) 10",
+    lines = ["<module> (<string>:1);run (dtq/runtime/node.py:10);apply (dtq/runtime/node.py:20) 30",
+             "<module> (<string>:1);run (dtq/runtime/node.py:10) 10",
              "_find_and_load (<frozen importlib._bootstrap>:1);x (y.py:1) 99"]
     own, total, samples = collapse(lines)
     assert samples == 40  # the import stack is left out
-    assert own["apply (dtq/runtime.py)"] == 30 and total["run (dtq/runtime.py)"] == 40
+    assert own["apply (dtq/runtime/node.py)"] == 30 and total["run (dtq/runtime/node.py)"] == 40
     text = summarise("worker-1", lines)
-    assert "75.0%  apply (dtq/runtime.py)" in text
+    assert "75.0%  apply (dtq/runtime/node.py)" in text
 
 
 def _bench_help(capsys: pytest.CaptureFixture[str]) -> str:
-    from dtq.cli import build_parser
+    from dtq.cli.main import build_parser
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["bench", "--help"])
     text = capsys.readouterr().out
     if "throughput" in text:
         return text
-    parser = argparse.ArgumentParser(prog="dtq bench")  # not wired into dtq.cli yet
+    parser = argparse.ArgumentParser(prog="dtq bench")  # not wired into dtq.cli.main yet
     configure(parser.add_subparsers(dest="bench_cmd", metavar="WHAT"))
     with pytest.raises(SystemExit):
         parser.parse_args(["--help"])
@@ -114,9 +114,9 @@ def test_bench_help_lists_the_subcommands(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_worker_prefetch_option_reaches_the_runtime(capsys: pytest.CaptureFixture[str]) -> None:
-    from dtq.cli import _node_config, build_parser
+    from dtq.cli.main import _node_config, build_parser
     from dtq.envelope import WORK_QUEUE
-    from dtq.process import _prefetch
+    from dtq.runtime.process import _prefetch
 
     parser = build_parser()
     args = parser.parse_args(["worker", "--concurrency", "2", "--prefetch", "3"])
@@ -130,7 +130,7 @@ def test_worker_prefetch_option_reaches_the_runtime(capsys: pytest.CaptureFixtur
 
 
 def test_cluster_passes_worker_options_on() -> None:
-    from dtq.cli import _node_config, build_parser
+    from dtq.cli.main import _node_config, build_parser
 
     args = build_parser().parse_args(["cluster", "--prefetch", "5", "--result-ttl-ms", "900"])
     cfg = _node_config(args, "worker", "worker-1")

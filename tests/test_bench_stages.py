@@ -11,8 +11,8 @@ import pytest
 from dtq import stagemarks
 from dtq.bench import stages
 from dtq.bench.stages import Mark, load, round_trips, summarise, table
-from dtq.runtime import ProcessRuntime
-from dtq.stagemarks import Marker
+from dtq.runtime.markfile import Marker, install
+from dtq.runtime.node import ProcessRuntime
 
 
 def _trip(t0: float, *, completion_first: bool) -> list[Mark]:
@@ -91,7 +91,7 @@ def test_the_marker_writes_marks_that_load_reads(tmp_path: Path) -> None:
 def test_the_runtime_marks_a_fenced_write_only_with_a_sink_set(tmp_path: Path) -> None:
     """The hook is called by the code production runs (the runtime's effect primitives); with
     no sink it records nothing."""
-    from dtq.runtime import _ProcessEffects
+    from dtq.runtime.node import _ProcessEffects
     from dtq.store import PutTask
     from dtq.task import TaskRecord, TaskSpec
     from tests.test_runtime_timers import _SlowHandler, _StubTransport
@@ -105,7 +105,7 @@ def test_the_runtime_marks_a_fenced_write_only_with_a_sink_set(tmp_path: Path) -
     write = [PutTask(record=TaskRecord(spec=TaskSpec(id="t", type="echo"), epoch=epoch))]
     _ProcessEffects(runtime).write(write, epoch)
     assert not stagemarks.enabled() and not list(tmp_path.iterdir())
-    marker = stagemarks.install(tmp_path)
+    marker = install(tmp_path)
     try:
         _ProcessEffects(runtime).write(write, epoch)
     finally:

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from dtq.coordinator import Coordinator, CoordinatorConfig
-from dtq.runner import run_memory
-from dtq.scenario import load
-from dtq.swarm import swarm
+from dtq.scenario.model import load
+from dtq.scenario.sim import run_memory
+from dtq.scenario.swarm import swarm
 from dtq.task import TaskSpec
 from dtq.tasktypes import load_task_types
 from dtq.worker import Worker

@@ -20,13 +20,13 @@ from toxiproxy.api import APIConsumer
 
 from dtq.chaos import ToxiproxyServer
 from dtq.chaos.testkit import TcpServer, closed_by_peer, connect, echo_works, refused
-from dtq.chaosrun import ProxyNet, Toxic, address_of, fault_end_ms, toxic_for, with_address
-from dtq.cli import main
+from dtq.cli.main import main
 from dtq.errors import ScenarioError
 from dtq.history import Event
-from dtq.realrun import Progress, RealRun, run_real, summary_table
-from dtq.runner import run_memory
-from dtq.scenario import FaultSpec, Scenario, load
+from dtq.scenario.links import ProxyNet, Toxic, address_of, fault_end_ms, toxic_for, with_address
+from dtq.scenario.model import FaultSpec, Scenario, load
+from dtq.scenario.real import Progress, RealRun, run_real, summary_table
+from dtq.scenario.sim import run_memory
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = """name = "t"

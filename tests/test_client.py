@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
-from dtq import cli_client
-from dtq.cli import build_parser
-from dtq.client import (
+from dtq.cli import client as cli_client
+from dtq.cli.main import build_parser
+from dtq.client.http import (
     ApiError,
     ApiUnreachable,
     Client,
@@ -174,7 +174,7 @@ def run(api: Api, monkeypatch: pytest.MonkeyPatch, *argv: str) -> int:
     args = _parser().parse_args(list(argv))
     try:
         return int(args.func(args))
-    except DtqError as exc:  # as dtq.cli.main does
+    except DtqError as exc:  # as dtq.cli.main.main does
         print(f"dtq: error: {exc}")
         return 2
 

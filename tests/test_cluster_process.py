@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 
 from dtq.bench.common import queue_counts
+from dtq.client.submitter import Submitter
 from dtq.envelope import WORK_QUEUE
-from dtq.process import EXIT_CONFIG
-from dtq.submitter import Submitter
+from dtq.runtime.process import EXIT_CONFIG
 from dtq.task import TaskSpec
 from dtq.transport import queue_name
 from transports.rabbitmq import delete_namespace
@@ -97,7 +97,7 @@ class Cluster:
 
     def start(self, *args: str, ignore_sigint: bool = False,
               env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        cmd = [sys.executable, "-c", "import sys; from dtq.cli import main; sys.exit(main())",
+        cmd = [sys.executable, "-c", "import sys; from dtq.cli.main import main; sys.exit(main())",
                "cluster", "--namespace", self.ns, "--broker-url", self.broker,
                "--store-url", self.store, "--coordinators", "1", "--workers", "1",
                "--io-root", str(self.workdir / "io"), *args]

@@ -18,7 +18,7 @@ import pika
 import pytest
 import redis
 
-from dtq.process import NodeConfig, broker_url, store_url
+from dtq.runtime.process import NodeConfig, broker_url, store_url
 from transports.rabbitmq import redact
 from transports.redis import RedisStore
 

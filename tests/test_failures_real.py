@@ -9,9 +9,9 @@ import uuid
 
 import pytest
 
-from dtq.process import NodeConfig, Supervisor
-from dtq.realrun import wait_for
-from dtq.submitter import Submitter
+from dtq.client.submitter import Submitter
+from dtq.runtime.process import NodeConfig, Supervisor
+from dtq.scenario.real import wait_for
 from dtq.task import TERMINAL, TaskSpec
 from transports.rabbitmq import delete_namespace
 from transports.redis import RedisStore

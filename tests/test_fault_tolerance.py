@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from dtq.runner import run_memory
-from dtq.scenario import load
+from dtq.scenario.model import load
+from dtq.scenario.sim import run_memory
 from dtq.store import LEADER_LEASE, Write
 from transports.memory_store import SimStore
 

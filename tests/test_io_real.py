@@ -1,5 +1,6 @@
 """The `io` task on a real worker process: files only inside its I/O root, HTTP only to public
-addresses or those its allow-list names (`dtq.runtime_io`, wired through `dtq.process`).
+addresses or those its allow-list names (`dtq.runtime.sandbox`, wired through
+`dtq.runtime.process`).
 
 Skipped when RabbitMQ or Redis is down locally; failing under CI.
 """
@@ -16,10 +17,10 @@ from typing import Any
 
 import pytest
 
+from dtq.client.submitter import Submitter
 from dtq.envelope import Finished
-from dtq.process import NodeConfig, Supervisor
-from dtq.realrun import wait_for
-from dtq.submitter import Submitter
+from dtq.runtime.process import NodeConfig, Supervisor
+from dtq.scenario.real import wait_for
 from dtq.task import TaskSpec
 from transports.rabbitmq import delete_namespace
 from transports.redis import RedisStore

@@ -14,8 +14,8 @@ import attrs
 import pytest
 
 from dtq.coordinator import Coordinator
-from dtq.runner import run_memory
-from dtq.scenario import load
+from dtq.scenario.model import load
+from dtq.scenario.sim import run_memory
 from dtq.task import TaskSpec, TaskState
 
 from .scenariokit import ROOT

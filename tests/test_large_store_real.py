@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from dtq.realrun import fill_finished
+from dtq.scenario.real import fill_finished
 from dtq.store import PutTask
 from dtq.task import TaskRecord, TaskSpec, TaskState
 from transports.redis import RedisStore
@@ -68,7 +68,7 @@ def test_a_takeover_over_a_large_store_fits_in_the_lease(
     full_ms = (time.perf_counter() - started) * 1000
     assert everything == RECORDS + 100
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dtq.cli", "coordinator", "--name", "coordinator-large",
+        [sys.executable, "-m", "dtq.cli.main", "coordinator", "--name", "coordinator-large",
          "--namespace", store.prefix, "--lease-ttl-ms", str(LEASE_TTL_MS),
          "--store-url", redis_url, "--broker-url", rabbitmq_url, "--log-level", "info"],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,

@@ -18,7 +18,7 @@ LINES = 1000
 _CHILD = """
 import sys
 import structlog
-from dtq.logs import configure_logging
+from dtq.runtime.logs import configure_logging
 
 configure_logging("info")
 log = structlog.get_logger("dtq").bind(process=int(sys.argv[1]))

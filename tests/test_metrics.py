@@ -10,9 +10,9 @@ import httpx
 import pytest
 from prometheus_client import generate_latest
 
-from dtq.metrics import NodeMetrics
-from dtq.process import NodeConfig, Supervisor
-from dtq.realrun import wait_for
+from dtq.runtime.metrics import NodeMetrics
+from dtq.runtime.process import NodeConfig, Supervisor
+from dtq.scenario.real import wait_for
 from transports.rabbitmq import delete_namespace
 from transports.redis import RedisStore
 

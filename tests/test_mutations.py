@@ -31,8 +31,8 @@ from dtq.clock import VectorClock
 from dtq.coordinator import Coordinator
 from dtq.effectplan import Plan
 from dtq.envelope import COORDINATOR_QUEUE, Cancel, Envelope
-from dtq.runner import run_memory
-from dtq.scenario import Scenario, parse
+from dtq.scenario.model import Scenario, parse
+from dtq.scenario.sim import run_memory
 from dtq.store import LEADER_LEASE, Write
 from dtq.task import TaskSpec, TaskState
 from dtq.worker import Worker

@@ -20,7 +20,7 @@ import redis
 from dtq.errors import StoreError
 from dtq.store import PutTask
 from dtq.task import TaskRecord, TaskSpec
-from dtq.testing import PollingClock, StoreClock, StoreConformance
+from dtq.testing.conformance import PollingClock, StoreClock, StoreConformance
 from transports.redis import RedisStore
 
 PASSWORD = "ns-a-" + uuid4().hex

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from dtq.client.submitter import Submitter
 from dtq.history import Event
-from dtq.process import NodeConfig, Supervisor
-from dtq.realrun import wait_for
-from dtq.runner import run_memory
-from dtq.scenario import load
+from dtq.runtime.process import NodeConfig, Supervisor
+from dtq.scenario.model import load
+from dtq.scenario.real import wait_for
+from dtq.scenario.sim import run_memory
 from dtq.store import OnceState
-from dtq.submitter import Submitter
 from dtq.task import TaskSpec, TaskState
 from dtq.taskrun import CRASH_POINTS
 from tests.simkit import events, make_sim, run_until_done, spec

@@ -15,7 +15,7 @@ import attrs
 import pytest
 
 from dtq.actor import Actor, Context, receive
-from dtq.cli import main
+from dtq.cli.main import main
 from dtq.clock import VectorClock
 from dtq.envelope import (
     Cancel,
@@ -40,10 +40,10 @@ from dtq.poison import (
     poison_violations,
     summary_lines,
 )
-from dtq.realrun import wait_for
-from dtq.runner import run_memory
-from dtq.runtime import EXIT_ACTOR, ProcessRuntime
-from dtq.scenario import load
+from dtq.runtime.node import EXIT_ACTOR, ProcessRuntime
+from dtq.scenario.model import load
+from dtq.scenario.real import wait_for
+from dtq.scenario.sim import run_memory
 from dtq.transport import DEAD_QUEUE, queue_name
 from transports.memory_store import SimStore
 from transports.rabbitmq import RabbitTransport, blocking, delete_namespace

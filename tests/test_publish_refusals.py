@@ -14,9 +14,9 @@ import pytest
 
 from dtq.actor import Actor, Context, receive
 from dtq.envelope import WORK_QUEUE, Completed, Dispatch
-from dtq.runtime import EXIT_ACTOR, ProcessRuntime
+from dtq.runtime.node import EXIT_ACTOR, ProcessRuntime
 from dtq.task import TaskSpec
-from dtq.testing import Inbox
+from dtq.testing.conformance import Inbox
 from dtq.transport import Outgoing, queue_name
 from transports.memory_store import SimStore
 from transports.rabbitmq import ORIGIN_HEADER, REFUSED_HEADER, RabbitTransport, delete_namespace

@@ -10,11 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from dtq.client.submitter import Submitter
 from dtq.envelope import COORDINATOR_QUEUE, Codec, Submit
 from dtq.errors import ConnectionLost
-from dtq.submitter import Submitter
 from dtq.task import TaskSpec
-from dtq.testing import Inbox
+from dtq.testing.conformance import Inbox
 from transports.rabbitmq import RabbitTransport, delete_namespace
 
 pytestmark = pytest.mark.rabbitmq

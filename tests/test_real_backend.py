@@ -14,12 +14,12 @@ from pathlib import Path
 import pika
 import pytest
 
-from dtq.cli import main
+from dtq.cli.main import main
+from dtq.client.submitter import Submitter
 from dtq.envelope import Codec, Dispatch, Envelope, Finished, Submit
 from dtq.history import Event
-from dtq.process import NodeConfig, Supervisor
-from dtq.realrun import wait_for
-from dtq.submitter import Submitter
+from dtq.runtime.process import NodeConfig, Supervisor
+from dtq.scenario.real import wait_for
 from dtq.task import TERMINAL, TaskSpec
 from transports.rabbitmq import delete_namespace, queue_name
 from transports.redis import RedisHistory, RedisStore

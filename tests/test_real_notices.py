@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
+from dtq.client.submitter import Submitter
 from dtq.envelope import Finished
-from dtq.process import NodeConfig, Supervisor
-from dtq.realrun import wait_for
+from dtq.runtime.process import NodeConfig, Supervisor
+from dtq.scenario.real import wait_for
 from dtq.store import finished_channel
-from dtq.submitter import Submitter
 from dtq.task import TaskSpec
 from transports.rabbitmq import delete_namespace
 from transports.redis import RedisHistory, RedisStore

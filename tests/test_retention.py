@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from dtq.cli import main
+from dtq.cli.main import main
 from dtq.store import DEFAULT_RETENTION_MS, AddDependents, PutTask
 from dtq.task import TaskRecord, TaskResult, TaskSpec, TaskState
 from transports.memory import SimStore

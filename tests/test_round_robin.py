@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from dtq.checker import check
-from dtq.cli import main
-from dtq.runner import run_memory
-from dtq.scenario import load
+from dtq.cli.main import main
+from dtq.scenario.model import load
+from dtq.scenario.sim import run_memory
 from dtq.store import ResultWrite
 from dtq.task import TaskResult
 from transports.memory import SimStore

@@ -1,4 +1,4 @@
-"""What the `io` task may touch on real processes (`dtq.runtime_io`): files inside the I/O root
+"""What the `io` task may touch on real processes (`dtq.runtime.sandbox`): files inside the I/O root
 only, HTTP to public addresses only, unless an allow-list names them.
 
 HTTP refusals are checked before any connection: `_connect` is replaced by one that fails the
@@ -19,8 +19,8 @@ from typing import Any, ClassVar
 
 import pytest
 
-from dtq import runtime_io
-from dtq.runtime_io import HttpPolicy, IoConfigError, IoRoot, http_get, resolve_io_root
+from dtq.runtime import sandbox as runtime_io
+from dtq.runtime.sandbox import HttpPolicy, IoConfigError, IoRoot, http_get, resolve_io_root
 from dtq.tasktypes import TaskError
 
 # --- files -----------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import pytest
 
 from dtq.actor import Actor, Context, receive
 from dtq.envelope import Codec, Envelope, Message
-from dtq.runtime import ProcessRuntime, RuntimeOptions
+from dtq.runtime.node import ProcessRuntime, RuntimeOptions
 from dtq.store import PutTask
 from dtq.task import TaskRecord, TaskSpec
 from dtq.transport import Delivery, Outgoing

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from dtq.cli import main
+from dtq.cli.main import main
 from dtq.errors import ScenarioError
-from dtq.scenario import load
+from dtq.scenario.model import load
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,7 +96,7 @@ def test_every_shipped_scenario_loads() -> None:
 def test_a_busy_fault_waits_until_its_target_runs_a_task(tmp_path: Path) -> None:
     """`when = "busy"`: the kill fires at the first moment from `at` on when the worker runs a
     task, however late that is (here the tasks are submitted only at 500 ms)."""
-    from dtq.runner import run_memory
+    from dtq.scenario.sim import run_memory
 
     path = write(tmp_path, "name = 'busy'\n[cluster]\nworkers = 2\n"
                  "[workload]\ncount = 4\nstart_ms = 500\ntype = 'sleep'\npayload = { ms = 200 }\n"

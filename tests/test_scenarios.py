@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from dtq.cli import main
+from dtq.cli.main import main
 from dtq.errors import ScenarioError
-from dtq.realrun import run_real
-from dtq.runner import RunResult, run_memory
-from dtq.scenario import Scenario, load
+from dtq.scenario.model import Scenario, load
+from dtq.scenario.real import run_real
+from dtq.scenario.sim import RunResult, run_memory
 
 ROOT = Path(__file__).resolve().parent.parent
 FILES = sorted((ROOT / "scenarios").glob("*.toml"))

@@ -15,9 +15,9 @@ import pytest
 
 from dtq.actor import Actor, Context, receive
 from dtq.envelope import Message
-from dtq.explore import explore
-from dtq.runner import run_memory
-from dtq.scenario import Scenario, load
+from dtq.scenario.explore import explore
+from dtq.scenario.model import Scenario, load
+from dtq.scenario.sim import run_memory
 from transports.memory import Simulation
 
 ROOT = Path(__file__).resolve().parent.parent

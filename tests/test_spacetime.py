@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
-import dtq.spacetime as spacetime
+import dtq.report.spacetime as spacetime
 from dtq.clock import VectorClock
 from dtq.history import Event
-from dtq.runner import RunResult, run_memory
-from dtq.scenario import Scenario, load
-from dtq.spacetime import render_report, write_report
-from dtq.spacetime_layout import TimeScale
-from dtq.spacetime_model import SYSTEM_ACTORS, build, order_lanes
+from dtq.report.layout import TimeScale
+from dtq.report.model import SYSTEM_ACTORS, build, order_lanes
+from dtq.report.spacetime import render_report, write_report
+from dtq.scenario.model import Scenario, load
+from dtq.scenario.sim import RunResult, run_memory
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_CRASH = ROOT / "scenarios" / "worker-crash.toml"

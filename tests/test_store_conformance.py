@@ -14,7 +14,7 @@ from dtq.clock import VectorClock
 from dtq.errors import StaleEpoch, StoreUnavailable
 from dtq.store import Notify, PutTask, ResultItem, ResultWrite
 from dtq.task import TaskRecord, TaskResult, TaskSpec
-from dtq.testing import ManualClock, PollingClock, StoreClock, StoreConformance
+from dtq.testing.conformance import ManualClock, PollingClock, StoreClock, StoreConformance
 from transports.memory_store import SimStore
 from transports.redis import FinishedListener, RedisHistory, RedisStore
 

@@ -24,12 +24,12 @@ from typing import Any
 import pytest
 import redis
 
-from dtq.chaosrun import ProxiedSupervisor
 from dtq.checker import check
+from dtq.client.submitter import Submitter
 from dtq.errors import ScenarioError
-from dtq.process import NodeConfig
-from dtq.realrun import wait_for
-from dtq.submitter import Submitter
+from dtq.runtime.process import NodeConfig
+from dtq.scenario.links import ProxiedSupervisor
+from dtq.scenario.real import wait_for
 from dtq.task import TERMINAL, TaskSpec
 from transports.rabbitmq import delete_namespace
 from transports.redis import RedisHistory, RedisStore

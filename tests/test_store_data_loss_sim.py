@@ -15,8 +15,8 @@ import pytest
 
 from dtq import recovery
 from dtq.envelope import WORK_QUEUE
-from dtq.runner import RunResult, run_memory
-from dtq.scenario import load
+from dtq.scenario.model import load
+from dtq.scenario.sim import RunResult, run_memory
 from dtq.task import TaskState
 from tests.simkit import events, taking_over
 from transports.memory_store import SimStore
@@ -158,7 +158,7 @@ def test_a_dispatch_gone_with_the_data_is_handed_out_again_after_its_timeout(
     dropped: list[str] = []
     lose = type(scenario.faults[1])(at_ms=2600, action="lose_store_data")
 
-    from dtq import runner
+    from dtq.scenario import sim as runner
 
     real = runner._lose_store_data
 
@@ -195,7 +195,7 @@ def test_a_new_leader_hands_out_again_a_dispatch_that_is_gone(
     template = attrs.evolve(scenario.workload.template, payload={"ms": 400}, timeout_ms=1500)
     dropped: list[str] = []
 
-    from dtq import runner
+    from dtq.scenario import sim as runner
 
     real = runner._ACTIONS["kill"]
 

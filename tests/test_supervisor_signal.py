@@ -13,7 +13,7 @@ import sys
 
 PROBE = '''
 import os, signal, sys
-from dtq.process import Supervisor
+from dtq.runtime.process import Supervisor
 
 def stop_at(k):
     count = 0

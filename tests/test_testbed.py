@@ -26,15 +26,15 @@ from typing import Any
 import pytest
 import redis
 
-from dtq.chaosrun import address_of
+from dtq.client.submitter import Submitter
 from dtq.envelope import Finished
-from dtq.errors import ScenarioError, StoreError, StoreUnavailable
-from dtq.process import EXIT_CONFIG, ConfigurationError, NodeConfig, Supervisor
-from dtq.realrun import wait_for
+from dtq.errors import ConfigurationError, ScenarioError, StoreError, StoreUnavailable
+from dtq.runtime.process import EXIT_CONFIG, NodeConfig, Supervisor
+from dtq.scenario.links import address_of
+from dtq.scenario.real import wait_for
 from dtq.store import PutTask, WorkerInfo
-from dtq.submitter import Submitter
 from dtq.task import TaskRecord, TaskResult, TaskSpec, TaskState
-from dtq.testbed import (
+from dtq.testing.testbed import (
     Layout,
     Testbed,
     alive,
@@ -299,7 +299,7 @@ def test_the_testbed_command_runs_a_three_node_rabbitmq_cluster(tmp_path: Path) 
     import pika
 
     base = free_base_port()
-    dtq = [sys.executable, "-m", "dtq.cli", "testbed"]
+    dtq = [sys.executable, "-m", "dtq.cli.main", "testbed"]
     where = ["--dir", str(tmp_path)]
     up = subprocess.run([*dtq, "up", "--base-port", str(base), *where], capture_output=True,
                         text=True, timeout=300, check=False)
@@ -341,7 +341,7 @@ def test_the_testbed_command_runs_a_three_node_rabbitmq_cluster(tmp_path: Path) 
 
 
 def test_down_with_nothing_recorded_is_quiet(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "dtq.cli", "testbed", "down", "--dir",
+    done = subprocess.run([sys.executable, "-m", "dtq.cli.main", "testbed", "down", "--dir",
                            str(tmp_path)], capture_output=True, text=True, timeout=60,
                           check=False)
     assert done.returncode == 0 and "nothing recorded" in done.stderr
@@ -430,7 +430,7 @@ def test_a_node_given_a_broken_sentinel_url_stops_with_a_configuration_error(
     """Exit status 78 (not restarted by a supervisor), one line naming what is wrong, and the
     password never printed."""
     done = subprocess.run(
-        [sys.executable, "-m", "dtq.cli", "coordinator", "--store-url",
+        [sys.executable, "-m", "dtq.cli.main", "coordinator", "--store-url",
          "redis+sentinel://:hunter2@127.0.0.1:1/mymaster/x"],
         capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path)
     assert done.returncode == EXIT_CONFIG, done.stderr

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from dtq.testing import TransportConformance
+from dtq.testing.conformance import TransportConformance
 from dtq.transport import Delivery, Transport
 from transports.local import LocalBroker, LocalTransport
 from transports.rabbitmq import RabbitTransport, delete_namespace

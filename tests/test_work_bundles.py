@@ -14,12 +14,12 @@ from typing import Any
 import attrs
 import pytest
 
+from dtq.client.submitter import Submitter
 from dtq.envelope import Finished
-from dtq.process import NodeConfig, Supervisor
-from dtq.realrun import wait_for
-from dtq.submitter import Submitter
+from dtq.runtime.process import NodeConfig, Supervisor
+from dtq.scenario.real import wait_for
 from dtq.task import TaskSpec, TaskState
-from dtq.testing import Inbox
+from dtq.testing.conformance import Inbox
 from dtq.transport import BUNDLE_HEADER, Delivery, Outgoing, queue_name
 from transports.bundles import work_bundle_size
 from transports.rabbitmq import RabbitTransport, delete_namespace

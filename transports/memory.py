@@ -163,7 +163,7 @@ def _lane(fn: Callable[..., object], args: tuple[Any, ...]) -> tuple[str, ...] |
     * the client's submissions (the runner submits in plan order).
 
     Calls are known by their method's name, so that a wrapper of the same name and arguments
-    (the slowed links of `dtq.chaosrun`) keeps the lane of what it wraps.
+    (the slowed links of `dtq.scenario.links`) keeps the lane of what it wraps.
     """
     call = fn.func if isinstance(fn, functools.partial) else fn
     name = getattr(call, "__name__", "") if hasattr(call, "__self__") else ""

@@ -44,6 +44,7 @@ takes up to N dispatches per prefetch slot; those beyond its concurrency wait in
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import struct
 import threading
@@ -76,11 +77,21 @@ from dtq.transport import (
     Delivery,
     Outgoing,
     queue_name,
-    quorum_from_environment,
 )
 from transports.bundles import bundled
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+
+QUORUM_ENV = "DTQ_QUORUM"
+"""Set (to anything but "", "0", "false") in every process of a namespace on clustered RabbitMQ:
+each transport, nodes and clients alike, then declares quorum queues, so none declares a queue
+differently from another (RabbitMQ refuses inequivalent arguments)."""
+
+
+def quorum_from_environment() -> bool:
+    return os.environ.get(QUORUM_ENV, "").strip().lower() not in ("", "0", "false")
+
+
 REFUSED_HEADER = "x-dtq-refused"
 """On a message in the dead queue that could not be published where it was bound: why."""
 ORIGIN_HEADER = "x-dtq-queue"

@@ -59,7 +59,7 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
 from dtq.clock import VectorClock
-from dtq.errors import StaleEpoch, StoreError, StoreUnavailable
+from dtq.errors import ConfigurationError, StaleEpoch, StoreError, StoreUnavailable
 from dtq.history import Event
 from dtq.store import (
     DEFAULT_RETENTION_MS,
@@ -544,8 +544,6 @@ class SentinelUrl:
 
     @classmethod
     def parse(cls, url: str) -> SentinelUrl:
-        from dtq.process import ConfigurationError
-
         def bad(why: str) -> ConfigurationError:
             return ConfigurationError(f"store URL {_redact(url)}: {why} (expected "
                                       "redis+sentinel://[:password@]host:port,.../service/db)")
@@ -658,8 +656,6 @@ def _wait_settings(url: str) -> tuple[str, dict[str, int]]:
         name, _, value = item.partition("=")
         if name in WAIT_QUERY:
             if not value.isdigit():
-                from dtq.process import ConfigurationError
-
                 raise ConfigurationError(f"store URL {_redact(url)}: {name} must be a whole "
                                          f"number, not {value!r}")
             wait[name] = int(value)
@@ -1166,7 +1162,7 @@ class FinishedListener:
     Notices are best effort: one published while the listener is disconnected is gone (the
     task's record and result are not; poll them to be sure). `on_resubscribed()` runs on that
     thread each time the subscription is made again after a lost connection: the moment to
-    re-read what was missed (`dtq.submitter.Submitter` does).
+    re-read what was missed (`dtq.client.submitter.Submitter` does).
     """
 
     def __init__(

@@ -12,7 +12,7 @@ from dtq.errors import DtqError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from dtq.logs import configure_logging
+    from dtq.runtime.logs import configure_logging
 
     parser = argparse.ArgumentParser(prog="python -m dtq.bench",
                                      description="dtq against the peers. Benchmarks print "

@@ -17,11 +17,11 @@ from typing import Any
 import attrs
 
 from dtq.bench.common import await_value
+from dtq.client.submitter import Submitter
 from dtq.envelope import Finished
 from dtq.history import Event
-from dtq.process import NodeConfig, Supervisor, broker_url, store_url
+from dtq.runtime.process import NodeConfig, Supervisor, broker_url, store_url
 from dtq.store import LEADER_LEASE
-from dtq.submitter import Submitter
 from dtq.task import TaskSpec
 from transports.rabbitmq import delete_namespace
 from transports.redis import RedisHistory, RedisStore

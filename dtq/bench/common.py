@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from dtq.benchreal import percentile
+from dtq.bench.real import percentile
 from dtq.errors import DtqError
 from transports.rabbitmq import blocking
 

@@ -1,5 +1,5 @@
 """dtq's own measurements: single-task latency, throughput at 1, 2 and 4 workers (through
-`dtq.benchreal.bench_e2e`), and the leader's resident memory holding 100,000 tasks."""
+`dtq.bench.real.bench_e2e`), and the leader's resident memory holding 100,000 tasks."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Any
 
 from dtq.bench.cluster import Cluster, dtq_cluster
 from dtq.bench.common import await_value, queue_counts, rss_kib
-from dtq.benchreal import PREFETCH_PER_SLOT, bench_e2e
+from dtq.bench.real import PREFETCH_PER_SLOT, bench_e2e
+from dtq.client.submitter import Submitter
 from dtq.envelope import WORK_QUEUE, Finished
-from dtq.submitter import Submitter
 from dtq.task import TaskSpec
 from dtq.transport import queue_name
 

@@ -20,8 +20,8 @@ from typing import Any
 
 from dtq.bench.cluster import Cluster, HistoryTail, Trickle, dtq_cluster
 from dtq.bench.common import await_value, summary
+from dtq.client.submitter import Submitter
 from dtq.history import Event
-from dtq.submitter import Submitter
 from dtq.task import TERMINAL, TaskSpec
 from dtq.task import TaskState as S
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from dtq.bench.common import BenchError, await_value, delete_queues, queue_counts, summary
-from dtq.process import broker_url, store_url
+from dtq.runtime.process import broker_url, store_url
 
 PEERS_DIR = Path(__file__).resolve().parents[2] / "bench" / "peers"
 PEERS = ("celery", "dramatiq")

@@ -1,7 +1,7 @@
 """Profiles of dtq's coordinator and worker processes during the 5,000-task run.
 
 py-spy (a sampling profiler that attaches to a running process by pid, with no change to the
-code) records every node of the run `dtq.benchreal.bench_e2e` starts; the collapsed stacks are
+code) records every node of the run `dtq.bench.real.bench_e2e` starts; the collapsed stacks are
 summarised into the functions that use the most CPU, on their own (self) and with what they
 call (total). Idle threads are not sampled, so percentages are shares of busy samples.
 """
@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from dtq.bench.common import BenchError, await_value
-from dtq.benchreal import bench_e2e
+from dtq.bench.real import bench_e2e
 
 NODES = ("coordinator-1", "worker-1", "worker-2")
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*)\)$")
 _WRAPPERS = frozenset({
     "<module> (<string>)", "spawn_main (multiprocessing/spawn.py)",
     "_main (multiprocessing/spawn.py)", "BaseProcess._bootstrap (multiprocessing/process.py)",
-    "BaseProcess.run (multiprocessing/process.py)", "_child (dtq/process.py)",
+    "BaseProcess.run (multiprocessing/process.py)", "_child (dtq/runtime/process.py)",
     "Thread._bootstrap (threading.py)", "Thread._bootstrap_inner (threading.py)",
     "Thread.run (threading.py)"})
 """Frames every stack passes through: they would top the "total" list and say nothing."""

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dtq.bench.cpu import CpuMeter, service_pids
-from dtq.benchreal import percentile
+from dtq.bench.real import percentile
 
 # --- bare pika, for the floor -----------------------------------------------------------------
 
@@ -46,7 +46,7 @@ def bare_round_trip(n: int = 300, warmup: int = 20) -> dict[str, Any]:
     durable queue and consumed back: two hops on bare pika, sequentially, `n` times."""
     import pika
 
-    from dtq.process import broker_url
+    from dtq.runtime.process import broker_url
 
     url = broker_url()
     ns = f"bench-bare-{uuid.uuid4().hex[:8]}"

@@ -30,7 +30,7 @@ import attrs
 
 from dtq.bench.cluster import Cluster, dtq_cluster
 from dtq.bench.common import queue_counts, rss_kib
-from dtq.benchreal import percentile
+from dtq.bench.real import percentile
 from dtq.envelope import COORDINATOR_QUEUE, WORK_QUEUE, Finished
 from dtq.store import LEADER_LEASE
 from dtq.task import TaskSpec

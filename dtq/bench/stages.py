@@ -32,9 +32,9 @@ from typing import Any
 import attrs
 
 from dtq.bench.cpu import CpuMeter, service_pids
-from dtq.benchreal import percentile
+from dtq.bench.real import percentile
 from dtq.envelope import Finished
-from dtq.stagemarks import STAGES_ENV, install
+from dtq.runtime.markfile import STAGES_ENV, install
 
 _KIND = re.compile(rb'"kind":"(\w+)"')
 

@@ -19,7 +19,7 @@ import attrs
 
 from dtq.bench import dtqside, failover, peers, report
 from dtq.bench.report import LABELS, UNBUNDLED
-from dtq.process import broker_url, store_url
+from dtq.runtime.process import broker_url, store_url
 
 
 @attrs.frozen(kw_only=True)
@@ -151,7 +151,7 @@ def reassign_step(s: Sizes) -> dict[str, Any]:
 
 
 def sim(s: Sizes) -> dict[str, Any]:
-    from dtq.benchsim import bench_explore, bench_throughput
+    from dtq.bench.sim import bench_explore, bench_throughput
 
     t = bench_throughput(s.sim_tasks)
     e = bench_explore(s.explore_file, s.explore_runs)

@@ -1,0 +1,572 @@
+"""Running scenarios on real processes over RabbitMQ and Redis, faults through proxies.
+
+Every run gets its own namespace (queues, keys and proxy names), so runs never collide and
+leave nothing behind. Every node reaches RabbitMQ and Redis through its own two fault proxies
+(`dtq.scenario.links`); the runner, the submitter and the history talk to the services directly:
+they observe, they are not under test. The runner starts the nodes under a supervisor, waits
+for a leader and the workers, plays submissions and faults on the wall clock (a step past the
+deadline is never played, as on the simulator), waits until every task has finished and the
+timeline is done (or the deadline), lets the run settle, heals every fault, stops the nodes,
+reads the history every process recorded in Redis, and checks it with the same checker as the
+simulator. Live progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import heapq
+import itertools
+import os
+import random
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from dtq.client.submitter import Submitter
+from dtq.clock import VectorClock
+from dtq.envelope import WORK_QUEUE
+from dtq.errors import ScenarioError
+from dtq.poison import expectation_texts, injections, record_injection, summary_lines
+from dtq.runtime.process import NodeConfig, broker_url, store_url
+from dtq.scenario.links import (
+    RABBITMQ_UNSUPPORTED,
+    ProxiedSupervisor,
+    ProxyNet,
+    Toxic,
+    address_of,
+    check_simulator_knobs,
+    fault_end_ms,
+    toxic_for,
+    with_address,
+)
+from dtq.scenario.model import FaultSpec, Scenario, finished_records
+from dtq.scenario.sim import (
+    RunResult,
+    all_accepted,
+    check_supported,
+    coordinator_names,
+    failure_lines,
+    running_tasks,
+    summarize,
+    worker_names,
+)
+from dtq.scenario.workload import Planned, plan
+from dtq.store import LEADER_LEASE, PutTask, Store
+from dtq.task import TERMINAL
+from dtq.transport import queue_name
+from transports.memory import BROKER, STORE
+from transports.rabbitmq import consumer_count, delete_namespace, publish_raw
+from transports.redis import RedisHistory, RedisStore, lose_namespace_data
+
+POLL_S = 0.02
+COUNT_EVERY_S = 0.1
+"""How often the runner counts finished tasks in the store."""
+Undo = Callable[[], None] | None
+
+
+def wait_for(
+    condition: Callable[[], bool], timeout_s: float, what: str,
+    tick: Callable[[], object] = lambda: None,
+) -> None:
+    """Poll `condition` until it holds; raise `ScenarioError` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        tick()
+        if time.monotonic() > deadline:
+            raise ScenarioError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(POLL_S)
+
+
+def _reached(monotonic_s: float) -> Callable[[], bool]:
+    return lambda: time.monotonic() >= monotonic_s
+
+
+class Progress:
+    """Live progress on a stream: the phase (starting, electing, running, settling, checking),
+    tasks done of the total, and each fault as it fires. On a terminal the status line is
+    redrawn in place; elsewhere a line is printed per phase, and at most one a second."""
+
+    def __init__(self, stream: TextIO | None, name: str) -> None:
+        self.stream = stream
+        self.tty = bool(stream is not None and stream.isatty())
+        self.name = name
+        self.phase_name = ""
+        self.counts = (0, 0)
+        self.started = time.monotonic()
+        self._drawn_at = 0.0
+
+    def phase(self, name: str) -> None:
+        self.phase_name = name
+        self._status(force=True)
+
+    def tasks(self, done: int, total: int) -> None:
+        changed = (done, total) != self.counts
+        self.counts = (done, total)
+        if changed or self.tty:
+            self._status(force=False)
+
+    def fault(self, at_ms: int, action: str, targets: list[str]) -> None:
+        self.line(f"  fault at {at_ms} ms: {action} {', '.join(targets) or 'every node'}")
+
+    def line(self, text: str) -> None:
+        if self.stream is None:
+            return
+        if self.tty:
+            self.stream.write(f"\r\x1b[K{text}\n")
+            self._status(force=True)
+        else:
+            self.stream.write(f"{text}\n")
+
+    def close(self) -> None:
+        if self.stream is not None and self.tty:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+    def _status(self, *, force: bool) -> None:
+        now = time.monotonic()
+        if self.stream is None or not (force or now - self._drawn_at >= (
+                0.25 if self.tty else 1.0)):
+            return
+        self._drawn_at = now
+        done, total = self.counts
+        tasks = f": {done}/{total} tasks done" if total else ""
+        text = f"[{self.name}] {self.phase_name}{tasks} ({now - self.started:.1f} s)"
+        self.stream.write(f"\r\x1b[K{text}" if self.tty else f"{text}\n")
+        self.stream.flush()
+
+
+class RealRun:
+    """One run of a scenario on real processes (see the module docstring)."""
+
+    def __init__(self, scenario: Scenario, seed: int, *, progress: Progress) -> None:
+        self.scenario = scenario
+        self.seed = seed
+        self.progress = progress
+        self.rng = random.Random(seed)
+        self.namespace = f"dtq-run-{scenario.name}-{uuid.uuid4().hex[:8]}"
+        self.broker = broker_url()
+        self.store_url = store_url()
+        self.store = RedisStore.from_url(self.store_url, prefix=self.namespace,
+                                         client_name=f"dtq-observer:{self.namespace}")
+        self.history = RedisHistory.from_url(self.store_url, prefix=self.namespace)
+        self.names = coordinator_names(scenario) + worker_names(scenario)
+        self.net: ProxyNet | None = None
+        self.supervisor: ProxiedSupervisor | None = None
+        self.submitter: Submitter | None = None
+        self.timeline: list[tuple[int, int, Callable[[], None]]] = []
+        self._order = itertools.count()
+        self._exited: set[int] = set()
+        self._count: tuple[float, int] = (0.0, 0)
+        self.total = 0
+        self._injected = 0
+        self.t0 = time.monotonic()
+        self.elapsed_ms = 0
+
+    def run(self) -> RunResult:
+        started = time.perf_counter()
+        try:
+            with ProxyNet(self.namespace, {BROKER: address_of(self.broker, 5672),
+                                           STORE: address_of(self.store_url, 6379)},
+                          seed=self.seed) as self.net:
+                try:
+                    self._play()
+                finally:
+                    self._stop()
+            self.progress.phase("checking")
+            events = self.history.read_events()
+            wall_ms = int((time.perf_counter() - started) * 1000)
+            summary = summarize(self.scenario, "rabbitmq", self.seed, events,
+                                virtual_ms=self.elapsed_ms, wall_ms=wall_ms)
+        finally:
+            self._clean_up()
+            self.progress.close()
+        return RunResult(summary=summary, events=events)
+
+    # --- the run ----------------------------------------------------------------------------
+
+    def _play(self) -> None:
+        fill_finished(self.store, self.scenario.store.finished_records)
+        self._start_nodes()
+        self._schedule(plan(self.scenario, self.seed))
+        self.t0 = time.monotonic()
+        self.progress.phase("running")
+        ex = self.scenario.expect
+        self._play_until(self._quiet, ex.deadline_ms, "every task to finish")
+        self.elapsed_ms = self._now_ms()
+        finished = self._finished(fresh=True)
+        self.progress.tasks(finished, self.total)
+        if finished >= self.total:  # else the checker reports what is missing as lost
+            self.progress.phase("settling")
+            self._play_until(lambda: False, min(ex.deadline_ms, self.elapsed_ms + ex.settle_ms),
+                             "the settle period")
+        self.history.flush()
+
+    def _start_nodes(self) -> None:
+        self.progress.phase("starting")
+        self.supervisor = ProxiedSupervisor(self._configs(), history_url=self.store_url)
+        self.supervisor.start()
+        self._network_delay()
+        self.progress.phase("electing")
+        wait_for(lambda: self.store.lease(LEADER_LEASE) is not None, 60, "a leader", self._watch)
+        wait_for(self._workers_started, 60, "the workers", self._watch)
+        self.submitter = Submitter(self.broker, namespace=self.namespace,
+                                   record=self.history.record)
+
+    def _play_until(self, done: Callable[[], bool], until_ms: int, what: str) -> None:
+        """Play the timeline until `done()` holds or the run reaches `until_ms`. A fault that
+        cannot be applied raises; reaching `until_ms` does not."""
+        wait_for(lambda: done() or self._now_ms() >= until_ms, until_ms / 1000 + 60, what,
+                 self._step)
+
+    def _configs(self) -> list[NodeConfig]:
+        assert self.net is not None
+        c = self.scenario.cluster
+        common: dict[str, Any] = {"namespace": self.namespace, "history": True,
+                                  "lease_ttl_ms": c.lease_ttl_ms, "task_modules": c.task_modules,
+                                  "detector_timeout_ms": c.detector_timeout_ms,
+                                  "heartbeat_ms": c.heartbeat_ms,
+                                  # the history tells what nodes did; their logs would drown
+                                  # the progress line (DTQ_LOG_LEVEL=warning shows them)
+                                  "log_level": os.environ.get("DTQ_LOG_LEVEL") or "error"}
+        workers = set(worker_names(self.scenario))
+        configs = []
+        for name in self.names:
+            links = self.net.add_node(name)
+            configs.append(NodeConfig(
+                role="worker" if name in workers else "coordinator", name=name,
+                broker_url=with_address(self.broker, links[BROKER]),
+                store_url=with_address(self.store_url, links[STORE]),
+                concurrency=c.worker_prefetch if name in workers else 1, **common))
+        return configs
+
+    def _network_delay(self) -> None:
+        """`[network] delay_ms` and `jitter_ms`: every message a node publishes is delayed."""
+        delay, jitter = (self.scenario.network.get(k, 0) for k in ("delay_ms", "jitter_ms"))
+        if (delay or jitter) and self.net is not None:
+            toxic = Toxic(type="latency", attributes={"latency": delay, "jitter": jitter})
+            self.net.add("network", toxic, self.names, [BROKER], streams=("upstream",))
+
+    def _schedule(self, planned: list[Planned]) -> None:
+        self.total = len(planned)
+        by_time: dict[int, list[Any]] = {}
+        for p in planned:
+            by_time.setdefault(p.at_ms, []).append(p.spec)
+        for at_ms, specs in by_time.items():
+            self._at(at_ms, functools.partial(self._submit, specs))
+        for i, f in enumerate(self.scenario.faults):
+            self._at(f.at_ms, functools.partial(self._fault, i, f))
+
+    def _at(self, at_ms: int, action: Callable[[], None]) -> None:
+        heapq.heappush(self.timeline, (at_ms, next(self._order), action))
+
+    def _now_ms(self) -> int:
+        return int((time.monotonic() - self.t0) * 1000)
+
+    def _step(self) -> None:
+        """Play the timeline steps that are due (never one past the deadline), watch the
+        nodes, report progress."""
+        due = min(self._now_ms(), self.scenario.expect.deadline_ms)
+        while self.timeline and self.timeline[0][0] <= due:
+            heapq.heappop(self.timeline)[2]()
+        self._watch()
+        self.progress.tasks(self._finished(), self.total)
+
+    def _quiet(self) -> bool:
+        return not self.timeline and self._finished() >= self.total
+
+    def _watch(self) -> None:
+        """Record nodes that exited on their own (crash-only: they are restarted)."""
+        assert self.supervisor is not None
+        for name, node in self.supervisor.nodes.items():
+            p = node.process
+            if node.wanted and p is not None and p.pid not in self._exited and not p.is_alive():
+                self._exited.add(p.pid or 0)
+                self._record(name, "crash", reason=f"exited with status {p.exitcode}")
+        for name in self.supervisor.poll():
+            self._record(name, "restart")
+
+    def _record(self, actor: str, kind: str, **data: Any) -> None:
+        self.history.record(actor, kind, VectorClock(), data)
+
+    def _submit(self, specs: list[Any]) -> None:
+        assert self.submitter is not None
+        self.submitter.submit(specs)
+
+    def _workers_started(self) -> bool:
+        """Every worker has started and consumes the work queue (so the first tasks are shared
+        round robin among all of them, as in the simulator)."""
+        workers = worker_names(self.scenario)
+        seen = {e.actor for e in self.history.read_events() if e.kind == "worker_started"}
+        return seen >= set(workers) and \
+            consumer_count(self.broker, self.namespace, WORK_QUEUE) >= len(workers)
+
+    def _finished(self, *, fresh: bool = False) -> int:
+        at, count = self._count
+        if not fresh and time.monotonic() - at < COUNT_EVERY_S:
+            return count
+        count, after = 0, None
+        while batch := self.store.scan_tasks(states=TERMINAL, after=after, limit=1000):
+            count += len(batch)
+            after = batch[-1].id
+        count -= self.scenario.store.finished_records  # the history the run started with
+        self._count = (time.monotonic(), count)
+        return count
+
+    # --- faults -----------------------------------------------------------------------------
+
+    def _targets(self, target: str | None) -> list[str]:
+        workers = worker_names(self.scenario)
+        coords = coordinator_names(self.scenario)
+        lease = self.store.lease(LEADER_LEASE)
+        leader = lease.holder if lease else None
+        roles: dict[str, Callable[[], list[str]]] = {
+            "leader": lambda: [leader] if leader else [],
+            "standby": lambda: [c for c in coords if c != leader][:1],
+            "any-worker": lambda: [self.rng.choice(workers)],
+            "all-workers": lambda: workers, "workers": lambda: workers,
+            "any-coordinator": lambda: [self.rng.choice(coords)],
+            "coordinators": lambda: coords,
+        }
+        if target is None:
+            return []
+        if target in roles:
+            return roles[target]()
+        if target in self.names:
+            return [target]
+        raise ScenarioError(f"unknown fault target {target!r}")
+
+    def _fault(self, index: int, f: FaultSpec) -> None:
+        targets = self._targets(f.target)
+        when = f.params.get("when")
+        not_yet = (when == "busy" and not self._busy(targets)) or (
+            when == "accepted" and not all_accepted(self.history.read_events(), self.scenario))
+        if not_yet and self._now_ms() < self.scenario.expect.deadline_ms:
+            # Not yet: look again at the next step (the workers' store entries list what
+            # they run from the moment they report a start).
+            self._at(self._now_ms() + 1, functools.partial(self._fault, index, f))
+            return
+        self.progress.fault(f.at_ms, f.action, targets)
+        self._record("runner", "fault", action=f.action, targets=targets,
+                     duration_ms=f.duration_ms)
+        undo = self._actions()[f.action](index, f, targets)
+        end = fault_end_ms(f)
+        if undo is not None and end is not None:
+            self._at(end + max(0, self._now_ms() - f.at_ms), undo)  # (from when it fired)
+
+    def _busy(self, targets: list[str]) -> bool:
+        """Every target has started a task whose end it has not recorded (by the history the
+        nodes write as they go: fresher than the workers' store entries, which a finished task
+        leaves only at the next heartbeat)."""
+        busy = {actor for actor, tasks in running_tasks(self.history.read_events()).items()
+                if tasks}
+        return bool(targets) and set(targets) <= busy
+
+    def _actions(self) -> dict[str, Callable[[int, FaultSpec, list[str]], Undo]]:
+        link = self._link_fault
+        return {"kill": self._kill, "crash": self._kill, "restart": self._restart,
+                "pause": self._pause, "resume": self._resume, "heal": self._heal,
+                "drop_connection": self._drop_connection, "partition": link, "latency": link,
+                "inject": self._inject,
+                "bandwidth": link, "slicer": link, "reset_peer": link,
+                "lose_store_data": self._lose_store_data}
+
+    def _lose_store_data(self, index: int, f: FaultSpec, targets: list[str]) -> Undo:
+        """A restart of Redis without persistence, for this run's namespace only (the shared
+        server keeps running): every key of the namespace is dropped at once, but the history
+        (the observer's record, not under test), and the nodes' store connections are killed
+        (CLIENT KILL by their name), so each reconnects to the emptied store."""
+        self._record("scenario", "store_data_wiped")
+        dropped = lose_namespace_data(self.store.client, self.namespace, keep=("history",))
+        self.progress.line(f"  {dropped} keys of {self.namespace} dropped")
+        return None
+
+    def _each(self, kind: str, fn: Callable[[str], None], targets: list[str]) -> None:
+        for t in targets:
+            if kind:
+                self._record(t, kind, **({"reason": "killed by scenario"}
+                                         if kind == "crash" else {}))
+            fn(t)
+
+    def _kill(self, index: int, f: FaultSpec, targets: list[str]) -> Undo:
+        assert self.supervisor is not None
+        self._each("crash", self.supervisor.kill, targets)
+        return functools.partial(self._restart_nodes, targets)
+
+    def _restart(self, index: int, f: FaultSpec, targets: list[str]) -> Undo:
+        self._restart_nodes(targets)
+        return None
+
+    def _restart_nodes(self, targets: list[str]) -> None:
+        assert self.supervisor is not None
+        self._each("restart", self.supervisor.restart, targets)
+
+    def _pause(self, index: int, f: FaultSpec, targets: list[str]) -> Undo:
+        assert self.supervisor is not None
+        self._each("pause", self.supervisor.pause, targets)
+        return functools.partial(self._resume_nodes, targets)
+
+    def _resume(self, index: int, f: FaultSpec, targets: list[str]) -> Undo:
+        self._resume_nodes(targets)
+        return None
+
+    def _resume_nodes(self, targets: list[str]) -> None:
+        assert self.supervisor is not None
+        self._each("resume", self.supervisor.resume, targets)
+
+    def _drop_connection(self, index: int, f: FaultSpec, targets: list[str]) -> Undo:
+        assert self.net is not None
+        self.net.cut(targets if f.target is not None else self.names)
+        return None
+
+    def _link_fault(self, index: int, f: FaultSpec, targets: list[str]) -> Undo:
+        """partition, latency, bandwidth, slicer, reset_peer: toxics on the nodes' proxies."""
+        assert self.net is not None
+        key = f"{f.action}-{index}"
+        nodes = targets if f.target is not None else self.names
+        self.net.add(key, toxic_for(f), nodes, f.params.get("from", [BROKER]))
+        return functools.partial(self.net.remove, key)
+
+    def _heal(self, index: int, f: FaultSpec, targets: list[str]) -> Undo:
+        """Remove every partition, and every reset window (the simulator plays those as
+        partitions too)."""
+        assert self.net is not None
+        self.net.remove_all("partition-")
+        self.net.remove_all("reset_peer-")
+        return None
+
+    def _inject(self, index: int, f: FaultSpec, targets: list[str]) -> Undo:
+        """Malformed and forged messages, published as bytes straight to the namespace's
+        queue (or the targets' mailboxes), confirmed and routed (mandatory: a queue that does
+        not exist fails the run instead of swallowing them)."""
+        batch = injections(f.params, targets, start=self._injected)
+        self._injected += len(batch)
+        self.total += sum(1 for _, forged in batch if forged.submits is not None)
+        for address, forged in batch:
+            record_injection(self.history.record, address, forged)
+        publish_raw(self.broker, [(queue_name(self.namespace, address), forged.body)
+                                  for address, forged in batch])
+        return None
+
+    # --- stopping ---------------------------------------------------------------------------
+
+    def _stop(self) -> None:
+        """Heal every fault (so nodes shut down cleanly), stop the nodes, close the submitter;
+        each step runs even if an earlier one failed."""
+        with contextlib.ExitStack() as stack:
+            if self.submitter is not None:
+                stack.callback(self.submitter.close)
+            if self.supervisor is not None:
+                stack.callback(self.supervisor.stop_all)
+            if self.net is not None:
+                stack.callback(self.net.remove_all)
+
+    def _clean_up(self) -> None:
+        try:
+            self.store.delete_all()
+            delete_namespace(self.broker, self.namespace, [*self.names, "client"])
+        finally:
+            self.store.close()
+            self.history.close()
+
+
+def fill_finished(store: Store, n: int, batch: int = 5000) -> None:
+    """Write the `[store] finished_records` straight into a namespace nobody leads yet (fenced
+    writes at epoch 0, in batches). `read_us_per_record` is the simulator's: a real store's reads
+    cost what they cost."""
+    records = [PutTask(record=r) for r in finished_records(n)]
+    for start in range(0, len(records), batch):
+        store.apply(records[start:start + batch], epoch=0)
+
+
+def run_real(scenario: Scenario, seed: int | None = None, *, live: bool = True) -> RunResult:
+    """Run `scenario` on real processes; with `live`, show progress on stderr."""
+    check_supported(scenario, RABBITMQ_UNSUPPORTED, "rabbitmq")
+    check_simulator_knobs(scenario)
+    progress = Progress(sys.stderr if live else None, scenario.name)
+    return RealRun(scenario, scenario.seed if seed is None else seed, progress=progress).run()
+
+
+# --- the summary table ---------------------------------------------------------------------------
+
+_CHECKS = (("no lost task", ("no_lost_task",)), ("no duplicate effect", ("no_duplicate_effect",)),
+           ("one outcome per task", ("single_outcome",)),
+           ("no unexpected task", ("no_unexpected_task",)),
+           ("one leader per epoch", ("one_leader_per_epoch", "epochs_grow")),
+           ("no stale write", ("no_stale_write",)),
+           ("dependency order", ("dependency_order", "causal_delivery", "causality_detected")),
+           ("failover bound", ("failover_bound",)),
+           ("reassign bound", ("reassign_bound",)), ("expectations", ("expectation",)))
+
+
+def summary_table(scenario: Scenario, summary: dict[str, Any]) -> list[str]:
+    """The human end of `dtq scenario run`: a verdict, one row per check, the numbers, and why
+    any check failed."""
+    failed = {v["invariant"] for v in summary["violations"]}
+    known = {name for _, names in _CHECKS for name in names}
+    rows = [(label, _result(label, names, failed, scenario), _measured(label, scenario, summary))
+            for label, names in _CHECKS]
+    rows += [(name.replace("_", " "), "FAILED", "") for name in sorted(failed - known)]
+    verdict = "OK: every check held" if summary["ok"] else f"FAILED: {len(failed)} check(s) broke"
+    t = summary["tasks"]
+    lines = [f"{summary['scenario']} on {summary['transport']} (seed {summary['seed']}): "
+             f"{verdict}", "", f"  {'check':<22}{'result':<8}measured"]
+    lines += [f"  {label:<22}{result:<8}{measured}".rstrip() for label, result, measured in rows]
+    lines += ["", "  tasks    " + ", ".join(f"{k} {v}" for k, v in t.items()),
+              f"  time     {summary['virtual_ms']} ms of run"
+              f"{' (virtual)' if summary['transport'] == 'memory' else ''}, "
+              f"{summary['wall_ms']} ms wall",
+              f"  history  {summary['history_digest']}"]
+    lines += failure_lines(summary)
+    lines += summary_lines(summary)
+    if summary["violations"]:
+        lines += ["", "why:"] + [f"  {v['invariant']}: {v['detail']}"
+                                 for v in summary["violations"]]
+    return lines
+
+
+def _result(label: str, names: tuple[str, ...], failed: set[str], scenario: Scenario) -> str:
+    if failed & set(names):
+        return "FAILED"
+    ex = scenario.expect
+    bounds = {"failover bound": ex.failover_ms_max, "reassign bound": ex.reassign_ms_max,
+              "expectations": next((x for x in (ex.succeeded, ex.failed,
+                                                ex.stale_writes_refused_min,
+                                                ex.dead_lettered_min, ex.crashes_max)
+                                     if x is not None),
+                                   None)}
+    return "-" if label in bounds and bounds[label] is None else "ok"
+
+
+def _measured(label: str, scenario: Scenario, s: dict[str, Any]) -> str:
+    t, ex = s["tasks"], scenario.expect
+    stale = s.get("stale_writes") or {}
+
+    def bound(values: list[int], limit: int | None) -> str:
+        got = f"{max(values)} ms" if values else "none measured"
+        return f"{got} (allowed {limit} ms)" if limit is not None else f"{got} (no bound set)"
+
+    wanted = [f"{k} {t[k]} (expected {getattr(ex, k)})" for k in ("succeeded", "failed")
+              if getattr(ex, k) is not None]
+    if ex.stale_writes_refused_min is not None:
+        wanted.append(f"stale writes refused {stale.get('attempted', 0)} "
+                      f"(expected at least {ex.stale_writes_refused_min})")
+    wanted += expectation_texts(s, ex.dead_lettered_min, ex.crashes_max)
+    causal = s.get("causality") or {}
+    measured = {
+        "no lost task": f"{t['submitted'] - t['lost']} of {t['submitted']} submitted finished",
+        "no duplicate effect": f"{t['duplicated']} applied twice",
+        "one leader per epoch": " -> ".join(f"{x['actor']} ({x['epoch']})"
+                                             for x in s["leaders"]),
+        "no stale write": (f"{stale.get('attempted', 0)} refused, "
+                           f"{stale.get('accepted', 0)} accepted") if stale else "",
+        "dependency order": (f"{causal.get('detected', 0)} of {causal.get('provoked', 0)} "
+                             f"provoked causality problems caught") if causal.get("provoked")
+                            else "",
+        "failover bound": bound(s["failover_ms"], ex.failover_ms_max),
+        "reassign bound": bound(s["reassign_ms"], ex.reassign_ms_max),
+        "expectations": ", ".join(wanted),
+    }
+    return measured.get(label, "")
