@@ -291,6 +291,9 @@ class SimStore:
     def workers(self) -> list[WorkerInfo]:
         return [self.worker_info[k] for k in sorted(self.worker_info)]
 
+    def close(self) -> None:
+        """Nothing to let go: the store is this process's memory."""
+
 
 _READS = frozenset({"get_task", "scan_tasks", "scan_unfinished"})
 """The record reads `StoreView` charges for, by the records they return."""

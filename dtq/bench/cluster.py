@@ -25,6 +25,7 @@ from dtq.store import LEADER_LEASE
 from dtq.task import TaskSpec
 from transports.rabbitmq import delete_namespace
 from transports.redis import RedisHistory, RedisStore
+from transports.registry import open_store, require
 
 
 @attrs.define(eq=False)
@@ -76,7 +77,7 @@ def dtq_cluster(
     every queue and key it made on the way out. `node` goes to every NodeConfig."""
     ns = f"bench-{kind}-{uuid.uuid4().hex[:8]}"
     configs = _configs(ns, coordinators, workers, {"history": history, **node})
-    store = RedisStore.from_url(store_url(), prefix=ns)
+    store = require(open_store(store_url(), prefix=ns), RedisStore, "a benchmark cluster")
     hist = RedisHistory.from_url(store_url(), prefix=ns) if history else None
     c = Cluster(namespace=ns, broker=broker_url(), sup=Supervisor(configs), store=store,
                 history=hist, addresses=[cfg.name for cfg in configs])

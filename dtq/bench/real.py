@@ -19,6 +19,7 @@ from dtq.scenario.real import wait_for
 from dtq.task import TaskSpec
 from transports.rabbitmq import delete_namespace
 from transports.redis import RedisStore
+from transports.registry import open_store, require
 
 PREFETCH_PER_SLOT = 4
 """Dispatches a benchmark worker holds per task slot, as the Celery peer is configured (its
@@ -63,7 +64,7 @@ def bench_e2e(
                            prefetch=PREFETCH_PER_SLOT * concurrency, **common)
                 for i in range(1, workers + 1)]
     sup = Supervisor(configs)
-    store = RedisStore.from_url(s, prefix=ns)
+    store = require(open_store(s, prefix=ns), RedisStore, "a benchmark cluster")
     tracker = _Tracker()
     sup.start()
     sub: Submitter | None = None

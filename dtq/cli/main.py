@@ -14,6 +14,7 @@ import attrs
 
 from dtq.errors import ConfigurationError, DtqError
 from dtq.runtime.process import EXIT_CONFIG
+from transports.registry import backend_names
 
 EPILOG_SCENARIO = """examples:
   dtq scenario run scenarios/round-robin.toml
@@ -59,7 +60,7 @@ services. A simulator run is deterministic: the same seed gives the same history
 See scenarios/README.md for the file format and what each backend can play.""",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("file", help="scenario file (TOML)")
-    run.add_argument("--transport", choices=["memory", "rabbitmq"], default="memory",
+    run.add_argument("--transport", choices=backend_names(), default="memory",
                      help="memory: the deterministic simulator (default); rabbitmq: real "
                      "processes over RabbitMQ and Redis, faults through Toxiproxy")
     run.add_argument("--seed", type=int, default=None,

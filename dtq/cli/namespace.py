@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 from transports.redis import RedisStore
+from transports.registry import open_store, require
 
 
 def add_parser(sub: Any) -> None:
@@ -34,7 +35,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     url = args.store_url or os.environ.get("DTQ_STORE_URL") or "redis://127.0.0.1:6379/0"
-    store = RedisStore.from_url(url, prefix=args.namespace)
+    store = require(open_store(url, prefix=args.namespace), RedisStore, "dtq namespace")
     try:
         out: dict[str, Any]
         if args.namespace_cmd == "retention":

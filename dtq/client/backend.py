@@ -25,7 +25,7 @@ import structlog
 
 from dtq.coordinator import Coordinator, CoordinatorConfig
 from dtq.envelope import COORDINATOR_QUEUE, WORK_QUEUE, Cancel
-from dtq.errors import DtqError
+from dtq.errors import ConfigurationError, DtqError
 from dtq.store import Store
 from dtq.task import TaskSpec
 from dtq.tasktypes import load_task_types
@@ -65,6 +65,16 @@ class ApiBackend(Protocol):
 # --- production ---------------------------------------------------------------------------------
 
 
+@runtime_checkable
+class Watchable(Protocol):
+    """What the API asks of a transport beyond `dtq.transport.Transport`: whether it is
+    connected, and how many messages wait in its queues."""
+
+    ready: threading.Event
+
+    def queue_depths(self, addresses: Sequence[str]) -> dict[str, int]: ...
+
+
 class RabbitBackend:
     """Submissions over RabbitMQ, state from Redis, under one namespace."""
 
@@ -76,11 +86,11 @@ class RabbitBackend:
         from dtq.client.submitter import Submitter
         from dtq.runtime.process import broker_url as default_broker
         from dtq.runtime.process import store_url as default_store
-        from transports.redis import RedisStore
+        from transports.registry import open_store
 
         self.namespace = namespace
         self.confirm_timeout_s = confirm_timeout_s
-        self._store = RedisStore.from_url(default_store(store_url), prefix=namespace)
+        self._store = open_store(default_store(store_url), prefix=namespace)
         try:
             self.submitter = Submitter(default_broker(broker_url), namespace=namespace,
                                        name=name or f"api-{os.getpid()}",
@@ -88,6 +98,12 @@ class RabbitBackend:
         except BaseException:
             self._store.close()
             raise
+        transport = self.submitter.transport
+        if not isinstance(transport, Watchable):
+            self.close()
+            raise ConfigurationError(f"the API needs a transport with `ready` and "
+                                     f"`queue_depths`, not a {type(transport).__name__}")
+        self._broker = transport
 
     @property
     def store(self) -> Store:
@@ -100,14 +116,14 @@ class RabbitBackend:
         self.submitter.cancel(task_id, timeout_s=self.confirm_timeout_s)
 
     def queue_depths(self) -> dict[str, int]:
-        return self.submitter.transport.queue_depths([COORDINATOR_QUEUE, WORK_QUEUE, "dead"])
+        return self._broker.queue_depths([COORDINATOR_QUEUE, WORK_QUEUE, "dead"])
 
     def ready(self) -> bool:
         try:
             self._store.epoch()
         except DtqError:
             return False
-        return self.submitter.transport.ready.is_set()
+        return self._broker.ready.is_set()
 
     def now_ms(self) -> int:
         return time.time_ns() // 1_000_000

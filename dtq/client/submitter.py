@@ -23,9 +23,9 @@ from dtq.clock import VectorClock
 from dtq.envelope import COORDINATOR_QUEUE, Cancel, Codec, Envelope, Finished, Message, Submit
 from dtq.errors import ConnectionLost
 from dtq.task import TaskSpec, TaskState
-from dtq.transport import Outgoing, queue_name
-from transports.rabbitmq import RabbitTransport
-from transports.redis import FinishedListener, RedisStore
+from dtq.transport import Outgoing, Transport, queue_name
+from transports.redis import FinishedListener
+from transports.registry import ClosingStore, open_store, open_transport
 
 Recorder = Callable[[str, str, VectorClock, Mapping[str, Any]], None]
 
@@ -45,7 +45,7 @@ class Submitter:
         self.namespace = namespace
         self.codec = Codec()
         self.listener: FinishedListener | None = None
-        self.store: RedisStore | None = None
+        self.store: ClosingStore | None = None
         self.on_finished = on_finished
         self.waiting: set[str] = set()
         """The tasks submitted whose end has not been heard yet."""
@@ -53,12 +53,12 @@ class Submitter:
         if on_finished is not None:
             if store_url is None:
                 raise ValueError("waiting for tasks (on_finished) needs the store_url")
-            self.store = RedisStore.from_url(store_url, prefix=namespace)
+            self.store = open_store(store_url, prefix=namespace)
             self.listener = FinishedListener(
                 store_url, prefix=namespace, client=name, timeout_s=start_timeout_s,
                 on_notice=self._heard, on_resubscribed=self.reread)
-        self.transport = RabbitTransport(broker_url, namespace=namespace, name=name,
-                                         quorum=quorum)
+        self.transport: Transport = open_transport(broker_url, namespace=namespace, name=name,
+                                                   quorum=quorum)
         try:
             self.transport.start(start_timeout_s)
         except ConnectionLost:

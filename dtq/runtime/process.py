@@ -134,14 +134,14 @@ def run_node(cfg: NodeConfig) -> int:
     """Run one node in this process until it stops; return its exit status."""
     from dtq.runtime.logs import configure_logging
     from dtq.runtime.node import ProcessRuntime, RuntimeOptions, kill_at
-    from transports.rabbitmq import RabbitTransport
-    from transports.redis import RedisHistory, RedisStore
+    from transports.redis import RedisHistory
+    from transports.registry import open_store, open_transport
 
     configure_logging(cfg.log_level, default="info")
     log = structlog.get_logger("dtq").bind(actor=cfg.name)
     io_root = _io_settings(cfg) if cfg.role == "worker" else RuntimeOptions().io_root
     built = build_actor(cfg)
-    store = RedisStore.from_url(cfg.store_url, prefix=cfg.namespace)
+    store = open_store(cfg.store_url, prefix=cfg.namespace)
     history = RedisHistory.from_url(cfg.store_url, prefix=cfg.namespace) if cfg.history else None
     lock = threading.Lock()
     metrics = None
@@ -158,8 +158,8 @@ def run_node(cfg: NodeConfig) -> int:
             with lock:
                 history.record(actor, kind, clock, data)
 
-    transport = RabbitTransport(cfg.broker_url, namespace=cfg.namespace, name=cfg.name, log=log,
-                                quorum=cfg.quorum, work_bundle=cfg.dispatch_bundle)
+    transport = open_transport(cfg.broker_url, namespace=cfg.namespace, name=cfg.name, log=log,
+                               quorum=cfg.quorum, work_bundle=cfg.dispatch_bundle)
     runtime = ProcessRuntime(built, transport=transport, store=store, record=record,
                              options=RuntimeOptions(concurrency=cfg.concurrency,
                                                     io_root=io_root, trace=cfg.trace,

@@ -60,6 +60,7 @@ from dtq.transport import queue_name
 from transports.memory import BROKER, STORE
 from transports.rabbitmq import consumer_count, delete_namespace, publish_raw
 from transports.redis import RedisHistory, RedisStore, lose_namespace_data
+from transports.registry import open_store, require
 
 POLL_S = 0.02
 COUNT_EVERY_S = 0.1
@@ -149,8 +150,9 @@ class RealRun:
         self.namespace = f"dtq-run-{scenario.name}-{uuid.uuid4().hex[:8]}"
         self.broker = broker_url()
         self.store_url = store_url()
-        self.store = RedisStore.from_url(self.store_url, prefix=self.namespace,
-                                         client_name=f"dtq-observer:{self.namespace}")
+        self.store = require(open_store(self.store_url, prefix=self.namespace,
+                                        client_name=f"dtq-observer:{self.namespace}"),
+                             RedisStore, "a scenario run on rabbitmq")
         self.history = RedisHistory.from_url(self.store_url, prefix=self.namespace)
         self.names = coordinator_names(scenario) + worker_names(scenario)
         self.net: ProxyNet | None = None
