@@ -206,12 +206,16 @@ def test_parts_a_frozen_worker_held_are_handed_on_when_the_leader_suspects_it(
     freeze that missed is undone and the next one tried (each one waits for events only)."""
     with _cluster(rabbitmq_url, redis_url, concurrency=1, heartbeat_ms=200,
                   detector_timeout_ms=1000) as c:
-        specs = [TaskSpec(id=f"t{i}", type="sleep", payload={"ms": 300}) for i in range(64)]
-        c.submitter.submit(specs)  # bundles of parts, one run at a time per worker
-        for _ in range(8):
+        submitted = 0
+        for attempt in range(8):
+            # A fresh burst each try: a freeze that missed may have left nothing to hold.
+            specs = [TaskSpec(id=f"t{attempt}-{i}", type="sleep", payload={"ms": 300})
+                     for i in range(64)]
+            c.submitter.submit(specs)  # bundles of parts, one run at a time per worker
+            submitted += len(specs)
             if _freeze_while_holding(c):
                 break
-        c.hear(len(specs))
+        c.hear(submitted)
         assert set(c.ends.values()) == {"succeeded"}
         handed_on = [e for e in c.history.read_events() if e.kind == "reassigned"
                      and e.data.get("reason") == "held by a suspected worker"]

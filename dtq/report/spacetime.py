@@ -6,8 +6,8 @@ data on hover and click), shading for crashes, pauses, partitions and scripted f
 run's summary above it. `write_report` saves it. The page has inline CSS, inline SVG and a
 little inline script, and refers to nothing outside itself.
 
-The pieces live in `spacetime_model` (what to show), `spacetime_layout` (where), `spacetime_svg`
-(the drawing), `spacetime_page` (the HTML around it) and `spacetime_assets` (CSS and script).
+The pieces live beside it in `dtq.report`: `model` (what to show), `layout` (where), `svg` (the
+drawing), `page` (the HTML around it) and `assets` (CSS and script).
 """
 
 from __future__ import annotations
