@@ -15,6 +15,12 @@ the batch). When the connection drops, unconfirmed publishes are sent again afte
 unacked deliveries return to their queues (their late acks are dropped: they belong to a dead
 channel), and consumers are re-established, with exponential backoff between attempts.
 
+Several brokers: a URL may be a comma-separated list (the nodes of one RabbitMQ cluster, as
+`dtq testbed up` prints). The transport connects to the first that answers; when a connection
+is lost or refused it goes on to the next in turn, waiting between attempts (backoff with
+jitter, so that a cluster's clients do not all come back in step) only once every address has
+been tried, and resumes its consumers and unconfirmed publishes on whichever node it reaches.
+
 Topology, under a namespace (so tests never collide): `{ns}.coordinator` (leader inbox),
 `{ns}.work` (shared work queue, priorities 0-9 on classic queues), `{ns}.mailbox.{actor}`, and a
 dead-letter exchange `{ns}.dlx` routing to `{ns}.dead`. Quorum queues are an option for
@@ -45,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import struct
 import threading
@@ -141,10 +148,21 @@ def close_connections(namespace: str, actors: Sequence[str] | None = None) -> in
     return closed
 
 
+def broker_urls(url: str) -> list[str]:
+    """The addresses a broker URL names: one, or several separated by commas."""
+    urls = [u.strip() for u in url.split(",") if u.strip()]
+    if not urls:
+        raise ConnectionLost(f"no broker address in {url!r}")
+    return urls
+
+
 def redact(url: str) -> str:
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    return f"{parts.scheme}://{host}:{parts.port or 5672}{parts.path}"
+    """The URL (or each of a comma-separated list) without its credentials."""
+    def one(u: str) -> str:
+        parts = urlsplit(u.strip())
+        return f"{parts.scheme}://{parts.hostname or '?'}:{parts.port or 5672}{parts.path}"
+
+    return ",".join(one(u) for u in url.split(","))
 
 
 class _Connection(pika.SelectConnection):  # type: ignore[misc]
@@ -219,6 +237,8 @@ class RabbitTransport:
         if work_bundle < 1:
             raise ValueError(f"work_bundle must be at least 1, not {work_bundle}")
         self.url = url
+        self.urls = broker_urls(url)
+        self._turn = 0  # which of `urls` the next connection attempt goes to
         self.namespace = namespace
         self.quorum = quorum_from_environment() if quorum is None else quorum
         self.delivery_limit = delivery_limit
@@ -281,18 +301,23 @@ class RabbitTransport:
     def _run(self) -> None:
         backoff = 0.05
         while not self._closing:
-            self._connect_once()
+            url = self.urls[self._turn % len(self.urls)]
+            self._connect_once(url)
             if self._closing:
                 break
+            self._turn += 1  # the next attempt goes to the next address
             self.log.warning("broker connection lost; reconnecting", backoff_s=backoff,
-                             error=repr(self._last_error))
-            time.sleep(backoff)  # a reconnect backoff in the I/O thread, not synchronisation
-            backoff = min(backoff * 2, 5.0)
-            if self.connects:
-                backoff = min(backoff, 1.0)
+                             broker=redact(url), error=repr(self._last_error),
+                             next_broker=redact(self.urls[self._turn % len(self.urls)]))
+            if self._turn % len(self.urls) == 0:  # every address tried: wait before another round
+                # a reconnect backoff in the I/O thread, not synchronisation
+                time.sleep(backoff * random.uniform(0.5, 1.5))
+                backoff = min(backoff * 2, 5.0)
+                if self.connects:
+                    backoff = min(backoff, 1.0)
 
-    def _connect_once(self) -> None:
-        params = pika.URLParameters(self.url)
+    def _connect_once(self, url: str) -> None:
+        params = pika.URLParameters(url)
         params.heartbeat = self.heartbeat_s
         params.blocked_connection_timeout = 30
         params.client_properties = {"connection_name": connection_name(self.namespace, self.name)}
@@ -632,9 +657,10 @@ class RabbitTransport:
 
 @contextlib.contextmanager
 def blocking(url: str) -> Any:
-    """A short-lived blocking channel, for administration and tests."""
+    """A short-lived blocking channel, for administration and tests (to the first of the
+    URL's brokers that answers)."""
     try:
-        conn = pika.BlockingConnection(pika.URLParameters(url))
+        conn = pika.BlockingConnection([pika.URLParameters(u) for u in broker_urls(url)])
     except pika.exceptions.AMQPError as exc:
         raise ConnectionLost(f"cannot reach RabbitMQ at {redact(url)}: {exc!r}") from exc
     try:
