@@ -1,6 +1,9 @@
 """Shared fixtures. Real-service tests skip locally when the service is down, but fail under CI.
 
 `require_service(name, check)` is that rule in one place; `redis_url` uses it for Redis.
+`backend` runs a behavioural test once per backend ("memory", the simulator; "rabbitmq", real
+processes over RabbitMQ and Redis, which it requires); `run` runs a scenario file on it, and
+`api_on` serves the REST API on it (`tests.test_api_kit`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from .scenariokit import BACKENDS, Run, runner_for
+from .test_api_kit import api_cluster, api_on  # noqa: F401 (the API suites' fixtures)
 
 STORE_URL = os.environ.get("DTQ_STORE_URL", "redis://127.0.0.1:6379/0")
 
@@ -65,3 +71,19 @@ def rabbitmq_url(redis_url: str) -> str:
     needs both)."""
     require_service(f"RabbitMQ at {BROKER_URL}", lambda: _ping_rabbitmq(BROKER_URL))
     return BROKER_URL
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The backend's name: "memory", or "rabbitmq" once RabbitMQ and Redis answer (skipped
+    locally when they are down, failing under CI). Each suite builds what it needs from it."""
+    name = str(request.param)
+    if name == "rabbitmq":
+        request.getfixturevalue("rabbitmq_url")
+    return name
+
+
+@pytest.fixture
+def run(backend: str) -> Run:
+    """Runs `scenarios/NAME` on the backend."""
+    return runner_for(backend)

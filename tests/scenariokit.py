@@ -15,12 +15,12 @@ from dtq.scenario.sim import RunResult, run_memory
 ROOT = Path(__file__).resolve().parent.parent
 Run = Callable[[str], RunResult]
 BACKENDS = ["memory", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)]
+"""The backends every behavioural suite runs on: the params of the `backend` fixture."""
 
 
-def runner_for(request: pytest.FixtureRequest) -> Run:
-    """A function running `scenarios/NAME` on the backend the test is parametrised with."""
-    if request.param == "rabbitmq":
-        request.getfixturevalue("rabbitmq_url")
+def runner_for(backend: str) -> Run:
+    """A function running `scenarios/NAME` on `backend` (a name in `BACKENDS`)."""
+    if backend == "rabbitmq":
         return lambda name: run_real(load(ROOT / "scenarios" / name), live=False)
     return lambda name: run_memory(load(ROOT / "scenarios" / name))
 

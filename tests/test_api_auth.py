@@ -27,7 +27,7 @@ from dtq.api.server import create_app
 from dtq.client.backend import SimBackend
 from dtq.client.http import Client, InProcessTransport, Unauthorized
 
-from .test_api_kit import TOKEN, USER_TASKS, Api, api_on, make_api, wait_until
+from .test_api_kit import TOKEN, USER_TASKS, Api, api_over, make_api, wait_until
 
 OTHER = "second-token-abcdefghijklmnop"
 
@@ -78,12 +78,12 @@ def test_the_right_token_works_and_any_of_several(api: Api) -> None:
     backend = SimBackend(task_modules=(USER_TASKS,))
     app = create_app(backend, tokens=[TOKEN, OTHER])
     for token in (TOKEN, OTHER, f" {TOKEN} "):
-        client = api_on(backend, app, token=token.strip()).http
+        client = api_over(backend, app, token=token.strip()).http
         r = client.post("/tasks", json={"type": "echo", "payload": token.strip()[:4]})
         assert r.status_code == 202, r.text
         raw = client.get("/tasks", headers={"Authorization": f"bearer   {token}"})
         assert raw.status_code == 200, raw.text
-    assert len(list(api_on(backend, app).client.tasks())) == 3
+    assert len(list(api_over(backend, app).client.tasks())) == 3
 
 
 def test_the_client_takes_the_token_or_the_environment(

@@ -1,19 +1,13 @@
 """Behaviour that must hold on both backends: the same scenario files, the same checks.
 
-Each test runs once on the simulator and once on real processes over RabbitMQ and Redis.
+Each test runs once on the simulator and once on real processes over RabbitMQ and Redis: the
+`run` fixture (tests/conftest.py) runs a scenario file on the `backend` fixture's backend.
 """
 
 from __future__ import annotations
 
-import pytest
-
-from .scenariokit import BACKENDS, Run, held, runner_for
+from .scenariokit import Run, held
 from .simkit import finished, make_sim, spec
-
-
-@pytest.fixture(params=BACKENDS)
-def run(request: pytest.FixtureRequest) -> Run:
-    return runner_for(request)
 
 
 def test_round_robin_delivers_ten_messages_to_three_workers(run: Run) -> None:

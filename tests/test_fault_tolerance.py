@@ -5,19 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import pytest
-
 from dtq.scenario.model import load
 from dtq.scenario.sim import run_memory
 from dtq.store import LEADER_LEASE, Write
 from transports.memory_store import SimStore
 
-from .scenariokit import BACKENDS, ROOT, Run, held, runner_for
-
-
-@pytest.fixture(params=BACKENDS)
-def run(request: pytest.FixtureRequest) -> Run:
-    return runner_for(request)
+from .scenariokit import ROOT, Run, held
 
 
 def test_a_frozen_worker_task_finishes_elsewhere_and_its_late_result_is_refused(run: Run) -> None:
