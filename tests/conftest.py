@@ -3,7 +3,7 @@
 `require_service(name, check)` is that rule in one place; `redis_url` uses it for Redis.
 `backend` runs a behavioural test once per backend ("memory", the simulator; "rabbitmq", real
 processes over RabbitMQ and Redis, which it requires); `run` runs a scenario file on it, and
-`api_on` serves the REST API on it (`tests.test_api_kit`).
+`api_on` serves the REST API on it (`tests.api.test_api_kit`).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .api.test_api_kit import api_cluster, api_on  # noqa: F401 (the API suites' fixtures)
 from .scenariokit import BACKENDS, Run, runner_for
-from .test_api_kit import api_cluster, api_on  # noqa: F401 (the API suites' fixtures)
 
 STORE_URL = os.environ.get("DTQ_STORE_URL", "redis://127.0.0.1:6379/0")
 
