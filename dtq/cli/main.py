@@ -86,6 +86,11 @@ See scenarios/README.md for the file format and what each backend can play.""",
     ex.add_argument("--jobs", type=int, default=None, metavar="N",
                     help="worker processes running seeds at once (default: one per core)")
     ex.set_defaults(func=_scenario_explore)
+    faults = ssub.add_parser(
+        "faults", help="list the kinds of fault a scenario can play",
+        description="Every `action` a [[fault]] can have: what it does, what it needs, and "
+        "which backend cannot play it and why (from the one fault table both backends use).")
+    faults.set_defaults(func=_scenario_faults)
 
 
 def _scenario_run(args: argparse.Namespace) -> int:
@@ -117,6 +122,13 @@ def _scenario_run(args: argparse.Namespace) -> int:
               f"run again: {again} --transport rabbitmq (real processes: the timing differs "
               f"from run to run; the simulator replays a seed exactly)")
     return 0 if result.ok else 1
+
+
+def _scenario_faults(args: argparse.Namespace) -> int:
+    from dtq.scenario.faults import describe
+
+    print("\n".join(describe()))
+    return 0
 
 
 def _scenario_explore(args: argparse.Namespace) -> int:
