@@ -96,8 +96,9 @@ See scenarios/README.md for the file format and what each backend can play.""",
 def _scenario_run(args: argparse.Namespace) -> int:
     from dtq.report import transcript as report
     from dtq.scenario.model import load
-    from dtq.scenario.real import run_real, summary_table
+    from dtq.scenario.real import run_real
     from dtq.scenario.sim import run_memory
+    from dtq.scenario.summary import summary_table
 
     scenario = load(args.file)
     if args.transport == "rabbitmq":

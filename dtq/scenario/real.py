@@ -29,7 +29,7 @@ from dtq.client.submitter import Submitter
 from dtq.clock import VectorClock
 from dtq.envelope import WORK_QUEUE
 from dtq.errors import ScenarioError
-from dtq.poison import expectation_texts, injections, record_injection, summary_lines
+from dtq.poison import injections, record_injection
 from dtq.runtime.process import NodeConfig, broker_url, store_url
 from dtq.scenario.faults import FAULTS, FaultTarget, Undo, play
 from dtq.scenario.links import (
@@ -47,11 +47,9 @@ from dtq.scenario.sim import (
     all_accepted,
     check_supported,
     coordinator_names,
-    failure_lines,
-    running_tasks,
-    summarize,
     worker_names,
 )
+from dtq.scenario.summary import running_tasks, summarize
 from dtq.scenario.workload import Planned, plan
 from dtq.store import LEADER_LEASE, PutTask, Store
 from dtq.task import TERMINAL
@@ -494,86 +492,3 @@ def run_real(scenario: Scenario, seed: int | None = None, *, live: bool = True) 
     check_simulator_knobs(scenario)
     progress = Progress(sys.stderr if live else None, scenario.name)
     return RealRun(scenario, scenario.seed if seed is None else seed, progress=progress).run()
-
-
-# --- the summary table ---------------------------------------------------------------------------
-
-_CHECKS = (("no lost task", ("no_lost_task",)), ("no duplicate effect", ("no_duplicate_effect",)),
-           ("one outcome per task", ("single_outcome",)),
-           ("no unexpected task", ("no_unexpected_task",)),
-           ("one leader per epoch", ("one_leader_per_epoch", "epochs_grow")),
-           ("no stale write", ("no_stale_write",)),
-           ("dependency order", ("dependency_order", "causal_delivery", "causality_detected")),
-           ("failover bound", ("failover_bound",)),
-           ("reassign bound", ("reassign_bound",)), ("expectations", ("expectation",)))
-
-
-def summary_table(scenario: Scenario, summary: dict[str, Any]) -> list[str]:
-    """The human end of `dtq scenario run`: a verdict, one row per check, the numbers, and why
-    any check failed."""
-    failed = {v["invariant"] for v in summary["violations"]}
-    known = {name for _, names in _CHECKS for name in names}
-    rows = [(label, _result(label, names, failed, scenario), _measured(label, scenario, summary))
-            for label, names in _CHECKS]
-    rows += [(name.replace("_", " "), "FAILED", "") for name in sorted(failed - known)]
-    verdict = "OK: every check held" if summary["ok"] else f"FAILED: {len(failed)} check(s) broke"
-    t = summary["tasks"]
-    lines = [f"{summary['scenario']} on {summary['transport']} (seed {summary['seed']}): "
-             f"{verdict}", "", f"  {'check':<22}{'result':<8}measured"]
-    lines += [f"  {label:<22}{result:<8}{measured}".rstrip() for label, result, measured in rows]
-    lines += ["", "  tasks    " + ", ".join(f"{k} {v}" for k, v in t.items()),
-              f"  time     {summary['virtual_ms']} ms of run"
-              f"{' (virtual)' if summary['transport'] == 'memory' else ''}, "
-              f"{summary['wall_ms']} ms wall",
-              f"  history  {summary['history_digest']}"]
-    lines += failure_lines(summary)
-    lines += summary_lines(summary)
-    if summary["violations"]:
-        lines += ["", "why:"] + [f"  {v['invariant']}: {v['detail']}"
-                                 for v in summary["violations"]]
-    return lines
-
-
-def _result(label: str, names: tuple[str, ...], failed: set[str], scenario: Scenario) -> str:
-    if failed & set(names):
-        return "FAILED"
-    ex = scenario.expect
-    bounds = {"failover bound": ex.failover_ms_max, "reassign bound": ex.reassign_ms_max,
-              "expectations": next((x for x in (ex.succeeded, ex.failed,
-                                                ex.stale_writes_refused_min,
-                                                ex.dead_lettered_min, ex.crashes_max)
-                                     if x is not None),
-                                   None)}
-    return "-" if label in bounds and bounds[label] is None else "ok"
-
-
-def _measured(label: str, scenario: Scenario, s: dict[str, Any]) -> str:
-    t, ex = s["tasks"], scenario.expect
-    stale = s.get("stale_writes") or {}
-
-    def bound(values: list[int], limit: int | None) -> str:
-        got = f"{max(values)} ms" if values else "none measured"
-        return f"{got} (allowed {limit} ms)" if limit is not None else f"{got} (no bound set)"
-
-    wanted = [f"{k} {t[k]} (expected {getattr(ex, k)})" for k in ("succeeded", "failed")
-              if getattr(ex, k) is not None]
-    if ex.stale_writes_refused_min is not None:
-        wanted.append(f"stale writes refused {stale.get('attempted', 0)} "
-                      f"(expected at least {ex.stale_writes_refused_min})")
-    wanted += expectation_texts(s, ex.dead_lettered_min, ex.crashes_max)
-    causal = s.get("causality") or {}
-    measured = {
-        "no lost task": f"{t['submitted'] - t['lost']} of {t['submitted']} submitted finished",
-        "no duplicate effect": f"{t['duplicated']} applied twice",
-        "one leader per epoch": " -> ".join(f"{x['actor']} ({x['epoch']})"
-                                             for x in s["leaders"]),
-        "no stale write": (f"{stale.get('attempted', 0)} refused, "
-                           f"{stale.get('accepted', 0)} accepted") if stale else "",
-        "dependency order": (f"{causal.get('detected', 0)} of {causal.get('provoked', 0)} "
-                             f"provoked causality problems caught") if causal.get("provoked")
-                            else "",
-        "failover bound": bound(s["failover_ms"], ex.failover_ms_max),
-        "reassign bound": bound(s["reassign_ms"], ex.reassign_ms_max),
-        "expectations": ", ".join(wanted),
-    }
-    return measured.get(label, "")
