@@ -87,13 +87,19 @@ See scenarios/README.md for the file format and what each backend can play.""",
     ex.add_argument("--jobs", type=int, default=None, metavar="N",
                     help="worker processes running seeds at once (default: one per core)")
     ex.set_defaults(func=_scenario_explore)
+    faults = ssub.add_parser(
+        "faults", help="list the kinds of fault a scenario can play",
+        description="Every `action` a [[fault]] can have: what it does, what it needs, and "
+        "which backend cannot play it and why (from the one fault table both backends use).")
+    faults.set_defaults(func=_scenario_faults)
 
 
 def _scenario_run(args: argparse.Namespace) -> int:
     from dtq.report import transcript as report
     from dtq.scenario.model import load
-    from dtq.scenario.real import run_real, summary_table
+    from dtq.scenario.real import run_real
     from dtq.scenario.sim import run_memory
+    from dtq.scenario.summary import summary_table
 
     scenario = load(args.file)
     if args.transport == "rabbitmq":
@@ -118,6 +124,13 @@ def _scenario_run(args: argparse.Namespace) -> int:
               f"run again: {again} --transport rabbitmq (real processes: the timing differs "
               f"from run to run; the simulator replays a seed exactly)")
     return 0 if result.ok else 1
+
+
+def _scenario_faults(args: argparse.Namespace) -> int:
+    from dtq.scenario.faults import describe
+
+    print("\n".join(describe()))
+    return 0
 
 
 def _scenario_explore(args: argparse.Namespace) -> int:

@@ -50,66 +50,26 @@ from dtq.envelope import Codec, Envelope
 from dtq.errors import ConfigurationError, ScenarioError
 from dtq.runtime import process
 from dtq.runtime.process import NodeConfig, Supervisor
+from dtq.scenario.faults import LINKS, SLICER_DEFAULTS, simulator_knob, undo_after_ms
 from dtq.scenario.model import FaultSpec, Scenario
-from transports.memory import BROKER, STORE, Simulation
+from transports.memory import BROKER, Simulation
 
-LINKS = (BROKER, STORE)
 STREAMS = ("upstream", "downstream")
-RESET_MS = 1000
-"""How long a `reset_peer` without `duration` keeps resetting the target's connections."""
-SLICER_DEFAULTS = {"average_size": 64, "size_variation": 32, "delay": 1000}
-"""Slicer pieces of about 64 bytes (± 32), with a pause of 1000 µs after each."""
 FRAME_BYTES = 100
 """About what AMQP framing adds to a message body on the wire (method, header, body frames)."""
 NETWORK_MODEL_KEYS = ("reorder_ms", "retransmit_ms", "broker_heartbeat_ms")
 """`[network]` keys that describe the simulator's model of RabbitMQ, not a fault."""
 
-Refusal = Callable[[FaultSpec], str | None]
-"""Why a backend cannot play a fault (a sentence), or None when it can."""
-
 
 def fault_end_ms(f: FaultSpec) -> int | None:
     """When a fault is undone on its own: `at + duration`, or after the reset window."""
-    if f.duration_ms:
-        return f.at_ms + f.duration_ms
-    return f.at_ms + RESET_MS if f.action == "reset_peer" else None
+    after = undo_after_ms(f)
+    return f.at_ms + after if after else None
 
 
 # --- what RabbitMQ cannot play -----------------------------------------------------------------
 
-_ADVICE = {
-    "duplicate": "To make the broker deliver a message twice, reset a worker's connection "
-                 "while it holds tasks (reset_peer or drop_connection)",
-    "drop": "To hold messages back, cut a node from the broker (partition): its publishes "
-            "wait unconfirmed and are sent again",
-    "reorder": "To delay some messages more than others, add latency with jitter to some "
-               "nodes' links",
-}
 _PLAYED_NETWORK_KEYS = ("delay_ms", "jitter_ms")
-
-
-def _simulator_knob(knob: str) -> str:
-    advice = _ADVICE.get(knob, "Play it on the memory backend")
-    return (f"{knob} is a knob of the simulator: it makes the simulated network or store "
-            f"misbehave in a way RabbitMQ and Redis over TCP do not by themselves. {advice}")
-
-
-def _node_partition(f: FaultSpec) -> str | None:
-    names = [x for x in f.params.get("from", [BROKER]) if x not in LINKS]
-    if not names:
-        return None
-    return (f"nodes never talk to each other directly over RabbitMQ, so there is no link to "
-            f"cut between them and {', '.join(map(repr, names))}; cut the node from the broker "
-            f"(from = [\"broker\"]) or the store (from = [\"store\"]) instead")
-
-
-RABBITMQ_UNSUPPORTED: dict[str, Refusal] = {
-    "duplicate": lambda f: _simulator_knob("duplicate"),
-    "drop": lambda f: _simulator_knob("drop"),
-    "reorder": lambda f: _simulator_knob("reorder"),
-    "partition": _node_partition,
-}
-"""What the rabbitmq backend cannot play."""
 
 
 def check_simulator_knobs(scenario: Scenario) -> None:
@@ -119,7 +79,7 @@ def check_simulator_knobs(scenario: Scenario) -> None:
     for key, value in scenario.network.items():
         if value and key not in _PLAYED_NETWORK_KEYS and key not in NETWORK_MODEL_KEYS:
             raise ScenarioError(f"{scenario.path}: network.{key}: cannot be played on the "
-                                f"rabbitmq backend: {_simulator_knob(key)}")
+                                f"rabbitmq backend: {simulator_knob(key)}")
     for key, value in scenario.crash_points.items():
         if value:
             raise ScenarioError(

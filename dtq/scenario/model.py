@@ -20,29 +20,10 @@ from dtq.effectplan import CRASH_AFTER
 from dtq.envelope import COORDINATOR_QUEUE
 from dtq.errors import ScenarioError
 from dtq.poison import DEFAULT_QUEUE, INJECT_KINDS, MAILBOX, NAMES_A_TASK, QUEUES
+from dtq.scenario.faults import FAULT_KEYS, FAULT_WHEN, FAULTS
 from dtq.task import TaskRecord, TaskSpec, TaskState
 from dtq.taskrun import CRASH_POINTS
 
-FAULT_ACTIONS = {
-    "kill": "stop a node at once (SIGKILL); with `duration`, restart it afterwards",
-    "crash": "the same as kill",
-    "restart": "start a killed node again",
-    "pause": "freeze a node (SIGSTOP); with `duration`, resume it afterwards",
-    "resume": "unfreeze a paused node (SIGCONT)",
-    "partition": "cut the target from `from` (default: the broker); with `duration`, heal after",
-    "heal": "remove every partition",
-    "drop_connection": "the broker closes the target's connection (it reconnects)",
-    "latency": "add `latency` ms (and `jitter` ms) to every message; with `duration`, undo after",
-    "duplicate": "duplicate messages with probability `probability`",
-    "drop": "drop messages with probability `probability` (publishers retransmit)",
-    "reorder": "reorder messages with probability `probability`",
-    "bandwidth": "limit the target's links to `rate` KB/s (the simulator: a delay per message)",
-    "slicer": "slice the target's TCP stream into small pieces (the simulator: a small delay)",
-    "reset_peer": "reset the target's connections (the simulator: drops its connection)",
-    "lose_store_data": "the store restarts without persistence: every key of the run's namespace "
-                       "is gone and its store connections are dropped (no target)",
-    "inject": "publish `count` malformed or forged messages of kind `message` to `queue`",
-}
 TARGET_ROLES = ("leader", "standby", "any-worker", "any-coordinator", "all-workers")
 
 
@@ -145,14 +126,6 @@ WORKLOAD_KEYS = {"count": int, "interval_ms": int, "start_ms": int, "tasks": lis
 EXPECT_KEYS = {"deadline_ms": int, "succeeded": int, "failed": int, "failover_ms_max": int,
                "reassign_ms_max": int, "stale_writes_refused_min": int, "settle_ms": int,
                "dead_lettered_min": int, "crashes_max": int}
-FAULT_KEYS = {"at": int, "action": str, "target": str, "duration": int, "from": list,
-              "message": str, "queue": str, "count": int, "task": str,
-              "latency": int, "jitter": int, "probability": float, "rate": int,
-              "timeout": int, "average_size": int, "size_variation": int, "delay": int,
-              "when": str}
-FAULT_WHEN = {"busy": "wait, from `at` on, until every target runs a task, then fire",
-              "accepted": "wait, from `at` on, until a leader has accepted every task of the "
-                          "workload, then fire"}
 STORE_KEYS = {"finished_records": int, "read_us_per_record": int}
 TOP_KEYS = {"name": str, "description": str, "seed": int, "cluster": dict, "network": dict,
             "crash_points": dict, "workload": dict, "fault": list, "expect": dict,
@@ -300,9 +273,9 @@ def _fault(ld: _Loader, i: int, d: Any) -> FaultSpec:
     for required in ("at", "action"):
         if required not in d:
             raise ld.error(prefix + required, "is required")
-    if d["action"] not in FAULT_ACTIONS:
+    if d["action"] not in FAULTS:
         raise ld.error(prefix + "action", f"unknown action {d['action']!r} (expected one of: "
-                       f"{', '.join(sorted(FAULT_ACTIONS))})")
+                       f"{', '.join(sorted(FAULTS))})")
     if "when" in d and d["when"] not in FAULT_WHEN:
         raise ld.error(prefix + "when", f"unknown condition {d['when']!r} (expected one of: "
                        f"{', '.join(sorted(FAULT_WHEN))})")

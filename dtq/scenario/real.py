@@ -22,23 +22,22 @@ import random
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 from dtq.client.submitter import Submitter
 from dtq.clock import VectorClock
 from dtq.envelope import WORK_QUEUE
 from dtq.errors import ScenarioError
-from dtq.poison import expectation_texts, injections, record_injection, summary_lines
+from dtq.poison import injections, record_injection
 from dtq.runtime.process import NodeConfig, broker_url, store_url
+from dtq.scenario.faults import FAULTS, FaultTarget, Undo, play
 from dtq.scenario.links import (
-    RABBITMQ_UNSUPPORTED,
     ProxiedSupervisor,
     ProxyNet,
     Toxic,
     address_of,
     check_simulator_knobs,
-    fault_end_ms,
     toxic_for,
     with_address,
 )
@@ -48,11 +47,9 @@ from dtq.scenario.sim import (
     all_accepted,
     check_supported,
     coordinator_names,
-    failure_lines,
-    running_tasks,
-    summarize,
     worker_names,
 )
+from dtq.scenario.summary import running_tasks, summarize
 from dtq.scenario.workload import Planned, plan
 from dtq.store import LEADER_LEASE, PutTask, Store
 from dtq.task import TERMINAL
@@ -65,7 +62,6 @@ from transports.registry import open_store, require
 POLL_S = 0.02
 COUNT_EVERY_S = 0.1
 """How often the runner counts finished tasks in the store."""
-Undo = Callable[[], None] | None
 
 
 def wait_for(
@@ -164,6 +160,7 @@ class RealRun:
         self._count: tuple[float, int] = (0.0, 0)
         self.total = 0
         self._injected = 0
+        self._toxic_keys = itertools.count()
         self.t0 = time.monotonic()
         self.elapsed_ms = 0
 
@@ -258,8 +255,9 @@ class RealRun:
             by_time.setdefault(p.at_ms, []).append(p.spec)
         for at_ms, specs in by_time.items():
             self._at(at_ms, functools.partial(self._submit, specs))
-        for i, f in enumerate(self.scenario.faults):
-            self._at(f.at_ms, functools.partial(self._fault, i, f))
+        faults: FaultTarget = self
+        for f in self.scenario.faults:
+            self._at(f.at_ms, functools.partial(play, faults, f))
 
     def _at(self, at_ms: int, action: Callable[[], None]) -> None:
         heapq.heappush(self.timeline, (at_ms, next(self._order), action))
@@ -317,9 +315,9 @@ class RealRun:
         self._count = (time.monotonic(), count)
         return count
 
-    # --- faults -----------------------------------------------------------------------------
+    # --- faults: the real runner as a FaultTarget --------------------------------------------
 
-    def _targets(self, target: str | None) -> list[str]:
+    def targets(self, fault: FaultSpec) -> list[str]:
         workers = worker_names(self.scenario)
         coords = coordinator_names(self.scenario)
         lease = self.store.lease(LEADER_LEASE)
@@ -332,6 +330,7 @@ class RealRun:
             "any-coordinator": lambda: [self.rng.choice(coords)],
             "coordinators": lambda: coords,
         }
+        target = fault.target
         if target is None:
             return []
         if target in roles:
@@ -340,25 +339,7 @@ class RealRun:
             return [target]
         raise ScenarioError(f"unknown fault target {target!r}")
 
-    def _fault(self, index: int, f: FaultSpec) -> None:
-        targets = self._targets(f.target)
-        when = f.params.get("when")
-        not_yet = (when == "busy" and not self._busy(targets)) or (
-            when == "accepted" and not all_accepted(self.history.read_events(), self.scenario))
-        if not_yet and self._now_ms() < self.scenario.expect.deadline_ms:
-            # Not yet: look again at the next step (the workers' store entries list what
-            # they run from the moment they report a start).
-            self._at(self._now_ms() + 1, functools.partial(self._fault, index, f))
-            return
-        self.progress.fault(f.at_ms, f.action, targets)
-        self._record("runner", "fault", action=f.action, targets=targets,
-                     duration_ms=f.duration_ms)
-        undo = self._actions()[f.action](index, f, targets)
-        end = fault_end_ms(f)
-        if undo is not None and end is not None:
-            self._at(end + max(0, self._now_ms() - f.at_ms), undo)  # (from when it fired)
-
-    def _busy(self, targets: list[str]) -> bool:
+    def busy(self, targets: list[str]) -> bool:
         """Every target has started a task whose end it has not recorded (by the history the
         nodes write as they go: fresher than the workers' store entries, which a finished task
         leaves only at the next heartbeat)."""
@@ -366,16 +347,29 @@ class RealRun:
                 if tasks}
         return bool(targets) and set(targets) <= busy
 
-    def _actions(self) -> dict[str, Callable[[int, FaultSpec, list[str]], Undo]]:
-        link = self._link_fault
-        return {"kill": self._kill, "crash": self._kill, "restart": self._restart,
-                "pause": self._pause, "resume": self._resume, "heal": self._heal,
-                "drop_connection": self._drop_connection, "partition": link, "latency": link,
-                "inject": self._inject,
-                "bandwidth": link, "slicer": link, "reset_peer": link,
-                "lose_store_data": self._lose_store_data}
+    def accepted(self) -> bool:
+        return all_accepted(self.history.read_events(), self.scenario)
 
-    def _lose_store_data(self, index: int, f: FaultSpec, targets: list[str]) -> Undo:
+    def too_late(self) -> bool:
+        return self._now_ms() >= self.scenario.expect.deadline_ms
+
+    def later(self, fault: FaultSpec) -> None:
+        # Not yet: look again at the next step (the workers' store entries list what they run
+        # from the moment they report a start).
+        self._at(self._now_ms() + 1, functools.partial(play, self, fault))
+
+    def record_fault(self, fault: FaultSpec, data: Mapping[str, Any]) -> None:
+        self.progress.fault(fault.at_ms, fault.action, list(data["targets"]))
+        self._record("runner", "fault", **data)
+
+    def after(self, delay_ms: int, undo: Callable[[], None]) -> None:
+        self._at(self._now_ms() + delay_ms, undo)  # from when the fault fired
+
+    def _nodes(self, targets: list[str], f: FaultSpec) -> list[str]:
+        """The fault's targets; a fault that names no target applies to every node."""
+        return targets if f.target is not None else self.names
+
+    def lose_store_data(self, f: FaultSpec, targets: list[str]) -> Undo:
         """A restart of Redis without persistence, for this run's namespace only (the shared
         server keeps running): every key of the namespace is dropped at once, but the history
         (the observer's record, not under test), and the nodes' store connections are killed
@@ -392,12 +386,14 @@ class RealRun:
                                          if kind == "crash" else {}))
             fn(t)
 
-    def _kill(self, index: int, f: FaultSpec, targets: list[str]) -> Undo:
+    def kill(self, f: FaultSpec, targets: list[str]) -> Undo:
         assert self.supervisor is not None
         self._each("crash", self.supervisor.kill, targets)
         return functools.partial(self._restart_nodes, targets)
 
-    def _restart(self, index: int, f: FaultSpec, targets: list[str]) -> Undo:
+    crash = kill
+
+    def restart(self, f: FaultSpec, targets: list[str]) -> Undo:
         self._restart_nodes(targets)
         return None
 
@@ -405,12 +401,12 @@ class RealRun:
         assert self.supervisor is not None
         self._each("restart", self.supervisor.restart, targets)
 
-    def _pause(self, index: int, f: FaultSpec, targets: list[str]) -> Undo:
+    def pause(self, f: FaultSpec, targets: list[str]) -> Undo:
         assert self.supervisor is not None
         self._each("pause", self.supervisor.pause, targets)
         return functools.partial(self._resume_nodes, targets)
 
-    def _resume(self, index: int, f: FaultSpec, targets: list[str]) -> Undo:
+    def resume(self, f: FaultSpec, targets: list[str]) -> Undo:
         self._resume_nodes(targets)
         return None
 
@@ -418,20 +414,29 @@ class RealRun:
         assert self.supervisor is not None
         self._each("resume", self.supervisor.resume, targets)
 
-    def _drop_connection(self, index: int, f: FaultSpec, targets: list[str]) -> Undo:
+    def drop_connection(self, f: FaultSpec, targets: list[str]) -> Undo:
         assert self.net is not None
-        self.net.cut(targets if f.target is not None else self.names)
+        self.net.cut(self._nodes(targets, f))
         return None
 
-    def _link_fault(self, index: int, f: FaultSpec, targets: list[str]) -> Undo:
+    def partition(self, f: FaultSpec, targets: list[str]) -> Undo:
         """partition, latency, bandwidth, slicer, reset_peer: toxics on the nodes' proxies."""
         assert self.net is not None
-        key = f"{f.action}-{index}"
-        nodes = targets if f.target is not None else self.names
-        self.net.add(key, toxic_for(f), nodes, f.params.get("from", [BROKER]))
+        key = f"{f.action}-{next(self._toxic_keys)}"
+        self.net.add(key, toxic_for(f), self._nodes(targets, f), f.params.get("from", [BROKER]))
         return functools.partial(self.net.remove, key)
 
-    def _heal(self, index: int, f: FaultSpec, targets: list[str]) -> Undo:
+    latency = bandwidth = slicer = reset_peer = partition
+
+    def duplicate(self, f: FaultSpec, targets: list[str]) -> Undo:
+        """duplicate, drop, reorder: knobs of the simulated network, refused before a run
+        starts (`FAULTS`)."""
+        raise ScenarioError(f"{f.action!r} cannot be played on the rabbitmq backend: "
+                            f"{FAULTS[f.action].refusal('rabbitmq', f)}")
+
+    drop = reorder = duplicate
+
+    def heal(self, f: FaultSpec, targets: list[str]) -> Undo:
         """Remove every partition, and every reset window (the simulator plays those as
         partitions too)."""
         assert self.net is not None
@@ -439,7 +444,7 @@ class RealRun:
         self.net.remove_all("reset_peer-")
         return None
 
-    def _inject(self, index: int, f: FaultSpec, targets: list[str]) -> Undo:
+    def inject(self, f: FaultSpec, targets: list[str]) -> Undo:
         """Malformed and forged messages, published as bytes straight to the namespace's
         queue (or the targets' mailboxes), confirmed and routed (mandatory: a queue that does
         not exist fails the run instead of swallowing them)."""
@@ -485,90 +490,7 @@ def fill_finished(store: Store, n: int, batch: int = 5000) -> None:
 
 def run_real(scenario: Scenario, seed: int | None = None, *, live: bool = True) -> RunResult:
     """Run `scenario` on real processes; with `live`, show progress on stderr."""
-    check_supported(scenario, RABBITMQ_UNSUPPORTED, "rabbitmq")
+    check_supported(scenario, "rabbitmq")
     check_simulator_knobs(scenario)
     progress = Progress(sys.stderr if live else None, scenario.name)
     return RealRun(scenario, scenario.seed if seed is None else seed, progress=progress).run()
-
-
-# --- the summary table ---------------------------------------------------------------------------
-
-_CHECKS = (("no lost task", ("no_lost_task",)), ("no duplicate effect", ("no_duplicate_effect",)),
-           ("one outcome per task", ("single_outcome",)),
-           ("no unexpected task", ("no_unexpected_task",)),
-           ("one leader per epoch", ("one_leader_per_epoch", "epochs_grow")),
-           ("no stale write", ("no_stale_write",)),
-           ("dependency order", ("dependency_order", "causal_delivery", "causality_detected")),
-           ("failover bound", ("failover_bound",)),
-           ("reassign bound", ("reassign_bound",)), ("expectations", ("expectation",)))
-
-
-def summary_table(scenario: Scenario, summary: dict[str, Any]) -> list[str]:
-    """The human end of `dtq scenario run`: a verdict, one row per check, the numbers, and why
-    any check failed."""
-    failed = {v["invariant"] for v in summary["violations"]}
-    known = {name for _, names in _CHECKS for name in names}
-    rows = [(label, _result(label, names, failed, scenario), _measured(label, scenario, summary))
-            for label, names in _CHECKS]
-    rows += [(name.replace("_", " "), "FAILED", "") for name in sorted(failed - known)]
-    verdict = "OK: every check held" if summary["ok"] else f"FAILED: {len(failed)} check(s) broke"
-    t = summary["tasks"]
-    lines = [f"{summary['scenario']} on {summary['transport']} (seed {summary['seed']}): "
-             f"{verdict}", "", f"  {'check':<22}{'result':<8}measured"]
-    lines += [f"  {label:<22}{result:<8}{measured}".rstrip() for label, result, measured in rows]
-    lines += ["", "  tasks    " + ", ".join(f"{k} {v}" for k, v in t.items()),
-              f"  time     {summary['virtual_ms']} ms of run"
-              f"{' (virtual)' if summary['transport'] == 'memory' else ''}, "
-              f"{summary['wall_ms']} ms wall",
-              f"  history  {summary['history_digest']}"]
-    lines += failure_lines(summary)
-    lines += summary_lines(summary)
-    if summary["violations"]:
-        lines += ["", "why:"] + [f"  {v['invariant']}: {v['detail']}"
-                                 for v in summary["violations"]]
-    return lines
-
-
-def _result(label: str, names: tuple[str, ...], failed: set[str], scenario: Scenario) -> str:
-    if failed & set(names):
-        return "FAILED"
-    ex = scenario.expect
-    bounds = {"failover bound": ex.failover_ms_max, "reassign bound": ex.reassign_ms_max,
-              "expectations": next((x for x in (ex.succeeded, ex.failed,
-                                                ex.stale_writes_refused_min,
-                                                ex.dead_lettered_min, ex.crashes_max)
-                                     if x is not None),
-                                   None)}
-    return "-" if label in bounds and bounds[label] is None else "ok"
-
-
-def _measured(label: str, scenario: Scenario, s: dict[str, Any]) -> str:
-    t, ex = s["tasks"], scenario.expect
-    stale = s.get("stale_writes") or {}
-
-    def bound(values: list[int], limit: int | None) -> str:
-        got = f"{max(values)} ms" if values else "none measured"
-        return f"{got} (allowed {limit} ms)" if limit is not None else f"{got} (no bound set)"
-
-    wanted = [f"{k} {t[k]} (expected {getattr(ex, k)})" for k in ("succeeded", "failed")
-              if getattr(ex, k) is not None]
-    if ex.stale_writes_refused_min is not None:
-        wanted.append(f"stale writes refused {stale.get('attempted', 0)} "
-                      f"(expected at least {ex.stale_writes_refused_min})")
-    wanted += expectation_texts(s, ex.dead_lettered_min, ex.crashes_max)
-    causal = s.get("causality") or {}
-    measured = {
-        "no lost task": f"{t['submitted'] - t['lost']} of {t['submitted']} submitted finished",
-        "no duplicate effect": f"{t['duplicated']} applied twice",
-        "one leader per epoch": " -> ".join(f"{x['actor']} ({x['epoch']})"
-                                             for x in s["leaders"]),
-        "no stale write": (f"{stale.get('attempted', 0)} refused, "
-                           f"{stale.get('accepted', 0)} accepted") if stale else "",
-        "dependency order": (f"{causal.get('detected', 0)} of {causal.get('provoked', 0)} "
-                             f"provoked causality problems caught") if causal.get("provoked")
-                            else "",
-        "failover bound": bound(s["failover_ms"], ex.failover_ms_max),
-        "reassign bound": bound(s["reassign_ms"], ex.reassign_ms_max),
-        "expectations": ", ".join(wanted),
-    }
-    return measured.get(label, "")

@@ -1,4 +1,4 @@
-"""Running scenarios on the memory backend, and the JSON summary both backends print.
+"""Running scenarios on the memory backend.
 
 `run_memory` builds a simulated cluster, plays the workload and the fault timeline in virtual
 time, stops when every task has finished (plus a settle period that would reveal late
@@ -14,42 +14,21 @@ from typing import Any
 
 import attrs
 
-from dtq.checker import check
 from dtq.clock import VectorClock
 from dtq.coordinator import Coordinator, CoordinatorConfig
 from dtq.errors import ScenarioError
-from dtq.history import Event, History, digest
-from dtq.poison import injections, poison_summary, poison_violations, record_injection
-from dtq.scenario.links import RESET_MS, SLICER_DEFAULTS, Refusal, Slowdown, SlowLinks
+from dtq.history import Event, History
+from dtq.poison import injections, record_injection
+from dtq.scenario.faults import FAULTS, FaultTarget, Undo, bad_params, play
+from dtq.scenario.links import Slowdown, SlowLinks
 from dtq.scenario.model import TARGET_ROLES, FaultSpec, Scenario, finished_records
+from dtq.scenario.summary import summarize
 from dtq.scenario.workload import plan, workload_problem
 from dtq.tasktypes import load_task_types
 from dtq.worker import Worker
-from transports.memory import BROKER, STORE, CrashPoints, NetworkConfig, SimStore, Simulation
+from transports.memory import BROKER, CrashPoints, NetworkConfig, SimStore, Simulation
 
 TERMINAL_KINDS = frozenset({"succeeded", "failed", "rejected", "cancelled"})
-
-LINK_FAULTS = frozenset({"latency", "bandwidth", "slicer", "reset_peer"})
-"""Faults on a node's links (`from`: "broker", "store" or both; default the broker)."""
-NEEDS_TARGET = frozenset({"kill", "crash", "pause", "resume", "restart"})
-REQUIRED_PARAMS = {"latency": ("latency",), "bandwidth": ("rate",),
-                   "duplicate": ("probability",), "drop": ("probability",),
-                   "reorder": ("probability",)}
-
-
-def _store_link_refused(f: FaultSpec) -> str | None:
-    if STORE in f.params.get("from", [BROKER]):
-        return ("the simulated store answers at once, so its link cannot be slowed; slow the "
-                "broker link (from = [\"broker\"]) or cut the store (partition)")
-    return None
-
-
-MEMORY_UNSUPPORTED: dict[str, Refusal] = {
-    "latency": _store_link_refused, "bandwidth": _store_link_refused,
-    "slicer": _store_link_refused,
-}
-"""What the simulator cannot play. It plays every other fault, link faults included."""
-
 
 @attrs.define(kw_only=True)
 class RunResult:
@@ -70,9 +49,7 @@ def worker_names(scenario: Scenario) -> list[str]:
     return [f"worker-{i}" for i in range(1, scenario.cluster.workers + 1)]
 
 
-def check_supported(
-    scenario: Scenario, unsupported: Mapping[str, Refusal], transport: str,
-) -> None:
+def check_supported(scenario: Scenario, transport: str) -> None:
     """Refuse, before anything starts, a fault with bad parameters or one `transport` cannot
     play, or a workload whose tasks break the submission rules; the error names the file, the
     fault or task and why."""
@@ -80,11 +57,10 @@ def check_supported(
     if problem is not None:
         raise ScenarioError(f"{scenario.path}: {problem}")
     for i, fault in enumerate(scenario.faults):
-        bad = _bad_target(scenario, fault) or _bad_params(fault)
+        bad = _bad_target(scenario, fault) or bad_params(fault)
         if bad is not None:
             raise ScenarioError(f"{scenario.path}: fault[{i}].{bad[0]}: {bad[1]}")
-        rule = unsupported.get(fault.action)
-        reason = rule(fault) if rule is not None else None
+        reason = FAULTS[fault.action].refusal(transport, fault)
         if reason:
             raise ScenarioError(
                 f"{scenario.path}: fault[{i}].action: {fault.action!r} cannot be played on the "
@@ -98,28 +74,6 @@ def _bad_target(scenario: Scenario, f: FaultSpec) -> tuple[str, str] | None:
         return None
     return "target", (f"no node or role {f.target!r} in this cluster (nodes: "
                       f"{', '.join(names)}; roles: {', '.join(TARGET_ROLES)})")
-
-
-def _bad_params(f: FaultSpec) -> tuple[str, str] | None:
-    """A (key, problem) pair for a fault whose parameters make no sense on any backend."""
-    if f.action in NEEDS_TARGET and f.target is None:
-        return "target", f"{f.action!r} needs a target (a node name, or a role like leader)"
-    if f.action == "lose_store_data" and f.target is not None:
-        return "target", "'lose_store_data' acts on the whole store: it takes no target"
-    for key in REQUIRED_PARAMS.get(f.action, ()):
-        if key not in f.params:
-            return key, f"{f.action!r} needs `{key}`"
-    links = f.params.get("from", [BROKER])
-    if not all(isinstance(x, str) for x in links):
-        return "from", "must be a list of names, like [\"broker\"] or [\"store\"]"
-    if f.action in LINK_FAULTS and not set(links) <= {BROKER, STORE}:
-        return "from", f"{f.action!r} acts on a node's links: \"broker\", \"store\" or both"
-    if f.action == "bandwidth" and f.params["rate"] < 1:
-        return "rate", "must be at least 1 KB/s (to cut a link, use partition)"
-    slicer = {**SLICER_DEFAULTS, **f.params}
-    if f.action == "slicer" and not 0 <= slicer["size_variation"] < slicer["average_size"]:
-        return "size_variation", "must be smaller than average_size"
-    return None
 
 
 def build_simulation(
@@ -150,14 +104,15 @@ def run_memory(
     """Run a scenario on the simulator; with `trace`, record every message for diagrams;
     `store` replaces the simulated store (tests use broken ones to show the checker fails)."""
     seed = scenario.seed if seed is None else seed
-    check_supported(scenario, MEMORY_UNSUPPORTED, "memory")
+    check_supported(scenario, "memory")
     started = time.perf_counter()
     sim = build_simulation(scenario, seed, trace=trace, store=store)
     planned = plan(scenario, seed)
     for p in planned:
         sim.at(p.at_ms, sim.submit, p.spec)
+    faults: FaultTarget = SimFaults(sim, scenario)
     for fault in scenario.faults:
-        sim.at(fault.at_ms, _play, sim, scenario, fault)
+        sim.at(fault.at_ms, play, faults, fault)
     done = _CompletionTap(sim.history, len(planned))
     quiet_after = max([p.at_ms for p in planned] + [_fault_end(f) for f in scenario.faults] + [0])
     deadline = scenario.expect.deadline_ms
@@ -219,36 +174,10 @@ def resolve_target(sim: Simulation, target: str | None) -> list[str]:
     raise ScenarioError(f"unknown fault target {target!r}")
 
 
-def _busy(sim: Simulation, targets: list[str]) -> bool:
-    """Every target is alive and running a task (a worker's `running` table is not empty)."""
-    for t in targets:
-        node = sim.nodes.get(t)
-        actor = node.cell.actor if node is not None and node.alive and node.cell else None
-        if not getattr(actor, "running", None):
-            return False
-    return True
-
-
 def all_accepted(events: Sequence[Event], scenario: Scenario) -> bool:
     """A leader has accepted as many tasks as the workload submits (`when = "accepted"`)."""
     accepted = {e.data.get("task") for e in events if e.kind == "accepted"}
     return len(accepted) >= len(plan(scenario, scenario.seed))
-
-
-def _play(sim: Simulation, scenario: Scenario, fault: FaultSpec) -> None:
-    targets = resolve_target(sim, fault.target)
-    when = fault.params.get("when")
-    not_yet = (when == "busy" and not _busy(sim, targets)) \
-        or (when == "accepted" and not all_accepted(sim.history.events, scenario))
-    if not_yet and sim.now_ms < scenario.expect.deadline_ms:
-        sim.after(1, _play, sim, scenario, fault)  # look again after the next virtual ms
-        return
-    sim.history.record("sim", "fault", VectorClock(), {"action": fault.action, "targets": targets,
-                                                   "duration_ms": fault.duration_ms})
-    action = _ACTIONS[fault.action]
-    undo = action(sim, targets, fault)
-    if undo is not None and fault.duration_ms:
-        sim.after(fault.duration_ms, undo)
 
 
 def _each(fn: Callable[[str], None], targets: list[str]) -> Callable[[], None]:
@@ -259,268 +188,125 @@ def _each(fn: Callable[[str], None], targets: list[str]) -> Callable[[], None]:
     return run
 
 
-def _nodes(sim: Simulation, targets: list[str], f: FaultSpec) -> list[str]:
-    """The fault's targets; a fault that names no target applies to every node."""
-    return targets if f.target is not None else sorted(sim.nodes)
-
-
 def _links(f: FaultSpec) -> list[str]:
     return list(f.params.get("from", [BROKER]))
 
 
-def _kill(sim: Simulation, targets: list[str], f: FaultSpec) -> Callable[[], None]:
-    for t in targets:
-        sim.crash(t, "killed by scenario")
-    return _each(sim.restart, targets)
+class SimFaults:
+    """The simulator as a `FaultTarget`: each fault kind played on a `Simulation`."""
 
+    def __init__(self, sim: Simulation, scenario: Scenario) -> None:
+        self.sim = sim
+        self.scenario = scenario
 
-def _restart(sim: Simulation, targets: list[str], f: FaultSpec) -> None:
-    _each(sim.restart, targets)()
+    # --- around a fault ---------------------------------------------------------------------
 
+    def targets(self, fault: FaultSpec) -> list[str]:
+        return resolve_target(self.sim, fault.target)
 
-def _pause(sim: Simulation, targets: list[str], f: FaultSpec) -> Callable[[], None]:
-    _each(sim.pause, targets)()
-    return _each(sim.resume, targets)
+    def busy(self, targets: list[str]) -> bool:
+        """Every target is alive and running a task (a worker's `running` table is not
+        empty)."""
+        for t in targets:
+            node = self.sim.nodes.get(t)
+            actor = node.cell.actor if node is not None and node.alive and node.cell else None
+            if not getattr(actor, "running", None):
+                return False
+        return True
 
+    def accepted(self) -> bool:
+        return all_accepted(self.sim.history.events, self.scenario)
 
-def _resume(sim: Simulation, targets: list[str], f: FaultSpec) -> None:
-    _each(sim.resume, targets)()
+    def too_late(self) -> bool:
+        return self.sim.now_ms >= self.scenario.expect.deadline_ms
 
+    def later(self, fault: FaultSpec) -> None:
+        self.sim.after(1, play, self, fault)  # look again after the next virtual ms
 
-def _partition(sim: Simulation, targets: list[str], f: FaultSpec) -> Callable[[], None]:
-    sim.partition(_nodes(sim, targets, f), _links(f))
-    return sim.heal
+    def record_fault(self, fault: FaultSpec, data: Mapping[str, Any]) -> None:
+        self.sim.history.record("sim", "fault", VectorClock(), dict(data))
 
+    def after(self, delay_ms: int, undo: Callable[[], None]) -> None:
+        self.sim.after(delay_ms, undo)
 
-def _heal(sim: Simulation, targets: list[str], f: FaultSpec) -> None:
-    sim.heal()
+    def _nodes(self, targets: list[str], f: FaultSpec) -> list[str]:
+        """The fault's targets; a fault that names no target applies to every node."""
+        return targets if f.target is not None else sorted(self.sim.nodes)
 
+    # --- the faults -------------------------------------------------------------------------
 
-def _drop_connection(sim: Simulation, targets: list[str], f: FaultSpec) -> None:
-    _each(sim.drop_connection, _nodes(sim, targets, f))()
+    def kill(self, f: FaultSpec, targets: list[str]) -> Undo:
+        for t in targets:
+            self.sim.crash(t, "killed by scenario")
+        return _each(self.sim.restart, targets)
 
+    def crash(self, f: FaultSpec, targets: list[str]) -> Undo:
+        return self.kill(f, targets)
 
-def _reset_peer(sim: Simulation, targets: list[str], f: FaultSpec) -> None:
-    """Connections reset for a while: the broker drops the node's connection (its unacked
-    deliveries return) and the node cannot reconnect, or reach the store, until it ends."""
-    nodes, links = _nodes(sim, targets, f), _links(f)
-    sim.partition(nodes, links)
-    if BROKER in links:
-        sim.after(f.params.get("timeout", 0), _each(sim.drop_connection, nodes))
-    sim.after(f.duration_ms or RESET_MS, sim.heal)
+    def restart(self, f: FaultSpec, targets: list[str]) -> Undo:
+        _each(self.sim.restart, targets)()
+        return None
 
+    def pause(self, f: FaultSpec, targets: list[str]) -> Undo:
+        _each(self.sim.pause, targets)()
+        return _each(self.sim.resume, targets)
 
-def _slow_link(sim: Simulation, targets: list[str], f: FaultSpec) -> Callable[[], None]:
-    """latency, bandwidth, slicer: extra delay on every message of the nodes' broker links."""
-    return SlowLinks.of(sim).add(Slowdown.of(f, _nodes(sim, targets, f)))
+    def resume(self, f: FaultSpec, targets: list[str]) -> Undo:
+        _each(self.sim.resume, targets)()
+        return None
 
+    def partition(self, f: FaultSpec, targets: list[str]) -> Undo:
+        self.sim.partition(self._nodes(targets, f), _links(f))
+        return self.sim.heal
 
-def _lose_store_data(sim: Simulation, targets: list[str], f: FaultSpec) -> None:
-    sim.lose_store_data()
+    def heal(self, f: FaultSpec, targets: list[str]) -> Undo:
+        self.sim.heal()
+        return None
 
+    def drop_connection(self, f: FaultSpec, targets: list[str]) -> Undo:
+        _each(self.sim.drop_connection, self._nodes(targets, f))()
+        return None
 
-def _inject(sim: Simulation, targets: list[str], f: FaultSpec) -> None:
-    """Malformed and forged messages, published as bytes to a queue or to the targets'
-    mailboxes; a node decodes them when they are delivered, as a process does."""
-    start = sum(1 for e in sim.history.events if e.kind == "inject")
-    for address, forged in injections(f.params, targets, start=start):
-        record_injection(sim.history.record, address, forged)
-        sim.send_bytes(address, forged.body)
+    def reset_peer(self, f: FaultSpec, targets: list[str]) -> Undo:
+        """Connections reset for a while: the broker drops the node's connection (its unacked
+        deliveries return) and the node cannot reconnect, or reach the store, until it ends."""
+        nodes, links = self._nodes(targets, f), _links(f)
+        self.sim.partition(nodes, links)
+        if BROKER in links:
+            self.sim.after(f.params.get("timeout", 0), _each(self.sim.drop_connection, nodes))
+        return self.sim.heal
 
+    def latency(self, f: FaultSpec, targets: list[str]) -> Undo:
+        """latency, bandwidth, slicer: extra delay on every message of the nodes' broker
+        links."""
+        return SlowLinks.of(self.sim).add(Slowdown.of(f, self._nodes(targets, f)))
 
-def _network_knob(field: str, param: str) -> Callable[..., Callable[[], None]]:
-    def apply(sim: Simulation, targets: list[str], f: FaultSpec) -> Callable[[], None]:
-        net = sim.network
+    bandwidth = slicer = latency
+
+    def _network_knob(self, field: str, f: FaultSpec) -> Undo:
+        net = self.sim.network
         old = getattr(net, field)
-        setattr(net, field, f.params.get(param, 0))
+        setattr(net, field, f.params.get("probability", 0))
         return lambda: setattr(net, field, old)
 
-    return apply
+    def duplicate(self, f: FaultSpec, targets: list[str]) -> Undo:
+        return self._network_knob("duplicate", f)
 
+    def drop(self, f: FaultSpec, targets: list[str]) -> Undo:
+        return self._network_knob("drop", f)
 
-_ACTIONS: dict[str, Callable[..., Callable[[], None] | None]] = {
-    "kill": _kill, "crash": _kill, "restart": _restart, "pause": _pause, "resume": _resume,
-    "partition": _partition, "heal": _heal, "drop_connection": _drop_connection,
-    "reset_peer": _reset_peer, "latency": _slow_link, "bandwidth": _slow_link,
-    "slicer": _slow_link,
-    "duplicate": _network_knob("duplicate", "probability"),
-    "drop": _network_knob("drop", "probability"),
-    "reorder": _network_knob("reorder", "probability"),
-    "inject": _inject,
-    "lose_store_data": _lose_store_data,
-}
+    def reorder(self, f: FaultSpec, targets: list[str]) -> Undo:
+        return self._network_knob("reorder", f)
 
+    def lose_store_data(self, f: FaultSpec, targets: list[str]) -> Undo:
+        self.sim.lose_store_data()
+        return None
 
-# --- the summary -------------------------------------------------------------------------------
-
-
-def summarize(
-    scenario: Scenario, transport: str, seed: int, events: Sequence[Event], *,
-    virtual_ms: int, wall_ms: int,
-) -> dict[str, Any]:
-    result = check(events)
-    violations = [v.to_json() for v in result.violations]
-    failover = failover_times(events)
-    reassign = reassign_times(events)
-    violations += _expectations(scenario, result.counts.to_json(), failover, reassign)
-    violations += poison_violations(events, dead_lettered_min=scenario.expect.dead_lettered_min,
-                                    crashes_max=scenario.expect.crashes_max)
-    want_refused = scenario.expect.stale_writes_refused_min
-    if want_refused is not None and result.stale_writes[0] < want_refused:
-        violations.append({"invariant": "expectation",
-                           "detail": f"expected at least {want_refused} stale write(s) to be "
-                                     f"attempted and refused, saw {result.stale_writes[0]}"})
-    return {
-        "scenario": scenario.name, "transport": transport, "seed": seed,
-        "ok": not violations, "tasks": result.counts.to_json(), "violations": violations,
-        "leaders": [{"epoch": e, "actor": a} for e, a in result.leaders],
-        "failover_ms": failover, "reassign_ms": reassign,
-        "stale_writes": {"attempted": result.stale_writes[0],
-                         "accepted": result.stale_writes[1]},
-        "causality": result.causality,
-        "once": result.once.to_json(),
-        "history_digest": digest(events), "virtual_ms": virtual_ms, "wall_ms": wall_ms,
-        "failures": failure_reasons(events),
-        **poison_summary(events),
-    }
-
-
-MAX_FAILURES_LISTED = 20
-"""A summary names the first this many failed tasks and their reasons (the counts say how many)."""
-
-
-def failure_reasons(events: Sequence[Event]) -> list[dict[str, str]]:
-    """The first `MAX_FAILURES_LISTED` tasks that failed (or were rejected), with the reason
-    their record gives, in the order they ended."""
-    out: dict[str, str] = {}
-    for e in events:
-        if len(out) >= MAX_FAILURES_LISTED:
-            break
-        if e.kind in ("failed", "rejected") and e.data.get("task") not in out:
-            out[str(e.data.get("task"))] = str(e.data.get("reason") or e.kind)
-    return [{"task": task, "reason": reason} for task, reason in out.items()]
-
-
-def failure_lines(summary: Mapping[str, Any], shown: int = 5) -> list[str]:
-    """The scenario table's lines on failed tasks: how many, then some of them and why."""
-    failures = summary.get("failures") or []
-    if not failures:
-        return []
-    total = summary["tasks"].get("failed", len(failures))
-    lines = [f"  failures  {total} task{'s' if total != 1 else ''} failed"]
-    lines += [f"    {f['task']}: {f['reason']}" for f in failures[:shown]]
-    if total > shown:
-        lines.append(f"    ... {total - shown} more (--json lists the first "
-                     f"{MAX_FAILURES_LISTED})")
-    return lines
-
-
-def _expectations(
-    scenario: Scenario, counts: dict[str, int], failover: list[int], reassign: list[int],
-) -> list[dict[str, Any]]:
-    """The scenario's own `[expect]` bounds, each violation explained in plain words."""
-    ex = scenario.expect
-    out = [_count_violation(key, want, counts) for key in ("succeeded", "failed")
-           if (want := getattr(ex, key)) is not None and counts[key] != want]
-    if ex.failover_ms_max is not None and any(f > ex.failover_ms_max for f in failover):
-        out.append({"invariant": "failover_bound", "detail": (
-            f"after the leader was lost, {max(failover)} ms passed before a new leader acted, "
-            f"but [expect] failover_ms_max allows {ex.failover_ms_max} ms (measured: "
-            f"{failover}). A standby can take over only when the old leader's lease has "
-            f"expired, so a failover takes about cluster.lease_ttl_ms "
-            f"({scenario.cluster.lease_ttl_ms} ms) plus a standby's next try")})
-    if ex.reassign_ms_max is not None and any(r > ex.reassign_ms_max for r in reassign):
-        out.append({"invariant": "reassign_bound", "detail": (
-            f"a task held by a crashed or frozen worker waited {max(reassign)} ms before "
-            f"another worker started it, but [expect] reassign_ms_max allows "
-            f"{ex.reassign_ms_max} ms (measured: {reassign}). A killed worker's tasks come "
-            f"back when its connection closes; a frozen worker's only when the failure "
-            f"detector (or the broker's heartbeat) gives up on it")})
-    return out
-
-
-def _count_violation(key: str, want: int, counts: dict[str, int]) -> dict[str, Any]:
-    got = counts[key]
-    why = []
-    if counts["lost"]:
-        why.append(f"{counts['lost']} never finished before the deadline")
-    other = "failed" if key == "succeeded" else "succeeded"
-    if counts[other]:
-        why.append(f"{counts[other]} {other}")
-    because = f" ({', '.join(why)})" if why else ""
-    return {"invariant": "expectation",
-            "detail": f"[expect] {key} = {want}, but {got} of {counts['submitted']} submitted "
-                      f"tasks {key}{because}"}
-
-
-def failover_times(events: Sequence[Event]) -> list[int]:
-    """For each crash of the acting leader: time until the next leader's first dispatch (or,
-    with nothing to dispatch, until it took over)."""
-    out = []
-    leader = None
-    for i, e in enumerate(events):
-        if e.kind == "leader":
-            leader = e.actor
-        elif e.kind in ("crash", "abdicated") and e.actor == leader:
-            leader = None
-            took = _next_takeover(events, i)
-            if took is not None:
-                out.append(took - e.time_ms)
-    return out
-
-
-def _next_takeover(events: Sequence[Event], start: int) -> int | None:
-    new_leader, took_ms = None, None
-    for e in events[start + 1:]:
-        if new_leader is None and e.kind == "leader":
-            new_leader, took_ms = e.actor, e.time_ms
-        elif new_leader is not None and e.actor == new_leader and e.kind == "dispatched":
-            return e.time_ms
-    return took_ms
-
-
-def running_tasks(events: Sequence[Event]) -> dict[str, dict[str, int]]:
-    """Actor -> the tasks it started and has not ended (when each started), at the end of
-    `events` (a crash or restart of the actor forgets its tasks)."""
-    running: dict[str, dict[str, int]] = {}
-    for e in events:
-        _track(running.setdefault(e.actor, {}), e)
-    return running
-
-
-def _track(tasks: dict[str, int], e: Event) -> None:
-    if e.kind == "started":
-        tasks[e.data["task"]] = e.time_ms
-    elif e.kind in ("effect", "duplicate_refused", "attempt_failed"):
-        tasks.pop(e.data["task"], None)
-    elif e.kind in ("crash", "restart", "worker_started"):
-        tasks.clear()
-
-
-def reassign_times(events: Sequence[Event]) -> list[int]:
-    """For each task held by a worker when it crashed or froze: time until the task was handed
-    on — the leader re-dispatched it, or another worker started it (after a redelivery)."""
-    out = []
-    running: dict[str, dict[str, int]] = {}
-    for i, e in enumerate(events):
-        tasks = running.setdefault(e.actor, {})
-        if e.kind == "started":
-            tasks[e.data["task"]] = e.time_ms
-        elif e.kind in ("effect", "duplicate_refused", "attempt_failed"):
-            tasks.pop(e.data["task"], None)
-        elif e.kind in ("crash", "pause") and tasks:
-            for task in sorted(tasks):
-                when = _started_elsewhere(events, i, task, e.actor)
-                if when is not None:
-                    out.append(when - e.time_ms)
-            tasks.clear()
-    return out
-
-
-def _started_elsewhere(events: Sequence[Event], start: int, task: str, actor: str) -> int | None:
-    for e in events[start + 1:]:
-        if e.data.get("task") != task:
-            continue
-        if e.kind == "reassigned" or (e.kind in ("started", "already_done") and e.actor != actor):
-            return e.time_ms
-    return None
+    def inject(self, f: FaultSpec, targets: list[str]) -> Undo:
+        """Malformed and forged messages, published as bytes to a queue or to the targets'
+        mailboxes; a node decodes them when they are delivered, as a process does."""
+        start = sum(1 for e in self.sim.history.events if e.kind == "inject")
+        for address, forged in injections(f.params, targets, start=start):
+            record_injection(self.sim.history.record, address, forged)
+            self.sim.send_bytes(address, forged.body)
+        return None

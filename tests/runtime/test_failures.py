@@ -16,8 +16,8 @@ import structlog
 import dtq
 from dtq.api.views import record_json
 from dtq.scenario.model import parse
-from dtq.scenario.real import summary_table
-from dtq.scenario.sim import MAX_FAILURES_LISTED, failure_reasons, run_memory
+from dtq.scenario.sim import run_memory
+from dtq.scenario.summary import MAX_FAILURES_LISTED, failure_reasons, summary_table
 from dtq.task import TaskRecord, TaskSpec, TaskState
 from dtq.taskrun import TRACEBACK_MAX_CHARS, format_traceback
 from dtq.tasktypes import TaskActor, TaskContext, TaskError, TaskInput

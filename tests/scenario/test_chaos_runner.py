@@ -25,8 +25,9 @@ from dtq.errors import ScenarioError
 from dtq.history import Event
 from dtq.scenario.links import ProxyNet, Toxic, address_of, fault_end_ms, toxic_for, with_address
 from dtq.scenario.model import FaultSpec, Scenario, load
-from dtq.scenario.real import Progress, RealRun, run_real, summary_table
+from dtq.scenario.real import Progress, RealRun, run_real
 from dtq.scenario.sim import run_memory
+from dtq.scenario.summary import summary_table
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = """name = "t"

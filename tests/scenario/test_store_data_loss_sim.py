@@ -160,15 +160,15 @@ def test_a_dispatch_gone_with_the_data_is_handed_out_again_after_its_timeout(
 
     from dtq.scenario import sim as runner
 
-    real = runner._lose_store_data
+    real = runner.SimFaults.lose_store_data
 
-    def lose_queued_dispatches_too(sim: Any, targets: list[str], f: Any) -> None:
-        queue = sim.queues[WORK_QUEUE]
+    def lose_queued_dispatches_too(faults: Any, f: Any, targets: list[str]) -> None:
+        queue = faults.sim.queues[WORK_QUEUE]
         dropped.extend(env.body.spec.id for _, _, env in queue.ready)
         queue.ready.clear()
-        real(sim, targets, f)
+        real(faults, f, targets)
 
-    monkeypatch.setitem(runner._ACTIONS, "lose_store_data", lose_queued_dispatches_too)
+    monkeypatch.setattr(runner.SimFaults, "lose_store_data", lose_queued_dispatches_too)
     changes = {"workload": attrs.evolve(scenario.workload, template=template),
                "faults": (scenario.faults[0], lose),
                "expect": attrs.evolve(scenario.expect, deadline_ms=30_000)}
@@ -197,15 +197,15 @@ def test_a_new_leader_hands_out_again_a_dispatch_that_is_gone(
 
     from dtq.scenario import sim as runner
 
-    real = runner._ACTIONS["kill"]
+    real = runner.SimFaults.kill
 
-    def kill_and_drop(sim: Any, targets: list[str], f: Any) -> Any:
-        queue = sim.queues[WORK_QUEUE]
+    def kill_and_drop(faults: Any, f: Any, targets: list[str]) -> Any:
+        queue = faults.sim.queues[WORK_QUEUE]
         dropped.extend(env.body.spec.id for _, _, env in queue.ready)
         queue.ready.clear()
-        return real(sim, targets, f)
+        return real(faults, f, targets)
 
-    monkeypatch.setitem(runner._ACTIONS, "kill", kill_and_drop)
+    monkeypatch.setattr(runner.SimFaults, "kill", kill_and_drop)
     kill = attrs.evolve(scenario.faults[0], at_ms=2000)
     changes = {"workload": attrs.evolve(scenario.workload, template=template),
                "faults": (kill,), "expect": attrs.evolve(scenario.expect, deadline_ms=30_000)}
