@@ -251,3 +251,13 @@ class Store(Protocol):
     def put_worker(self, info: WorkerInfo) -> None: ...
 
     def workers(self) -> list[WorkerInfo]: ...
+
+
+@runtime_checkable
+class CountsTasks(Protocol):
+    """A store that can count its records by state without reading them (both stores here do:
+    the REST API's `/metrics` asks it on every scrape)."""
+
+    def count_by_state(self) -> dict[str, int]:
+        """State name -> how many records are in it, every `TaskState` named (0 when none)."""
+        ...

@@ -9,6 +9,7 @@ key is gone at once, the incarnation marker and the epoch counters with them.
 from __future__ import annotations
 
 import bisect
+import collections
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
@@ -87,6 +88,10 @@ class SimStore:
 
     def dependents(self, task_id: str) -> tuple[str, ...]:
         return self.edges.get(task_id, ())
+
+    def count_by_state(self) -> dict[str, int]:
+        counts = collections.Counter(rec.state.value for rec in self.tasks.values())
+        return {s.value: counts[s.value] for s in TaskState}
 
     def put_record(self, record: TaskRecord) -> None:
         """Store a record with its indexes (what a fenced `PutTask` does, unfenced: for filling

@@ -850,6 +850,17 @@ class RedisStore:
         rows = _retrying("scan_tasks", lambda _: self._scan([self._k("task"), *indexes], args))
         return [TaskRecord.from_json(json.loads(r)) for r in cast(list[bytes | str], rows)]
 
+    def count_by_state(self) -> dict[str, int]:
+        """From the per-state indexes (one ZCARD each, in one round trip)."""
+        def count(_: int) -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for s in TaskState:
+                pipe.zcard(self._k("idx:state", s.value))
+            return pipe.execute()
+
+        return {s.value: int(n) for s, n in zip(TaskState, _retrying("count", count),
+                                                  strict=True)}
+
     def _indexes(self, states: Collection[TaskState] | None, task_type: str | None) -> list[str]:
         if states is None:
             return [self._k("idx", "all") if task_type is None else self._k("idx:type", task_type)]

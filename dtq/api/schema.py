@@ -161,6 +161,12 @@ def responses(ok: int, ok_schema: str, ok_text: str, *errors: int) -> dict[int |
     return out
 
 
+def text_responses(media_type: str, ok_text: str, *errors: int) -> dict[int | str, Any]:
+    """The `responses` of a route answering 200 with text of `media_type`, not JSON."""
+    return {**responses(200, "Status", ok_text, *errors),
+            200: {"description": ok_text, "content": {media_type: {"schema": {"type": "string"}}}}}
+
+
 def request_body(schema: str) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": _json(_ref(schema))}}
 

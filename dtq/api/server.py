@@ -7,6 +7,7 @@
     GET    /tasks/{id}/result   its result (409 `not_finished` until it is final)      200
     DELETE /tasks/{id}          cancel a task that has not started                     202
     GET    /cluster             leader, epoch, workers, queue depths                   200
+    GET    /metrics             the same and tasks by state, Prometheus text format   200
     GET    /healthz, /readyz    the process is up; the cluster can run what is sent   200/503
     GET    /openapi.json, /docs the description and interactive documentation
 
@@ -28,13 +29,13 @@ import structlog
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from dtq.api import views
+from dtq.api import metrics, views
 from dtq.api.auth import BearerAuth, openapi_security
 from dtq.api.body import check_media_type, parse_json, read_body
-from dtq.api.schema import COMPONENTS, DESCRIPTION, request_body, responses
+from dtq.api.schema import COMPONENTS, DESCRIPTION, request_body, responses, text_responses
 from dtq.client.backend import ApiBackend
 from dtq.client.errors import ApiError, bad_request, not_found
 from dtq.client.submissions import Submissions, check_key
@@ -147,6 +148,14 @@ def _add_cluster_routes(app: FastAPI, backend: ApiBackend) -> None:
              responses=responses(200, "Cluster", "The cluster now", 503))
     def cluster() -> JSONResponse:
         return JSONResponse(views.cluster_json(backend, watch))
+
+    registry = metrics.registry_for(backend)
+
+    @app.get("/metrics", summary="Tasks by state, queue depths, leader epoch, workers (Prometheus "
+             "text format)", tags=["cluster"], response_class=Response,
+             responses=text_responses(metrics.CONTENT_TYPE, "One scrape", 503))
+    def prometheus() -> Response:
+        return Response(metrics.scrape(registry), media_type=metrics.CONTENT_TYPE)
 
     @app.get("/healthz", summary="The API process is alive", tags=["cluster"],
              responses=responses(200, "Status", "Alive"))

@@ -344,8 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_testbed(sub)
     from dtq.cli.client import add_parsers
     from dtq.cli.namespace import add_parser as add_namespace
+    from dtq.cli.top import add_parser as add_top
 
     add_parsers(sub)
+    add_top(sub)
     add_namespace(sub)
     return parser
 

@@ -200,6 +200,14 @@ class Client:
         """Leader, epoch, workers and queue depths."""
         return self._object("GET", "/cluster")
 
+    def metrics(self) -> str:
+        """GET /metrics: the Prometheus text (parse it with
+        `prometheus_client.parser.text_string_to_metric_families`)."""
+        response = self._send("GET", "/metrics")
+        if response.is_error:
+            raise ApiError.from_response(response.status_code, _json_or_none(response))
+        return response.text
+
     def ready(self) -> bool:
         """Whether the API answers and can reach the store and the broker."""
         try:
@@ -218,16 +226,23 @@ class Client:
         return body
 
     def _request(self, method: str, path: str, **kwargs: Any) -> JSON:
+        response = self._send(method, path, **kwargs)
+        body = _json_or_none(response)
+        if response.is_error:
+            raise ApiError.from_response(response.status_code, body)
+        return body
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
-            response = self._http.request(method, path, **kwargs)
+            return self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise ApiUnreachable(
                 f"cannot reach the dtq API at {self.base_url} ({type(exc).__name__}: {exc}); "
                 "is `dtq api` running? (set --api or DTQ_API_URL)") from exc
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        if response.is_error:
-            raise ApiError.from_response(response.status_code, body)
-        return body
+
+
+def _json_or_none(response: httpx.Response) -> JSON:
+    try:
+        return response.json()
+    except ValueError:
+        return None

@@ -43,6 +43,7 @@ from dtq.errors import StaleEpoch
 from dtq.store import (
     LEADER_LEASE,
     AddDependents,
+    CountsTasks,
     NoteDataLoss,
     PutTask,
     ResultItem,
@@ -220,6 +221,16 @@ class StoreConformance:
         assert _ids(store.scan_tasks(states=ready_or_failed, after="a", limit=1)) == ["c"]
         assert store.scan_tasks(states=[]) == []
         assert store.scan_tasks(task_type="sleep") == []
+
+    def test_counts_by_state_follow_each_change(self, store: Store) -> None:
+        if not isinstance(store, CountsTasks):
+            pytest.skip("this store does not count records by state")
+        assert store.count_by_state() == {s.value: 0 for s in TaskState}
+        store.apply(_puts(_record("a"), _record("b"), _record("c", TaskState.PENDING)), epoch=0)
+        store.apply(_puts(_record("a", TaskState.SUCCEEDED)), epoch=0)
+        counts = store.count_by_state()
+        assert counts == {**{s.value: 0 for s in TaskState}, "ready": 1, "pending": 1,
+                          "succeeded": 1}
 
     def test_scan_matches_a_model(self, store: Store) -> None:
         rng = random.Random(1)

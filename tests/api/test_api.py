@@ -397,7 +397,8 @@ def test_unknown_routes_and_methods_answer_json(api: Api) -> None:
 def test_the_description_and_docs_are_served(api: Api) -> None:
     doc = api.http.get("/openapi.json").json()
     assert set(doc["paths"]) == {"/tasks", "/dags", "/tasks/{task_id}",
-                                 "/tasks/{task_id}/result", "/cluster", "/healthz", "/readyz"}
+                                 "/tasks/{task_id}/result", "/cluster", "/metrics", "/healthz",
+                                 "/readyz"}
     assert doc["paths"]["/tasks"]["post"]["requestBody"]["content"]["application/json"]
     assert "TaskIn" in doc["components"]["schemas"]
     docs = api.http.get("/docs")
