@@ -24,7 +24,8 @@ been tried, and resumes its consumers and unconfirmed publishes on whichever nod
 Topology, under a namespace (so tests never collide): `{ns}.coordinator` (leader inbox),
 `{ns}.work` (shared work queue, priorities 0-9 on classic queues), `{ns}.mailbox.{actor}`, and a
 dead-letter exchange `{ns}.dlx` routing to `{ns}.dead`. Quorum queues are an option for
-clustered RabbitMQ (`quorum=True`; they also enforce `x-delivery-limit`).
+clustered RabbitMQ (`quorum=True`; they also enforce `x-delivery-limit`); in a quorum namespace
+the dead queue is a quorum queue too, so what it holds is replicated.
 
 Bundles: the messages of one `publish` call bound for the same queue (any but the work queue,
 whose messages must stay free to go to different workers) travel as one broker message, their
@@ -428,7 +429,9 @@ class RabbitTransport:
 
     def _arguments(self, queue: str) -> dict[str, Any]:
         if queue == queue_name(self.namespace, DEAD_QUEUE):
-            return {}
+            # Replicated like the rest of a quorum namespace: what was dead-lettered outlives
+            # the node that held it (no dead-letter exchange of its own, no delivery limit).
+            return {"x-queue-type": "quorum"} if self.quorum else {}
         args: dict[str, Any] = {"x-dead-letter-exchange": f"{self.namespace}.dlx"}
         if self.quorum:
             args["x-queue-type"] = "quorum"
@@ -584,6 +587,14 @@ class RabbitTransport:
                 self._declared.discard(msg.queue)
                 self._refuse(msg, batch, exc)
                 continue
+            except (pika.exceptions.AMQPChannelError, pika.exceptions.AMQPConnectionError):
+                # The channel went away under this publish (the broker closed it, or the
+                # connection dropped, after `ready` was set): the message waits for the next
+                # connection, which flushes the outbox again; its batch is not confirmed yet.
+                with self._lock:
+                    self._outbox.appendleft((msg, batch))
+                self._declared.discard(msg.queue)
+                return
             self._seq += 1
             self._unconfirmed[self._seq] = (msg, batch)
 

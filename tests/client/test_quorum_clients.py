@@ -61,3 +61,24 @@ def test_a_client_that_declares_the_queue_classic_gets_nothing_through(
             submitter.submit([TaskSpec(id="q2", type="echo", payload=1)], timeout_s=3)
     finally:
         submitter.close()
+
+
+def test_the_dead_queue_of_a_quorum_namespace_is_replicated(
+    rabbitmq_url: str, leader_queue: tuple[str, Inbox],
+) -> None:
+    """RabbitMQ answers a declare with other arguments with 406: the dead queue
+    exists as a quorum queue (replicated), not as a classic one."""
+    import pika
+    import pika.exceptions
+
+    from dtq.transport import DEAD_QUEUE, queue_name
+
+    ns, _ = leader_queue
+    dead = queue_name(ns, DEAD_QUEUE)
+    conn = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    try:
+        conn.channel().queue_declare(dead, durable=True, arguments={"x-queue-type": "quorum"})
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="inequivalent"):
+            conn.channel().queue_declare(dead, durable=True, arguments={})
+    finally:
+        conn.close()
