@@ -40,6 +40,28 @@ def test_metrics_follow_the_events_a_node_records() -> None:
     assert _value(generate_latest(m.registry).decode(), "dtq_leader_epoch") == 0
 
 
+def test_task_latency_and_run_time_are_timed_on_the_node_clock() -> None:
+    now = [100.0]
+    m = NodeMetrics("node", "coordinator", clock=lambda: now[0])
+    m.observe("accepted", {"task": "a"})
+    m.observe("accepted", {"task": "b"})
+    now[0] = 100.3
+    m.observe("succeeded", {"task": "a"})
+    now[0] = 102.0
+    m.observe("failed", {"task": "b", "reason": "boom"})
+    m.observe("succeeded", {"task": "never-accepted-here"})  # a previous leader's: not timed
+    m.observe("started", {"task": "c", "attempt": 1})
+    now[0] = 102.05
+    m.observe("effect", {"task": "c", "attempt": 1})
+    text = generate_latest(m.registry).decode()
+    assert 'dtq_task_latency_seconds_count{state="succeeded"} 1.0' in text
+    assert 'dtq_task_latency_seconds_bucket{le="0.5",state="succeeded"} 1.0' in text
+    assert 'dtq_task_latency_seconds_bucket{le="0.25",state="succeeded"} 0.0' in text
+    assert 'dtq_task_latency_seconds_sum{state="failed"} 2.0' in text
+    assert 'dtq_task_run_seconds_bucket{le="0.05",outcome="succeeded"} 1.0' in text
+    assert not m._accepted and not m._started  # nothing kept once a task ended
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
