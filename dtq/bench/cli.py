@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from dtq.runtime.process import DEFAULT_CONCURRENCY
+
 if TYPE_CHECKING:
     Sub = argparse._SubParsersAction[argparse.ArgumentParser]
 
@@ -101,8 +103,10 @@ _OPTIONS: dict[str, Any] = {
     "tasks": lambda p: p.add_argument("--tasks", type=int, help="no-op tasks (default 5000)"),
     "workers": lambda p: p.add_argument("--workers", type=int,
                                         help="worker processes per system (default 2)"),
-    "threads": lambda p: p.add_argument("--threads", type=int,
-                                        help="threads (dtq: concurrency) per worker (default 8)"),
+    "threads": lambda p: p.add_argument(
+        "--threads", type=int, help=f"threads (dtq: concurrency) per worker (default "
+        f"{DEFAULT_CONCURRENCY}, dtq's node default; another makes dtq's row "
+        "'dtq --concurrency N')"),
     "systems": lambda p: p.add_argument("--systems", type=_systems,
                                         help="comma-separated (default dtq,celery,dramatiq)"),
     "latency_n": lambda p: p.add_argument("--latency-n", type=int,

@@ -12,7 +12,7 @@ from typing import Any
 
 from dtq.bench.cluster import Cluster, dtq_cluster
 from dtq.bench.common import await_value, queue_counts, rss_kib
-from dtq.bench.real import PREFETCH_PER_SLOT, bench_e2e
+from dtq.bench.real import bench_e2e
 from dtq.client.submitter import Submitter
 from dtq.envelope import WORK_QUEUE, Finished
 from dtq.task import TaskSpec
@@ -49,10 +49,10 @@ class DtqClient:
 
 
 @contextlib.contextmanager
-def client(workers: int = 2, concurrency: int = 8) -> Iterator[DtqClient]:
-    """A dtq cluster (1 coordinator, `workers` workers) and a submit-and-wait client."""
-    with dtq_cluster("latency", workers=workers, concurrency=concurrency,
-                     prefetch=PREFETCH_PER_SLOT * concurrency) as c:
+def client(workers: int = 2, **node: Any) -> Iterator[DtqClient]:
+    """A dtq cluster (1 coordinator, `workers` workers, the node defaults but for `node`) and a
+    submit-and-wait client."""
+    with dtq_cluster("latency", workers=workers, **node) as c:
         dc = DtqClient(c)
         try:
             yield dc
@@ -60,18 +60,17 @@ def client(workers: int = 2, concurrency: int = 8) -> Iterator[DtqClient]:
             dc.submitter.close()
 
 
-def dtq_throughput(
-    tasks: int = 5000, workers: int = 2, concurrency: int = 8, dispatch_bundle: int | None = None,
-) -> dict[str, Any]:
-    return bench_e2e(tasks, workers=workers, concurrency=concurrency,
-                     dispatch_bundle=dispatch_bundle)
+def dtq_throughput(tasks: int = 5000, workers: int = 2, **node: Any) -> dict[str, Any]:
+    """`bench_e2e` with the node defaults but for `node` (concurrency, prefetch,
+    dispatch_bundle)."""
+    return bench_e2e(tasks, workers=workers, **node)
 
 
 def scaling(
-    tasks: int = 5000, workers: tuple[int, ...] = (1, 2, 4), concurrency: int = 8,
+    tasks: int = 5000, workers: tuple[int, ...] = (1, 2, 4), **node: Any,
 ) -> dict[str, dict[str, Any]]:
     """dtq throughput for each worker count, one fresh cluster each."""
-    return {str(w): bench_e2e(tasks, workers=w, concurrency=concurrency) for w in workers}
+    return {str(w): bench_e2e(tasks, workers=w, **node) for w in workers}
 
 
 def memory(tasks: int = 100_000, batch: int = 1000, timeout_s: float = 600) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from dtq.client.submitter import Submitter
@@ -21,9 +22,14 @@ from transports.rabbitmq import delete_namespace
 from transports.redis import RedisStore
 from transports.registry import open_store, require
 
-PREFETCH_PER_SLOT = 4
-"""Dispatches a benchmark worker holds per task slot, as the Celery peer is configured (its
-prefetch multiplier 4); dtq's own default is one per slot."""
+WORKER_FLAGS = ("concurrency", "prefetch")
+LEADER_FLAGS = ("dispatch_bundle",)
+
+
+def flags(node: Mapping[str, Any]) -> str:
+    """The command-line flags a run sets beyond the node defaults, as `dtq cluster` takes them
+    ("" with the defaults): a tuned row's label says what was tuned."""
+    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in node.items())
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -49,19 +55,22 @@ class _Tracker:
 
 
 def bench_e2e(
-    tasks: int = 5000, workers: int = 2, concurrency: int = 8, batch: int = 250,
-    timeout_s: float = 300, dispatch_bundle: int | None = None,
+    tasks: int = 5000, workers: int = 2, batch: int = 250, timeout_s: float = 300,
+    **node: Any,
 ) -> dict[str, Any]:
-    """`dispatch_bundle`: the leader's `--dispatch-bundle` (None: its default)."""
+    """One coordinator and `workers` workers with the node defaults (`dtq cluster`'s), but for
+    `node`: worker flags (`concurrency`, `prefetch`) and the leader's `dispatch_bundle`."""
+    unknown = set(node) - set(WORKER_FLAGS) - set(LEADER_FLAGS)
+    if unknown:
+        raise ValueError(f"not a benchmark node flag: {', '.join(sorted(unknown))}")
     ns = f"bench-{uuid.uuid4().hex[:8]}"
     b, s = broker_url(), store_url()
     common: dict[str, Any] = {"broker_url": b, "store_url": s, "namespace": ns,
                               "log_level": "warning"}
-    leader: dict[str, Any] = {} if dispatch_bundle is None else {
-        "dispatch_bundle": dispatch_bundle}
+    leader = {k: v for k, v in node.items() if k in LEADER_FLAGS}
+    worker = {k: v for k, v in node.items() if k in WORKER_FLAGS}
     configs = [NodeConfig(role="coordinator", name="coordinator-1", **leader, **common)]
-    configs += [NodeConfig(role="worker", name=f"worker-{i}", concurrency=concurrency,
-                           prefetch=PREFETCH_PER_SLOT * concurrency, **common)
+    configs += [NodeConfig(role="worker", name=f"worker-{i}", **worker, **common)
                 for i in range(1, workers + 1)]
     sup = Supervisor(configs)
     store = require(open_store(s, prefix=ns), RedisStore, "a benchmark cluster")
@@ -92,16 +101,20 @@ def bench_e2e(
         delete_namespace(b, ns, [c.name for c in configs] + ([sub.name] if sub else []))
     lat = [(tracker.done[t] - tracker.sent[t]) * 1000 for t in tracker.sent]
     elapsed = last - started
-    return {"tasks": tasks, "workers": workers, "concurrency": concurrency,
+    w = configs[-1]
+    return {"tasks": tasks, "workers": workers, "flags": flags(node),
+            "concurrency": w.concurrency, "prefetch": w.work_prefetch,
             "dispatch_bundle": configs[0].dispatch_bundle,
             "elapsed_s": elapsed, "tasks_per_s": tasks / elapsed, "failed": tracker.failed,
             "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99)}
 
 
-def main(tasks: int, workers: int, concurrency: int) -> int:
-    r = bench_e2e(tasks, workers, concurrency)
+def main(tasks: int, workers: int, concurrency: int | None = None) -> int:
+    r = bench_e2e(tasks, workers, **({} if concurrency is None else
+                                     {"concurrency": concurrency}))
     print(f"dtq end to end: {r['tasks']:,} no-op tasks, {r['workers']} worker processes "
-          f"(concurrency {r['concurrency']}): {r['tasks_per_s']:,.0f} tasks/s "
+          f"(concurrency {r['concurrency']}, prefetch {r['prefetch']}, dispatch bundle "
+          f"{r['dispatch_bundle']}): {r['tasks_per_s']:,.0f} tasks/s "
           f"({r['elapsed_s']:.2f} s); latency p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms;"
           f" {r['failed']} failed")
     return 0 if r["failed"] == 0 else 1

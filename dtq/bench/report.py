@@ -13,7 +13,7 @@ import json
 import math
 import os
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,15 @@ SYSTEMS = ("dtq", UNBUNDLED, "celery", "dramatiq")
 LABELS = {"dtq": "dtq", UNBUNDLED: "dtq --dispatch-bundle 1", "celery": "Celery",
           "dramatiq": "Dramatiq"}
 NA = "n/a"
+
+
+def label(name: str, r: Mapping[str, Any] | None = None) -> str:
+    """A row's label: the system, and for dtq the flags its run set beyond the node defaults
+    (none: "dtq"). Results written before runs recorded their flags keep the fixed labels."""
+    given = (r or {}).get("flags")
+    if given is None or name not in ("dtq", UNBUNDLED):
+        return LABELS[name]
+    return f"dtq {given}" if given else "dtq"
 JSON_NAME, MD_NAME, PNG_NAME = "latest.json", "latest.md", "throughput.png"
 
 
@@ -112,21 +121,21 @@ def _throughput_md(t: dict[str, Any]) -> list[str]:
         if r is None:
             continue
         if "error" in r:
-            rows.append([LABELS[name], NA, NA, f"not measured: {r['error']}"])
+            rows.append([label(name, r), NA, NA, f"not measured: {r['error']}"])
             continue
         under = (f"submitted in batches of 250; each task submit -> notice of its stored "
                  f"result, all queued at once: p50 {_f(r['p50_ms'])} ms, p99 "
                  f"{_f(r['p99_ms'])} ms"
                  if "p50_ms" in r else f"submitting took {_f(r.get('submit_s'), 2)} s")
-        rows.append([LABELS[name], _f(r["tasks_per_s"]), _f(r["elapsed_s"], 2), under])
+        rows.append([label(name, r), _f(r["tasks_per_s"]), _f(r["elapsed_s"], 2), under])
     return [f"### Throughput: {t.get('tasks', 5000):,} no-op tasks, submitted -> result "
             f"available, {t.get('workers', 2)} worker processes each", "",
             *_table(["system", "tasks/s", "elapsed s", "notes"], rows)]
 
 
 def _latency_md(lat: dict[str, Any]) -> list[str]:
-    rows = [[LABELS[n], _f(r["p50_ms"], 2), _f(r["p99_ms"], 2), _f(r["mean_ms"], 2),
-             _f(r["max_ms"], 2)] if "error" not in r else [LABELS[n], NA, NA, NA, r["error"]]
+    rows = [[label(n, r), _f(r["p50_ms"], 2), _f(r["p99_ms"], 2), _f(r["mean_ms"], 2),
+             _f(r["max_ms"], 2)] if "error" not in r else [label(n, r), NA, NA, NA, r["error"]]
             for n in SYSTEMS if (r := lat.get("systems", {}).get(n)) is not None]
     turns = f", the systems taking turns of {lat['block']}" if lat.get("block") else ""
     return [f"### Single-task latency: {lat.get('n', 200)} sequential submit-and-wait{turns}", "",
@@ -260,7 +269,7 @@ def _bars_throughput(ax: Any, t: Any) -> None:
         return _empty(ax, "throughput")
     names = [n for n in SYSTEMS if n in systems]
     values = [systems[n]["tasks_per_s"] for n in names]
-    labels = [LABELS[n].replace(" --", "\n--") for n in names]
+    labels = [label(n, systems[n]).replace(" --", "\n--") for n in names]
     bars = ax.bar(labels, values, color=[f"C{SYSTEMS.index(n)}" for n in names])
     ax.bar_label(bars, fmt="%.0f")
     ax.set_title(f"throughput, {t.get('tasks', 0):,} no-op tasks, {t.get('workers', 2)} workers")
@@ -275,7 +284,7 @@ def _bars_latency(ax: Any, lat: Any) -> None:
     xs = range(len(names))
     ax.bar([x - 0.2 for x in xs], [systems[n]["p50_ms"] for n in names], 0.4, label="p50")
     ax.bar([x + 0.2 for x in xs], [systems[n]["p99_ms"] for n in names], 0.4, label="p99")
-    ax.set_xticks(list(xs), [LABELS[n] for n in names])
+    ax.set_xticks(list(xs), [label(n, systems[n]) for n in names])
     turns = f" in turns of {lat['block']}" if lat.get("block") else ""
     ax.set_title(f"single-task latency, {lat.get('n', 0)} sequential round trips{turns}")
     ax.set_ylabel("ms")

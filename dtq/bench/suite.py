@@ -18,15 +18,18 @@ from typing import Any
 import attrs
 
 from dtq.bench import dtqside, failover, peers, report
-from dtq.bench.report import LABELS, UNBUNDLED
-from dtq.runtime.process import broker_url, store_url
+from dtq.bench.real import flags
+from dtq.bench.report import UNBUNDLED, label
+from dtq.runtime.process import DEFAULT_CONCURRENCY, broker_url, store_url
 
 
 @attrs.frozen(kw_only=True)
 class Sizes:
     tasks: int = 5000
     workers: int = 2
-    threads: int = 8
+    threads: int = DEFAULT_CONCURRENCY
+    """Threads per worker process of every system (dtq: its concurrency, by default the node
+    default)."""
     latency_n: int = 200
     trials: int = 20
     lease_ttl_ms: int = 2000
@@ -65,17 +68,24 @@ def _each_system(s: Sizes, measure: Callable[[str], dict[str, Any]]) -> dict[str
     return out
 
 
+def dtq_node(s: Sizes) -> dict[str, Any]:
+    """What dtq's default row sets beyond the node defaults: nothing, unless `--threads` asks
+    for another concurrency (its label then says so)."""
+    return {} if s.threads == DEFAULT_CONCURRENCY else {"concurrency": s.threads}
+
+
 def throughput(s: Sizes) -> dict[str, Any]:
-    """Each system; for dtq, its defaults and then without the leader's dispatch bundles."""
+    """Each system; for dtq, its defaults (`dtq cluster`'s) and then without the leader's
+    dispatch bundles."""
     unbundled: dict[str, Any] = {}
 
     def measure(name: str) -> dict[str, Any]:
         if name == "dtq":
-            r = dtqside.dtq_throughput(s.tasks, s.workers, s.threads)
+            r = dtqside.dtq_throughput(s.tasks, s.workers, **dtq_node(s))
             _print_throughput(name, r)
             try:
                 unbundled[UNBUNDLED] = b = dtqside.dtq_throughput(
-                    s.tasks, s.workers, s.threads, dispatch_bundle=1)
+                    s.tasks, s.workers, **dtq_node(s), dispatch_bundle=1)
                 _print_throughput(UNBUNDLED, b)
             except Exception as exc:
                 unbundled[UNBUNDLED] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -92,7 +102,7 @@ def throughput(s: Sizes) -> dict[str, Any]:
 
 
 def _print_throughput(name: str, r: dict[str, Any]) -> None:
-    print(f"throughput {LABELS[name]:8}: {r['tasks_per_s']:8,.0f} tasks/s "
+    print(f"throughput {label(name, r):8}: {r['tasks_per_s']:8,.0f} tasks/s "
           f"({r['tasks']:,} tasks in {r['elapsed_s']:.2f} s)", flush=True)
 
 
@@ -107,7 +117,8 @@ def latency(s: Sizes) -> dict[str, Any]:
         clients: dict[str, Any] = {}
 
         def start(name: str) -> dict[str, Any]:
-            context = dtqside.client(s.workers) if name == "dtq" else _peer(name, s)
+            context = dtqside.client(s.workers, **dtq_node(s)) if name == "dtq" \
+                else _peer(name, s)
             clients[name] = stack.enter_context(context)
             return {}
 
@@ -117,9 +128,11 @@ def latency(s: Sizes) -> dict[str, Any]:
         except Exception as exc:
             traceback.print_exc()
             measured = {name: {"error": f"{type(exc).__name__}: {exc}"} for name in clients}
+    if "dtq" in measured:
+        measured["dtq"]["flags"] = flags(dtq_node(s))
     for name, r in measured.items():
         if "error" not in r:
-            print(f"latency    {LABELS[name]:8}: p50 {r['p50_ms']:6.2f} ms, p99 "
+            print(f"latency    {label(name, r):8}: p50 {r['p50_ms']:6.2f} ms, p99 "
                   f"{r['p99_ms']:6.2f} ms ({r['n']} sequential)", flush=True)
     systems = {name: measured.get(name, r) for name, r in started.items()}
     return {"n": s.latency_n, "block": LATENCY_BLOCK, "systems": systems}
@@ -164,7 +177,7 @@ def scaling(s: Sizes) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for w in s.scaling:
         try:
-            out[str(w)] = r = dtqside.dtq_throughput(s.tasks, w, s.threads)
+            out[str(w)] = r = dtqside.dtq_throughput(s.tasks, w, **dtq_node(s))
         except Exception as exc:
             out[str(w)] = {"error": f"{type(exc).__name__}: {exc}"}
             continue

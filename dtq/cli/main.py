@@ -13,7 +13,13 @@ from typing import Any
 import attrs
 
 from dtq.errors import ConfigurationError, DtqError
-from dtq.runtime.process import EXIT_CONFIG
+from dtq.runtime.process import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_DISPATCH_BUNDLE,
+    DEFAULT_LEASE_TTL_MS,
+    DEFAULT_PREFETCH_PER_SLOT,
+    EXIT_CONFIG,
+)
 from transports.registry import backend_names
 
 EPILOG_SCENARIO = """examples:
@@ -185,7 +191,8 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                           "processes, every guarantee on.")
     e2e.add_argument("--tasks", type=int, default=5000, help="tasks (default 5000)")
     e2e.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    e2e.add_argument("--concurrency", type=int, default=8, help="tasks per worker (default 8)")
+    e2e.add_argument("--concurrency", type=positive_int, default=None, metavar="N",
+                     help=f"tasks per worker (default {DEFAULT_CONCURRENCY}, the node default)")
     e2e.set_defaults(func=lambda a: __import__("dtq.bench.real", fromlist=["main"]).main(
         a.tasks, a.workers, a.concurrency))
     from dtq.bench import configure
@@ -214,8 +221,10 @@ def _service_args(p: argparse.ArgumentParser) -> None:
 
 def _worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefetch", type=positive_int, default=None, metavar="N",
-                   help="dispatches a worker holds at once, those beyond --concurrency waiting "
-                   "unstarted (default: the concurrency). More speeds up short tasks. A worker "
+                   help="broker messages a worker holds at once, the dispatches beyond "
+                   f"--concurrency waiting unstarted (default: {DEFAULT_PREFETCH_PER_SLOT} "
+                   f"per concurrency slot, {DEFAULT_PREFETCH_PER_SLOT * DEFAULT_CONCURRENCY} at "
+                   "the default concurrency). More speeds up short tasks. A worker "
                    "that freezes has them handed on as new attempts once the leader suspects "
                    "it, but one the broker gives it after that waits until the broker drops "
                    "it (about 15 s after it froze: three heartbeat timeouts)")
@@ -231,14 +240,21 @@ def _worker_args(p: argparse.ArgumentParser) -> None:
                    "default only public addresses are fetched")
 
 
+def _concurrency_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--concurrency", type=positive_int, default=None, metavar="N",
+                   help=f"{what} (default {DEFAULT_CONCURRENCY}; inline task types such as "
+                   "echo take no slot)")
+
+
 def _coordinator_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dispatch-bundle", type=positive_int, default=None, metavar="N",
                    help="let up to N dispatches published together share one broker message "
-                   "(default 8; 1: one each). Only a burst of 32 or more is bundled, cut into "
-                   "at least 16 messages. Fewer broker messages per task make throughput much "
-                   "higher; a worker then holds up to N dispatches per prefetch slot, waiting "
-                   "for a free slot (one that freezes has them handed on once the leader "
-                   "suspects it). For long tasks, 1 spreads a burst most evenly")
+                   f"(default {DEFAULT_DISPATCH_BUNDLE}; 1: one each). Only a burst of 32 or "
+                   "more is bundled, cut into at least 16 messages. Fewer broker messages per "
+                   "task make throughput much higher; a worker then holds up to N dispatches "
+                   "per prefetch slot, waiting for a free slot (one that freezes has them "
+                   "handed on once the leader suspects it). For long tasks, 1 spreads a burst "
+                   "most evenly")
 
 
 def _add_services(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -246,7 +262,8 @@ def _add_services(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                         description="Run a coordinator process. It competes for the leader "
                         "lease in Redis; the leader consumes submissions and dispatches work.")
     co.add_argument("--name", default=None, help="actor name (default: coordinator-<pid>)")
-    co.add_argument("--lease-ttl-ms", type=int, default=3000, help="leader lease (default 3000)")
+    co.add_argument("--lease-ttl-ms", type=positive_int, default=None, metavar="MS",
+                    help=f"leader lease (default {DEFAULT_LEASE_TTL_MS})")
     _coordinator_args(co)
     _service_args(co)
     co.set_defaults(func=_run_service, role="coordinator")
@@ -257,8 +274,7 @@ def _add_services(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     wo.add_argument("--name", default=None, help="actor name (default: worker-<pid>)")
     wo.add_argument("--tasks", action="append", default=[], metavar="MODULE",
                     help="import task types (TaskActor subclasses) from MODULE; repeatable")
-    wo.add_argument("--concurrency", type=int, default=1,
-                    help="tasks run at once (default 1)")
+    _concurrency_arg(wo, "tasks run at once, each on a thread of the worker's pool")
     _worker_args(wo)
     _service_args(wo)
     wo.set_defaults(func=_run_service, role="worker")
@@ -274,7 +290,7 @@ def _add_services(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     cl.add_argument("--workers", type=int, default=3, help="how many (default 3)")
     cl.add_argument("--tasks", action="append", default=[], metavar="MODULE",
                     help="task modules for the workers; repeatable")
-    cl.add_argument("--concurrency", type=int, default=1, help="tasks per worker (default 1)")
+    _concurrency_arg(cl, "tasks each worker runs at once, each on a thread of its pool")
     _worker_args(cl)
     _coordinator_args(cl)
     _service_args(cl)
@@ -287,12 +303,11 @@ def _node_config(args: argparse.Namespace, role: str, name: str) -> object:
     return NodeConfig(
         role=role, name=name, broker_url=broker_url(args.broker_url),
         store_url=store_url(args.store_url), namespace=args.namespace,
-        concurrency=getattr(args, "concurrency", 1), prefetch=getattr(args, "prefetch", None),
-        task_modules=tuple(getattr(args, "tasks", ())),
-        lease_ttl_ms=getattr(args, "lease_ttl_ms", 3000), log_level=args.log_level,
-        result_ttl_ms=getattr(args, "result_ttl_ms", None), quorum=args.quorum,
-        io_http_allow=tuple(getattr(args, "io_http_allow", ())),
-        **_given(args, "dispatch_bundle", "io_root", "metrics_port"))
+        prefetch=getattr(args, "prefetch", None), task_modules=tuple(getattr(args, "tasks", ())),
+        log_level=args.log_level, result_ttl_ms=getattr(args, "result_ttl_ms", None),
+        quorum=args.quorum, io_http_allow=tuple(getattr(args, "io_http_allow", ())),
+        **_given(args, "concurrency", "lease_ttl_ms", "dispatch_bundle", "io_root",
+                 "metrics_port"))
 
 
 def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:

@@ -40,6 +40,20 @@ DEFAULT_STORE_URL = "redis://127.0.0.1:6379/0"
 EXIT_CONFIG = 78
 """A node's (and `dtq`'s) exit status for a configuration error (sysexits' EX_CONFIG)."""
 
+# The defaults of `dtq worker`, `dtq coordinator` and `dtq cluster`, of `NodeConfig` and so of
+# the supervisor, and of the benchmark's "dtq" row: one place, so that they cannot drift apart.
+DEFAULT_CONCURRENCY = 8
+"""Tasks a worker runs at once, each on a thread of its pool (Dramatiq runs 8 threads per
+process by default). Inline task types (`echo`) take no slot."""
+DEFAULT_PREFETCH_PER_SLOT = 1
+"""Broker messages a worker holds per concurrency slot when `--prefetch` is not given: those
+it has not started wait in it (listed in its heartbeats, handed on if it goes silent), kept
+from idle workers meanwhile."""
+DEFAULT_DISPATCH_BUNDLE = 8
+"""(Leader) dispatches of one burst that may share a broker message."""
+DEFAULT_LEASE_TTL_MS = 3000
+"""(Coordinator) the leader lease."""
+
 
 def broker_url(explicit: str | None = None) -> str:
     return explicit or os.environ.get("DTQ_BROKER_URL") or DEFAULT_BROKER_URL
@@ -57,11 +71,12 @@ class NodeConfig:
     store_url: str = DEFAULT_STORE_URL
     namespace: str = "dtq"
     history: bool = False
-    concurrency: int = 1
+    concurrency: int = DEFAULT_CONCURRENCY
     prefetch: int | None = None
-    """Dispatches a worker holds at once (default: its concurrency)."""
+    """Broker messages a worker holds at once (default: `DEFAULT_PREFETCH_PER_SLOT` per
+    concurrency slot; see `work_prefetch`)."""
     task_modules: tuple[str, ...] = ()
-    lease_ttl_ms: int = 2000
+    lease_ttl_ms: int = DEFAULT_LEASE_TTL_MS
     detector_timeout_ms: int = 5000
     heartbeat_ms: int = 1000
     log_level: str | None = None
@@ -71,7 +86,7 @@ class NodeConfig:
     io_http_allow: tuple[str, ...] = ()
     """(Worker) non-public addresses `io` http_get may reach, besides $DTQ_IO_HTTP_ALLOW."""
     result_ttl_ms: int | None = None
-    dispatch_bundle: int = 8
+    dispatch_bundle: int = DEFAULT_DISPATCH_BUNDLE
     """(Leader) up to this many dispatches published together share one broker message (a
     burst of 32 or more; see `transports.rabbitmq`, "Work bundles"). 1: one each."""
     quorum: bool | None = None
@@ -81,6 +96,11 @@ class NodeConfig:
     """Record every send and receive in the history too (for space-time diagrams)."""
     metrics_port: int | None = None
     """Serve this node's Prometheus metrics (`dtq.runtime.metrics`) on 127.0.0.1 at this port."""
+
+    @property
+    def work_prefetch(self) -> int:
+        """(Worker) the work queue's prefetch: `prefetch`, else per slot as the default says."""
+        return self.prefetch or DEFAULT_PREFETCH_PER_SLOT * max(1, self.concurrency)
 
 
 def load_task_modules(modules: Iterable[str]) -> dict[str, Any]:
@@ -127,7 +147,7 @@ def build_actor(cfg: NodeConfig) -> Any:
 def _prefetch(cfg: NodeConfig) -> dict[str, int]:
     from dtq.envelope import WORK_QUEUE
 
-    return {WORK_QUEUE: cfg.prefetch} if cfg.prefetch else {}
+    return {WORK_QUEUE: cfg.work_prefetch}
 
 
 def run_node(cfg: NodeConfig) -> int:

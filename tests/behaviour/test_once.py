@@ -170,8 +170,11 @@ def test_a_worker_killed_inside_the_once_window_still_writes(
     monkeypatch.setenv("DTQ_CRASH_AT", f"{point}@{flag}")
     common = {"broker_url": rabbitmq_url, "store_url": redis_url, "namespace": namespace,
               "history": True, "log_level": "warning", "io_root": str(tmp_path / "io")}
+    # One task at a time: the broker's redelivery and the leader's new attempt then run one
+    # after the other, so the later finds the earlier's markers and the sequences below are
+    # exact. At the default concurrency both may run at once, each beginning in doubt.
     sup = Supervisor([NodeConfig(role="coordinator", name="coordinator-1", **common),
-                      NodeConfig(role="worker", name="worker-1", **common)])
+                      NodeConfig(role="worker", name="worker-1", concurrency=1, **common)])
     store = RedisStore.from_url(redis_url, prefix=namespace)
     submitter = Submitter(rabbitmq_url, namespace=namespace)
     sup.start()

@@ -116,6 +116,8 @@ def test_bench_help_lists_the_subcommands(capsys: pytest.CaptureFixture[str]) ->
 def test_worker_prefetch_option_reaches_the_runtime(capsys: pytest.CaptureFixture[str]) -> None:
     from dtq.cli.main import _node_config, build_parser
     from dtq.envelope import WORK_QUEUE
+    from dtq.runtime.process import DEFAULT_CONCURRENCY as CONCURRENCY
+    from dtq.runtime.process import DEFAULT_PREFETCH_PER_SLOT as PREFETCH_PER_SLOT
     from dtq.runtime.process import _prefetch
 
     parser = build_parser()
@@ -123,7 +125,8 @@ def test_worker_prefetch_option_reaches_the_runtime(capsys: pytest.CaptureFixtur
     cfg = _node_config(args, "worker", "w")
     assert (cfg.concurrency, cfg.prefetch) == (2, 3)  # type: ignore[attr-defined]
     assert _prefetch(cfg) == {WORK_QUEUE: 3}  # type: ignore[arg-type]
-    assert _prefetch(_node_config(parser.parse_args(["worker"]), "worker", "w")) == {}  # type: ignore[arg-type]
+    default = _node_config(parser.parse_args(["worker"]), "worker", "w")
+    assert _prefetch(default) == {WORK_QUEUE: PREFETCH_PER_SLOT * CONCURRENCY}  # type: ignore[arg-type]
     with pytest.raises(SystemExit):
         parser.parse_args(["worker", "--prefetch", "0"])
     assert "must be at least 1" in capsys.readouterr().err
@@ -135,6 +138,46 @@ def test_cluster_passes_worker_options_on() -> None:
     args = build_parser().parse_args(["cluster", "--prefetch", "5", "--result-ttl-ms", "900"])
     cfg = _node_config(args, "worker", "worker-1")
     assert (cfg.prefetch, cfg.result_ttl_ms) == (5, 900)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("argv", [["worker"], ["coordinator"], ["cluster"]])
+def test_the_commands_defaults_are_the_node_defaults(argv: list[str]) -> None:
+    """`dtq worker|coordinator|cluster` without flags configure a node exactly as NodeConfig's
+    defaults do (the supervisor's and the benchmark's), and their help states the values."""
+    from dtq.cli.main import _node_config, build_parser
+    from dtq.runtime import process as p
+
+    parser = build_parser()
+    role = "coordinator" if argv == ["coordinator"] else "worker"
+    cfg: p.NodeConfig = _node_config(parser.parse_args(argv), role, "n")  # type: ignore[assignment]
+    plain = p.NodeConfig(role=role, name="n", broker_url=cfg.broker_url,
+                         store_url=cfg.store_url)
+    assert cfg == plain
+    assert (cfg.concurrency, cfg.work_prefetch, cfg.dispatch_bundle, cfg.lease_ttl_ms) == (
+        p.DEFAULT_CONCURRENCY, p.DEFAULT_PREFETCH_PER_SLOT * p.DEFAULT_CONCURRENCY,
+        p.DEFAULT_DISPATCH_BUNDLE, p.DEFAULT_LEASE_TTL_MS)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    text = " ".join(sub.choices[argv[0]].format_help().split())
+    if role == "worker":
+        assert f"(default {p.DEFAULT_CONCURRENCY};" in text
+    if argv != ["worker"]:
+        assert f"(default {p.DEFAULT_DISPATCH_BUNDLE};" in text
+
+
+def test_the_benchmarks_dtq_row_runs_the_defaults_and_tuned_rows_say_how() -> None:
+    from dtq.bench.real import flags
+    from dtq.bench.suite import Sizes, dtq_node
+
+    assert dtq_node(Sizes()) == {} and flags(dtq_node(Sizes())) == ""
+    assert flags({**dtq_node(Sizes(threads=4)), "dispatch_bundle": 1}) == (
+        "--concurrency 4 --dispatch-bundle 1")
+    assert report.label("dtq", {"flags": ""}) == "dtq"
+    assert report.label(report.UNBUNDLED, {"flags": "--dispatch-bundle 1"}) == (
+        "dtq --dispatch-bundle 1")
+    assert report.label(report.UNBUNDLED, {}) == "dtq --dispatch-bundle 1"  # older results
+    tuned = {**FAKE, "throughput": {**FAKE["throughput"], "systems": {
+        "dtq": {**FAKE["throughput"]["systems"]["dtq"], "flags": "--concurrency 4"}}}}
+    assert "| dtq --concurrency 4 | 1,234 |" in report.markdown(tuned)
 
 
 class _Turns:
