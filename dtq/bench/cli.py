@@ -144,7 +144,8 @@ def configure(bsub: Sub) -> None:
          "trials", "lease_ttl_ms").set_defaults(func=_step("failover"))
     _add(bsub, "reassign", "worker SIGKILL and SIGSTOP -> its task handed on", "trials",
          "detector_timeout_ms", "heartbeat_ms").set_defaults(func=_step("reassign"))
-    _add(bsub, "scaling", "dtq throughput with 1, 2 and 4 workers", "tasks", "scaling",
+    _add(bsub, "scaling", "dtq throughput with 1, 2 and 4 workers, beside the CPU each process "
+         "spends per 1,000 tasks and the leader's share of one core", "tasks", "scaling",
          "threads").set_defaults(func=_step("scaling"))
     _add(bsub, "memory", "the leader's RSS holding 100,000 submitted tasks",
          "memory_tasks").set_defaults(func=_step("memory"))

@@ -69,8 +69,36 @@ def dtq_throughput(tasks: int = 5000, workers: int = 2, **node: Any) -> dict[str
 def scaling(
     tasks: int = 5000, workers: tuple[int, ...] = (1, 2, 4), **node: Any,
 ) -> dict[str, dict[str, Any]]:
-    """dtq throughput for each worker count, one fresh cluster each."""
-    return {str(w): bench_e2e(tasks, workers=w, **node) for w in workers}
+    """dtq throughput and CPU for each worker count, one fresh cluster each."""
+    return {str(w): scaling_run(tasks, w, **node) for w in workers}
+
+
+CPU_ROLES = ("leader", "workers", "RabbitMQ", "Redis", "client")
+"""The processes `dtq bench scaling` reports CPU for ("workers": every worker together)."""
+
+
+def scaling_run(tasks: int = 5000, workers: int = 2, **node: Any) -> dict[str, Any]:
+    """One `bench_e2e` with CPU metered over its run window (node defaults but the worker
+    count and `node`), and where the single leader's ceiling lies (see `ceiling`)."""
+    r = bench_e2e(tasks, workers=workers, cpu=True, **node)
+    return {**r, **ceiling(r["cpu"], r["tasks"])}
+
+
+def ceiling(cpu: dict[str, Any], tasks: int) -> dict[str, Any]:
+    """From a `CpuMeter` reading per task (ms per task = s per 1,000 tasks): CPU s per 1,000
+    tasks by role, the leader's share of one core over the window, and the throughput one
+    leader could reach with a core to itself (1 / its CPU per task). A role whose process went
+    away during the run (a restart) is None."""
+    procs: dict[str, float] = cpu["by_process_ms"]
+    workers = [v for name, v in procs.items() if name.startswith("worker-")]
+    per_1k: dict[str, float | None] = {role: procs.get(role) for role in CPU_ROLES}
+    per_1k["workers"] = sum(workers) if workers else None
+    per_1k["machine"] = cpu["machine_ms"]
+    leader = per_1k["leader"]
+    window = cpu["window_s"]
+    return {"cpu_s_per_1k": per_1k,
+            "leader_core": leader * tasks / 1000 / window if leader and window > 0 else None,
+            "leader_bound_tasks_per_s": 1000 / leader if leader else None}
 
 
 def memory(tasks: int = 100_000, batch: int = 1000, timeout_s: float = 600) -> dict[str, Any]:

@@ -7,12 +7,14 @@ queues, persistent messages, publisher confirms, fenced writes, first-writer-win
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from dtq.bench.cpu import CpuMeter, service_pids
 from dtq.client.submitter import Submitter
 from dtq.envelope import Finished
 from dtq.runtime.process import NodeConfig, Supervisor, broker_url, store_url
@@ -56,10 +58,12 @@ class _Tracker:
 
 def bench_e2e(
     tasks: int = 5000, workers: int = 2, batch: int = 250, timeout_s: float = 300,
-    **node: Any,
+    cpu: bool = False, **node: Any,
 ) -> dict[str, Any]:
     """One coordinator and `workers` workers with the node defaults (`dtq cluster`'s), but for
-    `node`: worker flags (`concurrency`, `prefetch`) and the leader's `dispatch_bundle`."""
+    `node`: worker flags (`concurrency`, `prefetch`) and the leader's `dispatch_bundle`. `cpu`:
+    also the CPU each process spent from the first submission to the last result seen, per task
+    (`CpuMeter`: ms per task, which is s per 1,000 tasks), under "cpu" with the window's length."""
     unknown = set(node) - set(WORKER_FLAGS) - set(LEADER_FLAGS)
     if unknown:
         raise ValueError(f"not a benchmark node flag: {', '.join(sorted(unknown))}")
@@ -77,12 +81,17 @@ def bench_e2e(
     tracker = _Tracker()
     sup.start()
     sub: Submitter | None = None
+    meter: CpuMeter | None = None
+    usage: dict[str, Any] | None = None
     try:
         wait_for(lambda: store.lease("coordinator") is not None, 60, "a leader", sup.poll)
         sub = Submitter(b, namespace=ns, name=f"bench-{uuid.uuid4().hex[:6]}",
                         on_finished=tracker.on_finished, store_url=s)
         sub.submit([TaskSpec(id="warm-up", type="echo")])
         wait_for(lambda: "warm-up" in tracker.done, 60, "the warm-up task", sup.poll)
+        if cpu:
+            meter = CpuMeter({**_node_pids(sup), "client": os.getpid(), **service_pids()})
+            meter.start()
         started = time.perf_counter()
         for i in range(0, tasks, batch):
             specs = [TaskSpec(id=f"t{n}", type="echo") for n in range(i, min(tasks, i + batch))]
@@ -91,6 +100,8 @@ def bench_e2e(
                 tracker.sent[spec.id] = now
             sub.submit(specs)
         wait_for(lambda: len(tracker.done) >= tasks + 1, timeout_s, "every task", sup.poll)
+        if meter is not None:
+            usage = {**meter.stop(tasks), "window_s": time.perf_counter() - started}
         last = max(tracker.done.values())
     finally:
         if sub is not None:
@@ -106,12 +117,22 @@ def bench_e2e(
             "concurrency": w.concurrency, "prefetch": w.work_prefetch,
             "dispatch_bundle": configs[0].dispatch_bundle,
             "elapsed_s": elapsed, "tasks_per_s": tasks / elapsed, "failed": tracker.failed,
-            "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99)}
+            "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99),
+            **({"cpu": usage} if usage is not None else {})}
+
+
+def _node_pids(sup: Supervisor) -> dict[str, int]:
+    """The nodes' pids by name, the coordinator named "leader" (a benchmark cluster has one)."""
+    pids = {}
+    for name, node in sup.nodes.items():
+        if (pid := sup.pid(name)) is not None:
+            pids["leader" if node.cfg.role == "coordinator" else name] = pid
+    return pids
 
 
 def main(tasks: int, workers: int, concurrency: int | None = None) -> int:
-    r = bench_e2e(tasks, workers, **({} if concurrency is None else
-                                     {"concurrency": concurrency}))
+    node: dict[str, Any] = {} if concurrency is None else {"concurrency": concurrency}
+    r = bench_e2e(tasks, workers, **node)
     print(f"dtq end to end: {r['tasks']:,} no-op tasks, {r['workers']} worker processes "
           f"(concurrency {r['concurrency']}, prefetch {r['prefetch']}, dispatch bundle "
           f"{r['dispatch_bundle']}): {r['tasks_per_s']:,.0f} tasks/s "

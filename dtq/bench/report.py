@@ -179,13 +179,52 @@ def _sim_md(s: dict[str, Any]) -> list[str]:
             *_table(["run", "messages/s", "virtual-to-wall", "seeds/s"], rows)]
 
 
-def _scaling_md(s: dict[str, Any]) -> list[str]:
-    runs = sorted(((w, r) for w, r in s.items() if w.isdigit() and "error" not in r),
+SCALING_CPU = (("leader", "leader"), ("workers", "workers (all)"), ("RabbitMQ", "RabbitMQ"),
+               ("Redis", "Redis"), ("client", "client"))
+"""The CPU columns of the scaling table: key in a run's "cpu_s_per_1k", and heading."""
+
+
+def _scaling_runs(s: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return sorted(((w, r) for w, r in s.items() if w.isdigit() and "error" not in r),
                   key=lambda wr: int(wr[0]))
-    rows = [[w, _f(r["tasks_per_s"]), _f(r["p50_ms"], 1), _f(r["p99_ms"], 1)] for w, r in runs]
+
+
+def _pct(share: float | None) -> str:
+    return NA if share is None else f"{share:.0%}"
+
+
+def scaling_table(s: dict[str, Any]) -> list[str]:
+    """Throughput beside the CPU each process spent per 1,000 tasks and the leader's share of
+    one core: as the share nears 100% the leader is the ceiling, whatever the worker count.
+    Runs without CPU figures (older results) show n/a there."""
+    rows = []
+    for w, r in _scaling_runs(s):
+        cpu = r.get("cpu_s_per_1k", {})
+        figures = [_f(cpu.get(key), 2) for key, _ in SCALING_CPU]
+        rows.append([w, _f(r["tasks_per_s"]), figures[0], _pct(r.get("leader_core")),
+                     *figures[1:], _f(r.get("leader_bound_tasks_per_s")), _f(r["p50_ms"], 1),
+                     _f(r["p99_ms"], 1)])
+    cpu_heads = [f"{label} CPU s/1k tasks" for _, label in SCALING_CPU]
+    head = ["workers", "tasks/s", cpu_heads[0], "leader % of a core", *cpu_heads[1:],
+            "1 / leader CPU per task (tasks/s)", "p50 ms under load", "p99 ms under load"]
+    return _table(head, rows)
+
+
+def scaling_cpu_line(r: dict[str, Any]) -> str:
+    """One run's CPU figures in a line (what `dtq bench scaling` prints as it goes)."""
+    cpu = r.get("cpu_s_per_1k", {})
+    parts = ", ".join(f"{label} {_f(cpu.get(key), 2)}" for key, label in SCALING_CPU)
+    return (f"CPU s per 1,000 tasks: {parts}; leader {_pct(r.get('leader_core'))} of a core "
+            f"(1 / leader CPU per task: {_f(r.get('leader_bound_tasks_per_s'))} tasks/s)")
+
+
+def _scaling_md(s: dict[str, Any]) -> list[str]:
+    runs = _scaling_runs(s)
     tasks = runs[0][1].get("tasks", 0) if runs else 0
     return [f"### dtq scaling: {tasks:,} no-op tasks by worker processes", "",
-            *_table(["workers", "tasks/s", "p50 ms under load", "p99 ms under load"], rows)]
+            "CPU from /proc over the run window (first submission to last result), per 1,000 "
+            "tasks; the leader's share of one core is its CPU seconds over the window's.", "",
+            *scaling_table(s)]
 
 
 def _memory_md(m: dict[str, Any]) -> list[str]:
@@ -296,7 +335,13 @@ def _line_scaling(ax: Any, s: Any) -> None:
                   if w.isdigit() and "tasks_per_s" in r)
     if not rows:
         return _empty(ax, "dtq scaling")
-    ax.plot([w for w, _ in rows], [v for _, v in rows], marker="o")
+    ax.plot([w for w, _ in rows], [v for _, v in rows], marker="o", label="measured")
+    bound = sorted((int(w), r["leader_bound_tasks_per_s"]) for w, r in (s or {}).items()
+                   if w.isdigit() and r.get("leader_bound_tasks_per_s"))
+    if bound:
+        ax.plot([w for w, _ in bound], [v for _, v in bound], linestyle="--", marker="x",
+                label="1 / leader CPU per task")
+        ax.legend()
     ax.set_xticks([w for w, _ in rows])
     ax.set_title("dtq throughput by worker processes")
     ax.set_xlabel("workers")

@@ -174,14 +174,19 @@ def sim(s: Sizes) -> dict[str, Any]:
 
 
 def scaling(s: Sizes) -> dict[str, Any]:
+    """Throughput and CPU per 1,000 tasks for each worker count; the leader's share of a core
+    shows how near the single leader is to its ceiling."""
     out: dict[str, Any] = {}
     for w in s.scaling:
         try:
-            out[str(w)] = r = dtqside.dtq_throughput(s.tasks, w, **dtq_node(s))
+            out[str(w)] = r = dtqside.scaling_run(s.tasks, w, **dtq_node(s))
         except Exception as exc:
             out[str(w)] = {"error": f"{type(exc).__name__}: {exc}"}
             continue
-        print(f"scaling: {w} worker(s): {r['tasks_per_s']:,.0f} tasks/s", flush=True)
+        print(f"scaling: {w} worker(s): {r['tasks_per_s']:,.0f} tasks/s; "
+              + report.scaling_cpu_line(r), flush=True)
+    if any("tasks_per_s" in r for r in out.values()):
+        print("\n".join(report.scaling_table(out)), flush=True)
     return out
 
 

@@ -208,3 +208,39 @@ def test_latency_takes_the_systems_in_turns_until_each_made_n() -> None:
 def test_the_latency_table_says_the_systems_took_turns() -> None:
     text = report.markdown(FAKE)
     assert "200 sequential submit-and-wait, the systems taking turns of 20" in text
+
+
+def _scaling_run(workers: int, tasks_per_s: float, leader_ms: float) -> dict[str, Any]:
+    """A fake `dtq bench scaling` run: a CpuMeter reading per task, and what it gives."""
+    from dtq.bench.dtqside import ceiling
+
+    by_process = {"leader": leader_ms, "client": 0.05, "RabbitMQ": 0.4, "Redis": 0.2,
+                  **{f"worker-{i}": 0.3 for i in range(1, workers + 1)}}
+    cpu = {"round_trips": 1000, "machine_ms": 2.0, "by_process_ms": by_process,
+           "window_s": 1000 / tasks_per_s}
+    return {"tasks": 1000, "workers": workers, "tasks_per_s": tasks_per_s,
+            "elapsed_s": 1000 / tasks_per_s, **_dist(100), "cpu": cpu, **ceiling(cpu, 1000)}
+
+
+def test_scaling_report_puts_throughput_beside_cpu_and_the_leaders_share() -> None:
+    runs = {"1": _scaling_run(1, 500.0, 1.0), "2": _scaling_run(2, 800.0, 1.0),
+            "4": _scaling_run(4, 950.0, 1.0)}
+    assert runs["4"]["cpu_s_per_1k"]["workers"] == pytest.approx(1.2)  # every worker together
+    assert runs["4"]["leader_core"] == pytest.approx(0.95)  # 1 ms a task at 950 tasks/s
+    assert runs["4"]["leader_bound_tasks_per_s"] == pytest.approx(1000)
+    md = report.markdown({"machine": {}, "scaling": runs})
+    head = ("| workers | tasks/s | leader CPU s/1k tasks | leader % of a core | workers (all) CPU "
+            "s/1k tasks | RabbitMQ CPU s/1k tasks | Redis CPU s/1k tasks | client CPU s/1k "
+            "tasks | 1 / leader CPU per task (tasks/s) |")
+    assert head in md
+    assert "| 1 | 500 | 1.00 | 50% | 0.30 | 0.40 | 0.20 | 0.05 | 1,000 |" in md
+    assert "| 4 | 950 | 1.00 | 95% | 1.20 | 0.40 | 0.20 | 0.05 | 1,000 |" in md
+    line = report.scaling_cpu_line(runs["2"])
+    assert "leader 1.00, workers (all) 0.60, RabbitMQ 0.40, Redis 0.20, client 0.05" in line
+    assert "leader 80% of a core" in line
+    assert json.loads(json.dumps(runs)) == runs  # what `--json` prints carries the same numbers
+
+
+def test_scaling_runs_without_cpu_figures_still_render() -> None:
+    md = report.markdown(FAKE)  # older results: no CPU figures
+    assert "| 1 | 800 | n/a | n/a | n/a | n/a | n/a | n/a | n/a | 400.0 | 800.0 |" in md
