@@ -80,6 +80,16 @@ def _soak(args: argparse.Namespace) -> int:
     return 1 if result["lost"] or result["duplicated_notices"] else 0
 
 
+def _api(args: argparse.Namespace) -> int:
+    from dtq.bench.api import api_bench
+
+    result = api_bench(args.requests, args.concurrency, args.rounds, args.api_workers,
+                       args.tool)
+    if args.json:
+        print(json.dumps(result, default=str))
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from dtq.bench import report
 
@@ -168,6 +178,22 @@ def configure(bsub: Sub) -> None:
     soak.add_argument("--retention-s", type=int, default=180,
                       help="the namespace's retention of finished tasks (default 180)")
     soak.set_defaults(func=_soak)
+    api = _add(bsub, "api", "POST /tasks on `dtq api` (a real cluster, a bearer token, every "
+               "answer broker-confirmed) against a no-op FastAPI endpoint under the same uvicorn "
+               "settings, side by side and alternating, at 50 and 200 concurrent clients; then "
+               "checks every task answered 202 is in the store. Needs ab (apt-get install "
+               "apache2-utils), else falls back to a Python load generator")
+    api.add_argument("--requests", type=int, default=5000,
+                     help="requests per measurement (default 5000)")
+    api.add_argument("--concurrency", type=_counts, default=(50, 200), metavar="N,N,...",
+                     help="concurrent clients (default 50,200)")
+    api.add_argument("--rounds", type=int, default=2,
+                     help="alternating measurements of each server per concurrency (default 2)")
+    api.add_argument("--workers", dest="api_workers", type=int, default=1,
+                     help="worker processes in the cluster (default 1)")
+    api.add_argument("--tool", choices=("ab", "python"), default=None,
+                     help="load generator (default: ab if on PATH, else python)")
+    api.set_defaults(func=_api)
     r = _add(bsub, "report", "rewrite latest.md and the chart from latest.json", "out",
              json_flag=False)
     r.add_argument("--no-png", action="store_true", help="skip the chart")

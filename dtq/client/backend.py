@@ -8,11 +8,13 @@
   virtual-time budget is spent (`autorun`, `budget_ms`), and `advance(ms)` runs it on demand.
 
 The rule: the API reads only through `store` and changes the cluster only through `submit` and
-`cancel`, so it behaves the same on both.
+`cancel`, so it behaves the same on both. A backend that can also publish without holding a
+thread (`AsyncSubmit`: `RabbitBackend`) lets the API's event loop await the broker's confirm.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import sys
@@ -25,13 +27,13 @@ import structlog
 
 from dtq.coordinator import Coordinator, CoordinatorConfig
 from dtq.envelope import COORDINATOR_QUEUE, WORK_QUEUE, Cancel
-from dtq.errors import ConfigurationError, DtqError
+from dtq.errors import ConfigurationError, ConnectionLost, DtqError
 from dtq.store import Store
 from dtq.task import TaskSpec
 from dtq.tasktypes import load_task_types
 from dtq.worker import MAX_RESULT_BYTES, Worker
 
-__all__ = ["ApiBackend", "RabbitBackend", "SimBackend"]
+__all__ = ["ApiBackend", "AsyncSubmit", "RabbitBackend", "SimBackend"]
 
 
 @runtime_checkable
@@ -59,6 +61,15 @@ class ApiBackend(Protocol):
 
     def now_ms(self) -> int:
         """The cluster's clock, in milliseconds (virtual time on the simulator)."""
+        ...
+
+
+@runtime_checkable
+class AsyncSubmit(Protocol):
+    """A backend whose submissions can be awaited on an event loop."""
+
+    async def submit_async(self, specs: Sequence[TaskSpec]) -> None:
+        """`submit`, awaited: returns once the broker has confirmed every spec."""
         ...
 
 
@@ -104,6 +115,7 @@ class RabbitBackend:
             raise ConfigurationError(f"the API needs a transport with `ready` and "
                                      f"`queue_depths`, not a {type(transport).__name__}")
         self._broker = transport
+        self._settler: _Settler | None = None
 
     @property
     def store(self) -> Store:
@@ -111,6 +123,21 @@ class RabbitBackend:
 
     def submit(self, specs: Sequence[TaskSpec]) -> None:
         self.submitter.submit(specs, timeout_s=self.confirm_timeout_s)
+
+    async def submit_async(self, specs: Sequence[TaskSpec]) -> None:
+        """`submit` without a thread: the confirm (grouped with those of concurrent
+        submissions) completes a future on the running loop."""
+        loop = asyncio.get_running_loop()
+        settler = self._settler
+        if settler is None or settler.loop is not loop:
+            settler = self._settler = _Settler(loop)
+        confirmed: asyncio.Future[None] = loop.create_future()
+        self.submitter.submit_nowait(specs, functools.partial(settler.settle, confirmed))
+        try:
+            await asyncio.wait_for(asyncio.shield(confirmed), self.confirm_timeout_s)
+        except TimeoutError:
+            raise ConnectionLost(f"RabbitMQ did not confirm {len(specs)} message(s) within "
+                                 f"{self.confirm_timeout_s:.0f} s") from None
 
     def cancel(self, task_id: str) -> None:
         self.submitter.cancel(task_id, timeout_s=self.confirm_timeout_s)
@@ -131,6 +158,34 @@ class RabbitBackend:
     def close(self) -> None:
         self.submitter.close()
         self._store.close()
+
+
+class _Settler:
+    """Futures of one event loop to complete, handed over from the transport's I/O thread: the
+    loop is woken once for all those confirmed together, not once per future."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._ready: list[tuple[asyncio.Future[None], BaseException | None]] = []
+
+    def settle(self, future: asyncio.Future[None], exc: BaseException | None) -> None:
+        with self._lock:
+            self._ready.append((future, exc))
+            if len(self._ready) > 1:  # a wake-up is on its way already
+                return
+        self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self._lock:
+            ready, self._ready = self._ready, []
+        for future, exc in ready:
+            if future.done():  # given up on (timed out, or the request went away)
+                continue
+            if exc is None:
+                future.set_result(None)
+            else:
+                future.set_exception(exc)
 
 
 # --- the simulator ------------------------------------------------------------------------------

@@ -7,9 +7,15 @@ idempotency key or task id with a different body (409). The idempotency check is
 coordinator's own (`Store.claim_key` with the request's `fingerprint`) done before publishing,
 plus a look at the existing record, so a conflict is an answer and not a silent drop.
 
-What the broker confirmed is answered 202, whatever follows: a state read that fails after the
-publish answers `submitted`, never a retryable 503 (a client retrying it would queue the task
-twice).
+The store is read only where it can change the answer: a task whose id the client gave, or
+derived from an idempotency key, is looked up first (it may be a replay); a task with
+dependencies has them looked up. A task with neither (its id fresh from `new_task_id`) is
+published without a single read. A task published is answered `submitted`, the state at
+acceptance: the store is not read after the publish.
+
+What the broker confirmed is answered 202, whatever follows: a state read that fails after a
+cancel's publish answers the state read before it, never a retryable 503 (a client retrying it
+would send it twice).
 
 Ids this API process published but the leader has not recorded yet are remembered for a while
 (`RecentSubmissions`), so a task can depend on one submitted a moment ago, and reads of it answer
@@ -19,7 +25,7 @@ Ids this API process published but the leader has not recorded yet are remembere
 from __future__ import annotations
 
 import json
-import os
+import random
 import re
 import threading
 import time
@@ -74,8 +80,10 @@ class RecentSubmissions:
 
 
 def new_task_id() -> str:
-    """A fresh id that sorts by creation time: milliseconds, then randomness."""
-    return f"t-{time.time_ns() // 1_000_000:012x}{os.urandom(6).hex()}"
+    """A fresh id that sorts by creation time: milliseconds, then 48 random bits (from the
+    process's generator, seeded from the OS and again in a forked child: no system call per
+    id; the ids need to be unique, not secret)."""
+    return f"t-{time.time_ns() // 1_000_000:012x}{random.getrandbits(48):012x}"
 
 
 def check_key(key: str | None, field: str = "Idempotency-Key") -> str | None:
@@ -117,17 +125,41 @@ class Submissions:
     # --- one task ---------------------------------------------------------------------------
 
     def submit_task(self, body: Any, header_key: str | None) -> Accepted:
+        spec, replayable = self.prepare_task(body, header_key)
+        return self.accept(spec, replayable)
+
+    def prepare_task(self, body: Any, header_key: str | None) -> tuple[TaskSpec, bool]:
+        """Check one task's fields (no I/O); the spec, and whether it is `replayable`: its id
+        was given by the client or derived from an idempotency key, so an earlier submission
+        may hold it. Otherwise the id is this process's own, fresh: nothing can hold it yet."""
         data = require_object(body, "body")
         spec = self.parse(data, key=self._merge_key(data, header_key), prefix="")
+        return spec, data.get("id") is not None or spec.idempotency_key is not None
+
+    def needs_store(self, spec: TaskSpec, replayable: bool) -> bool:
+        """Whether accepting `spec` reads the store (a replay check, a dependency lookup, a
+        key to bind); a fresh task with no dependencies is only published."""
+        return replayable or bool(spec.deps)
+
+    def accept(self, spec: TaskSpec, replayable: bool = True) -> Accepted:
+        """Accept a checked task: refuse unknown dependencies, answer a replay with the state
+        of the task it repeats, else publish it and answer `submitted`: the state at acceptance
+        (the store is not read again after the publish, so the answer does not say whether the
+        leader has recorded or even run it yet)."""
         unknown = [d for d in spec.deps if not self.known(d)]
         if unknown:
             raise _unknown_deps(unknown, "deps")
-        state = self._existing_state(spec)
+        state = self._existing_state(spec) if replayable else None
         self._claim(spec)
         if state is None:
             self._publish([spec])
-            state = self._state_after_publish(spec.id, TaskState.SUBMITTED.value)
+            state = TaskState.SUBMITTED.value
         return Accepted(id=spec.id, state=state)
+
+    def published(self, specs: Sequence[TaskSpec]) -> None:
+        """Remember tasks published (and confirmed) outside `accept`."""
+        for spec in specs:
+            self.recent.add(spec.id, fingerprint(spec))
 
     def _merge_key(self, data: Mapping[str, Any], header_key: str | None) -> Any:
         body_key = data.get("idempotency_key")
@@ -267,8 +299,7 @@ class Submissions:
         if not specs:
             return
         self.backend.submit(specs)
-        for spec in specs:
-            self.recent.add(spec.id, fingerprint(spec))
+        self.published(specs)
 
     def _state_after_publish(self, task_id: str, unread: str) -> str:
         """The state of a task whose message the broker confirmed. What was published is queued

@@ -9,15 +9,26 @@ Each task's end reaches `on_finished` exactly once: the submitter keeps the ids 
 for, drops a notice for any other id (a second one for the same task), and when its listener
 subscribes again after a lost connection it re-reads from the store the ends it may have missed
 (a stored successful result, or a terminal record) for the tasks it still waits for.
+
+Group commit: submissions and cancels from many threads at once (the REST API's requests) go
+out through one `GroupCommit`. While one `publish` waits for its confirm, what others submit
+gathers, and goes out as the next single `publish` once it is confirmed; each caller returns
+(or hears `done`) only when the batch holding its messages was confirmed. One thread alone
+sees no delay (nothing in flight: its batch goes at once), and many share one broker round
+trip and, the messages being bound for one queue, one bundled broker message (see
+`transports.rabbitmq`).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+import structlog
 
 from dtq.clock import VectorClock
 from dtq.envelope import COORDINATOR_QUEUE, Cancel, Codec, Envelope, Finished, Message, Submit
@@ -28,6 +39,67 @@ from transports.redis import FinishedListener
 from transports.registry import ClosingStore, open_store, open_transport
 
 Recorder = Callable[[str, str, VectorClock, Mapping[str, Any]], None]
+Done = Callable[[BaseException | None], None]
+"""Told once a submission's batch is confirmed (None), or why it could not be published."""
+log = structlog.get_logger("dtq.submitter")
+
+
+class GroupCommit:
+    """One confirmed `publish` in flight at a time; what is added meanwhile waits for it and
+    then goes out together, as one `publish` (a group commit). Thread-safe."""
+
+    def __init__(self, publish: Callable[[list[Outgoing], Callable[[], None]], None]) -> None:
+        self._publish = publish
+        self._lock = threading.Lock()
+        self._pending: list[tuple[list[Outgoing], Done]] = []
+        self._busy = False
+        self.batches = 0
+        """`publish` calls made (how well the submissions were grouped)."""
+
+    def add(self, out: list[Outgoing], done: Done) -> None:
+        """Publish `out` with the next batch; `done` runs once it is confirmed (on the
+        transport's I/O thread) or could not be published (with the error)."""
+        with self._lock:
+            self._pending.append((out, done))
+            if self._busy:
+                return
+            self._busy = True
+            batch = self._take()
+        self._send(batch)
+
+    def _take(self) -> list[tuple[list[Outgoing], Done]]:
+        batch, self._pending = self._pending, []
+        if not batch:
+            self._busy = False
+        return batch
+
+    def _send(self, batch: list[tuple[list[Outgoing], Done]]) -> None:
+        """Publish batches until one is in flight (or nothing is left to send). Never holds
+        the lock while calling the transport (its confirm runs `_confirmed` under its own)."""
+        while batch:
+            messages = [m for out, _ in batch for m in out]
+            self.batches += 1
+            try:
+                self._publish(messages, functools.partial(self._confirmed, batch))
+                return
+            except Exception as exc:  # not published: every caller in it hears why
+                _tell(batch, exc)
+            with self._lock:
+                batch = self._take()
+
+    def _confirmed(self, batch: list[tuple[list[Outgoing], Done]]) -> None:
+        with self._lock:
+            following = self._take()
+        self._send(following)
+        _tell(batch, None)
+
+
+def _tell(batch: Sequence[tuple[list[Outgoing], Done]], exc: BaseException | None) -> None:
+    for _, done in batch:
+        try:
+            done(exc)
+        except Exception as err:  # a caller's callback must not stall the others
+            log.error("a submission's done callback failed", error=repr(err))
 
 
 class Submitter:
@@ -69,6 +141,7 @@ class Submitter:
         self._ids = itertools.count(1)
         self._boot = uuid.uuid4().hex[:8]
         self._lock = threading.Lock()
+        self.group = GroupCommit(lambda out, then: self.transport.publish(out, then=then))
 
     def _envelope(self, body: Message) -> Envelope:
         with self._lock:
@@ -104,6 +177,11 @@ class Submitter:
 
     def submit(self, specs: Sequence[TaskSpec], *, timeout_s: float = 30.0) -> None:
         """Publish submissions; return when the broker has confirmed all of them."""
+        self._wait(lambda done: self.submit_nowait(specs, done), len(specs), timeout_s)
+
+    def submit_nowait(self, specs: Sequence[TaskSpec], done: Done) -> None:
+        """Publish submissions (in this order) with the next batch; `done(None)` runs, on the
+        transport's I/O thread, once the broker has confirmed all of them."""
         out = []
         reply_to = self.name if self.listener is not None else None
         if self.on_finished is not None:  # (a listener set from outside keeps its own)
@@ -115,19 +193,30 @@ class Submitter:
             out.append(Outgoing(queue=queue_name(self.namespace, COORDINATOR_QUEUE),
                                 body=self.codec.encode(env), priority=spec.priority,
                                 message_id=env.id))
-        self._publish(out, timeout_s)
+        self.group.add(out, done)
 
     def cancel(self, task_id: str, *, timeout_s: float = 30.0) -> None:
         env = self._envelope(Cancel(task_id=task_id))
-        self._publish([Outgoing(queue=queue_name(self.namespace, COORDINATOR_QUEUE),
-                                body=self.codec.encode(env), message_id=env.id)], timeout_s)
+        out = [Outgoing(queue=queue_name(self.namespace, COORDINATOR_QUEUE),
+                        body=self.codec.encode(env), message_id=env.id)]
+        self._wait(lambda done: self.group.add(out, done), 1, timeout_s)
 
-    def _publish(self, out: list[Outgoing], timeout_s: float) -> None:
+    @staticmethod
+    def _wait(start: Callable[[Done], None], count: int, timeout_s: float) -> None:
         confirmed = threading.Event()
-        self.transport.publish(out, then=confirmed.set)
+        failed: list[BaseException] = []
+
+        def done(exc: BaseException | None) -> None:
+            if exc is not None:
+                failed.append(exc)
+            confirmed.set()
+
+        start(done)
         if not confirmed.wait(timeout_s):
-            raise ConnectionLost(f"RabbitMQ did not confirm {len(out)} message(s) within "
+            raise ConnectionLost(f"RabbitMQ did not confirm {count} message(s) within "
                                  f"{timeout_s:.0f} s")
+        if failed:
+            raise failed[0]
 
     def close(self) -> None:
         self.transport.close()

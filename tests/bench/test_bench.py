@@ -15,7 +15,7 @@ from dtq.bench import configure, report
 from dtq.bench.profile import collapse, summarise
 
 SUBCOMMANDS = ("throughput", "latency", "stages", "failover", "reassign", "scaling", "memory",
-               "profile", "all", "report")
+               "profile", "all", "report", "api")
 
 
 def _dist(p50: float) -> dict[str, float]:
@@ -244,3 +244,31 @@ def test_scaling_report_puts_throughput_beside_cpu_and_the_leaders_share() -> No
 def test_scaling_runs_without_cpu_figures_still_render() -> None:
     md = report.markdown(FAKE)  # older results: no CPU figures
     assert "| 1 | 800 | n/a | n/a | n/a | n/a | n/a | n/a | n/a | 400.0 | 800.0 |" in md
+
+
+AB_OUTPUT = """\
+Complete requests:      50
+Failed requests:        7
+   (Connect: 0, Receive: 0, Length: 5, Exceptions: 2)
+Non-2xx responses:      3
+Requests per second:    269.28 [#/sec] (mean)
+Percentage of the requests served within a certain time (ms)
+  50%      3
+  99%     56
+ 100%     56 (longest request)
+"""
+
+
+def test_bench_api_reads_ab_and_prints_its_table() -> None:
+    from dtq.bench.api import parse_ab, table
+
+    load = parse_ab(AB_OUTPUT)
+    # a length differing from the first answer's is no failure; exceptions and non-2xx are
+    assert (load.requests, load.ok, load.per_s, load.p50_ms, load.p99_ms) == (
+        50, 45, 269.28, 3, 56)
+    row = {"concurrency": 50, "noop_per_s": 1000.0, "dtq_per_s": 850.0, "ratio": 0.85,
+           "dtq_p50_ms": 40.0, "dtq_p99_ms": 90.0, "noop_cpu_ms": 0.8, "dtq_cpu_ms": 0.9,
+           "non_2xx": 0}
+    text = table({"rows": [row], "in_store": 1200, "answered_202": 1200})
+    assert "| 50 | 1,000 | 850 | 0.85 | 40.0 | 90.0 | 0.80, 0.90 | 0 |" in text
+    assert "1,200 of 1,200 tasks answered 202" in text

@@ -184,7 +184,7 @@ def test_cli_submit_prints_the_id_and_wait_prints_the_result(
 ) -> None:
     assert run(api, monkeypatch, "submit", "echo", "--payload", '{"message": "hi"}') == 0
     accepted = json.loads(capsys.readouterr().out)
-    assert accepted["state"] == "succeeded"
+    assert accepted["state"] == "submitted"  # the state at acceptance
     assert run(api, monkeypatch, "submit", "echo", "--payload", "[1]", "--dep", accepted["id"],
                "--idempotency-key", "k", "--priority", "2", "--wait") == 0
     result = json.loads(capsys.readouterr().out)
