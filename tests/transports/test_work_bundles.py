@@ -204,7 +204,10 @@ def test_parts_a_frozen_worker_held_are_handed_on_when_the_leader_suspects_it(
     """worker-1 is frozen while the leader knows it holds unstarted parts. Whether it started
     them between the leader hearing so and the freeze is a race outside the test's control: a
     freeze that missed is undone and the next one tried (each one waits for events only)."""
-    with _cluster(rabbitmq_url, redis_url, concurrency=1, heartbeat_ms=200,
+    # Prefetch 4 with one slot: a worker holds unstarted dispatches whether or not the leader
+    # bundled them (on a loaded machine its handler batches, and so its bursts, come smaller
+    # than the 32 dispatches a work bundle needs, and one message then holds one dispatch).
+    with _cluster(rabbitmq_url, redis_url, concurrency=1, prefetch=4, heartbeat_ms=200,
                   detector_timeout_ms=1000) as c:
         submitted = 0
         for attempt in range(8):
