@@ -80,6 +80,17 @@ def _soak(args: argparse.Namespace) -> int:
     return 1 if result["lost"] or result["duplicated_notices"] else 0
 
 
+def _testbed_faults(args: argparse.Namespace) -> int:
+    from dtq.bench.testbed_faults import failed, testbed_faults
+
+    result = testbed_faults(args.rate, args.dir, warmup_s=args.warmup_s, steady_s=args.steady_s,
+                            recover_timeout_s=args.recover_timeout_s, drain_s=args.drain_s,
+                            history_url=args.history_url)
+    if args.json:
+        print(json.dumps(result, default=str))
+    return 1 if failed(result) else 0
+
+
 def _api(args: argparse.Namespace) -> int:
     from dtq.bench.api import api_bench
 
@@ -178,6 +189,31 @@ def configure(bsub: Sub) -> None:
     soak.add_argument("--retention-s", type=int, default=180,
                       help="the namespace's retention of finished tasks (default 180)")
     soak.set_defaults(func=_soak)
+    tbf = _add(bsub, "testbed-faults", "a steady load of sleep tasks on two coordinators and two "
+               "workers on the local testbed (3 RabbitMQ nodes, quorum queues; Redis behind "
+               "Sentinels, writes waiting for the replica), through a kill -9 of the leader's "
+               "RabbitMQ node, a Sentinel failover and a kill -9 of the Redis primary: how long "
+               "successes take to come back after each, leaders and restarts, and every task "
+               "accounted (exit 1 if any is lost, stuck or duplicated; not part of CI)")
+    tbf.add_argument("--rate", type=int, default=120, help="tasks a second (default 120)")
+    tbf.add_argument("--dir", type=Path, default=None,
+                     help="reuse the testbed recorded in this directory (`dtq testbed up "
+                     "--dir`), left running; if none is, start one there (default: one of its "
+                     "own in a temporary directory), stopped at the end")
+    tbf.add_argument("--warmup-s", type=float, default=20.0,
+                     help="load before the first fault (default 20)")
+    tbf.add_argument("--steady-s", type=float, default=5.0,
+                     help="after a fault, successes at half the rate or more for this long "
+                     "before the next (default 5)")
+    tbf.add_argument("--recover-timeout-s", type=float, default=180.0,
+                     help="how long a fault's recovery is waited for (default 180)")
+    tbf.add_argument("--drain-s", type=float, default=120.0,
+                     help="after the load stops, how long its tasks are waited for (default "
+                     "120)")
+    tbf.add_argument("--history-url", default=None,
+                     help="the Redis the nodes record their history in, outside the testbed "
+                     "(default $DTQ_STORE_URL, else redis://127.0.0.1:6379/0)")
+    tbf.set_defaults(func=_testbed_faults)
     api = _add(bsub, "api", "POST /tasks on `dtq api` (a real cluster, a bearer token, every "
                "answer broker-confirmed) against a no-op FastAPI endpoint under the same uvicorn "
                "settings, side by side and alternating, at 50 and 200 concurrent clients; then "

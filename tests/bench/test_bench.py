@@ -15,7 +15,7 @@ from dtq.bench import configure, report
 from dtq.bench.profile import collapse, summarise
 
 SUBCOMMANDS = ("throughput", "latency", "stages", "failover", "reassign", "scaling", "memory",
-               "profile", "all", "report", "api")
+               "profile", "all", "report", "api", "testbed-faults")
 
 
 def _dist(p50: float) -> dict[str, float]:
