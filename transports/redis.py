@@ -754,8 +754,13 @@ class RedisStore:
         `client_name(prefix)` unless kwargs name them."""
         url, wait = _wait_settings(url)
         kwargs.setdefault("client_name", client_name(prefix))
-        lease_client = _client_from_url(url, **{"socket_timeout": 0.25, **kwargs})
-        return cls(_client_from_url(url, **kwargs), prefix=prefix, lease_client=lease_client,
+        # A durable write waits for its replicas (WAIT) on the connection that wrote it: the
+        # socket must outwait that, or a wait that runs its time reads as a dropped connection
+        # (and a lease acquired in that window is taken but reported as failed).
+        waits_s = wait.get("wait_ms", 1000) / 1000 if wait.get("wait_replicas") else 0.0
+        lease_client = _client_from_url(url, **{"socket_timeout": 0.25 + waits_s, **kwargs})
+        main = {"socket_timeout": 1.0 + waits_s, **kwargs} if waits_s else kwargs
+        return cls(_client_from_url(url, **main), prefix=prefix, lease_client=lease_client,
                    **wait)
 
     def _durable(self, script: Any, keys: list[str], args: list[Any],

@@ -51,6 +51,26 @@ class TestRedisStore(StoreConformance):
         return redis_store
 
 
+def test_a_durable_write_waits_for_its_replicas_longer_than_a_socket_timeout(
+    redis_url: str,
+) -> None:
+    """`?wait_replicas=1&wait_ms=1300` on a Redis without replicas: each write (the lease's
+    too, on its own short-timeout connection) waits the whole 1.3 s for a replica, and is
+    reported as not replicated, not as a connection that timed out and was dropped (the
+    sockets outwait the WAIT)."""
+    store = RedisStore.from_url(f"{redis_url}?wait_replicas=1&wait_ms=1300",
+                                prefix=f"test-{uuid4().hex[:8]}")
+    try:
+        with pytest.raises(StoreUnavailable, match="NOT REPLICATED: 0 of 1"):
+            store.acquire_lease("coordinator", "c1", 5000)
+        with pytest.raises(StoreUnavailable, match="NOT REPLICATED: 0 of 1"):
+            store.apply([PutTask(record=TaskRecord(spec=TaskSpec(id="t", type="echo"),
+                                                   epoch=1))], epoch=1)
+    finally:
+        store.delete_all()
+        store.close()
+
+
 class TestRedisOnly:
     def test_every_key_lives_under_the_prefix(self, redis_store: RedisStore) -> None:
         spec = TaskSpec(id="t-1", type="io")
