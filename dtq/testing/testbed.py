@@ -353,6 +353,23 @@ class Testbed:
         if sentinel:
             _tune_sentinel(port)
 
+    @contextlib.contextmanager
+    def demotion_held(self, hello_ms: int = 15_000) -> Iterator[None]:
+        """While inside, the Sentinels leave an old primary writable for 4 x `hello_ms` after
+        they first see its role (their hello period, `SENTINEL DEBUG PUBLISH-PERIOD`), instead
+        of the usual 8 s: for a test that must catch the old primary still accepting writes on
+        a machine too loaded to be sure of 8 s. A failover still spreads at once (the Sentinel
+        that made it announces it without waiting for the period)."""
+        default = 2000
+        for port in self.layout.sentinel_ports:
+            _redis(port).execute_command("SENTINEL", "DEBUG", "PUBLISH-PERIOD", hello_ms)
+        try:
+            yield
+        finally:
+            for port in self.layout.sentinel_ports:
+                with contextlib.suppress(Exception):  # a Sentinel a test stopped
+                    _redis(port).execute_command("SENTINEL", "DEBUG", "PUBLISH-PERIOD", default)
+
     def wait_demoted(self, port: int, timeout_s: float = 120.0) -> None:
         """Until the server on `port` is a replica linked to the current primary."""
         def linked() -> bool:

@@ -164,19 +164,21 @@ def test_a_store_follows_a_sentinel_failover_without_a_restart(
     sentinels: Testbed, store: RedisStore,
 ) -> None:
     _replicated_write(sentinels, store, "before")
-    old, new = sentinels.failover()
-    # The old primary still accepts writes until the Sentinels reconfigure it (about 8 s): a
-    # store still talking to it would write there and lose it when it resyncs.
-    assert _plain(old).info("replication")["role"] == "master"
-    # The store asks the Sentinels again at most every RECHECK_S (0.5 s): a failover that
-    # completes within that much of its last question is learnt at its next one. What is
-    # pinned: once it has learnt it, nothing goes to the old primary, still writable.
-    pool: Any = store.client.connection_pool
-    until("the store to learn the new primary",
-          lambda: (pool._recheck(), pool.proxy.master_address)[1] == ("127.0.0.1", new))
-    store.put_worker(_worker("after"))
-    key = store._k("workers")
-    assert _plain(new).hexists(key, "after") and not _plain(old).hexists(key, "after")
+    with sentinels.demotion_held():
+        old, new = sentinels.failover()
+        # The old primary still accepts writes until the Sentinels reconfigure it: a store
+        # still talking to it would write there and lose it when it resyncs.
+        assert _plain(old).info("replication")["role"] == "master"
+        # The store asks the Sentinels again at most every RECHECK_S (0.5 s): a failover that
+        # completes within that much of its last question is learnt at its next one. What is
+        # pinned: once it has learnt it, nothing goes to the old primary, still writable.
+        pool: Any = store.client.connection_pool
+        until("the store to learn the new primary",
+              lambda: (pool._recheck(), pool.proxy.master_address)[1] == ("127.0.0.1", new))
+        store.put_worker(_worker("after"))
+        key = store._k("workers")
+        assert _plain(new).hexists(key, "after") and not _plain(old).hexists(key, "after")
+        assert _plain(old).info("replication")["role"] == "master"  # it was there to be written
     sentinels.wait_demoted(old)
     store.put_worker(_worker("demoted"))
     assert [w.name for w in store.workers()] == ["after", "before", "demoted"]
@@ -355,8 +357,8 @@ def test_a_cluster_keeps_running_through_a_sentinel_failover(
 ) -> None:
     """Two coordinators and two workers on the shared RabbitMQ, their store behind Sentinels:
     `SENTINEL FAILOVER` in the middle of a stream of tasks. Every node moves to the new primary
-    (long before the Sentinels reconfigure the old one, which drops its clients only then), no
-    node crash-loops (a leader that lost its lease may come back once as a standby), and every
+    (whether before or after the Sentinels reconfigure the old one depends on how loaded the
+    machine is: the test does not pin it), no node crash-loops (a leader that lost its lease may come back once as a standby), and every
     task submitted after the move succeeds.
 
     Not shown, because it does not hold yet: that every task submitted before the failover
@@ -399,7 +401,6 @@ def test_a_cluster_keeps_running_through_a_sentinel_failover(
             return ours(old) == 0 and ours(new) > 1
 
         wait_for(moved, 60, "every node and the subscription on the new primary", sup.poll)
-        assert _plain(old).info("replication")["role"] == "master"  # still, for seconds more
         after = [TaskSpec(id=f"b{i:03d}", type="sleep", payload={"ms": 20}) for i in range(150)]
         submitter.submit(after)
 
