@@ -358,8 +358,8 @@ def test_a_cluster_keeps_running_through_a_sentinel_failover(
     """Two coordinators and two workers on the shared RabbitMQ, their store behind Sentinels:
     `SENTINEL FAILOVER` in the middle of a stream of tasks. Every node moves to the new primary
     (whether before or after the Sentinels reconfigure the old one depends on how loaded the
-    machine is: the test does not pin it), no node crash-loops (a leader that lost its lease may come back once as a standby), and every
-    task submitted after the move succeeds.
+    machine is: the test does not pin it), no node crash-loops (a leader that lost its lease
+    may come back once as a standby), and every task submitted after the move succeeds.
 
     Not shown, because it does not hold yet: that every task submitted before the failover
     succeeds. Writes the old primary acknowledged between the replica's promotion and the
