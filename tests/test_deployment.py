@@ -11,6 +11,8 @@ refuses to start without it).
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +102,15 @@ def test_credentials_and_tls_schemes_pass_through_to_the_clients(
         assert (kwargs["username"], kwargs["password"]) == ("ns-a-user", "s3cret")
     finally:
         store.close()
+
+
+def test_the_command_line_runs_without_the_test_extra() -> None:
+    """The README's first command installs dtq without pytest and runs a scenario: nothing the
+    command line imports may need pytest (the conformance suites load when named)."""
+    code = ("import sys; sys.modules['pytest'] = None; sys.modules['_pytest'] = None\n"
+            "from dtq.cli.main import main\n"
+            "sys.exit(main(['scenario', 'run', 'scenarios/round-robin.toml', '--json']))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert '"ok": true' in done.stdout
