@@ -171,6 +171,11 @@ def _served(name: str, backend: ApiBackend, read_events: Callable[[], list[Event
                       long_ms=long_ms, check=check)
 
 
+def _supervise(sup: Supervisor, stop: threading.Event) -> None:
+    while not stop.wait(0.1):
+        sup.poll()
+
+
 @pytest.fixture(scope="module")
 def api_cluster(rabbitmq_url: str, redis_url: str) -> Iterator[LiveApi]:
     """The API over a real cluster (processes, RabbitMQ, Redis) under a namespace of its own,
@@ -183,15 +188,23 @@ def api_cluster(rabbitmq_url: str, redis_url: str) -> Iterator[LiveApi]:
     store = RedisStore.from_url(redis_url, prefix=ns)
     history = RedisHistory.from_url(redis_url, prefix=ns)
     backend: RabbitBackend | None = None
+    stop = threading.Event()
+    # Supervise as `dtq cluster` does, all along: a node that exits (a leader that could not
+    # renew its lease on a loaded machine steps down and exits, crash-only) comes back while a
+    # test waits for a task, not only when the test next looks.
+    supervising = threading.Thread(target=_supervise, args=(sup, stop), daemon=True)
     try:
         sup.start()
+        supervising.start()
         backend = RabbitBackend(rabbitmq_url, redis_url, ns, name=SUBMITTER)
-        with _served("rabbitmq", backend, history.read_events, long_ms=3000,
-                     check=sup.poll) as api:
+        with _served("rabbitmq", backend, history.read_events, long_ms=3000) as api:
             wait_until(api.has_leader, 30, "a leader")
             wait_until(api.client.ready, 30, "the cluster to be ready (a leader and a worker)")
             yield api
     finally:
+        stop.set()
+        if supervising.is_alive():
+            supervising.join(5)
         if backend is not None:
             backend.close()
         sup.stop_all()
