@@ -22,8 +22,8 @@ import structlog
 
 from dtq.clock import VectorClock
 from dtq.envelope import Envelope, Message
-from dtq.store import ResultItem, ResultWrite, Store, Write
-from dtq.task import TaskResult
+from dtq.store import PutTask, ResultItem, ResultWrite, Store, Write
+from dtq.task import TaskRecord, TaskResult
 
 if TYPE_CHECKING:
     from dtq.tasktypes import TaskActor, TaskInput
@@ -176,7 +176,17 @@ class Context:
 
     @property
     def store(self) -> Store:
+        """The store as it answers now: it does not hold the fenced writes of this node that
+        wait to be applied (`read_task` sees those)."""
         return self._cell.store
+
+    def read_task(self, task_id: str) -> TaskRecord | None:
+        """A task's record as this node last wrote it, or as the store holds it. A runtime
+        applies the writes of a batch of handler runs after the last of them (the process
+        runtime handles what its inbox holds as one batch), so a handler that reads a record
+        an earlier handler of its batch wrote must find it here, not in the store."""
+        rec = self._cell.unapplied.get(task_id)
+        return rec if rec is not None else self._cell.store.get_task(task_id)
 
     @property
     def clock(self) -> VectorClock:
@@ -223,6 +233,8 @@ class Context:
     def write(self, write: Write) -> None:
         """Record a fenced store write, applied (with the others of this run) before any send."""
         self.effects.writes.append(write)
+        if isinstance(write, PutTask):
+            self._cell.unapplied[write.record.id] = write.record
 
     def store_result(
         self, result: TaskResult, *, then: Callable[[ResultWrite], Message],
@@ -301,6 +313,13 @@ class ActorCell:
         self.log: Any = log or structlog.get_logger("dtq").bind(actor=actor.name)
         self._timer_seq = 0
         self.trace = trace
+        self.unapplied: dict[str, TaskRecord] = {}
+        """Records this actor wrote that its runtime has not applied yet (`Context.read_task`);
+        the runtime calls `applied()` once a batch's writes are in the store."""
+
+    def applied(self) -> None:
+        """Every fenced write recorded so far is in the store."""
+        self.unapplied.clear()
 
     def next_timer(self) -> int:
         self._timer_seq += 1

@@ -795,9 +795,10 @@ class Coordinator(Actor):
     def _get(self, task_id: str, ctx: Context) -> TaskRecord | None:
         """The leader holds every unfinished record (it loaded them when it took over and is
         the only writer since) and the finished ones something unfinished depends on; any
-        other id is read from the store (a finished task forgotten, or unknown)."""
+        other id is read from the store (a finished task forgotten, or unknown), through this
+        leader's writes not applied yet (forgotten by an earlier handler of its batch)."""
         rec = self.tasks.get(task_id)
-        return rec if rec is not None else ctx.store.get_task(task_id)
+        return rec if rec is not None else ctx.read_task(task_id)
 
     def _state_of(self, task_id: str, ctx: Context) -> TaskState | None:
         rec = self._get(task_id, ctx)

@@ -57,6 +57,9 @@ STORE = "store"
 CLIENT = "client"
 
 _CODEC = Codec()
+BATCH_MAX = 256
+"""The most handler runs whose effects a node applies together (`Simulation._free`), as the
+process runtime's `RuntimeOptions.batch_max`."""
 
 __all__ = ["BROKER", "CLIENT", "STORE", "NetworkConfig", "SimIO", "SimStore", "Simulation"]
 
@@ -137,7 +140,12 @@ class _Node:
     unacked: dict[int, str] = attrs.field(factory=dict)
     """delivery tag -> queue name"""
     credit: dict[str, int] = attrs.field(factory=dict)
-    backlog: deque[Callable[[], None]] = attrs.field(factory=deque)
+    backlog: deque[tuple[bool, Callable[[], None]]] = attrs.field(factory=deque)
+    """What waits for the node, in order; each call with whether it joins a batch (a delivery,
+    a finished task run) or runs on its own (a timer)."""
+    batch: list[tuple[Effects, int | None]] | None = None
+    """While the node handles what waited: the handler runs whose effects are not applied yet
+    (`Simulation._free`)."""
     cancelled_timers: set[int] = attrs.field(factory=set)
     store_cut: bool = False
     auto_restart: bool = True
@@ -589,9 +597,10 @@ class Simulation:
         if node.incarnation != inc or not node.alive or tag not in node.unacked:
             return
         if node.paused or node.blocked_since is not None:
-            node.backlog.append(lambda: self._deliver(node, inc, tag, env))
+            node.backlog.append((True, lambda: self._deliver(node, inc, tag, env)))
             return
-        if node.busy_until_ms and self._busy(node, lambda: self._deliver(node, inc, tag, env)):
+        if node.busy_until_ms and self._busy(
+                node, True, lambda: self._deliver(node, inc, tag, env)):
             return
         if isinstance(env.body, WireBytes):  # bytes off the wire: decoded as production does
             decoded = decode_delivery(_CODEC, env.body.data, redelivered=env.redelivered)
@@ -632,11 +641,19 @@ class Simulation:
     def _run_handler(
         self, node: _Node, tag: int | None, run: Callable[[ActorCell], Effects],
     ) -> None:
-        """Run a handler, then apply its effects by the one plan (`dtq.effectplan`)."""
+        """Run a handler, then apply its effects by the one plan (`dtq.effectplan`), or, while
+        the node handles what waited, add them to its batch."""
         world = SimEffects(self, node)
         fx = world.handle(run)
+        if fx is not None and node.batch is not None and node.alive:
+            node.batch.append((fx, tag))
+            return  # its store work counts when the batch is applied
         if fx is not None:
-            world.apply(tag, fx)
+            world.apply([(fx, tag)])
+        self._charged(node)
+
+    def _charged(self, node: _Node) -> None:
+        """The node is busy for the store work its handlers were charged."""
         if node.busy_us:
             node.busy_until_ms = self.now_ms + -(-node.busy_us // 1000)
             node.busy_us = 0
@@ -644,7 +661,7 @@ class Simulation:
     def _charge(self, node: _Node, records: int) -> None:
         node.busy_us += records * self.store_read_us
 
-    def _busy(self, node: _Node, call: Callable[[], None]) -> bool:
+    def _busy(self, node: _Node, joins: bool, call: Callable[[], None]) -> bool:
         """While the node is busy, `call` waits its turn (after what waited before it)."""
         if self.now_ms >= node.busy_until_ms and node.backlog and not node.draining:
             self._free(node, node.incarnation)  # what waited goes first
@@ -652,21 +669,38 @@ class Simulation:
             return False
         if not node.backlog:
             self.at(node.busy_until_ms, self._free, node, node.incarnation)
-        node.backlog.append(call)
+        node.backlog.append((joins, call))
         return True
 
     def _free(self, node: _Node, inc: int) -> None:
-        """Handle what waited (for the store, a pause, a busy node) while the node can."""
+        """Handle what waited (for the store, a pause, a busy node) while the node can, as a
+        process handles what its inbox holds: the deliveries and finished task runs as one
+        batch (up to `BATCH_MAX`) whose effects are applied after the last of them, so that
+        its handlers do not find in the store what earlier ones wrote. A timer runs on its
+        own, after the batch so far is applied."""
         if node.incarnation != inc or not node.alive or node.draining:
             return
         node.draining = True
+        node.batch = []
         try:
             while (node.backlog and not node.paused and node.blocked_since is None
                    and self.now_ms >= node.busy_until_ms and node.incarnation == inc
                    and node.alive):
-                node.backlog.popleft()()
+                joins, call = node.backlog[0]
+                if node.batch and (not joins or len(node.batch) >= BATCH_MAX):
+                    self._apply_batch(node, inc)
+                    continue  # the batch may have left the node waiting for the store
+                node.backlog.popleft()
+                if joins:
+                    call()
+                else:
+                    node.batch = None
+                    call()
+                    node.batch = []
         finally:
             node.draining = False
+            self._apply_batch(node, inc)
+            node.batch = None
         if (node.backlog and node.alive and node.incarnation == inc and not node.paused
                 and node.blocked_since is None):
             self.at(node.busy_until_ms, self._free, node, inc)
@@ -674,6 +708,12 @@ class Simulation:
     def _fail(self, node: _Node, reason: str) -> None:
         """Crash-only: an actor that cannot go on exits, and its supervisor restarts it."""
         self.crash(node.name, reason, restart=node.auto_restart)
+
+    def _apply_batch(self, node: _Node, inc: int) -> None:
+        batch, node.batch = node.batch, []
+        if batch and node.incarnation == inc and node.alive:
+            SimEffects(self, node).apply(batch)
+        self._charged(node)
 
     def _retry_apply(self, node: _Node, inc: int, world: SimEffects) -> None:
         """Try again to apply the effects of a node waiting for the store; then handle what
@@ -683,8 +723,7 @@ class Simulation:
         if node.paused:  # frozen: try again later (the wait for the store goes on)
             self.after(self.store_retry_ms, self._retry_apply, node, inc, world)
             return
-        assert world.plan is not None
-        world.plan.run()
+        world.run_plan()
         self._free(node, inc)
 
     def _fire(self, node: _Node, inc: int, timer_id: int, message: Message) -> None:
@@ -694,10 +733,10 @@ class Simulation:
             node.cancelled_timers.discard(timer_id)
             return
         if node.paused or node.blocked_since is not None:
-            node.backlog.append(lambda: self._fire(node, inc, timer_id, message))
+            node.backlog.append((not timer_id, lambda: self._fire(node, inc, timer_id, message)))
             return
         if node.busy_until_ms and self._busy(
-                node, lambda: self._fire(node, inc, timer_id, message)):
+                node, not timer_id, lambda: self._fire(node, inc, timer_id, message)):
             return
         self._run_handler(node, None, lambda cell: cell.fire(message, self.now_ms))
 

@@ -49,9 +49,18 @@ class SimEffects:
         node.clock = cell.clock
         return effects
 
-    def apply(self, tag: int | None, fx: Effects) -> None:
-        self.plan = Plan(self, [(fx, tag)])
-        self.plan.run()
+    def apply(self, batch: Sequence[tuple[Effects, int | None]]) -> None:
+        """Apply the effects of a batch of handler runs (each with its delivery tag)."""
+        self.plan = Plan(self, batch)
+        self.run_plan()
+
+    def run_plan(self) -> None:
+        """Run the plan from where it stopped; once it has run to its end, the node's
+        writes are all in the store."""
+        assert self.plan is not None
+        cell = self.node.cell
+        if self.plan.run() and cell is not None and self.alive():
+            cell.applied()
 
     # the plan's primitives ----------------------------------------------------------------
     def write(self, writes: Sequence[Write], epoch: int) -> object:

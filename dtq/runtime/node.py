@@ -332,8 +332,8 @@ class ProcessRuntime:
     def _apply(self, results: list[tuple[Effects | None, Delivery | None]]) -> None:
         """Apply a batch's effects by the one plan (`dtq.effectplan`)."""
         done = [(fx, d) for fx, d in results if fx is not None]
-        if done and self._exit is None:
-            Plan(_ProcessEffects(self), done).run()
+        if done and self._exit is None and Plan(_ProcessEffects(self), done).run():
+            self.cell.applied()
 
     def _apply_waiting(self, batch: Sequence[Write], epoch: int) -> object:
         """Apply fenced writes; while the store is unreachable, wait and try again (handling
