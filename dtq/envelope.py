@@ -34,6 +34,9 @@ class Envelope:
     epoch: int = 0
     attempt: int = 0
     redelivered: bool = False
+    deliveries: int = 0
+    """How many times the broker delivered this message before and got it back (a quorum
+    queue's `x-delivery-count`); 0 where the broker does not count (classic queues)."""
 
     @property
     def kind(self) -> str:
@@ -182,7 +185,7 @@ class Codec:
         }
         return json.dumps(doc, separators=(",", ":")).encode()
 
-    def decode(self, raw: bytes, *, redelivered: bool = False) -> Envelope:
+    def decode(self, raw: bytes, *, redelivered: bool = False, deliveries: int = 0) -> Envelope:
         try:
             doc: dict[str, Any] = json.loads(raw)
             body = self._conv.structure(doc["body"], self._lookup(doc["kind"]))
@@ -190,7 +193,7 @@ class Codec:
                 id=str(doc["id"]), sender=str(doc["sender"]), target=str(doc["target"]),
                 body=body, clock=VectorClock.of(doc.get("clock") or {}),
                 epoch=int(doc.get("epoch", 0)), attempt=int(doc.get("attempt", 0)),
-                redelivered=redelivered,
+                redelivered=redelivered, deliveries=deliveries,
             )
         except DecodeError:
             raise

@@ -101,10 +101,12 @@ class Forged:
     """The real task it lies about (a kind in `NAMES_A_TASK`)."""
 
 
-def decode_delivery(codec: Codec, raw: bytes, *, redelivered: bool) -> Envelope | DeadLetter:
+def decode_delivery(
+    codec: Codec, raw: bytes, *, redelivered: bool, deliveries: int = 0,
+) -> Envelope | DeadLetter:
     """The envelope in a delivery's bytes, or why it goes to the dead queue."""
     try:
-        return codec.decode(raw, redelivered=redelivered)
+        return codec.decode(raw, redelivered=redelivered, deliveries=deliveries)
     except DecodeError as exc:
         return DeadLetter(reason=str(exc)[:200], size=len(raw))
 

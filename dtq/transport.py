@@ -32,6 +32,12 @@ from dtq.envelope import COORDINATOR_QUEUE, WORK_QUEUE
 DEAD_QUEUE = "dead"
 FAILURES_HEADER = "x-dtq-failures"
 """Header counting how often handlers failed on a message (poison messages are dead-lettered)."""
+QUORUM_DELIVERY_LIMIT = 5
+"""A quorum namespace's delivery limit: a message its consumers gave back (went away holding
+it) this many times is delivered once more, and dead-lettered if given back again. A worker
+hands a dispatch on that last delivery back to the leader instead of running it
+(`Worker.on_dispatch`): a task that kills its workers cannot crash-loop them for ever, and its
+attempt fails instead of its dispatch vanishing into the dead queue."""
 BUNDLE_HEADER = "x-dtq-bundle"
 """Header of a broker message that carries this many messages, one per line."""
 
@@ -49,6 +55,9 @@ class Delivery:
     priority: int = 0
     parts: int = 1
     """How many messages came in the same broker message as this one (see BUNDLE_HEADER)."""
+    deliveries: int = 0
+    """How many times the broker delivered this message before and got it back, where it
+    counts (RabbitMQ's quorum queues: `x-delivery-count`); else 0."""
 
 
 @attrs.frozen(kw_only=True)

@@ -43,6 +43,7 @@ from dtq.errors import StoreUnavailable, ValidationError
 from dtq.store import LEADER_LEASE, ResultWrite, WorkerInfo
 from dtq.task import TaskResult, TaskSpec, check_spec, check_task_type
 from dtq.tasktypes import Executed, TaskActor, TaskInput
+from dtq.transport import QUORUM_DELIVERY_LIMIT
 
 MAX_RESULT_BYTES = 1024 * 1024
 LOGGED_TRACEBACK_CHARS = 3000
@@ -273,6 +274,10 @@ class Worker(Actor):
             ctx.record("already_done", task=spec.id, attempt=attempt, msg=_msg_id(ctx))
             self._report(stored, ctx, token=msg.token)
             return
+        deliveries = ctx.envelope.deliveries if ctx.envelope is not None else 0
+        if deliveries >= QUORUM_DELIVERY_LIMIT:
+            self._hand_back(spec.id, attempt, deliveries, ctx, msg.token)
+            return
         if spec.type not in self.task_types:
             self._fail(spec.id, attempt, f"unknown task type {spec.type!r} on {self.name}", ctx,
                        token=msg.token)
@@ -281,6 +286,20 @@ class Worker(Actor):
                                      reply_to=msg.reply_to, token=msg.token)
         self.waiting[ref].add(ctx)
         self._try_start(ref, ctx)
+
+    def _hand_back(
+        self, task_id: str, attempt: int, deliveries: int, ctx: Context, token: str,
+    ) -> None:
+        """A dispatch the broker got back from its workers `deliveries` times (they went away
+        holding it: a task that kills its worker, a crash loop) is on its last delivery before
+        the broker dead-letters it: this attempt fails, reported to the leader, which retries
+        it within the task's attempts or fails it with the reason, rather than run it again."""
+        error = (f"its dispatch came back {deliveries} times without an answer (the workers "
+                 "that took it went away)")
+        ctx.record("dispatch_handed_back", task=task_id, attempt=attempt, deliveries=deliveries)
+        ctx.log.warning("a dispatch given back too often is handed back to the leader",
+                        task=task_id, attempt=attempt, deliveries=deliveries)
+        self._fail(task_id, attempt, error, ctx, token=token)
 
     def _learn_token(self, ref: str, token: str) -> None:
         """A copy of a dispatch this worker holds brings the task's token the first copy lacked

@@ -3,13 +3,15 @@
 `require_service(name, check)` is that rule in one place; `redis_url` uses it for Redis.
 `backend` runs a behavioural test once per backend ("memory", the simulator; "rabbitmq", real
 processes over RabbitMQ and Redis, which it requires); `run` runs a scenario file on it, and
-`api_on` serves the REST API on it (`tests.api.test_api_kit`).
+`api_on` serves the REST API on it (`tests.api.test_api_kit`). `real_namespace` is a fresh
+namespace on the real services, deleted after the test.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
@@ -87,3 +89,21 @@ def backend(request: pytest.FixtureRequest) -> str:
 def run(backend: str) -> Run:
     """Runs `scenarios/NAME` on the backend."""
     return runner_for(backend)
+
+
+REAL_NODES = ["coordinator-1", "worker-1", "client"]
+"""The actors whose mailboxes `real_namespace` deletes: the tests using it start these."""
+
+
+@pytest.fixture
+def real_namespace(rabbitmq_url: str, redis_url: str) -> Iterator[str]:
+    """A namespace of its own on RabbitMQ and Redis; its queues and keys are deleted after."""
+    from transports.rabbitmq import delete_namespace
+    from transports.redis import RedisStore
+
+    ns = f"test-{uuid.uuid4().hex[:8]}"
+    yield ns
+    store = RedisStore.from_url(redis_url, prefix=ns)
+    store.delete_all()
+    store.close()
+    delete_namespace(rabbitmq_url, ns, REAL_NODES)

@@ -43,7 +43,15 @@ import structlog
 from dtq.actor import Actor, ActorCell, DeliveryRef, Effects
 from dtq.causal import check_deps
 from dtq.clock import VectorClock
-from dtq.envelope import COORDINATOR_QUEUE, Codec, Dispatch, Envelope, Message, Submit
+from dtq.envelope import (
+    COORDINATOR_QUEUE,
+    WORK_QUEUE,
+    Codec,
+    Dispatch,
+    Envelope,
+    Message,
+    Submit,
+)
 from dtq.history import History
 from dtq.poison import INTRUDER, DeadLetter, WireBytes, decode_delivery
 from dtq.store import Store
@@ -219,6 +227,11 @@ class Simulation:
         self.store_wait_ms = 10_000
         self.store_read_us = 0
         """Virtual time a store read costs per record it returns (0: reads are free)."""
+        self.delivery_limit: int | None = None
+        """The work queue counts what its consumers give back and dead-letters a dispatch given
+        back more often than this, as a quorum queue does (`QUORUM_DELIVERY_LIMIT`); None: it
+        counts nothing, as a classic queue. (Only the work queue: it is where dtq acts on the
+        count.)"""
         self.trace = trace
         self.now_ms = 0
         self.store = store or SimStore()
@@ -545,6 +558,13 @@ class Simulation:
         that arrived after it (RabbitMQ requeues to the original position or nearer the head)."""
         env = self._inflight.pop(tag, None)
         position = self._positions.pop(tag, None)
+        if env is not None and self.delivery_limit is not None and qname == WORK_QUEUE:
+            if env.deliveries >= self.delivery_limit:
+                self.history.record(BROKER, "dead_lettered", VectorClock(), {
+                    "reason": f"given back {env.deliveries + 1} times (delivery limit)",
+                    "msg": env.id, "kind": env.kind})
+                return
+            env = attrs.evolve(env, deliveries=env.deliveries + 1)
         if env is not None:
             self.after(0, self._enqueue, env, True, position)
 
@@ -603,7 +623,8 @@ class Simulation:
                 node, True, lambda: self._deliver(node, inc, tag, env)):
             return
         if isinstance(env.body, WireBytes):  # bytes off the wire: decoded as production does
-            decoded = decode_delivery(_CODEC, env.body.data, redelivered=env.redelivered)
+            decoded = decode_delivery(_CODEC, env.body.data, redelivered=env.redelivered,
+                                      deliveries=env.deliveries)
             if isinstance(decoded, DeadLetter):
                 self.history.record(node.name, "dead_lettered", node.clock, decoded.record)
                 self._ack(node, tag)

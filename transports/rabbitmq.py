@@ -82,6 +82,7 @@ from dtq.errors import ConnectionLost
 from dtq.transport import (
     BUNDLE_HEADER,
     DEAD_QUEUE,
+    QUORUM_DELIVERY_LIMIT,
     Delivery,
     Outgoing,
     queue_name,
@@ -89,6 +90,17 @@ from dtq.transport import (
 from transports.bundles import bundled
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+
+DELIVERY_COUNT_HEADER = "x-delivery-count"
+"""The header a quorum queue puts on a message it delivers again: how often it got it back."""
+
+
+def _count(value: object) -> int:
+    """A delivery count from a header (any value: headers are untrusted): 0 unless an int."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return int(value)  # (pika hands its own `long`, an int)
+    return 0
+
 
 QUORUM_ENV = "DTQ_QUORUM"
 """Set (to anything but "", "0", "false") in every process of a namespace on clustered RabbitMQ:
@@ -229,7 +241,8 @@ class RabbitTransport:
 
     def __init__(
         self, url: str = DEFAULT_URL, *, namespace: str = "dtq", quorum: bool | None = None,
-        delivery_limit: int = 5, heartbeat_s: int = HEARTBEAT_S, name: str = "dtq",
+        delivery_limit: int = QUORUM_DELIVERY_LIMIT, heartbeat_s: int = HEARTBEAT_S,
+        name: str = "dtq",
         on_delivery: Callable[[Delivery], None] | None = None, log: Any = None,
         work_bundle: int = 1,
     ) -> None:
@@ -498,11 +511,12 @@ class RabbitTransport:
             headers[BUNDLE_HEADER], parts = count, [body]
         if len(parts) > 1:
             self._open_bundles[tag] = len(parts)
+        deliveries = _count(headers.get(DELIVERY_COUNT_HEADER))
         for part in parts:
             self.on_delivery(Delivery(
                 generation=self.generation, tag=tag, queue=queue, body=part,
                 redelivered=bool(method.redelivered), headers=headers,
-                priority=props.priority or 0, parts=len(parts)))
+                priority=props.priority or 0, parts=len(parts), deliveries=deliveries))
 
     def ack(self, delivery: Delivery, *, multiple: bool = False) -> None:
         if delivery.parts > 1 and multiple:

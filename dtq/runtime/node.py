@@ -263,7 +263,8 @@ class ProcessRuntime:
         return None, None
 
     def _handle_delivery(self, d: Delivery) -> Effects | None:
-        env = decode_delivery(self.codec, d.body, redelivered=d.redelivered)
+        env = decode_delivery(self.codec, d.body, redelivered=d.redelivered,
+                              deliveries=d.deliveries)
         if isinstance(env, DeadLetter):
             self.log.error("dead-lettering an undecodable message", queue=d.queue,
                            error=env.reason, size=env.size)

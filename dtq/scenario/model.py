@@ -47,6 +47,11 @@ class ClusterSpec:
     detector_timeout_ms: int = 5000
     heartbeat_ms: int = 1000
     task_modules: tuple[str, ...] = ()
+    quorum: bool = False
+    """Quorum queues: the broker counts what consumers give back and dead-letters a message
+    given back too often (`dtq.transport.QUORUM_DELIVERY_LIMIT`); workers hand such a dispatch
+    back to the leader on its last delivery. On rabbitmq: the namespace's queues are quorum
+    queues. In the simulator: the work queue counts."""
 
 
 @attrs.frozen(kw_only=True)
@@ -118,7 +123,7 @@ NETWORK_KEYS = {"delay_ms": int, "jitter_ms": int, "drop": float, "duplicate": f
                 "broker_heartbeat_ms": int, "stale_read": float, "early_dispatch": float}
 CLUSTER_KEYS = {"coordinators": int, "workers": int, "worker_prefetch": int,
                 "lease_ttl_ms": int, "detector_timeout_ms": int, "heartbeat_ms": int,
-                "tasks": list}
+                "tasks": list, "quorum": bool}
 TASK_KEYS = {"id": str, "type": str, "payload": object, "deps": list, "max_attempts": int,
              "timeout_ms": int, "priority": int, "idempotency_key": str}
 WORKLOAD_KEYS = {"count": int, "interval_ms": int, "start_ms": int, "tasks": list,

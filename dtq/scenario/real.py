@@ -212,7 +212,8 @@ class RealRun:
         wait_for(lambda: self.store.lease(LEADER_LEASE) is not None, 60, "a leader", self._watch)
         wait_for(self._workers_started, 60, "the workers", self._watch)
         self.submitter = Submitter(self.broker, namespace=self.namespace,
-                                   record=self.history.record)
+                                   record=self.history.record,
+                                   quorum=self.scenario.cluster.quorum)
 
     def _play_until(self, done: Callable[[], bool], until_ms: int, what: str) -> None:
         """Play the timeline until `done()` holds or the run reaches `until_ms`. A fault that
@@ -226,7 +227,7 @@ class RealRun:
         common: dict[str, Any] = {"namespace": self.namespace, "history": True,
                                   "lease_ttl_ms": c.lease_ttl_ms, "task_modules": c.task_modules,
                                   "detector_timeout_ms": c.detector_timeout_ms,
-                                  "heartbeat_ms": c.heartbeat_ms,
+                                  "heartbeat_ms": c.heartbeat_ms, "quorum": c.quorum,
                                   # the history tells what nodes did; their logs would drown
                                   # the progress line (DTQ_LOG_LEVEL=warning shows them)
                                   "log_level": os.environ.get("DTQ_LOG_LEVEL") or "error"}

@@ -25,6 +25,7 @@ from dtq.scenario.model import TARGET_ROLES, FaultSpec, Scenario, finished_recor
 from dtq.scenario.summary import summarize
 from dtq.scenario.workload import plan, workload_problem
 from dtq.tasktypes import load_task_types
+from dtq.transport import QUORUM_DELIVERY_LIMIT
 from dtq.worker import Worker
 from transports.memory import BROKER, CrashPoints, NetworkConfig, SimStore, Simulation
 
@@ -83,6 +84,7 @@ def build_simulation(
     crash_points = CrashPoints.from_mapping(scenario.crash_points)
     sim = Simulation(seed, network=net, crash_points=crash_points, trace=trace, store=store)
     sim.store_read_us = scenario.store.read_us_per_record
+    sim.delivery_limit = QUORUM_DELIVERY_LIMIT if scenario.cluster.quorum else None
     for rec in finished_records(scenario.store.finished_records):
         sim.store.put_record(rec)
     types = load_task_types(scenario.cluster.task_modules)

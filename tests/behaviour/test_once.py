@@ -7,8 +7,6 @@ once-effect recorded done never runs again. The simulator crashes nodes at the t
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +22,6 @@ from dtq.task import TaskSpec, TaskState
 from dtq.taskrun import CRASH_POINTS
 from tests.simkit import events, make_sim, run_until_done, spec
 from transports.memory import CrashPoints, SimStore, Simulation
-from transports.rabbitmq import delete_namespace
 from transports.redis import RedisHistory, RedisStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,16 +132,6 @@ def test_the_once_window_scenario_catches_a_broken_once(
 
 # -- real processes --------------------------------------------------------------------------
 
-@pytest.fixture
-def namespace(rabbitmq_url: str, redis_url: str) -> Iterator[str]:
-    ns = f"test-once-{uuid.uuid4().hex[:8]}"
-    yield ns
-    store = RedisStore.from_url(redis_url, prefix=ns)
-    store.delete_all()
-    store.close()
-    delete_namespace(rabbitmq_url, ns, ["coordinator-1", "worker-1", "client"])
-
-
 def _key_events(history: list[Event], key: str, kind: str) -> list[Event]:
     return [e for e in history if e.kind == kind and e.data.get("key") == key]
 
@@ -157,7 +144,7 @@ def _key_events(history: list[Event], key: str, kind: str) -> list[Event]:
     ("after_results", [False], [False], 0),
 ])
 def test_a_worker_killed_inside_the_once_window_still_writes(
-    point: str, begun: list[bool], ran: list[bool], skipped: int, namespace: str,
+    point: str, begun: list[bool], ran: list[bool], skipped: int, real_namespace: str,
     rabbitmq_url: str, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The worker SIGKILLs itself at `point` the first time (DTQ_CRASH_AT, with a flag file);
@@ -168,15 +155,15 @@ def test_a_worker_killed_inside_the_once_window_still_writes(
     write, it finds the result stored and runs nothing. The task succeeds with its file."""
     flag = tmp_path / "crashed"
     monkeypatch.setenv("DTQ_CRASH_AT", f"{point}@{flag}")
-    common = {"broker_url": rabbitmq_url, "store_url": redis_url, "namespace": namespace,
+    common = {"broker_url": rabbitmq_url, "store_url": redis_url, "namespace": real_namespace,
               "history": True, "log_level": "warning", "io_root": str(tmp_path / "io")}
     # One task at a time: the broker's redelivery and the leader's new attempt then run one
     # after the other, so the later finds the earlier's markers and the sequences below are
     # exact. At the default concurrency both may run at once, each beginning in doubt.
     sup = Supervisor([NodeConfig(role="coordinator", name="coordinator-1", **common),
                       NodeConfig(role="worker", name="worker-1", concurrency=1, **common)])
-    store = RedisStore.from_url(redis_url, prefix=namespace)
-    submitter = Submitter(rabbitmq_url, namespace=namespace)
+    store = RedisStore.from_url(redis_url, prefix=real_namespace)
+    submitter = Submitter(rabbitmq_url, namespace=real_namespace)
     sup.start()
     try:
         wait_for(lambda: store.lease("coordinator") is not None, 30, "a leader", sup.poll)
@@ -192,7 +179,7 @@ def test_a_worker_killed_inside_the_once_window_still_writes(
         assert rec is not None and rec.state is TaskState.SUCCEEDED, rec
         assert flag.exists()  # the worker did die at the point
         assert (tmp_path / "io" / "out.txt").read_bytes() == b"hello"
-        history = RedisHistory.from_url(redis_url, prefix=namespace).read_events()
+        history = RedisHistory.from_url(redis_url, prefix=real_namespace).read_events()
         key = "w1:write:out.txt"
         assert [e.data["in_doubt"] for e in _key_events(history, key, "once_begin")] == begun
         assert [e.data["in_doubt"] for e in _key_events(history, key, "side_effect")] == ran
