@@ -383,9 +383,7 @@ class Coordinator(Actor):
             if task_id in gone or rec is None or rec.state is not S.RUNNING \
                     or rec.worker != msg.worker or not self._acting(ctx):
                 continue
-            ctx.record("reassigned", task=task_id, attempt=rec.attempt + 1,
-                       worker=msg.worker, reason="forgotten by its worker")
-            self._reassign(rec, msg.worker, ctx)
+            self._reassign(rec, msg.worker, ctx, "forgotten by its worker")
 
     @receive(DetectorTick)
     def on_detector_tick(self, msg: DetectorTick, ctx: Context) -> None:
@@ -399,9 +397,7 @@ class Coordinator(Actor):
                 rec = self.tasks.get(task_id)
                 if rec is not None and rec.state in (S.DISPATCHED, S.RUNNING) \
                         and rec.worker == worker:
-                    ctx.record("reassigned", task=rec.id, attempt=rec.attempt + 1,
-                               worker=worker, reason="worker suspected")
-                    self._reassign(rec, worker, ctx)
+                    self._reassign(rec, worker, ctx, "worker suspected")
             self._hand_on_held(worker, ctx)
 
     def _hand_on_held(self, worker: str, ctx: Context) -> None:
@@ -413,17 +409,28 @@ class Coordinator(Actor):
             task_id, _, attempt = ref.rpartition("#")
             rec = self.tasks.get(task_id)
             if rec is not None and rec.state is S.DISPATCHED and rec.attempt == int(attempt):
-                ctx.record("reassigned", task=rec.id, attempt=rec.attempt + 1,
-                           worker=worker, reason="held by a suspected worker")
-                self._reassign(rec, worker, ctx)
+                self._reassign(rec, worker, ctx, "held by a suspected worker")
 
-    def _reassign(self, rec: TaskRecord, worker: str, ctx: Context) -> None:
-        """Hand a lost task to another worker as a new attempt (a late result loses)."""
+    def _reassign(self, rec: TaskRecord, worker: str, ctx: Context, reason: str) -> None:
+        """Hand a lost task to another worker as a new attempt (a late result loses). Not one
+        whose result is stored: it ended, and its report is on its way (a worker sends it
+        after the result write, and acks its dispatch only once it is sent), perhaps behind
+        the heartbeat or the silence that made it look lost (after a takeover, say, the
+        heartbeat that said it finished went to the leader before)."""
+        if self._result_stored(rec, ctx):
+            ctx.record("reassign_skipped", task=rec.id, attempt=rec.attempt, worker=worker,
+                       reason=reason)
+            return
+        ctx.record("reassigned", task=rec.id, attempt=rec.attempt + 1, worker=worker,
+                   reason=reason)
         if rec.attempt >= rec.spec.max_attempts:
             self._fail(rec, f"worker {worker} lost the task on its last attempt "
                        f"({rec.attempt})", ctx)
             return
         self._dispatch(rec, ctx)
+
+    def _result_stored(self, rec: TaskRecord, ctx: Context) -> bool:
+        return ctx.store.get_result(rec.id) is not None
 
     # --- submissions ------------------------------------------------------------------------
 

@@ -205,10 +205,7 @@ def sweep(coord: Coordinator, msg: RecoverySweep, ctx: Context) -> None:
     if rec is None or rec.state not in IN_FLIGHT or rec.attempt != msg.attempt \
             or not coord._acting(ctx):
         return
-    worker = rec.worker or "unknown"
-    ctx.record("reassigned", task=rec.id, attempt=rec.attempt + 1, worker=worker,
-               reason=msg.reason)
-    coord._reassign(rec, worker, ctx)
+    coord._reassign(rec, rec.worker or "unknown", ctx, msg.reason)
 
 
 def write_refused(coord: Coordinator, ctx: Context, unapplied: tuple[Write, ...] = ()) -> None:
