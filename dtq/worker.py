@@ -247,6 +247,10 @@ class Worker(Actor):
         epoch = ctx.envelope.epoch if ctx.envelope else 0
         if self.debug:
             ctx.log.debug("task received", task=spec.id, attempt=attempt, type=spec.type)
+        deliveries = ctx.envelope.deliveries if ctx.envelope is not None else 0
+        if deliveries >= QUORUM_DELIVERY_LIMIT and f"{spec.id}#{attempt}" not in self.running:
+            self._hand_back(spec.id, attempt, deliveries, ctx, msg.token)  # reads no store
+            return
         if epoch != self.epoch and not self._epoch_current(msg, epoch, ctx):
             return
         invalid = self._invalid(spec)
@@ -274,10 +278,6 @@ class Worker(Actor):
             ctx.record("already_done", task=spec.id, attempt=attempt, msg=_msg_id(ctx))
             self._report(stored, ctx, token=msg.token)
             return
-        deliveries = ctx.envelope.deliveries if ctx.envelope is not None else 0
-        if deliveries >= QUORUM_DELIVERY_LIMIT:
-            self._hand_back(spec.id, attempt, deliveries, ctx, msg.token)
-            return
         if spec.type not in self.task_types:
             self._fail(spec.id, attempt, f"unknown task type {spec.type!r} on {self.name}", ctx,
                        token=msg.token)
@@ -293,7 +293,9 @@ class Worker(Actor):
         """A dispatch the broker got back from its workers `deliveries` times (they went away
         holding it: a task that kills its worker, a crash loop) is on its last delivery before
         the broker dead-letters it: this attempt fails, reported to the leader, which retries
-        it within the task's attempts or fails it with the reason, rather than run it again."""
+        it within the task's attempts or fails it with the reason, rather than run it again.
+        Nothing here reads the store: a worker that crashes on an unreachable store (each crash
+        gives back what it held) comes here too, before its next read."""
         error = (f"its dispatch came back {deliveries} times without an answer (the workers "
                  "that took it went away)")
         ctx.record("dispatch_handed_back", task=task_id, attempt=attempt, deliveries=deliveries)

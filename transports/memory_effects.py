@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from dtq.actor import ActorCell, DeliveryRef, Effects, Execution, Timer
 from dtq.effectplan import Plan
 from dtq.envelope import Envelope, Message
@@ -113,8 +115,9 @@ class SimEffects:
         for env in sends:
             sim._publish(env)
         for tag, delay_ms in defers:
-            if tag in sim._inflight:
-                sim.after(delay_ms, sim._enqueue, sim._inflight[tag], True)
+            if tag in sim._inflight:  # a copy: a new message, which the broker counts anew
+                copy = attrs.evolve(sim._inflight[tag], deliveries=0)
+                sim.after(delay_ms, sim._enqueue, copy, True)
 
     def resolve(self, ref: DeliveryRef) -> int:
         return ref.token

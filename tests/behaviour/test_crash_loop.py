@@ -23,9 +23,12 @@ from dtq.client.submitter import Submitter
 from dtq.envelope import WORK_QUEUE
 from dtq.history import Event
 from dtq.runtime.process import NodeConfig, Supervisor
+from dtq.scenario.model import load
 from dtq.scenario.real import wait_for
+from dtq.scenario.sim import run_memory
 from dtq.task import TaskRecord, TaskSpec, TaskState
 from dtq.transport import QUORUM_DELIVERY_LIMIT, queue_name
+from tests.scenariokit import ROOT, held
 from tests.simkit import events, make_sim, run_until_done
 from transports.redis import RedisHistory, RedisStore
 
@@ -81,15 +84,25 @@ def test_a_dispatch_on_its_last_delivery_is_handed_back_on_rabbitmq(
             return rec is not None and rec.state is TaskState.DISPATCHED
 
         wait_for(dispatched, 60, "the dispatch", leader.poll)
-        ch, work = conn.channel(), queue_name(real_namespace, WORK_QUEUE)
+        work, channel = queue_name(real_namespace, WORK_QUEUE), [conn.channel()]
+
+        def take() -> Any:
+            """The next message of the work queue, if any (the leader may have persisted the
+            dispatch and not yet declared the queue: a 404 closes the channel)."""
+            try:
+                return channel[0].basic_get(work)
+            except pika.exceptions.ChannelClosedByBroker:
+                channel[0] = conn.channel()
+                return None, None, None
+
         counts = []
         for _ in range(QUORUM_DELIVERY_LIMIT):  # taken and given back, as by a dying worker
             got: list[Any] = []
-            wait_for(lambda got=got: got.append(ch.basic_get(work)) or got[-1][0] is not None,
+            wait_for(lambda got=got: got.append(take()) or got[-1][0] is not None,
                      60, "the dispatch in the work queue", leader.poll)
             method, props, _ = got[-1]
             counts.append((props.headers or {}).get("x-delivery-count"))
-            ch.basic_nack(method.delivery_tag, requeue=True)
+            channel[0].basic_nack(method.delivery_tag, requeue=True)
         assert counts == list(range(QUORUM_DELIVERY_LIMIT))
         workers.start()
 
@@ -108,3 +121,17 @@ def test_a_dispatch_on_its_last_delivery_is_handed_back_on_rabbitmq(
         workers.stop_all()
         leader.stop_all()
         store.close()
+
+
+def test_workers_crash_looping_on_an_unreachable_store_hand_dispatches_back() -> None:
+    """scenarios/testbed-faults.toml on the simulator: while the store is out of reach, workers
+    crash on their first store read of each dispatch, and each crash gives back what they
+    held. The hand-back comes before any store read, so a dispatch given back five times goes
+    back to the leader instead of to the dead queue (before, a task stayed dispatched until a
+    takeover's sweep, 60 s on)."""
+    result = run_memory(load(ROOT / "scenarios" / "testbed-faults.toml"))
+    s = held(result)
+    assert s["tasks"]["succeeded"] == 900
+    assert [e for e in result.events if e.kind == "dispatch_handed_back"]
+    assert not [e for e in result.events if e.kind == "dead_lettered"]
+    assert not [e for e in result.events if e.kind == "reassigned"]
