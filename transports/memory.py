@@ -445,6 +445,19 @@ class Simulation:
     def heal(self) -> None:
         self.partitions.clear()
         self.history.record("sim", "heal", VectorClock(), {})
+        self._healed()
+
+    def unpartition(self, side_a: Iterable[str], side_b: Iterable[str]) -> None:
+        """Remove one partition made by `partition(side_a, side_b)`; the others stay."""
+        a, b = frozenset(side_a), frozenset(side_b)
+        if (a, b) in self.partitions:
+            self.partitions.remove((a, b))
+        self.history.record("sim", "unpartition", VectorClock(),
+                            {"a": sorted(a), "b": sorted(b)})
+        self._healed()
+
+    def _healed(self) -> None:
+        """After a partition is removed: nodes reconnect, held publishes go out."""
         for node in self.nodes.values():
             if not node.paused:
                 self._reconnect(node)

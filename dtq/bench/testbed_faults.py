@@ -36,7 +36,6 @@ import contextlib
 import functools
 import json
 import random
-import re
 import tempfile
 import threading
 import time
@@ -136,8 +135,7 @@ class _Run:
         self.recover_timeout_s, self.drain_s = recover_timeout_s, drain_s
         self.ns = f"bench-tbfault-{uuid.uuid4().hex[:8]}"
         self.broker = ",".join(bed.layout.broker_urls)
-        base = bed.layout.store_url
-        self.store_url = base + ("&" if "?" in base else "?") + "wait_replicas=1&wait_ms=1000"
+        self.store_url = bed.layout.durable_store_url
         self.history = RedisHistory.from_url(history_url, prefix=self.ns, buffer_size=64)
         self.history_url = history_url
         self.store = RedisStore.from_url(self.store_url, prefix=self.ns)
@@ -281,19 +279,12 @@ class _Run:
         return lease.holder, lease.epoch
 
     def _broker_node(self, actor: str) -> int:
-        """The index of the RabbitMQ node `actor`'s connection is on, by the server port of
-        the connection named so (every node lists the cluster's connections)."""
-        wanted = connection_name(self.ns, actor)
-        ports = {p: i for i, p in enumerate(self.bed.layout.amqp_ports)}
-        listing = self.bed.ctl(0, "-q", "--no-table-headers", "list_connections",
-                               "client_properties", "port")
-        for line in listing.splitlines():
-            props, _, port = line.rpartition("\t")
-            found = re.search(r'"connection_name","([^"]*)"', props)
-            if found and found.group(1) == wanted and port.strip().isdigit() \
-                    and int(port) in ports:
-                return ports[int(port)]
-        raise BenchError(f"no connection named {wanted} on the broker")
+        """The index of the RabbitMQ node `actor`'s connection is on."""
+        i = self.bed.broker_node_of(connection_name(self.ns, actor))
+        if i is None:
+            raise BenchError(f"no connection named {connection_name(self.ns, actor)} on the "
+                             "broker")
+        return i
 
     def _kill_leader_rabbit(self, fault: _Fault) -> None:
         leader, epoch = self._leader()

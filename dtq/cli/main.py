@@ -8,11 +8,11 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from dtq.errors import ConfigurationError, DtqError
+from dtq.errors import ConfigurationError, DtqError, ScenarioError
 from dtq.runtime.process import (
     DEFAULT_CONCURRENCY,
     DEFAULT_DISPATCH_BUNDLE,
@@ -21,6 +21,9 @@ from dtq.runtime.process import (
     EXIT_CONFIG,
 )
 from transports.registry import backend_names
+
+if TYPE_CHECKING:
+    from dtq.testing.testbed import Testbed
 
 EPILOG_SCENARIO = """examples:
   dtq scenario run scenarios/round-robin.toml
@@ -62,8 +65,12 @@ or a fault cannot be played on the chosen backend.""",
 On rabbitmq every node reaches RabbitMQ and Redis through its own two fault proxies on a
 Toxiproxy-compatible server started in-process, or the one at $TOXIPROXY_URL when set
 (docker compose's Toxiproxy, for instance). $DTQ_BROKER_URL and $DTQ_STORE_URL name the
-services. A simulator run is deterministic: the same seed gives the same history digest.
-See scenarios/README.md for the file format and what each backend can play.""",
+services. With --testbed DIR (a testbed `dtq testbed up --dir DIR` started) the nodes run on
+the local cluster testbed instead, with no proxies: every broker address, the Sentinel URL,
+quorum queues, and the services' own faults (kill_broker_node, restart_broker_node,
+redis_failover, kill_redis_primary). A simulator run is deterministic: the same seed gives the
+same history digest. See scenarios/README.md for the file format and what each backend can
+play (`dtq scenario faults`).""",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("file", help="scenario file (TOML)")
     run.add_argument("--transport", choices=backend_names(), default="memory",
@@ -75,6 +82,12 @@ See scenarios/README.md for the file format and what each backend can play.""",
     run.add_argument("--json", action="store_true",
                      help="print one JSON summary object only (no progress, no table)")
     run.add_argument("--report", metavar="OUT.html", help="write an HTML space-time report")
+    run.add_argument("--testbed", metavar="DIR", type=Path, default=None,
+                     help="with --transport rabbitmq: run on the local cluster testbed recorded "
+                     "in DIR (`dtq testbed up --dir DIR`), its faults included")
+    run.add_argument("--history-url", default=None, metavar="URL",
+                     help="with --testbed: the Redis the run's history goes to, outside the "
+                     "testbed (default redis://127.0.0.1:6379/0)")
     run.set_defaults(func=_scenario_run)
     ex = ssub.add_parser("explore", help="run scenarios over many seeds (memory backend)",
                          description="Run each scenario over a range of seeds on the simulator;"
@@ -100,6 +113,18 @@ See scenarios/README.md for the file format and what each backend can play.""",
     faults.set_defaults(func=_scenario_faults)
 
 
+def _testbed(directory: Path | None) -> Testbed | None:
+    if directory is None:
+        return None
+    from dtq.testing.testbed import Testbed
+
+    bed = Testbed.load(directory)
+    if bed is None or not bed.rabbit_ready():
+        raise ScenarioError(f"no running testbed with RabbitMQ in {directory}: start one with "
+                            f"`dtq testbed up --dir {directory}`")
+    return bed
+
+
 def _scenario_run(args: argparse.Namespace) -> int:
     from dtq.report import transcript as report
     from dtq.scenario.model import load
@@ -108,8 +133,11 @@ def _scenario_run(args: argparse.Namespace) -> int:
     from dtq.scenario.summary import summary_table
 
     scenario = load(args.file)
+    if args.testbed is not None and args.transport != "rabbitmq":
+        raise ScenarioError("--testbed runs real processes: it needs --transport rabbitmq")
     if args.transport == "rabbitmq":
-        result = run_real(scenario, seed=args.seed, live=not args.json)
+        result = run_real(scenario, seed=args.seed, live=not args.json,
+                          testbed=_testbed(args.testbed), history_url=args.history_url)
     else:
         result = run_memory(scenario, args.seed, trace=bool(args.report))
     if args.report:

@@ -30,7 +30,10 @@ Undo = Callable[[], None] | None
 Refusal = Callable[["FaultSpec"], str | None]
 """Why a backend cannot play a fault (a sentence), or None when it can."""
 
-BACKENDS = ("memory", "rabbitmq")
+BACKENDS = ("memory", "rabbitmq", "testbed")
+"""Where a scenario can run: the simulator; real processes over one RabbitMQ and one Redis,
+each node behind fault proxies; real processes on the local cluster testbed (`dtq testbed`:
+three RabbitMQ nodes, a Redis primary with a replica behind Sentinels), reached directly."""
 LINKS = (BROKER, STORE)
 RESET_MS = 1000
 """How long a `reset_peer` without `duration` keeps resetting the target's connections."""
@@ -41,7 +44,7 @@ FAULT_KEYS = {"at": int, "action": str, "target": str, "duration": int, "from": 
               "message": str, "queue": str, "count": int, "task": str,
               "latency": int, "jitter": int, "probability": float, "rate": int,
               "timeout": int, "average_size": int, "size_variation": int, "delay": int,
-              "when": str}
+              "when": str, "node": int}
 """Every key a `[[fault]]` may have, and its type."""
 FAULT_WHEN = {"busy": "wait, from `at` on, until every target runs a task, then fire",
               "accepted": "wait, from `at` on, until a leader has accepted every task of the "
@@ -119,11 +122,28 @@ def _node_partition(f: FaultSpec) -> str | None:
             f"(from = [\"broker\"]) or the store (from = [\"store\"]) instead")
 
 
+def _testbed_only(f: FaultSpec) -> str | None:
+    return (f"{f.action} acts on the services of the local cluster testbed (several RabbitMQ "
+            "nodes, Redis behind Sentinels); run the scenario there: `dtq testbed up --dir "
+            "DIR`, then `dtq scenario run FILE --transport rabbitmq --testbed DIR`")
+
+
+def _no_proxy(f: FaultSpec) -> str | None:
+    return (f"{f.action} needs the fault proxies in front of one RabbitMQ and one Redis; on the "
+            "testbed the nodes reach the services directly (its faults are kill_broker_node, "
+            "restart_broker_node, redis_failover and kill_redis_primary, and kill, pause and "
+            "restart of nodes)")
+
+
+_PROXIED = {"testbed": _no_proxy}
+
+
 def _kinds(*kinds: FaultKind) -> dict[str, FaultKind]:
     return {k.name: k for k in kinds}
 
 
-_SLOW = {"memory": _store_link_refused}
+_SLOW = {"memory": _store_link_refused, **_PROXIED}
+_TESTBED = {"rabbitmq": _testbed_only}
 
 FAULTS = _kinds(
     FaultKind(name="kill", target="required", undoable=True,
@@ -133,23 +153,27 @@ FAULTS = _kinds(
     FaultKind(name="pause", target="required", undoable=True,
               doc="freeze a node (SIGSTOP); with `duration`, resume it afterwards"),
     FaultKind(name="resume", target="required", doc="unfreeze a paused node (SIGCONT)"),
-    FaultKind(name="partition", undoable=True, refused={"rabbitmq": _node_partition},
+    FaultKind(name="partition", undoable=True,
+              refused={"rabbitmq": _node_partition, **_PROXIED},
               doc="cut the target from `from` (default: the broker); with `duration`, heal "
                   "after"),
     FaultKind(name="heal", doc="remove every partition"),
-    FaultKind(name="drop_connection",
+    FaultKind(name="drop_connection", refused=_PROXIED,
               doc="the broker closes the target's connection (it reconnects)"),
     FaultKind(name="latency", required=("latency",), undoable=True, link=True, refused=_SLOW,
               doc="add `latency` ms (and `jitter` ms) to every message; with `duration`, "
                   "undo after"),
     FaultKind(name="duplicate", required=("probability",), undoable=True,
-              refused={"rabbitmq": _knob_refused("duplicate")},
+              refused={"rabbitmq": _knob_refused("duplicate"),
+                       "testbed": _knob_refused("duplicate")},
               doc="duplicate messages with probability `probability`"),
     FaultKind(name="drop", required=("probability",), undoable=True,
-              refused={"rabbitmq": _knob_refused("drop")},
+              refused={"rabbitmq": _knob_refused("drop"),
+                       "testbed": _knob_refused("drop")},
               doc="drop messages with probability `probability` (publishers retransmit)"),
     FaultKind(name="reorder", required=("probability",), undoable=True,
-              refused={"rabbitmq": _knob_refused("reorder")},
+              refused={"rabbitmq": _knob_refused("reorder"),
+                       "testbed": _knob_refused("reorder")},
               doc="reorder messages with probability `probability`"),
     FaultKind(name="bandwidth", required=("rate",), undoable=True, link=True, refused=_SLOW,
               doc="limit the target's links to `rate` KB/s (the simulator: a delay per "
@@ -158,12 +182,31 @@ FAULTS = _kinds(
               doc="slice the target's TCP stream into small pieces (the simulator: a small "
                   "delay)"),
     FaultKind(name="reset_peer", undoable=True, default_duration_ms=RESET_MS, link=True,
+              refused=_PROXIED,
               doc="reset the target's connections (the simulator: drops its connection)"),
-    FaultKind(name="lose_store_data", target="none",
+    FaultKind(name="lose_store_data", target="none", refused=_PROXIED,
               doc="the store restarts without persistence: every key of the run's namespace "
                   "is gone and its store connections are dropped (no target)"),
-    FaultKind(name="inject",
+    FaultKind(name="inject", refused=_PROXIED,
               doc="publish `count` malformed or forged messages of kind `message` to `queue`"),
+    FaultKind(name="kill_broker_node", target="none", undoable=True, refused=_TESTBED,
+              doc="kill -9 RabbitMQ node `node` (1-3, default 1: the first address, which "
+                  "every process tries first; they fail over to another, and quorum queues "
+                  "keep what they confirmed); with `duration`, start it again after (the "
+                  "simulator: every node's broker connection drops and comes back after a "
+                  "second)"),
+    FaultKind(name="restart_broker_node", target="none", refused=_TESTBED,
+              doc="start every RabbitMQ node killed by kill_broker_node again (the simulator: "
+                  "nothing changes for the nodes)"),
+    FaultKind(name="redis_failover", target="none", refused=_TESTBED,
+              doc="SENTINEL FAILOVER: the replica becomes the primary, the old primary its "
+                  "replica (the simulator: every node is cut from the store for "
+                  "2 s, and keeps every acknowledged write)"),
+    FaultKind(name="kill_redis_primary", target="none", undoable=True,
+              default_duration_ms=1000, refused=_TESTBED,
+              doc="kill -9 the Redis primary: the Sentinels promote the replica; after "
+                  "`duration` (default 1 s) the old primary starts again, as the new one's "
+                  "replica (the simulator: every node is cut from the store for 5 s)"),
 )
 """Every kind of fault, by name."""
 
@@ -183,6 +226,8 @@ def bad_params(f: FaultSpec) -> tuple[str, str] | None:
         return "from", "must be a list of names, like [\"broker\"] or [\"store\"]"
     if kind.link and not set(links) <= set(LINKS):
         return "from", f"{f.action!r} acts on a node's links: \"broker\", \"store\" or both"
+    if "node" in f.params and (f.action != "kill_broker_node" or f.params["node"] not in (1, 2, 3)):
+        return "node", "only kill_broker_node takes a `node`: 1, 2 or 3 (the testbed's nodes)"
     if f.action == "bandwidth" and f.params["rate"] < 1:
         return "rate", "must be at least 1 KB/s (to cut a link, use partition)"
     slicer = {**SLICER_DEFAULTS, **f.params}
@@ -238,6 +283,10 @@ class FaultTarget(Protocol):
     def reset_peer(self, fault: FaultSpec, targets: list[str]) -> Undo: ...
     def lose_store_data(self, fault: FaultSpec, targets: list[str]) -> Undo: ...
     def inject(self, fault: FaultSpec, targets: list[str]) -> Undo: ...
+    def kill_broker_node(self, fault: FaultSpec, targets: list[str]) -> Undo: ...
+    def restart_broker_node(self, fault: FaultSpec, targets: list[str]) -> Undo: ...
+    def redis_failover(self, fault: FaultSpec, targets: list[str]) -> Undo: ...
+    def kill_redis_primary(self, fault: FaultSpec, targets: list[str]) -> Undo: ...
 
 
 Handler = Callable[["FaultSpec", list[str]], Undo]

@@ -72,18 +72,23 @@ def fault_end_ms(f: FaultSpec) -> int | None:
 _PLAYED_NETWORK_KEYS = ("delay_ms", "jitter_ms")
 
 
-def check_simulator_knobs(scenario: Scenario) -> None:
-    """Refuse what only the simulator can do: `[network]` misbehaviour other than delay, and
-    `[crash_points]`. (`reorder_ms`, `retransmit_ms` and `broker_heartbeat_ms` describe the
-    simulator's model of RabbitMQ; the real one needs no such setting.)"""
+def check_simulator_knobs(scenario: Scenario, backend: str = "rabbitmq") -> None:
+    """Refuse what only the simulator can do: `[network]` misbehaviour other than delay (on the
+    testbed, delay too: it is played by the proxies), and `[crash_points]`. (`reorder_ms`,
+    `retransmit_ms` and `broker_heartbeat_ms` describe the simulator's model of RabbitMQ; the
+    real one needs no such setting.)"""
+    played = _PLAYED_NETWORK_KEYS if backend == "rabbitmq" else ()
     for key, value in scenario.network.items():
-        if value and key not in _PLAYED_NETWORK_KEYS and key not in NETWORK_MODEL_KEYS:
+        if value and key not in played and key not in NETWORK_MODEL_KEYS:
+            why = simulator_knob(key) if key not in _PLAYED_NETWORK_KEYS else (
+                "a delay is played by the fault proxies, and on the testbed the nodes reach "
+                "the services directly")
             raise ScenarioError(f"{scenario.path}: network.{key}: cannot be played on the "
-                                f"rabbitmq backend: {simulator_knob(key)}")
+                                f"{backend} backend: {why}")
     for key, value in scenario.crash_points.items():
         if value:
             raise ScenarioError(
-                f"{scenario.path}: crash_points.{key}: cannot be played on the rabbitmq "
+                f"{scenario.path}: crash_points.{key}: cannot be played on the {backend} "
                 f"backend: the simulator crashes a node between the steps of one handler; on "
                 f"real processes, kill a node (action = \"kill\") instead")
 

@@ -9,6 +9,15 @@ deadline is never played, as on the simulator), waits until every task has finis
 timeline is done (or the deadline), lets the run settle, heals every fault, stops the nodes,
 reads the history every process recorded in Redis, and checks it with the same checker as the
 simulator. Live progress goes to stderr.
+
+On the local cluster testbed (`testbed`: three RabbitMQ nodes, a Redis primary and replica
+behind Sentinels) there are no proxies: the nodes use every broker address and the Sentinel URL
+(every write waiting for the replica), the namespace's queues are quorum queues, the history
+goes to a Redis outside the testbed (`history_url`), and the faults are the services' own (a
+broker node killed and restarted, a Sentinel failover, the primary killed), played one after
+the other on a thread of their own while the timeline goes on (a promotion or a node's boot
+takes seconds). Submissions do not wait for the broker's confirm (a broker node may be failing
+over); a run is over only once every one is confirmed.
 """
 
 from __future__ import annotations
@@ -20,15 +29,17 @@ import itertools
 import os
 import random
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TextIO
 
 from dtq.client.submitter import Submitter
 from dtq.clock import VectorClock
 from dtq.envelope import WORK_QUEUE
-from dtq.errors import ScenarioError
+from dtq.errors import ScenarioError, StoreError
 from dtq.poison import injections, record_injection
 from dtq.runtime.process import NodeConfig, broker_url, store_url
 from dtq.scenario.faults import FAULTS, FaultTarget, Undo, play
@@ -53,12 +64,16 @@ from dtq.scenario.summary import running_tasks, summarize
 from dtq.scenario.workload import Planned, plan
 from dtq.store import LEADER_LEASE, PutTask, Store
 from dtq.task import TERMINAL
+from dtq.testing.testbed import Testbed
 from dtq.transport import queue_name
 from transports.memory import BROKER, STORE
 from transports.rabbitmq import consumer_count, delete_namespace, publish_raw
 from transports.redis import RedisHistory, RedisStore, lose_namespace_data
 from transports.registry import open_store, require
 
+DEFAULT_HISTORY_URL = "redis://127.0.0.1:6379/0"
+"""On the testbed: where the history goes unless told (a Redis outside the testbed, so that the
+record of a run outlives the faults it plays on the testbed's Redis)."""
 POLL_S = 0.02
 COUNT_EVERY_S = 0.1
 """How often the runner counts finished tasks in the store."""
@@ -138,18 +153,37 @@ class Progress:
 class RealRun:
     """One run of a scenario on real processes (see the module docstring)."""
 
-    def __init__(self, scenario: Scenario, seed: int, *, progress: Progress) -> None:
+    def __init__(
+        self, scenario: Scenario, seed: int, *, progress: Progress,
+        testbed: Testbed | None = None, history_url: str | None = None,
+    ) -> None:
         self.scenario = scenario
         self.seed = seed
         self.progress = progress
         self.rng = random.Random(seed)
         self.namespace = f"dtq-run-{scenario.name}-{uuid.uuid4().hex[:8]}"
-        self.broker = broker_url()
-        self.store_url = store_url()
+        self.testbed = testbed
+        if testbed is None:
+            self.broker, self.store_url = broker_url(), store_url()
+            self.history_url = self.store_url
+        else:
+            self.broker = ",".join(testbed.layout.broker_urls)
+            self.store_url = testbed.layout.durable_store_url
+            self.history_url = history_url or DEFAULT_HISTORY_URL
+        self.quorum = scenario.cluster.quorum or testbed is not None
         self.store = require(open_store(self.store_url, prefix=self.namespace,
                                         client_name=f"dtq-observer:{self.namespace}"),
                              RedisStore, "a scenario run on rabbitmq")
-        self.history = RedisHistory.from_url(self.store_url, prefix=self.namespace)
+        self.history = RedisHistory.from_url(self.history_url, prefix=self.namespace)
+        self._killed_brokers: list[str] = []
+        self._killed_redis: str | None = None
+        self._services = {service: ThreadPoolExecutor(max_workers=1,
+                                                      thread_name_prefix=f"{service}-fault")
+                          for service in (BROKER, STORE)}
+        self._service_ops: list[Future[None]] = []
+        self._confirm_lock = threading.Lock()
+        self._unconfirmed = 0
+        self._unconfirmed_errors: list[str] = []
         self.names = coordinator_names(scenario) + worker_names(scenario)
         self.net: ProxyNet | None = None
         self.supervisor: ProxiedSupervisor | None = None
@@ -167,9 +201,10 @@ class RealRun:
     def run(self) -> RunResult:
         started = time.perf_counter()
         try:
-            with ProxyNet(self.namespace, {BROKER: address_of(self.broker, 5672),
-                                           STORE: address_of(self.store_url, 6379)},
-                          seed=self.seed) as self.net:
+            proxies = contextlib.nullcontext() if self.testbed is not None else ProxyNet(
+                self.namespace, {BROKER: address_of(self.broker, 5672),
+                                 STORE: address_of(self.store_url, 6379)}, seed=self.seed)
+            with proxies as self.net:
                 try:
                     self._play()
                 finally:
@@ -177,7 +212,7 @@ class RealRun:
             self.progress.phase("checking")
             events = self.history.read_events()
             wall_ms = int((time.perf_counter() - started) * 1000)
-            summary = summarize(self.scenario, "rabbitmq", self.seed, events,
+            summary = summarize(self.scenario, self.backend, self.seed, events,
                                 virtual_ms=self.elapsed_ms, wall_ms=wall_ms)
         finally:
             self._clean_up()
@@ -205,15 +240,14 @@ class RealRun:
 
     def _start_nodes(self) -> None:
         self.progress.phase("starting")
-        self.supervisor = ProxiedSupervisor(self._configs(), history_url=self.store_url)
+        self.supervisor = ProxiedSupervisor(self._configs(), history_url=self.history_url)
         self.supervisor.start()
         self._network_delay()
         self.progress.phase("electing")
         wait_for(lambda: self.store.lease(LEADER_LEASE) is not None, 60, "a leader", self._watch)
         wait_for(self._workers_started, 60, "the workers", self._watch)
         self.submitter = Submitter(self.broker, namespace=self.namespace,
-                                   record=self.history.record,
-                                   quorum=self.scenario.cluster.quorum)
+                                   record=self.history.record, quorum=self.quorum)
 
     def _play_until(self, done: Callable[[], bool], until_ms: int, what: str) -> None:
         """Play the timeline until `done()` holds or the run reaches `until_ms`. A fault that
@@ -222,28 +256,33 @@ class RealRun:
                  self._step)
 
     def _configs(self) -> list[NodeConfig]:
-        assert self.net is not None
         c = self.scenario.cluster
         common: dict[str, Any] = {"namespace": self.namespace, "history": True,
                                   "lease_ttl_ms": c.lease_ttl_ms, "task_modules": c.task_modules,
                                   "detector_timeout_ms": c.detector_timeout_ms,
-                                  "heartbeat_ms": c.heartbeat_ms, "quorum": c.quorum,
+                                  "heartbeat_ms": c.heartbeat_ms, "quorum": self.quorum,
                                   # the history tells what nodes did; their logs would drown
                                   # the progress line (DTQ_LOG_LEVEL=warning shows them)
                                   "log_level": os.environ.get("DTQ_LOG_LEVEL") or "error"}
         workers = set(worker_names(self.scenario))
         configs = []
         for name in self.names:
-            links = self.net.add_node(name)
+            broker, store = self.broker, self.store_url
+            if self.net is not None:
+                links = self.net.add_node(name)
+                broker = with_address(self.broker, links[BROKER])
+                store = with_address(self.store_url, links[STORE])
             configs.append(NodeConfig(
                 role="worker" if name in workers else "coordinator", name=name,
-                broker_url=with_address(self.broker, links[BROKER]),
-                store_url=with_address(self.store_url, links[STORE]),
+                broker_url=broker, store_url=store,
                 concurrency=c.worker_prefetch if name in workers else 1, **common))
         return configs
 
     def _network_delay(self) -> None:
-        """`[network] delay_ms` and `jitter_ms`: every message a node publishes is delayed."""
+        """`[network] delay_ms` and `jitter_ms`: every message a node publishes is delayed
+        (through the proxies: refused on the testbed)."""
+        if self.net is None:
+            return
         delay, jitter = (self.scenario.network.get(k, 0) for k in ("delay_ms", "jitter_ms"))
         if (delay or jitter) and self.net is not None:
             toxic = Toxic(type="latency", attributes={"latency": delay, "jitter": jitter})
@@ -276,7 +315,8 @@ class RealRun:
         self.progress.tasks(self._finished(), self.total)
 
     def _quiet(self) -> bool:
-        return not self.timeline and self._finished() >= self.total
+        return (not self.timeline and self._unconfirmed == 0 and self._services_idle()
+                and self._finished() >= self.total)
 
     def _watch(self) -> None:
         """Record nodes that exited on their own (crash-only: they are restarted)."""
@@ -293,8 +333,19 @@ class RealRun:
         self.history.record(actor, kind, VectorClock(), data)
 
     def _submit(self, specs: list[Any]) -> None:
+        """Publish, without waiting for the broker's confirm (a broker node may be failing
+        over); the run is not over until every submission is confirmed."""
         assert self.submitter is not None
-        self.submitter.submit(specs)
+        with self._confirm_lock:
+            self._unconfirmed += len(specs)
+
+        def done(exc: BaseException | None, n: int = len(specs)) -> None:
+            with self._confirm_lock:
+                self._unconfirmed -= n
+                if exc is not None:
+                    self._unconfirmed_errors.append(repr(exc))
+
+        self.submitter.submit_nowait(specs, done)
 
     def _workers_started(self) -> bool:
         """Every worker has started and consumes the work queue (so the first tasks are shared
@@ -309,9 +360,12 @@ class RealRun:
         if not fresh and time.monotonic() - at < COUNT_EVERY_S:
             return count
         count, after = 0, None
-        while batch := self.store.scan_tasks(states=TERMINAL, after=after, limit=1000):
-            count += len(batch)
-            after = batch[-1].id
+        try:
+            while batch := self.store.scan_tasks(states=TERMINAL, after=after, limit=1000):
+                count += len(batch)
+                after = batch[-1].id
+        except StoreError:  # the store is failing over: the last count stands
+            return self._count[1]
         count -= self.scenario.store.finished_records  # the history the run started with
         self._count = (time.monotonic(), count)
         return count
@@ -321,11 +375,9 @@ class RealRun:
     def targets(self, fault: FaultSpec) -> list[str]:
         workers = worker_names(self.scenario)
         coords = coordinator_names(self.scenario)
-        lease = self.store.lease(LEADER_LEASE)
-        leader = lease.holder if lease else None
         roles: dict[str, Callable[[], list[str]]] = {
-            "leader": lambda: [leader] if leader else [],
-            "standby": lambda: [c for c in coords if c != leader][:1],
+            "leader": lambda: [leader] if (leader := self._leader()) else [],
+            "standby": lambda: [c for c in coords if c != self._leader()][:1],
             "any-worker": lambda: [self.rng.choice(workers)],
             "all-workers": lambda: workers, "workers": lambda: workers,
             "any-coordinator": lambda: [self.rng.choice(coords)],
@@ -339,6 +391,15 @@ class RealRun:
         if target in self.names:
             return [target]
         raise ScenarioError(f"unknown fault target {target!r}")
+
+    @property
+    def backend(self) -> str:
+        """The backend name the fault table and the summary know this run by."""
+        return "rabbitmq" if self.testbed is None else "testbed"
+
+    def _leader(self) -> str | None:
+        lease = self.store.lease(LEADER_LEASE)
+        return lease.holder if lease else None
 
     def busy(self, targets: list[str]) -> bool:
         """Every target has started a task whose end it has not recorded (by the history the
@@ -460,6 +521,84 @@ class RealRun:
 
     # --- stopping ---------------------------------------------------------------------------
 
+
+    # --- the testbed's service faults --------------------------------------------------------
+
+    def _bed(self) -> Testbed:
+        if self.testbed is None:  # refused before the run (`FAULTS`): never here
+            raise ScenarioError("this fault needs the testbed")
+        return self.testbed
+
+    def _in_background(self, service: str, op: Callable[[], None]) -> None:
+        """Play an operation on a service (BROKER or STORE) on its own thread, after the
+        operations on it before this one."""
+        self._service_ops.append(self._services[service].submit(op))
+
+    def _services_idle(self) -> bool:
+        """Every service operation is done (one that failed fails the run)."""
+        for op in self._service_ops:
+            if not op.done():
+                return False
+            op.result()
+        return True
+
+    def kill_broker_node(self, f: FaultSpec, targets: list[str]) -> Undo:
+        """kill -9 RabbitMQ node `node` (1-3; default 1, the first address, which every
+        process tries first); its undo starts it again."""
+        bed, name = self._bed(), f"rabbit-{f.params.get('node', 1)}"
+
+        def kill() -> None:
+            bed.kill(name)
+            self._killed_brokers.append(name)
+            self.progress.line(f"  {name} killed")
+
+        self._in_background(BROKER, kill)
+        return functools.partial(self._in_background, BROKER, self._restart_brokers)
+
+    def restart_broker_node(self, f: FaultSpec, targets: list[str]) -> Undo:
+        self._in_background(BROKER, self._restart_brokers)
+        return None
+
+    def _restart_brokers(self) -> None:
+        while self._killed_brokers:
+            name = self._killed_brokers.pop()
+            self._bed().restart(name)  # back in the cluster when it returns
+            self.progress.line(f"  {name} restarted")
+
+    def redis_failover(self, f: FaultSpec, targets: list[str]) -> Undo:
+        """SENTINEL FAILOVER, until the Sentinels name the promoted replica."""
+        def failover() -> None:
+            old, new = self._bed().failover()
+            self.progress.line(f"  Redis primary moved from port {old} to {new}")
+
+        self._in_background(STORE, failover)
+        return None
+
+    def kill_redis_primary(self, f: FaultSpec, targets: list[str]) -> Undo:
+        """kill -9 the Redis primary, until the Sentinels promote the replica; its undo starts
+        the old primary again (it rejoins as the new one's replica)."""
+        def kill() -> None:
+            bed = self._bed()
+            old, new = bed.kill_redis_primary()
+            self._killed_redis = bed.redis_name(old)
+            self.progress.line(f"  Redis primary on port {old} killed; {new} promoted")
+
+        self._in_background(STORE, kill)
+        return functools.partial(self._in_background, STORE, self._restart_redis)
+
+    def _restart_redis(self) -> None:
+        name, self._killed_redis = self._killed_redis, None
+        if name is not None:
+            self._bed().restart(name)
+            self.progress.line(f"  {name} restarted")
+
+    def _restart_services(self) -> None:
+        """Wait for the service operations under way, then restart what is still down."""
+        for executor in self._services.values():
+            executor.shutdown(wait=True)
+        if self.testbed is not None:
+            self._restart_brokers()
+            self._restart_redis()
     def _stop(self) -> None:
         """Heal every fault (so nodes shut down cleanly), stop the nodes, close the submitter;
         each step runs even if an earlier one failed."""
@@ -470,6 +609,7 @@ class RealRun:
                 stack.callback(self.supervisor.stop_all)
             if self.net is not None:
                 stack.callback(self.net.remove_all)
+            stack.callback(self._restart_services)  # first: leave the testbed as it was
 
     def _clean_up(self) -> None:
         try:
@@ -489,9 +629,15 @@ def fill_finished(store: Store, n: int, batch: int = 5000) -> None:
         store.apply(records[start:start + batch], epoch=0)
 
 
-def run_real(scenario: Scenario, seed: int | None = None, *, live: bool = True) -> RunResult:
-    """Run `scenario` on real processes; with `live`, show progress on stderr."""
-    check_supported(scenario, "rabbitmq")
-    check_simulator_knobs(scenario)
+def run_real(
+    scenario: Scenario, seed: int | None = None, *, live: bool = True,
+    testbed: Testbed | None = None, history_url: str | None = None,
+) -> RunResult:
+    """Run `scenario` on real processes (on the local cluster `testbed`, if given); with
+    `live`, show progress on stderr."""
+    backend = "rabbitmq" if testbed is None else "testbed"
+    check_supported(scenario, backend)
+    check_simulator_knobs(scenario, backend)
     progress = Progress(sys.stderr if live else None, scenario.name)
-    return RealRun(scenario, scenario.seed if seed is None else seed, progress=progress).run()
+    return RealRun(scenario, scenario.seed if seed is None else seed, progress=progress,
+                   testbed=testbed, history_url=history_url).run()

@@ -27,7 +27,7 @@ from dtq.scenario.workload import plan, workload_problem
 from dtq.tasktypes import load_task_types
 from dtq.transport import QUORUM_DELIVERY_LIMIT
 from dtq.worker import Worker
-from transports.memory import BROKER, CrashPoints, NetworkConfig, SimStore, Simulation
+from transports.memory import BROKER, STORE, CrashPoints, NetworkConfig, SimStore, Simulation
 
 TERMINAL_KINDS = frozenset({"succeeded", "failed", "rejected", "cancelled"})
 
@@ -194,6 +194,14 @@ def _links(f: FaultSpec) -> list[str]:
     return list(f.params.get("from", [BROKER]))
 
 
+BROKER_FAILOVER_MS = 1000
+"""kill_broker_node: how long the nodes take to reach another RabbitMQ node."""
+STORE_FAILOVER_MS = 2000
+"""redis_failover: how long the store is out of reach (promotion, then finding the primary)."""
+PRIMARY_KILL_MS = 5000
+"""kill_redis_primary: the same after a kill (the Sentinels must first see the primary down)."""
+
+
 class SimFaults:
     """The simulator as a `FaultTarget`: each fault kind played on a `Simulation`."""
 
@@ -311,4 +319,32 @@ class SimFaults:
         for address, forged in injections(f.params, targets, start=start):
             record_injection(self.sim.history.record, address, forged)
             self.sim.send_bytes(address, forged.body)
+        return None
+
+    # The testbed's service faults, as the nodes see them: the simulator has one broker and one
+    # store, which stand for a RabbitMQ cluster and a replicated Redis.
+
+    def kill_broker_node(self, f: FaultSpec, targets: list[str]) -> Undo:
+        """Every node's broker connection drops (its unacked deliveries return) and comes back
+        after `BROKER_FAILOVER_MS`, on another node of the cluster; the queues, replicated,
+        keep every confirmed message."""
+        for name in sorted(self.sim.nodes):
+            self.sim.drop_connection(name, reconnect_ms=BROKER_FAILOVER_MS)
+        return None
+
+    def restart_broker_node(self, f: FaultSpec, targets: list[str]) -> Undo:
+        return None  # the nodes moved on to the other nodes of the cluster already
+
+    def redis_failover(self, f: FaultSpec, targets: list[str]) -> Undo:
+        return self._store_outage(STORE_FAILOVER_MS)
+
+    def kill_redis_primary(self, f: FaultSpec, targets: list[str]) -> Undo:
+        return self._store_outage(PRIMARY_KILL_MS)
+
+    def _store_outage(self, ms: int) -> Undo:
+        """Every node is cut from the store for `ms` (the promotion of the replica, and the
+        nodes finding it); nothing acknowledged is lost (writes wait for the replica)."""
+        nodes = sorted(self.sim.nodes)
+        self.sim.partition(nodes, [STORE])
+        self.sim.after(ms, self.sim.unpartition, nodes, [STORE])
         return None

@@ -19,6 +19,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -120,6 +121,12 @@ class Layout:
     def store_url(self) -> str:
         hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
         return f"redis+sentinel://{hosts}/{SERVICE}/0"
+
+    @property
+    def durable_store_url(self) -> str:
+        """`store_url` with every write waiting until the replica holds it (`wait_replicas=1`):
+        what a client is told survives a failover."""
+        return f"{self.store_url}?wait_replicas=1&wait_ms=1000"
 
     @property
     def broker_urls(self) -> list[str]:
@@ -352,6 +359,24 @@ class Testbed:
         until(f"{name} on {port}", lambda: bool(_redis(port).ping()))
         if sentinel:
             _tune_sentinel(port)
+
+    def broker_node_of(self, connection: str) -> int | None:
+        """The index of the RabbitMQ node a connection named `connection` is on (by the server
+        port of the connection; every node lists the cluster's connections), if any is."""
+        ports = {p: i for i, p in enumerate(self.layout.amqp_ports)}
+        running = next((i for i in range(len(self.layout.amqp_ports))
+                        if (pid := self.pids.get(f"rabbit-{i + 1}")) and alive(pid)), None)
+        if running is None:
+            return None
+        listing = self.ctl(running, "-q", "--no-table-headers", "list_connections",
+                           "client_properties", "port")
+        for line in listing.splitlines():
+            props, _, port = line.rpartition("\t")
+            found = re.search(r'"connection_name","([^"]*)"', props)
+            if found and found.group(1) == connection and port.strip().isdigit() \
+                    and int(port) in ports:
+                return ports[int(port)]
+        return None
 
     @contextlib.contextmanager
     def demotion_held(self, hello_ms: int = 15_000) -> Iterator[None]:

@@ -31,7 +31,7 @@ def test_a_killed_worker_tasks_are_reassigned(run: Run) -> None:
 def test_killed_workers_tasks_are_reassigned_on_quorum_queues(run: Run) -> None:
     result = run("quorum-worker-crash.toml")
     s = held(result)
-    assert s["tasks"]["succeeded"] == 12 and s["tasks"]["duplicated"] == 0
+    assert s["tasks"]["succeeded"] == 16 and s["tasks"]["duplicated"] == 0
     assert {e.actor for e in result.events if e.kind == "crash"} >= {"worker-1", "worker-2"}
     assert not [e for e in result.events if e.kind == "dead_lettered"]
 

@@ -2,8 +2,8 @@
 
 On the simulator each file runs with its own seed. On RabbitMQ (marker `rabbitmq`) each runs on
 real processes behind per-node fault proxies; a file that needs a knob only the simulator has
-(`[network] drop`, `duplicate`, `reorder`, `stale_read`...) must be refused, with a message
-naming the knob. A
+(`[network] drop`, `duplicate`, `reorder`, `stale_read`...), or a fault only the simulator or
+the testbed plays (`kill_broker_node`...), must be refused, with a message naming it. A
 failure shows the violations and the command that reproduces the run. Some files also show that
 the fault they stage really happened (a second leader, a task run twice...), so that a file
 cannot pass by accident.
@@ -20,13 +20,13 @@ import pytest
 
 from dtq.cli.main import main
 from dtq.errors import ScenarioError
+from dtq.scenario.faults import FAULTS
 from dtq.scenario.model import Scenario, load
 from dtq.scenario.real import run_real
 from dtq.scenario.sim import RunResult, run_memory
 
 ROOT = Path(__file__).resolve().parents[2]
 FILES = sorted((ROOT / "scenarios").glob("*.toml"))
-SIMULATOR_FAULTS = ("drop", "duplicate", "reorder")
 REAL_NETWORK_KEYS = ("delay_ms", "jitter_ms", "reorder_ms", "retransmit_ms", "broker_heartbeat_ms")
 """Played on RabbitMQ (delay as latency) or describing the simulator's model of it."""
 
@@ -67,10 +67,10 @@ def _holds(path: Path, result: RunResult) -> None:
 
 
 def _simulator_only(scenario: Scenario) -> str | None:
-    """The first thing in the file only the simulator can play, if any."""
+    """The first thing in the file the proxied rabbitmq backend cannot play, if any."""
     knobs = [k for k, v in scenario.network.items() if v and k not in REAL_NETWORK_KEYS]
     knobs += [k for k, v in scenario.crash_points.items() if v]
-    knobs += [f.action for f in scenario.faults if f.action in SIMULATOR_FAULTS]
+    knobs += [f.action for f in scenario.faults if FAULTS[f.action].refusal("rabbitmq", f)]
     return knobs[0] if knobs else None
 
 

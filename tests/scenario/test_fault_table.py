@@ -18,7 +18,13 @@ from dtq.scenario.sim import SimFaults, check_supported
 
 AROUND = {"targets", "busy", "accepted", "too_late", "later", "record_fault", "after"}
 """What `FaultTarget` asks for besides the handlers."""
-RUNNERS = {"memory": SimFaults, "rabbitmq": RealRun}
+RUNNERS = {"memory": SimFaults, "rabbitmq": RealRun, "testbed": RealRun}
+SERVICE_FAULTS = {"kill_broker_node", "restart_broker_node", "redis_failover",
+                  "kill_redis_primary"}
+"""The testbed's own faults: several RabbitMQ nodes, Redis behind Sentinels."""
+PROXIED = {"partition", "drop_connection", "latency", "bandwidth", "slicer", "reset_peer",
+           "lose_store_data", "inject"}
+"""What the fault proxies (or one plain Redis and one broker) play, and the testbed cannot."""
 
 
 def _protocol_methods() -> set[str]:
@@ -49,11 +55,33 @@ def test_a_kind_a_backend_never_plays_says_why(backend: str) -> None:
 
 
 def test_the_real_runner_refuses_the_kinds_it_cannot_play() -> None:
-    never = [k for k in FAULTS.values() if k.unsupported("rabbitmq")]
-    assert {k.name for k in never} == {"duplicate", "drop", "reorder"}
-    for kind in never:
+    knobs = {"duplicate", "drop", "reorder"}
+    never = {k.name for k in FAULTS.values() if k.unsupported("rabbitmq")}
+    assert never == knobs | SERVICE_FAULTS
+    for name in knobs:
         with pytest.raises(ScenarioError, match="cannot be played on the rabbitmq backend"):
-            getattr(RealRun, kind.name)(None, kind.bare(), [])
+            getattr(RealRun, name)(None, FAULTS[name].bare(), [])
+
+
+def test_the_testbed_plays_its_own_faults_and_the_nodes_but_not_the_proxies() -> None:
+    never = {k.name for k in FAULTS.values() if k.unsupported("testbed")}
+    assert never == PROXIED | {"duplicate", "drop", "reorder"}
+    assert not SERVICE_FAULTS & never
+    assert {k.name for k in FAULTS.values() if k.unsupported("memory")} == set()
+    assert "--testbed DIR" in str(FAULTS["redis_failover"].refusal("rabbitmq",
+                                                                  FAULTS["redis_failover"].bare()))
+
+
+def test_only_kill_broker_node_takes_a_node(tmp_path: Path) -> None:
+    for action, node, ok in (("kill_broker_node", 2, True), ("kill_broker_node", 4, False),
+                             ("redis_failover", 1, False)):
+        p = tmp_path / "f.toml"
+        p.write_text(f"[[fault]]\nat = 10\naction = '{action}'\nnode = {node}\n")
+        if ok:
+            check_supported(load(p), "testbed")
+        else:
+            with pytest.raises(ScenarioError, match="node"):
+                check_supported(load(p), "testbed")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -62,7 +90,10 @@ def test_check_supported_refuses_what_the_table_refuses(tmp_path: Path, backend:
         if not kind.unsupported(backend):
             continue
         p = tmp_path / f"{kind.name}.toml"
-        p.write_text(f"[[fault]]\nat = 10\naction = '{kind.name}'\nprobability = 0.1\n")
+        needs = "".join(f"{key} = {0.1 if key == 'probability' else 1}\n"
+                        for key in kind.required)
+        needs += "message = 'undecodable'\n" if kind.name == "inject" else ""
+        p.write_text(f"[[fault]]\nat = 10\naction = '{kind.name}'\n{needs}")
         with pytest.raises(ScenarioError, match=f"cannot be played on the {backend} backend"):
             check_supported(load(p), backend)
 

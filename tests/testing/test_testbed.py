@@ -31,7 +31,8 @@ from dtq.envelope import Finished
 from dtq.errors import ConfigurationError, ScenarioError, StoreError, StoreUnavailable
 from dtq.runtime.process import EXIT_CONFIG, NodeConfig, Supervisor
 from dtq.scenario.links import address_of
-from dtq.scenario.real import wait_for
+from dtq.scenario.model import load
+from dtq.scenario.real import run_real, wait_for
 from dtq.store import PutTask, WorkerInfo
 from dtq.task import TaskRecord, TaskResult, TaskSpec, TaskState
 from dtq.testing.testbed import (
@@ -45,6 +46,7 @@ from dtq.testing.testbed import (
     until,
 )
 from tests.conftest import require_service
+from tests.scenariokit import ROOT, held
 from transports.rabbitmq import delete_namespace
 from transports.redis import RedisStore, SentinelUrl, _client_from_url, client_name
 
@@ -340,6 +342,23 @@ def test_the_testbed_command_runs_a_three_node_rabbitmq_cluster(tmp_path: Path) 
     assert down.returncode == 0, down.stderr
     assert Testbed.load(tmp_path) is None
     assert bed is not None and not any(alive(pid) for pid in bed.pids.values())
+
+
+def test_a_scenario_plays_the_testbeds_own_faults(tmp_path: Path, redis_url: str) -> None:
+    """scenarios/testbed-faults.toml on real processes on a testbed of its own, under a steady
+    50 tasks/s: RabbitMQ node 1 (every process's first address) killed and restarted, a
+    Sentinel failover, the new primary killed and restarted. Every task succeeds, none runs
+    twice, one leader per epoch (the checker), and the faults were played in the load."""
+    _require("redis-server", have_redis())
+    _require("rabbitmq-server", have_rabbitmq())
+    with running(Layout(tmp_path, base_port=free_base_port())) as bed:
+        result = run_real(load(ROOT / "scenarios" / "testbed-faults.toml"), live=False,
+                          testbed=bed, history_url=redis_url)
+    s = held(result)
+    assert s["transport"] == "testbed"
+    assert s["tasks"]["succeeded"] == 900 and s["tasks"]["duplicated"] == 0
+    played = [e.data["action"] for e in result.events if e.kind == "fault"]
+    assert played == ["kill_broker_node", "redis_failover", "kill_redis_primary"]
 
 
 def test_down_with_nothing_recorded_is_quiet(tmp_path: Path) -> None:
