@@ -9,7 +9,8 @@ Delivery contract (RabbitMQ's, and every transport's):
 * competing consumers of one queue share it round robin, each holding at most `prefetch`
   unacked deliveries;
 * `reject(d, requeue=False)` dead-letters: the message moves to the namespace's `dead` queue;
-* messages with a higher priority are delivered first from the work queue;
+* messages with a higher priority are delivered first from the work queue (RabbitMQ's
+  quorum namespaces in two bands: priorities 5-9 before 0-4, see transports/rabbitmq.py);
 * messages published in one call to one queue arrive in that order. A transport may carry them
   as one broker message (RabbitMQ bundles them to every queue but the work queue, and to the
   work queue too when its publisher is made with `work_bundle`): each is still delivered, acked

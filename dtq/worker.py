@@ -516,9 +516,10 @@ class Worker(Actor):
             ctx.ack(delivery)
 
     def _start_queued(self, ctx: Context) -> None:
-        """A slot is free: start the dispatch that waited longest for one (and not refused)."""
+        """A slot is free: start the dispatch of the highest priority that waits for one, the
+        one that waited longest among equals (and not refused)."""
         while self.queued:
-            ref = next(iter(self.queued))
+            ref = max(self.queued, key=lambda r: self.queued[r][0].spec.priority)
             w, values = self.queued.pop(ref)
             if self._start(ref, w, values, ctx):
                 return

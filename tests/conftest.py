@@ -91,7 +91,7 @@ def run(backend: str) -> Run:
     return runner_for(backend)
 
 
-REAL_NODES = ["coordinator-1", "worker-1", "client"]
+REAL_NODES = ["coordinator-1", "worker-1", "client", "api"]
 """The actors whose mailboxes `real_namespace` deletes: the tests using it start these."""
 
 

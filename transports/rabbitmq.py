@@ -27,6 +27,14 @@ dead-letter exchange `{ns}.dlx` routing to `{ns}.dead`. Quorum queues are an opt
 clustered RabbitMQ (`quorum=True`; they also enforce `x-delivery-limit`); in a quorum namespace
 the dead queue is a quorum queue too, so what it holds is replicated.
 
+Priority bands: quorum queues have no message priorities before RabbitMQ 4.0 (and from 4.0 only
+two levels), so a quorum namespace's work queue is two queues: dispatches of priority 5-9 go to
+`{ns}.work.high`, the others to `{ns}.work`, first in first out within each. `consume("work")`
+consumes both, the high band first and with twice the prefetch, so that a worker has the next
+high dispatch at hand when a slot frees; the worker starts the highest priority it holds. A
+high-priority task therefore waits behind the high band only, never behind a backlog of the
+normal one (not a strict order: a normal dispatch the worker already holds may start first).
+
 Bundles: the messages of one `publish` call bound for the same queue (any but the work queue,
 whose messages must stay free to go to different workers) travel as one broker message, their
 bodies one per line under the `x-dtq-bundle` header, up to 256 messages or 1 MiB. The broker
@@ -51,6 +59,7 @@ takes up to N dispatches per prefetch slot; those beyond its concurrency wait in
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import re
@@ -106,6 +115,12 @@ QUORUM_ENV = "DTQ_QUORUM"
 """Set (to anything but "", "0", "false") in every process of a namespace on clustered RabbitMQ:
 each transport, nodes and clients alike, then declares quorum queues, so none declares a queue
 differently from another (RabbitMQ refuses inequivalent arguments)."""
+
+
+HIGH_BAND = 5
+"""The lowest priority that goes to the high band of a quorum namespace's work queue."""
+HIGH_BAND_SUFFIX = ".high"
+"""The high band's queue: the work queue's name with this after it."""
 
 
 def quorum_from_environment() -> bool:
@@ -286,6 +301,7 @@ class RabbitTransport:
         self._open_bundles: dict[int, int] = {}  # delivery tag -> parts not yet acked
         self.work_bundle = work_bundle
         self._work = queue_name(namespace, WORK_QUEUE)
+        self._work_high = self._work + HIGH_BAND_SUFFIX
         self._unbundled = {queue_name(namespace, DEAD_QUEUE)}
 
     # --- life cycle ---------------------------------------------------------------------------
@@ -461,27 +477,49 @@ class RabbitTransport:
 
     # --- consuming ------------------------------------------------------------------------------
 
+    def _queues(self, address: str) -> list[str]:
+        """The queues behind an address: the work queue of a quorum namespace is two (its high
+        band first; see the module's "Priority bands")."""
+        queue = queue_name(self.namespace, address)
+        return [self._work_high, queue] if self.quorum and queue == self._work else [queue]
+
+    def _band(self, msg: Outgoing) -> str:
+        """The queue a message goes to: its own, or the work queue's high band for a dispatch
+        of high priority in a quorum namespace."""
+        if self.quorum and msg.queue == self._work and msg.priority >= HIGH_BAND:
+            return self._work_high
+        return msg.queue
+
     def consume(self, address: str, prefetch: int = 0) -> None:
         """Consume a queue (kept across reconnects). `prefetch` 0 means 1000."""
-        queue = queue_name(self.namespace, address)
-        self._consumers[queue] = prefetch or 1000
-        self._call(lambda: self._start_consumer(queue, prefetch or 1000))
+        for queue in self._queues(address):
+            wanted = (prefetch or 1000) * (2 if queue == self._work_high else 1)
+            self._consumers[queue] = wanted
+            self._call(functools.partial(self._start_consumer, queue, wanted))
 
     def cancel(self, address: str, *, wait_s: float = 0.0) -> None:
         """Stop consuming a queue; with `wait_s`, wait (up to that long) until the broker has
         confirmed it, so nothing more arrives from it."""
-        queue = queue_name(self.namespace, address)
-        self._consumers.pop(queue, None)
+        queues = self._queues(address)
+        for queue in queues:
+            self._consumers.pop(queue, None)
         done = threading.Event()
 
         def stop() -> None:
-            tags = [t for t, q in self._consumer_tags.items() if q == queue]
+            tags = [t for t, q in self._consumer_tags.items() if q in queues]
             if not tags or self._channel is None:
                 done.set()
                 return
+            left = [len(tags)]
+
+            def cancelled(_frame: object) -> None:
+                left[0] -= 1
+                if left[0] == 0:
+                    done.set()
+
             for tag in tags:
                 del self._consumer_tags[tag]
-                self._channel.basic_cancel(tag, callback=lambda _frame: done.set())
+                self._channel.basic_cancel(tag, callback=cancelled)
 
         self._call(stop)
         if wait_s and threading.current_thread() is not self._thread:
@@ -594,11 +632,12 @@ class RabbitTransport:
             props = pika.BasicProperties(
                 delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json",
                 priority=priority, headers=msg.headers, message_id=msg.message_id)
+            queue = self._band(msg)
             try:  # pika encodes a message whole before it writes any of it
-                self._declare(msg.queue)
-                ch.basic_publish("", msg.queue, msg.body, properties=props)
+                self._declare(queue)
+                ch.basic_publish("", queue, msg.body, properties=props)
             except _UNENCODABLE as exc:
-                self._declared.discard(msg.queue)
+                self._declared.discard(queue)
                 self._refuse(msg, batch, exc)
                 continue
             except (pika.exceptions.AMQPChannelError, pika.exceptions.AMQPConnectionError):
@@ -607,7 +646,7 @@ class RabbitTransport:
                 # connection, which flushes the outbox again; its batch is not confirmed yet.
                 with self._lock:
                     self._outbox.appendleft((msg, batch))
-                self._declared.discard(msg.queue)
+                self._declared.discard(queue)
                 return
             self._seq += 1
             self._unconfirmed[self._seq] = (msg, batch)
@@ -667,16 +706,18 @@ class RabbitTransport:
     # --- administration (tests, the scenario runner, the API) -----------------------------------
 
     def queue_depths(self, addresses: Sequence[str]) -> dict[str, int]:
-        """Messages ready in each queue (a short-lived blocking connection)."""
+        """Messages ready in each queue, both bands of a quorum work queue together (a
+        short-lived blocking connection)."""
         out: dict[str, int] = {}
         with blocking(self.url) as ch:
             for address in addresses:
-                try:
-                    ok = ch.queue_declare(queue_name(self.namespace, address), passive=True)
-                    out[address] = int(ok.method.message_count or 0)
-                except pika.exceptions.ChannelClosedByBroker:
-                    out[address] = 0
-                    ch = ch.connection.channel()
+                out[address] = 0
+                for queue in self._queues(address):
+                    try:
+                        ok = ch.queue_declare(queue, passive=True)
+                        out[address] += int(ok.method.message_count or 0)
+                    except pika.exceptions.ChannelClosedByBroker:
+                        ch = ch.connection.channel()
         return out
 
 
@@ -719,8 +760,10 @@ def consumer_count(url: str, namespace: str, address: str) -> int:
 def delete_namespace(url: str, namespace: str, addresses: Sequence[str]) -> None:
     """Delete the queues of a namespace (test and scenario clean-up)."""
     with blocking(url) as ch:
-        for address in (*addresses, COORDINATOR_QUEUE, WORK_QUEUE, DEAD_QUEUE):
+        queues = [queue_name(namespace, a)
+                  for a in (*addresses, COORDINATOR_QUEUE, WORK_QUEUE, DEAD_QUEUE)]
+        for queue in (*queues, queue_name(namespace, WORK_QUEUE) + HIGH_BAND_SUFFIX):
             with contextlib.suppress(Exception):
-                ch.queue_delete(queue_name(namespace, address))
+                ch.queue_delete(queue)
         with contextlib.suppress(Exception):
             ch.exchange_delete(f"{namespace}.dlx")

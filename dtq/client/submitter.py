@@ -24,10 +24,12 @@ from __future__ import annotations
 import functools
 import itertools
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import attrs
 import structlog
 
 from dtq.clock import VectorClock
@@ -187,7 +189,10 @@ class Submitter:
         if self.on_finished is not None:  # (a listener set from outside keeps its own)
             with self._waiting_lock:
                 self.waiting.update(spec.id for spec in specs)
+        now_ms = int(time.time() * 1000)
         for spec in specs:
+            if not spec.created_ms:  # a spec made by hand: created now, on the wall clock
+                spec = attrs.evolve(spec, created_ms=now_ms)
             env = self._envelope(Submit(spec=spec, reply_to=reply_to))
             self.record(self.name, "submit", env.clock, {"task": spec.id, "label": spec.label})
             out.append(Outgoing(queue=queue_name(self.namespace, COORDINATOR_QUEUE),
