@@ -775,6 +775,10 @@ class RedisStore:
         pipe.wait(self.wait_replicas, self.wait_ms)
         reply, acked = pipe.execute()
         if int(acked) < self.wait_replicas:
+            # A primary short of replicas may be one the Sentinels no longer name (an old
+            # primary not yet demoted, or one whose replicas were moved away): the next try
+            # connects anew, and so asks them where the primary is now.
+            c.connection_pool.disconnect(inuse_connections=False)
             raise RedisConnectionError(
                 f"NOT REPLICATED: {acked} of {self.wait_replicas} replica(s) acknowledged the "
                 f"write within {self.wait_ms} ms")

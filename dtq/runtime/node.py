@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import structlog
@@ -60,6 +60,8 @@ from dtq.transport import (
     Transport,
     queue_name,
 )
+
+T = TypeVar("T")
 
 EXIT_OK, EXIT_FENCED, EXIT_STORE, EXIT_ACTOR = 0, 3, 4, 5
 Recorder = Callable[[str, str, VectorClock, Mapping[str, Any]], None]
@@ -336,16 +338,17 @@ class ProcessRuntime:
         if done and self._exit is None and Plan(_ProcessEffects(self), done).run():
             self.cell.applied()
 
-    def _apply_waiting(self, batch: Sequence[Write], epoch: int) -> object:
-        """Apply fenced writes; while the store is unreachable, wait and try again (handling
-        nothing else) for up to `store_wait_s`. A leader that waited past its lease finds its
-        writes refused (StaleEpoch) once the store answers again. The store's answer."""
+    def _store_waiting(self, write: Callable[[], T]) -> T:
+        """Make a store write (the fenced apply, result writes: idempotent both); while the
+        store is unavailable (unreachable, failing over, short of the replicas a write must
+        reach), wait and try again, handling nothing else, for up to `store_wait_s`. A leader
+        that waited past its lease finds its writes refused (StaleEpoch) once the store
+        answers again. The store's answer."""
         deadline = time.monotonic() + self.options.store_wait_s
         delay = 0.05
-        apply: Callable[..., object] = self.store.apply
         while True:
             try:
-                return apply(batch, epoch=epoch)
+                return write()
             except StoreUnavailable:
                 if time.monotonic() + delay > deadline:
                     raise
@@ -491,14 +494,16 @@ class _ProcessEffects:
     def write(self, writes: Sequence[Write], epoch: int) -> object:
         stagemarks.mark("write")
         try:
-            return self.rt._apply_waiting(writes, epoch)
+            rt = self.rt
+            return rt._store_waiting(lambda: rt.store.apply(writes, epoch=epoch))
         finally:
             stagemarks.mark("written")
 
     def put_results(self, items: Sequence[ResultItem]) -> list[ResultWrite]:
         stagemarks.mark("result")
         try:
-            return self.rt.store.put_results(items)
+            rt = self.rt
+            return rt._store_waiting(lambda: rt.store.put_results(items))
         finally:
             stagemarks.mark("result_done")
 

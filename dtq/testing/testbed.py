@@ -1,4 +1,9 @@
-"""A local cluster testbed: a Redis primary + replica + 3 Sentinels and a 3-node RabbitMQ cluster.
+"""A local cluster testbed: a Redis primary, 2 replicas, 3 Sentinels and a 3-node RabbitMQ cluster.
+
+Two replicas, because dtq's durable store URL makes every write wait for one replica
+(`wait_replicas=1`): after a failover the promoted replica still has the other to acknowledge
+its writes at once, where with a single replica no write could count until the Sentinels turn
+the old primary into a replica (8 s or more after its role was seen; see `SENTINEL_TIMING`).
 
 The rule: everything listens on loopback, on the ports its `Layout` names (a block from
 `base_port`, never the shared 6379/5672/4369), and keeps its data, logs and configuration under
@@ -88,9 +93,9 @@ class Layout:
     nodes: int = 3
 
     @property
-    def redis_ports(self) -> tuple[int, int]:
-        """The first primary's port, the first replica's."""
-        return self.base_port, self.base_port + 1
+    def redis_ports(self) -> tuple[int, int, int]:
+        """The first primary's port, then the replicas'."""
+        return self.base_port, self.base_port + 1, self.base_port + 5
 
     @property
     def sentinel_ports(self) -> tuple[int, ...]:
@@ -241,13 +246,14 @@ class Testbed:
         self._save()
 
     def _start_redis(self) -> None:
-        primary, replica = self.layout.redis_ports
-        for name, port in (("redis-primary", primary), ("redis-replica", replica)):
+        primary = self.layout.redis_ports[0]
+        for port in self.layout.redis_ports:
+            name = self.redis_name(port)
             data = self.dir / name
             data.mkdir(exist_ok=True)
             lines = [f"port {port}", "bind 127.0.0.1", f"dir {data}", "appendonly yes",
                      "appendfsync everysec", "save \"\"", f"logfile {data / 'redis.log'}"]
-            if port == replica:
+            if port != primary:
                 lines.append(f"replicaof 127.0.0.1 {primary}")
             conf = data / "redis.conf"
             conf.write_text("\n".join(lines) + "\n")
@@ -269,9 +275,9 @@ class Testbed:
             _tune_sentinel(port)
 
     def wait_redis(self, timeout_s: float = 60.0) -> None:
-        """Until the primary the Sentinels name has a replica linked to it, and every Sentinel
-        sees it, the replica and the two other Sentinels."""
-        until("Sentinels that agree on a primary with a linked replica", self.redis_ready,
+        """Until the primary the Sentinels name has every replica linked to it, and every
+        Sentinel sees it, the replicas and the two other Sentinels."""
+        until("Sentinels that agree on a primary with its replicas linked", self.redis_ready,
               timeout_s)
 
     def redis_ready(self) -> bool:
@@ -280,12 +286,13 @@ class Testbed:
             return False
         replicas = [int(r["port"]) for r in _redis(primary).info("replication").values()
                     if isinstance(r, dict) and r.get("state") == "online"]
-        if not replicas:
+        wanted = len(self.layout.redis_ports) - 1
+        if len(replicas) < wanted:
             return False
         for port in self.layout.sentinel_ports:
             m = _redis(port).sentinel_master(SERVICE)
             if (int(m["port"]) != primary or int(m["num-other-sentinels"]) < 2
-                    or int(m["num-slaves"]) < 1 or m.get("is_sdown") or m.get("is_odown")):
+                    or int(m["num-slaves"]) < wanted or m.get("is_sdown") or m.get("is_odown")):
                 return False
         return True
 
@@ -312,7 +319,9 @@ class Testbed:
         return old, self._promoted(old, timeout_s)
 
     def redis_name(self, port: int) -> str:
-        return "redis-primary" if port == self.layout.redis_ports[0] else "redis-replica"
+        """The name a Redis server was started under (by its port: the role moves)."""
+        i = self.layout.redis_ports.index(port)
+        return "redis-primary" if i == 0 else "redis-replica" if i == 1 else f"redis-replica-{i}"
 
     def _primary(self) -> int:
         port = self.primary_port()
