@@ -1,9 +1,4 @@
-"""A local cluster testbed: a Redis primary, 2 replicas, 3 Sentinels and a 3-node RabbitMQ cluster.
-
-Two replicas, because dtq's durable store URL makes every write wait for one replica
-(`wait_replicas=1`): after a failover the promoted replica still has the other to acknowledge
-its writes at once, where with a single replica no write could count until the Sentinels turn
-the old primary into a replica (8 s or more after its role was seen; see `SENTINEL_TIMING`).
+"""A local cluster testbed: a Redis primary + replica + 3 Sentinels and a 3-node RabbitMQ cluster.
 
 The rule: everything listens on loopback, on the ports its `Layout` names (a block from
 `base_port`, never the shared 6379/5672/4369), and keeps its data, logs and configuration under
@@ -58,14 +53,15 @@ def _tool(name: str) -> str | None:
     return str(local) if local.exists() else shutil.which(name)
 
 
-SENTINEL_TIMING = {"INFO-PERIOD": 1000, "TILT-PERIOD": 5000}
+SENTINEL_TIMING = {"INFO-PERIOD": 1000, "TILT-PERIOD": 5000, "PUBLISH-PERIOD": 500}
 """Sentinel's internal periods for the testbed (`SENTINEL DEBUG`, Redis 7). A Sentinel turns an
-old primary into a replica 8 s after it first saw its role, and sees it only when it asks: by
-default every 10 s; and a Sentinel whose timer ran 2 s late, as on a loaded machine, stops
-acting for 30 s (TILT), again at each late tick. Together they put a demotion anywhere from
-20 s to over a minute; with these it comes 8-9 s after the role is seen, and a late tick costs
-5 s. The 8 s stay: they keep an old primary writable long enough for a test to see that a store
-does not write to it."""
+old primary into a replica four hello periods after it first saw its role (8 s by default), and
+sees it only when it asks (every 10 s by default); and a Sentinel whose timer ran 2 s late, as
+on a loaded machine, stops acting for 30 s (TILT), again at each late tick. Together they put a
+demotion anywhere from 20 s to over a minute. With one replica and writes that wait for it, no
+write counts from a promotion until the old primary follows the new one: with these periods
+that comes 2-3 s after its role is seen, and a late tick costs 5 s. A test that must catch an
+old primary still writable holds the demotion back (`Testbed.demotion_held`)."""
 
 
 def _tune_sentinel(port: int) -> None:
@@ -93,9 +89,9 @@ class Layout:
     nodes: int = 3
 
     @property
-    def redis_ports(self) -> tuple[int, int, int]:
-        """The first primary's port, then the replicas'."""
-        return self.base_port, self.base_port + 1, self.base_port + 5
+    def redis_ports(self) -> tuple[int, int]:
+        """The first primary's port, the first replica's."""
+        return self.base_port, self.base_port + 1
 
     @property
     def sentinel_ports(self) -> tuple[int, ...]:
@@ -246,14 +242,13 @@ class Testbed:
         self._save()
 
     def _start_redis(self) -> None:
-        primary = self.layout.redis_ports[0]
-        for port in self.layout.redis_ports:
-            name = self.redis_name(port)
+        primary, replica = self.layout.redis_ports
+        for name, port in (("redis-primary", primary), ("redis-replica", replica)):
             data = self.dir / name
             data.mkdir(exist_ok=True)
             lines = [f"port {port}", "bind 127.0.0.1", f"dir {data}", "appendonly yes",
                      "appendfsync everysec", "save \"\"", f"logfile {data / 'redis.log'}"]
-            if port != primary:
+            if port == replica:
                 lines.append(f"replicaof 127.0.0.1 {primary}")
             conf = data / "redis.conf"
             conf.write_text("\n".join(lines) + "\n")
@@ -275,9 +270,9 @@ class Testbed:
             _tune_sentinel(port)
 
     def wait_redis(self, timeout_s: float = 60.0) -> None:
-        """Until the primary the Sentinels name has every replica linked to it, and every
-        Sentinel sees it, the replicas and the two other Sentinels."""
-        until("Sentinels that agree on a primary with its replicas linked", self.redis_ready,
+        """Until the primary the Sentinels name has a replica linked to it, and every Sentinel
+        sees it, the replica and the two other Sentinels."""
+        until("Sentinels that agree on a primary with a linked replica", self.redis_ready,
               timeout_s)
 
     def redis_ready(self) -> bool:
@@ -286,13 +281,12 @@ class Testbed:
             return False
         replicas = [int(r["port"]) for r in _redis(primary).info("replication").values()
                     if isinstance(r, dict) and r.get("state") == "online"]
-        wanted = len(self.layout.redis_ports) - 1
-        if len(replicas) < wanted:
+        if not replicas:
             return False
         for port in self.layout.sentinel_ports:
             m = _redis(port).sentinel_master(SERVICE)
             if (int(m["port"]) != primary or int(m["num-other-sentinels"]) < 2
-                    or int(m["num-slaves"]) < wanted or m.get("is_sdown") or m.get("is_odown")):
+                    or int(m["num-slaves"]) < 1 or m.get("is_sdown") or m.get("is_odown")):
                 return False
         return True
 
@@ -306,7 +300,7 @@ class Testbed:
     def failover(self, timeout_s: float = 60.0) -> tuple[int, int]:
         """`SENTINEL FAILOVER`, then wait until every Sentinel names a new primary and it answers
         as one. (old, new) ports. The old primary is reconfigured as a replica only later (the
-        Sentinels wait for its role to settle, about 8 s): see `wait_demoted`."""
+        Sentinels wait for its role to settle, about 2 s on the testbed): see `wait_demoted`."""
         old = self._primary()
         _redis(self.layout.sentinel_ports[0]).execute_command("SENTINEL FAILOVER", SERVICE)
         return old, self._promoted(old, timeout_s)
@@ -319,9 +313,7 @@ class Testbed:
         return old, self._promoted(old, timeout_s)
 
     def redis_name(self, port: int) -> str:
-        """The name a Redis server was started under (by its port: the role moves)."""
-        i = self.layout.redis_ports.index(port)
-        return "redis-primary" if i == 0 else "redis-replica" if i == 1 else f"redis-replica-{i}"
+        return "redis-primary" if port == self.layout.redis_ports[0] else "redis-replica"
 
     def _primary(self) -> int:
         port = self.primary_port()
@@ -391,10 +383,10 @@ class Testbed:
     def demotion_held(self, hello_ms: int = 15_000) -> Iterator[None]:
         """While inside, the Sentinels leave an old primary writable for 4 x `hello_ms` after
         they first see its role (their hello period, `SENTINEL DEBUG PUBLISH-PERIOD`), instead
-        of the usual 8 s: for a test that must catch the old primary still accepting writes on
-        a machine too loaded to be sure of 8 s. A failover still spreads at once (the Sentinel
+        of the testbed's 2 s: for a test that must catch the old primary still accepting writes on
+        a machine too loaded to be sure of 2 s. A failover still spreads at once (the Sentinel
         that made it announces it without waiting for the period)."""
-        default = 2000
+        default = SENTINEL_TIMING["PUBLISH-PERIOD"]
         for port in self.layout.sentinel_ports:
             _redis(port).execute_command("SENTINEL", "DEBUG", "PUBLISH-PERIOD", hello_ms)
         try:
