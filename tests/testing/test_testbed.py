@@ -275,8 +275,11 @@ def test_with_wait_replicas_a_write_returns_only_once_a_replica_holds_it(
         finally:
             followed.delete_all()
             followed.close()
+        connection = short.client.client_id()
         with pytest.raises(StoreUnavailable, match="NOT REPLICATED: 1 of 2"):
             short.claim_key("k", "t1", "f1")
+        # It dropped its connection: the next one asks where the primary is (a Sentinel URL).
+        assert short.client.client_id() != connection
         with pytest.raises(StoreUnavailable, match="NOT REPLICATED"):
             short.apply([PutTask(record=TaskRecord(spec=TaskSpec(id="t", type="echo")))],
                         epoch=0)
