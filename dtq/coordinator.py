@@ -64,6 +64,7 @@ from dtq.task import (
     fingerprint,
     sanitized,
 )
+from dtq.transport import QUORUM_DELIVERY_LIMIT
 
 S = TaskState
 WAITING = frozenset({S.SUBMITTED, S.PENDING, S.READY})
@@ -458,6 +459,10 @@ class Coordinator(Actor):
         if problem is not None:
             self._reject(spec, f"rejected: {problem}", ctx, reply_to=msg.reply_to)
             return
+        deliveries = ctx.envelope.deliveries if ctx.envelope is not None else 0
+        if deliveries >= QUORUM_DELIVERY_LIMIT:
+            self._refuse_last_delivery(msg, deliveries, ctx)
+            return
         missing = [d for d in spec.deps if self._get(d, ctx) is None]
         if missing:
             self._hold_back(msg, missing, ctx)
@@ -467,6 +472,18 @@ class Coordinator(Actor):
         if spec.idempotency_key and not self._claim(spec, ctx):
             return
         self._accept(spec, ctx)
+
+    def _refuse_last_delivery(self, msg: Submit, deliveries: int, ctx: Context) -> None:
+        """A submission with no record yet that the broker got back from leaders `deliveries`
+        times (each went away holding it: in a crash loop, perhaps because of it). On a quorum
+        queue this is its last delivery: handled and lost once more, it would go to the dead
+        queue and the task would never be heard of. It fails instead, with the reason, where
+        its client can read it; submitting it again (a new id) tries it afresh."""
+        ctx.log.warning("a submission came back too often; failing it", task=msg.spec.id,
+                        deliveries=deliveries)
+        self._reject(msg.spec, f"failed: its submission came back {deliveries} times without "
+                     "being handled (the leaders holding it went away); not run, so that it "
+                     "cannot crash-loop them", ctx, reply_to=msg.reply_to)
 
     def _hold_back(self, msg: Submit, missing: list[str], ctx: Context) -> None:
         """Causal delivery: a submission that arrived before a dependency's waits for it,

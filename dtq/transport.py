@@ -38,7 +38,9 @@ QUORUM_DELIVERY_LIMIT = 5
 it) this many times is delivered once more, and dead-lettered if given back again. A worker
 hands a dispatch on that last delivery back to the leader instead of running it
 (`Worker.on_dispatch`): a task that kills its workers cannot crash-loop them for ever, and its
-attempt fails instead of its dispatch vanishing into the dead queue."""
+attempt fails instead of its dispatch vanishing into the dead queue. A leader fails a new
+submission on its last delivery, with the reason, instead of accepting it
+(`Coordinator.on_submit`)."""
 BUNDLE_HEADER = "x-dtq-bundle"
 """Header of a broker message that carries this many messages, one per line."""
 

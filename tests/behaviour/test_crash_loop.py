@@ -1,4 +1,5 @@
-"""A dispatch its workers gave back again and again, in a quorum namespace, on both backends.
+"""A dispatch its workers gave back again and again, in a quorum namespace, on both backends
+(and a submission its leaders gave back, on RabbitMQ).
 
 The guarantee: a dispatch is never left to the broker's delivery limit. A quorum queue counts
 what its consumers give back (they went away holding it: a task that kills its worker, a crash
@@ -20,7 +21,7 @@ import pika
 import pytest
 
 from dtq.client.submitter import Submitter
-from dtq.envelope import WORK_QUEUE
+from dtq.envelope import COORDINATOR_QUEUE, WORK_QUEUE
 from dtq.history import Event
 from dtq.runtime.process import NodeConfig, Supervisor
 from dtq.scenario.model import load
@@ -120,6 +121,49 @@ def test_a_dispatch_on_its_last_delivery_is_handed_back_on_rabbitmq(
         submitter.close()
         workers.stop_all()
         leader.stop_all()
+        store.close()
+
+
+@pytest.mark.rabbitmq
+def test_a_submission_on_its_last_delivery_fails_with_the_reason_on_rabbitmq(
+    real_namespace: str, rabbitmq_url: str, redis_url: str,
+) -> None:
+    """The leader's queue counts too: a submission given back five times (leaders that died
+    holding it) is not run on its last delivery, where one more loss would dead-letter it and
+    leave no trace; the task fails with the reason instead."""
+    common = {"broker_url": rabbitmq_url, "store_url": redis_url, "namespace": real_namespace,
+              "history": True, "log_level": "error", "quorum": True}
+    cluster = Supervisor([NodeConfig(role=name.split("-")[0], name=name, **common)
+                          for name in ("coordinator-1", "worker-1")])
+    store = RedisStore.from_url(redis_url, prefix=real_namespace)
+    submitter = Submitter(rabbitmq_url, namespace=real_namespace, name="client", quorum=True)
+    conn = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    try:
+        submitter.submit([TaskSpec(id="too-often", type="echo", payload=1)])
+        inbox, channel = queue_name(real_namespace, COORDINATOR_QUEUE), conn.channel()
+        counts = []
+        for _ in range(QUORUM_DELIVERY_LIMIT):  # taken and given back, as by a dying leader
+            method, props, _ = channel.basic_get(inbox)
+            assert method is not None
+            counts.append((props.headers or {}).get("x-delivery-count"))
+            channel.basic_nack(method.delivery_tag, requeue=True)
+        assert counts == list(range(QUORUM_DELIVERY_LIMIT))
+        cluster.start()
+
+        def ended() -> bool:
+            rec = store.get_task("too-often")
+            return rec is not None and rec.state.terminal
+
+        wait_for(ended, 120, "the task's end", cluster.poll)
+        rec = store.get_task("too-often")
+        assert rec is not None and rec.state is TaskState.FAILED, rec
+        assert rec.reason is not None and "came back 5 times" in rec.reason, rec.reason
+        history = RedisHistory.from_url(redis_url, prefix=real_namespace).read_events()
+        assert not [e for e in history if e.kind == "dispatched"]
+    finally:
+        conn.close()
+        submitter.close()
+        cluster.stop_all()
         store.close()
 
 
