@@ -222,7 +222,9 @@ def test_parts_a_frozen_worker_held_are_handed_on_when_the_leader_suspects_it(
         assert set(c.ends.values()) == {"succeeded"}
         handed_on = [e for e in c.history.read_events() if e.kind == "reassigned"
                      and e.data.get("reason") == "held by a suspected worker"]
-        assert handed_on and {e.data["worker"] for e in handed_on} == {"worker-1"}
+        # (worker-2 may be suspected too: with a 1 s detector on a loaded machine its
+        # heartbeats can come late, and handing its parts on is as safe)
+        assert "worker-1" in {e.data["worker"] for e in handed_on}
 
 
 def _freeze_while_holding(c: _Cluster) -> bool:
