@@ -24,7 +24,7 @@ from dtq.runtime.process import NodeConfig, Supervisor
 from dtq.task import TaskSpec
 from transports.redis import RedisHistory
 
-from ..api.test_api_kit import TOKEN, serving, wait_until
+from ..api.test_api_kit import TOKEN, _supervise, serving, wait_until
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -46,8 +46,7 @@ def test_high_priority_tasks_start_before_the_backlog(
                                  log_level="warning", quorum=quorum, concurrency=1)
                       for name in ("coordinator-1", "worker-1")])
     stop = threading.Event()
-    supervising = threading.Thread(target=lambda: [sup.poll() for _ in iter(
-        lambda: stop.wait(0.1), True)], daemon=True)
+    supervising = threading.Thread(target=_supervise, args=(sup, stop), daemon=True)
     backend = RabbitBackend(rabbitmq_url, redis_url, namespace, name="api", quorum=quorum)
     submitter = Submitter(rabbitmq_url, namespace=namespace, name="client", quorum=quorum)
     history = RedisHistory.from_url(redis_url, prefix=namespace)
